@@ -1,0 +1,78 @@
+"""`fx aggregator`: start the aggregator; make and sign its certificate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fedrun.cli.common import console, handle_errors, ok, setup_logging
+
+
+@click.group()
+def aggregator() -> None:
+    """Run the aggregator; make and sign its certificate."""
+
+
+@aggregator.command()
+@click.option("-p", "--plan", "--plan_config", "plan_config", default="plan/plan.yaml", show_default=True)
+@click.option("-c", "--authorized_cols", "--cols_config", "cols_config", default="plan/cols.yaml", show_default=True)
+@click.option("--task-group", "--task_group", "task_group", default=None,
+              help="run only this assigner group (e.g. evaluation: one round, no model saved)")
+@click.pass_context
+@handle_errors
+def start(ctx: click.Context, plan_config: str, cols_config: str, task_group: str | None) -> None:
+    """Start the aggregator and serve until the experiment ends."""
+    from fedrun.plan.loader import Plan
+
+    setup_logging(ctx.obj.get("log_level", "info") if ctx.obj else "info", Path("logs/aggregator.log"))
+    from fedrun.nodes import run_aggregator
+
+    loaded = Plan.load(plan_config, cols_config)
+    agg = run_aggregator(loaded, task_group=task_group)
+    from fedrun.metrics.summary import round_table
+
+    if agg.round_history:
+        console(stderr=False).print(round_table(agg.round_history))
+
+
+@aggregator.command("generate-cert-request")
+@click.option("--fqdn", default=None, help="aggregator host name (default: $FQDN or this host's FQDN)")
+@handle_errors
+def generate_cert_request(fqdn: str | None) -> None:
+    """Make the aggregator's key and certificate request (cert/server/agg_<fqdn>.{key,csr})."""
+    from fedrun.pki import aggregator_paths, default_fqdn, generate_csr
+
+    name = (fqdn or default_fqdn()).lower()
+    paths = aggregator_paths(Path("cert"), name)
+    digest = generate_csr(name, server=True, key_path=paths.key, csr_path=paths.csr)
+    ok(f"certificate request {paths.csr} (key {paths.key})")
+    console(stderr=False).print(f"  CSR hash (SHA-384): {digest}")
+
+
+@aggregator.command()
+@click.option("-n", "--fqdn", default=None, help="aggregator host name (default: $FQDN or this host's FQDN)")
+@click.option("-s", "--silent", is_flag=True, help="sign without asking to confirm the CSR hash")
+@handle_errors
+def certify(fqdn: str | None, silent: bool) -> None:
+    """Sign the aggregator's certificate request with the workspace CA."""
+    from fedrun.pki import aggregator_paths, csr_hash, default_fqdn, load_certificate_authority, sign_csr
+
+    name = (fqdn or default_fqdn()).lower()
+    cert_dir = Path("cert")
+    ca = load_certificate_authority(cert_dir)
+    paths = aggregator_paths(cert_dir, name)
+    if not paths.csr.is_file():
+        from fedrun.errors import CertificateError
+
+        raise CertificateError(
+            "FX-PKI-004",
+            f"no certificate request {paths.csr}",
+            f"run `fx aggregator generate-cert-request --fqdn {name}` first",
+        )
+    digest = csr_hash(paths.csr.read_bytes())
+    console(stderr=False).print(f"CSR hash (SHA-384): {digest}")
+    if not silent and not click.confirm("Do you want to sign this certificate?", default=True):
+        raise click.Abort()
+    sign_csr(ca, paths.csr, paths.crt, server=True)
+    ok(f"aggregator certificate {paths.crt}")

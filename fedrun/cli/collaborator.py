@@ -1,0 +1,157 @@
+"""`fx collaborator`: register, certify, ping and start a collaborator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fedrun.cli.common import console, handle_errors, ok, plan_options, setup_logging
+
+
+@click.group()
+def collaborator() -> None:
+    """Register, certify, ping and start a collaborator."""
+
+
+@collaborator.command()
+@click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
+@click.option("-d", "--data_path", "--data-path", "data_path", default=None,
+              help="this collaborator's data path (for MNIST-style templates: its shard number)")
+@click.option("-s", "--silent", is_flag=True, help="do not prompt for the data path")
+@handle_errors
+def create(name: str, data_path: str | None, silent: bool) -> None:
+    """Register NAME and its data path in plan/data.yaml (other lines are kept)."""
+    from fedrun.pki import validate_collaborator_name
+    from fedrun.plan.loader import write_data_path
+
+    name = validate_collaborator_name(name)
+    if data_path is None:
+        default = f"data/{name}"
+        data_path = default if silent else click.prompt("data path", default=default)
+    write_data_path(Path("plan/data.yaml"), name, str(data_path))
+    ok(f"collaborator {name!r} uses data path {data_path!r} (plan/data.yaml)")
+
+
+@collaborator.command()
+@click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
+@plan_options
+@click.pass_context
+@handle_errors
+def start(ctx: click.Context, name: str, plan_config: str, cols_config: str, data_config: str) -> None:
+    """Start collaborator NAME and work until the experiment ends."""
+    from fedrun.plan.loader import Plan
+
+    setup_logging(ctx.obj.get("log_level", "info") if ctx.obj else "info", Path(f"logs/collaborator_{name}.log"))
+    from fedrun.nodes import run_collaborator
+
+    run_collaborator(Plan.load(plan_config, cols_config, data_config), name)
+
+
+@collaborator.command()
+@click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
+@plan_options
+@handle_errors
+def ping(name: str, plan_config: str, cols_config: str, data_config: str) -> None:
+    """Check connectivity, certificates, name authorisation and plan hash in one call."""
+    from fedrun.nodes import ping as do_ping
+    from fedrun.plan.loader import Plan
+
+    result = do_ping(Plan.load(plan_config, cols_config, data_config), name)
+    ok(
+        f"the aggregator at {result['target']} answered in {result['seconds'] * 1000:.0f} ms: "
+        f"connection, certificates, name {name!r} and plan hash all accepted "
+        f"(round {result['round']} of {result['rounds_to_train']})"
+    )
+
+
+@collaborator.command("generate-cert-request")
+@click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
+@click.option("-s", "--silent", is_flag=True, help="do not print the CSR hash")
+@click.option("-x", "--skip-package", is_flag=True, help="do not write the request zip")
+@handle_errors
+def generate_cert_request(name: str, silent: bool, skip_package: bool) -> None:
+    """Make NAME's key and certificate request, and the zip to send to the CA."""
+    from fedrun.pki import collaborator_paths, generate_csr, request_package_name, write_request_package
+
+    paths = collaborator_paths(Path("cert"), name)
+    digest = generate_csr(name, server=False, key_path=paths.key, csr_path=paths.csr)
+    ok(f"certificate request {paths.csr} (key {paths.key}, never leaves this node)")
+    if not skip_package:
+        package = Path(request_package_name(name))
+        write_request_package(package, paths.csr)
+        ok(f"send {package} to the aggregator (certificate authority)")
+    if not silent:
+        console(stderr=False).print(f"  CSR hash (SHA-384): {digest}  (compare it with the CA's)")
+
+
+@collaborator.command()
+@click.option("-n", "--collaborator_name", "--collaborator-name", "name", default=None)
+@click.option("-s", "--silent", is_flag=True, help="sign without confirming the CSR hash")
+@click.option("-r", "--request-pkg", "request_pkg", type=click.Path(path_type=Path), default=None,
+              help="CA side: the collaborator's col_<NAME>_to_agg_cert_request.zip")
+@click.option("-i", "--import", "import_pkg", type=click.Path(path_type=Path), default=None,
+              help="collaborator side: the agg_to_col_<NAME>_signed_cert.zip from the CA")
+@handle_errors
+def certify(name: str | None, silent: bool, request_pkg: Path | None, import_pkg: Path | None) -> None:
+    """Sign a collaborator's request (CA side) or import the signed certificate (collaborator side)."""
+    from fedrun.errors import CertificateError
+
+    if import_pkg is not None:
+        from fedrun.pki import import_signed_package
+
+        cert = import_signed_package(import_pkg, Path("cert"), expected_name=name)
+        ok(f"imported {cert} and cert/cert_chain.crt")
+        return
+    from fedrun.pki import (
+        collaborator_paths,
+        csr_hash,
+        load_certificate_authority,
+        read_request_package,
+        sign_request,
+        signed_package_name,
+        write_signed_package,
+    )
+
+    ca = load_certificate_authority(Path("cert"))
+    if request_pkg is not None:
+        col_name, csr_pem = read_request_package(request_pkg)
+        if name is not None and name != col_name:
+            raise CertificateError(
+                "FX-PKI-014",
+                f"{request_pkg} holds the request of {col_name!r}, not {name!r}",
+                "sign the package the collaborator sent, without -n or with its name",
+            )
+    elif name is not None:
+        col_name = name
+        csr_file = collaborator_paths(Path("cert"), name).csr
+        if not csr_file.is_file():
+            raise CertificateError("FX-PKI-004", f"no certificate request {csr_file}",
+                                   f"pass --request-pkg col_{name}_to_agg_cert_request.zip")
+        csr_pem = csr_file.read_bytes()
+    else:
+        raise click.UsageError("give --request-pkg ZIP (CA side) or --import ZIP (collaborator side)")
+    digest = csr_hash(csr_pem)
+    console(stderr=False).print(f"CSR hash (SHA-384) of {col_name!r}: {digest}")
+    if not silent and not click.confirm("Does it match the collaborator's? Sign it?", default=True):
+        raise click.Abort()
+    paths = collaborator_paths(Path("cert"), col_name)
+    sign_request(ca, csr_pem, paths.crt, server=False)
+    _authorize(col_name)
+    package = Path(signed_package_name(col_name))
+    write_signed_package(package, paths.crt, ca.chain)
+    ok(f"signed {col_name!r}; added to plan/cols.yaml; send {package} back to the collaborator")
+
+
+def _authorize(name: str) -> None:
+    import yaml
+
+    path = Path("plan/cols.yaml")
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    data = data or {}
+    cols = list(data.get("collaborators") or [])
+    if name not in cols:
+        cols.append(name)
+    data["collaborators"] = cols
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

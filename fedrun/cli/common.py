@@ -1,0 +1,89 @@
+"""What every `fx` command shares: error display, logging set-up, common options."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from fedrun.errors import FedrunError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def console(stderr: bool = True) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def show_error(error: FedrunError) -> None:
+    """Print a FedrunError as a short block: code, message, fix. Never a traceback."""
+    con = console()
+    con.print(f"[bold red]✘ {error.code}[/]: {error.message}", soft_wrap=True)
+    if error.fix:
+        con.print(f"  [bold]fix:[/] {error.fix}", soft_wrap=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn FedrunError (and Ctrl-C) into a message and a documented exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FedrunError as error:
+            show_error(error)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            console().print("[yellow]interrupted[/]")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(level: str = "info", logfile: Path | None = None) -> None:
+    """Human log lines on stderr (rich), plus a plain file when asked."""
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("fedrun")
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    root.handlers.clear()
+    rich_handler = RichHandler(console=console(), show_path=False, rich_tracebacks=False, markup=False)
+    rich_handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    root.addHandler(rich_handler)
+    env_file = os.environ.get("FEDRUN_LOG_FILE")
+    target = logfile or (Path(env_file) if env_file else None)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(target)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+    root.propagate = False
+
+
+def plan_options(fn: F) -> F:
+    """-p/--plan_config, -c/--cols_config, -d/--data_config as OpenFL spells them."""
+    fn = click.option(
+        "-d", "--data_config", "--data-config", "data_config", default="plan/data.yaml", show_default=True,
+        help="collaborator data paths (name,path lines)",
+    )(fn)
+    fn = click.option(
+        "-c", "--cols_config", "--cols-config", "cols_config", default="plan/cols.yaml", show_default=True,
+        help="authorized collaborator list",
+    )(fn)
+    fn = click.option(
+        "-p", "--plan_config", "--plan-config", "plan_config", default="plan/plan.yaml", show_default=True,
+        help="federated learning plan",
+    )(fn)
+    return fn
+
+
+def ok(message: str) -> None:
+    console(stderr=False).print(f"[green]✔[/] {message}", soft_wrap=True)

@@ -1,0 +1,68 @@
+"""The `fx` command (also installed as `fedrun`).
+
+Sub-command groups are imported only when used, so `fx --help` stays fast and no command that
+trains nothing imports an ML framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from fedrun import __version__
+
+GROUPS = {
+    "workspace": ("fedrun.cli.workspace", "workspace", "create, export, import and certify workspaces"),
+    "plan": ("fedrun.cli.plan", "plan", "initialize, validate, show and freeze FL plans"),
+    "aggregator": ("fedrun.cli.aggregator", "aggregator", "run the aggregator; its certificate"),
+    "collaborator": ("fedrun.cli.collaborator", "collaborator", "run a collaborator; its certificate"),
+    "model": ("fedrun.cli.model", "model", "export a saved model in its framework's format"),
+    "simulate": ("fedrun.cli.simulate", "simulate", "run a whole federation on this machine"),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands live in modules imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(GROUPS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        entry = GROUPS.get(name)
+        if entry is None:
+            return None
+        module = importlib.import_module(entry[0])
+        return getattr(module, entry[1])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_text) for name, (_, _, help_text) in GROUPS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-l", "--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="how much to log")
+@click.version_option(__version__, "-v", "--version", prog_name="fedrun")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str) -> None:
+    """fedrun: federated learning with an aggregator, collaborators and one FL plan.
+
+    \b
+    Start here:   fx simulate                  (a whole federation on this machine, offline)
+    Bare metal:   fx workspace create --prefix DIR --template torch/mnist, then see the README.
+    Completion:   _FX_COMPLETE=bash_source fx > ~/.fx-autocomplete.sh; source ~/.fx-autocomplete.sh
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["log_level"] = log_level
+
+
+def main(argv: Any = None) -> Any:
+    return cli.main(args=argv, prog_name="fx")
+
+
+if __name__ == "__main__":
+    main()

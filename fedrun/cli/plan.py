@@ -1,0 +1,78 @@
+"""`fx plan`: initialize, validate, show and freeze FL plans."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import click
+
+from fedrun.cli.common import console, handle_errors, ok, plan_options
+
+
+@click.group()
+def plan() -> None:
+    """Initialize, validate, show and freeze FL plans."""
+
+
+@plan.command()
+@plan_options
+@click.option("-a", "--aggregator_address", "--aggregator-address", "agg_addr", default=None,
+              help="aggregator host name written into the plan (default: $FQDN or this host's FQDN)")
+@click.option("-i", "--init_model_path", "--init-model-path", "init_model", default=None,
+              type=click.Path(path_type=Path), help="start from this model (.pbuf or native file)")
+@handle_errors
+def initialize(plan_config: str, cols_config: str, data_config: str, agg_addr: str | None,
+               init_model: Path | None) -> None:
+    """Write save/init.pbuf (no collaborator data needed) and the aggregator address."""
+    from fedrun.plan.initialize import initialize_plan
+
+    loaded, target = initialize_plan(plan_config, cols_config, data_config, agg_addr=agg_addr,
+                                     init_model=init_model)
+    ok(f"initial model written to {target}")
+    console(stderr=False).print(
+        f"  aggregator address {loaded.agg_addr}:{loaded.agg_port}, plan hash {loaded.hash[:16]}"
+    )
+
+
+@plan.command()
+@plan_options
+@handle_errors
+def validate(plan_config: str, cols_config: str, data_config: str) -> None:
+    """Check a plan (sections, keys, types, templates, tasks) without running anything."""
+    from fedrun.plan.loader import Plan
+
+    loaded = Plan.load(plan_config, cols_config, data_config)
+    ok(f"{loaded.path} is valid (hash {loaded.hash[:16]}, {len(loaded.cols)} authorized collaborators)")
+
+
+@plan.command()
+@plan_options
+@handle_errors
+def show(plan_config: str, cols_config: str, data_config: str) -> None:
+    """Print the merged plan and its hash."""
+    import yaml
+
+    from fedrun.plan.loader import Plan
+
+    loaded = Plan.load(plan_config, cols_config, data_config)
+    click.echo(yaml.safe_dump(loaded.config, sort_keys=False), nl=False)
+    click.echo(f"# plan hash: {loaded.hash}")
+    click.echo(f"# federation id: {loaded.federation_id}")
+
+
+@plan.command()
+@click.option("-p", "--plan_config", "--plan-config", "plan_config", default="plan/plan.yaml", show_default=True)
+@handle_errors
+def freeze(plan_config: str) -> None:
+    """Write a read-only plan/plan_<hash>.yaml copy of the merged plan for auditing."""
+    from fedrun.plan.loader import Plan
+    from fedrun.workspace.create import dump_plan
+
+    loaded = Plan.load(plan_config)
+    target = loaded.path.parent / f"plan_{loaded.hash[:8]}.yaml"
+    if not target.exists():
+        dump_plan(loaded.config, target, f"# frozen plan, hash {loaded.hash}")
+        os.chmod(target, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    ok(f"frozen plan: {target}")

@@ -1,0 +1,86 @@
+"""`fx simulate`: a whole federation on this machine, with live progress and a summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from fedrun.cli.common import console, handle_errors
+
+
+@click.command()
+@click.option("--template", default=None, help="workspace template (default torch/digits, offline)")
+@click.option("--workspace", "workspace", default=None, type=click.Path(path_type=Path),
+              help="use this existing workspace instead of creating one")
+@click.option("--prefix", default=None, type=click.Path(path_type=Path),
+              help="where to create the workspace (default ./fedrun-workspaces/<template>-<time>)")
+@click.option("-n", "--collaborators", default=2, show_default=True, type=click.IntRange(1, 512))
+@click.option("-r", "--rounds", default=None, type=click.IntRange(1), help="rounds to train")
+@click.option("--plan-set", "plan_set", multiple=True, metavar="KEY=VALUE",
+              help="override a plan setting, e.g. aggregator.write_logs=true (repeatable)")
+@click.option("--seed", default=None, type=int, help="seed for reproducible training")
+@click.option("--no-tls", is_flag=True, help="run without TLS (explicitly insecure; for debugging)")
+@click.option("--timeout", default=None, type=float, help="give up after this many seconds")
+@handle_errors
+def simulate(template: str | None, workspace: Path | None, prefix: Path | None, collaborators: int,
+             rounds: int | None, plan_set: tuple[str, ...], seed: int | None, no_tls: bool,
+             timeout: float | None) -> None:
+    """Run a whole federation here: one aggregator and N collaborator processes over gRPC
+    with mutual TLS on 127.0.0.1, then print per-round metrics and where the models are."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedrun.metrics.summary import metrics_table
+    from fedrun.simulate.local import LocalFederation
+
+    con = console(stderr=False)
+    if workspace is not None and (template is not None or prefix is not None):
+        raise click.UsageError("--workspace uses an existing workspace; drop --template/--prefix")
+    if workspace is None:
+        template = template or "torch/digits"
+        if prefix is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            prefix = Path("fedrun-workspaces") / f"{template.replace('/', '_')}-{stamp}"
+        target, create_from = prefix, template
+    else:
+        target, create_from = workspace, None
+    if no_tls:
+        con.print("[yellow]warning:[/] --no-tls: traffic and identities are NOT protected")
+    fed = LocalFederation(target, template=create_from, collaborators=collaborators, rounds=rounds,
+                          plan_set=plan_set, tls=not no_tls, seed=seed)
+    con.print(f"preparing workspace {fed.workspace} ...")
+    plan = fed.prepare()
+    total = plan.rounds_to_train
+    final_validation = bool(plan.settings("aggregator").get("final_validation", True))
+    con.print(
+        f"starting 1 aggregator + {collaborators} collaborators on {plan.agg_addr}:{plan.agg_port} "
+        f"({'mutual TLS' if not no_tls else 'no TLS'}), {total} rounds"
+    )
+    started = time.monotonic()
+    fed.start()
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=con, transient=False) as progress:
+        bar = progress.add_task("rounds", total=total + (1 if final_validation else 0), last="")
+
+        def on_progress(records: list) -> None:
+            agg = [r for r in records if r.origin == "aggregator"]
+            done = len({r.round for r in agg})
+            last = ""
+            if agg:
+                newest = max(r.round for r in agg)
+                values = [r for r in agg if r.round == newest and r.task == "aggregated_model_validation"]
+                if values:
+                    last = f"{values[0].metric} {values[0].value:.4f}"
+            progress.update(bar, completed=done, last=last)
+
+        fed.wait(on_progress, timeout)
+    elapsed = time.monotonic() - started
+    from fedrun.metrics.records import read_metrics
+
+    records = list(read_metrics(fed.workspace / "logs" / "metrics.jsonl"))
+    con.print(metrics_table(records, total))
+    ws = fed.workspace
+    con.print(f"[green]✔[/] federation finished in {elapsed:.1f} s")
+    con.print(f"  models:  {ws / 'save' / 'last.pbuf'} (final), {ws / 'save' / 'best.pbuf'} (best)")
+    con.print(f"  logs:    {ws / 'logs'} (metrics.jsonl, aggregator.log, collaborator_*.log)")

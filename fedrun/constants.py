@@ -1,0 +1,43 @@
+"""Numbers fedrun runs by, each with its unit in its name or comment.
+
+Keeping them in one module means a reader finds every timeout, size and limit in one place.
+"""
+
+from __future__ import annotations
+
+# Wire format
+CHUNK_BYTES = 4 << 20  # 4 MiB of tensor payload per stream message
+GRPC_MAX_MESSAGE_BYTES = 16 << 20  # 16 MiB: a chunk plus headers, far below gRPC's caps
+MAX_TENSOR_BYTES = 1 << 40  # 1 TiB declared size: anything larger is refused as nonsense
+
+# Long poll: how long the aggregator holds a GetTasks call open before answering "ask again"
+LONG_POLL_SECONDS = 20.0
+# Client-side deadline for one long poll (server window plus network slack)
+LONG_POLL_CLIENT_DEADLINE_SECONDS = LONG_POLL_SECONDS + 15.0
+
+# Reconnection (collaborator side); plan keys override these defaults
+RECONNECT_INITIAL_SECONDS = 0.2
+RECONNECT_MAX_SECONDS = 5.0
+RECONNECT_TIMEOUT_SECONDS = 600.0  # give up after 10 minutes without the aggregator
+
+# A collaborator that has not called for this long is reported as gone
+COLLABORATOR_TIMEOUT_SECONDS = 300.0
+
+# Unary RPC deadline (ping, small calls)
+UNARY_DEADLINE_SECONDS = 30.0
+# Deadline for one tensor stream (download or upload); large models need long ones
+STREAM_DEADLINE_SECONDS = 3600.0
+
+# Port range used when network.settings.agg_port is "auto" (derived from the plan hash)
+AUTO_PORT_MIN = 49152
+AUTO_PORT_MAX = 60999
+
+# Files inside a workspace
+PLAN_FILE = "plan/plan.yaml"
+COLS_FILE = "plan/cols.yaml"
+DATA_FILE = "plan/data.yaml"
+METRICS_FILE = "logs/metrics.jsonl"
+
+# Environment variables
+ENV_FQDN = "FQDN"
+ENV_MNIST_DIR = "FEDRUN_MNIST_DIR"

@@ -1,0 +1,83 @@
+"""Errors a user can meet, each with a stable code, a message and the fix.
+
+Every refusal or failure that reaches a person is a :class:`FedrunError`. The CLI prints its
+``code``, ``message`` and ``fix`` on one screen and exits with ``exit_code``; it never shows a
+traceback for these. The README's troubleshooting table lists the codes.
+"""
+
+from __future__ import annotations
+
+
+class FedrunError(Exception):
+    """Base class of every user-facing error.
+
+    Parameters
+    ----------
+    code:
+        Stable identifier such as ``FX-PLAN-002``; users can search the docs for it.
+    message:
+        What went wrong, naming the file, key or peer involved.
+    fix:
+        What to do about it.
+    """
+
+    exit_code: int = 1
+
+    def __init__(self, code: str, message: str, fix: str = "") -> None:
+        self.code = code
+        self.message = message
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """Return ``code: message`` followed by the fix on its own line."""
+        text = f"{self.code}: {self.message}"
+        if self.fix:
+            text += f"\n  fix: {self.fix}"
+        return text
+
+
+class PlanError(FedrunError):
+    """The FL plan (or cols.yaml / data.yaml) is wrong; nothing was started."""
+
+    exit_code = 2
+
+
+class WorkspaceError(FedrunError):
+    """A workspace is missing, incomplete or would be overwritten."""
+
+    exit_code = 3
+
+
+class CertificateError(FedrunError):
+    """A certificate, key or certificate package is missing, invalid or not trusted."""
+
+    exit_code = 4
+
+
+class ConnectionFailure(FedrunError):
+    """The aggregator could not be reached, or refused this collaborator."""
+
+    exit_code = 5
+
+
+class ProtocolError(FedrunError):
+    """A peer sent something that breaks the federation contract (bad tensor, wrong round...)."""
+
+    exit_code = 6
+
+
+class DataError(FedrunError):
+    """A dataset file is missing or corrupt."""
+
+    exit_code = 7
+
+
+class StateError(FedrunError):
+    """The persisted aggregator state cannot be used as it is."""
+
+    exit_code = 8
+
+
+class RoundClosed(ProtocolError):
+    """The round a request was about has closed; ask for new tasks."""

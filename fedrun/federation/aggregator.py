@@ -1,0 +1,715 @@
+"""The Aggregator: a pure round state machine, driven by method calls.
+
+It knows nothing of the network. The gRPC server calls :meth:`Aggregator.get_tasks` (a long
+poll), :meth:`Aggregator.get_global_model` and :meth:`Aggregator.open_result`; the same object
+runs in-process in tests. Results are spooled to disk tensor by tensor as they stream in, made
+durable, recorded, and folded into the round's accumulators, so memory stays near one or two
+models whatever the number of collaborators, and nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fedrun.aggregation.base import Accumulator, AggregationFunction
+from fedrun.errors import ProtocolError
+from fedrun.federation.assigner import Assigner
+from fedrun.federation.stragglers import StragglerPolicy, WaitForAllPolicy
+from fedrun.federation.tasks import TaskSpec
+from fedrun.metrics.records import MetricHub
+from fedrun.storage.model_file import TensorFileWriter, iter_tensor_file
+from fedrun.storage.state_store import AcceptedResult, InMemoryStateStore, StateStore
+
+log = logging.getLogger("fedrun.aggregator")
+
+#: tensors whose names start with this carry optimizer state (CONTINUE_GLOBAL)
+OPTIMIZER_PREFIX = "__opt_"
+
+
+@dataclass
+class TaskAssignment:
+    """Answer to a task request."""
+
+    round: int
+    tasks: list[str]
+    quit: bool = False
+    final_validation: bool = False
+
+
+@dataclass
+class RoundState:
+    """Everything the aggregator tracks for the round in progress."""
+
+    number: int
+    assigned: dict[str, list[str]]
+    final_validation: bool = False
+    done: dict[str, set[str]] = field(default_factory=dict)
+    in_progress: set[tuple[str, str]] = field(default_factory=set)
+    accumulators: dict[str, Accumulator] = field(default_factory=dict)
+    metric_sums: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    stragglers: set[str] = field(default_factory=set)
+    started_at: float | None = None
+    opened_at: float = field(default_factory=time.monotonic)
+    bytes_received: int = 0
+    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
+
+    def finished(self, collaborator: str) -> bool:
+        tasks = self.assigned.get(collaborator, [])
+        return set(tasks) <= self.done.get(collaborator, set())
+
+    @property
+    def participants(self) -> list[str]:
+        return [c for c, t in self.assigned.items() if t]
+
+
+@dataclass
+class RoundSummary:
+    """Handed to listeners when a round closes."""
+
+    number: int
+    metrics: dict[str, float]
+    duration: float
+    collaborators: list[str]
+    stragglers: list[str]
+    bytes_received: int
+    final_validation: bool
+
+
+class ModelSink:
+    """Where the aggregator's models go; the default keeps nothing (tests)."""
+
+    def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> None: ...
+
+    def save_best(
+        self, tensors: Mapping[str, np.ndarray], round_num: int, score: float, metric: str
+    ) -> None: ...
+
+    def finish(self, best_round: int | None) -> None: ...
+
+
+class Aggregator:
+    """Round logic of the federation.
+
+    Parameters
+    ----------
+    plan_hash, federation_id:
+        Identify the experiment; requests for another plan are refused.
+    collaborators:
+        Authorized collaborator names.
+    tasks:
+        The plan's tasks by name.
+    assigner:
+        Decides each collaborator's tasks per round.
+    rounds_to_train:
+        Training rounds in the experiment.
+    initial_model:
+        The model collaborators start round ``initial_round`` from.
+    aggregation_functions:
+        Rule per task name for the tensors that task returns.
+    spool_dir:
+        Folder where incoming results are written while they stream in.
+    """
+
+    def __init__(
+        self,
+        *,
+        plan_hash: str,
+        federation_id: str,
+        collaborators: list[str],
+        tasks: Mapping[str, TaskSpec],
+        assigner: Assigner,
+        rounds_to_train: int,
+        initial_model: Mapping[str, np.ndarray],
+        aggregation_functions: Mapping[str, AggregationFunction],
+        spool_dir: str | Path,
+        initial_round: int = 0,
+        straggler_policy: StragglerPolicy | None = None,
+        model_sink: ModelSink | None = None,
+        metrics: MetricHub | None = None,
+        state_store: StateStore | None = None,
+        best_model_metric: str | None = None,
+        best_model_mode: str = "max",
+        final_validation: bool = True,
+        accept_optimizer_state: bool = False,
+        save_models: bool = True,
+        collaborator_timeout: float = 300.0,
+        durable: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not collaborators:
+            from fedrun.errors import PlanError
+
+            raise PlanError(
+                "FX-PLAN-021",
+                "no collaborator is authorized (plan/cols.yaml lists none)",
+                "certify collaborators with `fx collaborator certify`, or add names to cols.yaml",
+            )
+        self.plan_hash = plan_hash
+        self.federation_id = federation_id
+        self.collaborators = list(collaborators)
+        self.tasks = dict(tasks)
+        self.assigner = assigner
+        self.rounds_to_train = int(rounds_to_train)
+        self.aggregation_functions = dict(aggregation_functions)
+        self.spool_dir = Path(spool_dir)
+        self.policy = straggler_policy or WaitForAllPolicy()
+        self.model_sink = model_sink or ModelSink()
+        self.metrics = metrics or MetricHub()
+        self.state_store = state_store or InMemoryStateStore()
+        self.best_model_mode = best_model_mode
+        self.final_validation_enabled = final_validation
+        self.accept_optimizer_state = accept_optimizer_state
+        self.save_models = save_models
+        self.collaborator_timeout = float(collaborator_timeout)
+        self.durable = durable
+        self.clock = clock
+        self.best_metric = best_model_metric or self._default_best_metric()
+        self.best_score: float | None = None
+        self.best_round: int | None = None
+
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._fold_lock = threading.Lock()
+        self.global_model: dict[str, np.ndarray] = {
+            k: np.asarray(v) for k, v in initial_model.items()
+        }
+        self.round_num = int(initial_round)
+        self.done = False
+        self.finished_event = threading.Event()
+        self.quit_sent: set[str] = set()
+        self.last_seen: dict[str, float] = {}
+        self.reported_gone: set[str] = set()
+        self.listeners: list[Callable[[RoundSummary], None]] = []
+        self.round_history: list[RoundSummary] = []
+        self.round: RoundState = self._open_round(self.round_num)
+
+    # ------------------------------------------------------------------ setup helpers
+    def _default_best_metric(self) -> str | None:
+        for name, spec in self.tasks.items():
+            if name == "aggregated_model_validation":
+                return f"{name}/"
+        for name, spec in self.tasks.items():
+            if spec.is_validation and not spec.uses_local_model:
+                return f"{name}/"
+        return None
+
+    def _global_validation_tasks(self) -> list[str]:
+        return [
+            n
+            for n in self.assigner.all_tasks()
+            if n in self.tasks
+            and self.tasks[n].is_validation
+            and not self.tasks[n].uses_local_model
+        ]
+
+    def _open_round(self, number: int) -> RoundState:
+        final = number >= self.rounds_to_train
+        if final:
+            keep = set(self._global_validation_tasks())
+            assigned = {
+                c: [t for t in self.assigner.tasks_for(c, number) if t in keep]
+                for c in self.collaborators
+            }
+        else:
+            assigned = {c: self.assigner.tasks_for(c, number) for c in self.collaborators}
+        state = RoundState(number=number, assigned=assigned, final_validation=final)
+        for col in self.collaborators:
+            state.done[col] = set()
+        for task in {t for ts in assigned.values() for t in ts}:
+            fn = self.aggregation_functions.get(task)
+            if fn is not None:
+                state.accumulators[task] = fn.begin_round(number, self.global_model)
+        return state
+
+    def resume(self, results: list[AcceptedResult]) -> int:
+        """Replay results accepted before a restart (their spool files hold the tensors)."""
+        replayed = 0
+        for result in results:
+            if result.round != self.round_num:
+                continue
+            with self._lock:
+                self._apply_result(result, replay=True)
+            replayed += 1
+        with self._lock:
+            self._maybe_close_round()
+        return replayed
+
+    # ------------------------------------------------------------------ identity checks
+    def check_identity(self, collaborator: str, plan_hash: str, federation_id: str) -> None:
+        """Refuse unknown collaborators and other experiments (ProtocolError)."""
+        if collaborator not in self.collaborators:
+            raise ProtocolError(
+                "FX-AUTH-003",
+                f"collaborator {collaborator!r} is not in this federation's plan/cols.yaml",
+                "on the aggregator, certify it with `fx collaborator certify` or add it to cols.yaml",
+            )
+        if plan_hash != self.plan_hash or federation_id != self.federation_id:
+            raise ProtocolError(
+                "FX-AUTH-004",
+                f"collaborator {collaborator!r} runs a different plan (hash {plan_hash[:12]}, "
+                f"aggregator {self.plan_hash[:12]})",
+                "use the same plan.yaml (and defaults) on every node: copy the aggregator's plan",
+            )
+
+    def touch(self, collaborator: str) -> None:
+        with self._lock:
+            self.last_seen[collaborator] = self.clock()
+            if collaborator in self.reported_gone:
+                self.reported_gone.discard(collaborator)
+                log.info("collaborator %s is back", collaborator)
+
+    # ------------------------------------------------------------------ tasks (long poll)
+    def get_tasks(self, collaborator: str, wait: float = 0.0) -> TaskAssignment:
+        """Tasks for ``collaborator``; waits up to ``wait`` seconds for work to exist."""
+        deadline = self.clock() + max(0.0, wait)
+        with self._lock:
+            first = collaborator not in self.last_seen
+            self.touch(collaborator)
+            if first:
+                log.info("collaborator %s joined (round %d)", collaborator, self.round_num)
+            while True:
+                if self.done:
+                    if collaborator not in self.quit_sent:
+                        self.quit_sent.add(collaborator)
+                        log.info("collaborator %s told to stop", collaborator)
+                        self._check_finished()
+                    return TaskAssignment(self.round_num, [], quit=True)
+                state = self.round
+                if collaborator not in state.stragglers:
+                    pending = [
+                        t
+                        for t in state.assigned.get(collaborator, [])
+                        if t not in state.done.get(collaborator, set())
+                        and (collaborator, t) not in state.in_progress
+                    ]
+                    if pending:
+                        if state.started_at is None:
+                            state.started_at = self.clock()
+                        return TaskAssignment(
+                            state.number, pending, final_validation=state.final_validation
+                        )
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    return TaskAssignment(state.number, [])
+                self._changed.wait(remaining)
+
+    def get_global_model(self, collaborator: str, round_num: int) -> dict[str, np.ndarray]:
+        """The global model a collaborator starts ``round_num`` from (current round only)."""
+        with self._lock:
+            self.touch(collaborator)
+            if round_num != self.round_num or self.done:
+                raise ProtocolError(
+                    "FX-ROUND-001",
+                    f"collaborator {collaborator!r} asked for the model of round {round_num}, "
+                    f"but the aggregator is at round {self.round_num}"
+                    + (" (experiment finished)" if self.done else ""),
+                    "the collaborator will ask for new tasks",
+                )
+            return self.global_model
+
+    # ------------------------------------------------------------------ results
+    def open_result(
+        self,
+        collaborator: str,
+        round_num: int,
+        task: str,
+        data_size: int,
+        metrics: Mapping[str, float],
+        tensor_count: int,
+    ) -> ResultUpload:
+        """Start receiving one task result; checks it belongs to the current round."""
+        with self._lock:
+            self.touch(collaborator)
+            state = self.round
+            if self.done or round_num != state.number:
+                raise ProtocolError(
+                    "FX-ROUND-002",
+                    f"result of {collaborator!r} for task {task!r} of round {round_num} refused: "
+                    f"round {round_num} is closed (aggregator at round {self.round_num})",
+                    "nothing to do: the collaborator joins the next round",
+                )
+            if collaborator in state.stragglers:
+                raise ProtocolError(
+                    "FX-ROUND-003",
+                    f"result of {collaborator!r} for round {round_num} refused: it was cut off "
+                    "as a straggler this round",
+                    "nothing to do: it joins the next round",
+                )
+            if task not in state.assigned.get(collaborator, []):
+                raise ProtocolError(
+                    "FX-ROUND-004",
+                    f"{collaborator!r} sent a result for task {task!r}, which it was not assigned "
+                    f"in round {round_num}",
+                    "run the tasks the aggregator hands out",
+                )
+            key = (collaborator, task)
+            if task in state.done.get(collaborator, set()) or key in state.in_progress:
+                raise ProtocolError(
+                    "FX-ROUND-005",
+                    f"duplicate result from {collaborator!r} for task {task!r} in round {round_num}",
+                    "nothing to do: the first result counts",
+                )
+            for name, value in metrics.items():
+                if not math.isfinite(value):
+                    raise ProtocolError(
+                        "FX-DATA-010",
+                        f"{collaborator!r} reported metric {task}/{name} = {value}",
+                        "check the collaborator's training: a metric must be finite",
+                    )
+            if data_size < 0:
+                raise ProtocolError("FX-DATA-011", f"{collaborator!r} sent data_size {data_size}")
+            if tensor_count and task not in state.accumulators:
+                raise ProtocolError(
+                    "FX-DATA-012",
+                    f"{collaborator!r} sent tensors for task {task!r}, which produces none",
+                )
+            state.in_progress.add(key)
+        return ResultUpload(
+            self, state.number, collaborator, task, int(data_size), dict(metrics), tensor_count
+        )
+
+    def _check_tensor(
+        self, upload: ResultUpload, name: str, array: np.ndarray, delta: bool
+    ) -> None:
+        where = f"{upload.collaborator!r}, task {upload.task!r}, round {upload.round}"
+        reference = self.global_model.get(name)
+        if reference is None:
+            if not (self.accept_optimizer_state and name.startswith(OPTIMIZER_PREFIX)):
+                raise ProtocolError(
+                    "FX-DATA-013",
+                    f"unknown tensor {name!r} from {where}: not part of the global model",
+                    "the collaborator's model must have the same layers as the aggregator's",
+                )
+            with self._lock:
+                seen = self.round.shapes.setdefault(name, (array.shape, array.dtype))
+            ref_shape, ref_dtype = seen
+        else:
+            ref_shape, ref_dtype = reference.shape, reference.dtype
+        if array.shape != ref_shape:
+            raise ProtocolError(
+                "FX-DATA-014",
+                f"tensor {name!r} from {where} has shape {array.shape}, expected {ref_shape}",
+                "the collaborator's model must match the plan's initial model",
+            )
+        if array.dtype != ref_dtype:
+            raise ProtocolError(
+                "FX-DATA-015",
+                f"tensor {name!r} from {where} has dtype {array.dtype}, expected {ref_dtype}",
+                "the collaborator's model must match the plan's initial model",
+            )
+        if delta and reference is None:
+            raise ProtocolError(
+                "FX-DATA-016", f"delta for {name!r} from {where} has no base tensor"
+            )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ProtocolError(
+                "FX-DATA-010",
+                f"tensor {name!r} from {where} holds NaN or infinite values",
+                "the collaborator's training diverged; lower its learning rate",
+            )
+
+    def _commit_result(self, upload: ResultUpload, spool: Path | None, nbytes: int) -> None:
+        result = AcceptedResult(
+            round=upload.round,
+            collaborator=upload.collaborator,
+            task=upload.task,
+            data_size=upload.data_size,
+            metrics=upload.metrics,
+            spool_path=str(spool) if spool else "",
+            tensor_bytes=nbytes,
+        )
+        with self._lock:
+            state = self.round
+            key = (upload.collaborator, upload.task)
+            state.in_progress.discard(key)
+            if self.done or state.number != upload.round or upload.collaborator in state.stragglers:
+                if spool:
+                    spool.unlink(missing_ok=True)
+                raise ProtocolError(
+                    "FX-ROUND-002",
+                    f"result of {upload.collaborator!r} for round {upload.round} arrived after the "
+                    "round closed",
+                    "nothing to do: the collaborator joins the next round",
+                )
+            if not self.state_store.record_result(result):
+                raise ProtocolError(
+                    "FX-ROUND-005",
+                    f"duplicate result from {upload.collaborator!r} for task {upload.task!r}",
+                )
+            self._apply_result(result, replay=False)
+            self._maybe_close_round()
+
+    def _abort_result(self, upload: ResultUpload) -> None:
+        with self._lock:
+            self.round.in_progress.discard((upload.collaborator, upload.task))
+            self._changed.notify_all()
+
+    def _apply_result(self, result: AcceptedResult, replay: bool) -> None:
+        """Fold an accepted result into the round (lock held)."""
+        state = self.round
+        if result.task in state.done.get(result.collaborator, set()):
+            return
+        acc = state.accumulators.get(result.task)
+        if result.spool_path and acc is not None:
+            with self._fold_lock:
+                for name, array, delta in iter_tensor_file(result.spool_path):
+                    if delta:
+                        base = self.global_model[name]
+                        array = (base.astype(np.float64) + array).astype(base.dtype)
+                    acc.add(name, array, float(result.data_size), result.collaborator)
+        for metric, value in result.metrics.items():
+            self.metrics.emit(state.number, result.collaborator, result.task, metric, value)
+            sums = state.metric_sums.setdefault((result.task, metric), [0.0, 0.0, 0.0])
+            sums[0] += float(value) * result.data_size
+            sums[1] += result.data_size
+            sums[2] += 1
+        state.bytes_received += result.tensor_bytes
+        state.done.setdefault(result.collaborator, set()).add(result.task)
+        if not replay:
+            log.debug("accepted %s/%s round %d", result.collaborator, result.task, state.number)
+        if state.finished(result.collaborator):
+            log.info(
+                "round %d: %s finished its tasks (%d/%d)",
+                state.number,
+                result.collaborator,
+                sum(state.finished(c) for c in state.participants),
+                len(state.participants),
+            )
+        self._changed.notify_all()
+
+    # ------------------------------------------------------------------ round end
+    def _finished_count(self) -> int:
+        return sum(1 for c in self.round.participants if self.round.finished(c))
+
+    def _maybe_close_round(self) -> None:
+        state = self.round
+        total = len(state.participants)
+        done = self._finished_count()
+        if done >= total or self.policy.round_may_close(
+            done, total, state.started_at, self.clock()
+        ):
+            if state.in_progress and done < total:
+                return  # a result is streaming in; close once it lands or fails
+            self._close_round()
+
+    def tick(self) -> float | None:
+        """Check cut-off deadlines and silent collaborators; returns the next deadline."""
+        with self._lock:
+            if self.done:
+                self._check_finished()
+                return None
+            now = self.clock()
+            for col in self.collaborators:
+                seen = self.last_seen.get(col)
+                if seen is not None and col not in self.reported_gone and col not in self.quit_sent:
+                    if now - seen > self.collaborator_timeout and not self.round.finished(col):
+                        self.reported_gone.add(col)
+                        log.warning(
+                            "collaborator %s is gone: no request for %.0f s (round %d waits for it "
+                            "unless the straggler policy closes the round)",
+                            col,
+                            now - seen,
+                            self.round_num,
+                        )
+            self._maybe_close_round()
+            deadline = self.policy.deadline(self.round.started_at)
+            return deadline
+
+    def _close_round(self) -> None:
+        state = self.round
+        now = self.clock()
+        stragglers = [c for c in state.participants if not state.finished(c)]
+        if stragglers:
+            state.stragglers.update(stragglers)
+            log.warning(
+                "round %d closed without stragglers: %s", state.number, ", ".join(stragglers)
+            )
+        summary_metrics: dict[str, float] = {}
+        for (task, metric), (wsum, weight, count) in sorted(state.metric_sums.items()):
+            value = wsum / weight if weight > 0 else float("nan")
+            if weight <= 0 and count:
+                continue
+            summary_metrics[f"{task}/{metric}"] = value
+            self.metrics.emit(state.number, "aggregator", task, metric, value)
+        model_in = self.global_model
+        new_model = dict(model_in)
+        updated = False
+        with self._fold_lock:
+            for task, acc in state.accumulators.items():
+                try:
+                    result = acc.result()
+                except ValueError as exc:
+                    log.error("round %d: aggregation of %s failed: %s", state.number, task, exc)
+                    continue
+                for name, value in result.items():
+                    if name in new_model or name.startswith(OPTIMIZER_PREFIX):
+                        new_model[name] = value
+                        updated = True
+        score_key = self._score_key(summary_metrics)
+        if score_key is not None and self.save_models:
+            score = summary_metrics[score_key]
+            if self._better(score):
+                self.best_score, self.best_round = score, state.number
+                self.model_sink.save_best(model_in, state.number, score, score_key)
+                log.info("round %d: new best model (%s = %.4f)", state.number, score_key, score)
+        if updated:
+            self.global_model = new_model
+            if self.save_models:
+                self.model_sink.save_last(new_model, state.number + 1)
+        finished_experiment = state.final_validation or (
+            state.number + 1 >= self.rounds_to_train
+            and not (self.final_validation_enabled and updated and self._global_validation_tasks())
+        )
+        self.state_store.finish_round(
+            state.number, self.best_score, self.best_round, finished_experiment
+        )
+        for spool in self.spool_dir.glob(f"r{state.number}_*.result"):
+            spool.unlink(missing_ok=True)
+        summary = RoundSummary(
+            number=state.number,
+            metrics=summary_metrics,
+            duration=now - state.opened_at,
+            collaborators=[c for c in state.participants if state.finished(c)],
+            stragglers=stragglers,
+            bytes_received=state.bytes_received,
+            final_validation=state.final_validation,
+        )
+        self.round_history.append(summary)
+        label = "final validation" if state.final_validation else f"round {state.number}"
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in summary_metrics.items())
+        log.info("%s finished in %.2f s: %s", label, summary.duration, shown or "no metrics")
+        for listener in self.listeners:
+            listener(summary)
+        self.round_num = state.number + 1
+        if finished_experiment:
+            self.done = True
+            self.model_sink.finish(self.best_round)
+            log.info("experiment finished after %d rounds", self.rounds_to_train)
+        else:
+            self.round = self._open_round(self.round_num)
+            if self.round.final_validation:
+                log.info("validating the final model (round %d)", self.round_num)
+            else:
+                log.info("round %d started", self.round_num)
+        self._changed.notify_all()
+
+    def _score_key(self, metrics: Mapping[str, float]) -> str | None:
+        if not self.best_metric:
+            return None
+        if self.best_metric.endswith("/"):
+            for key in metrics:
+                if key.startswith(self.best_metric):
+                    return key
+            return None
+        return self.best_metric if self.best_metric in metrics else None
+
+    def _better(self, score: float) -> bool:
+        if not math.isfinite(score):
+            return False
+        if self.best_score is None:
+            return True
+        return score < self.best_score if self.best_model_mode == "min" else score > self.best_score
+
+    def _check_finished(self) -> None:
+        if self.done and set(self.collaborators) <= self.quit_sent | self._gone_after_done():
+            self.finished_event.set()
+
+    def _gone_after_done(self) -> set[str]:
+        now = self.clock()
+        return {
+            c
+            for c in self.collaborators
+            if c not in self.last_seen or now - self.last_seen[c] > self.collaborator_timeout
+        }
+
+    def _spool_path(self, round_num: int, collaborator: str, task: str) -> Path:
+        return self.spool_dir / f"r{round_num}_{collaborator}_{task}.result"
+
+    def wait_finished(self, timeout: float | None = None) -> bool:
+        return self.finished_event.wait(timeout)
+
+
+class ResultUpload:
+    """One task result being received: check and spool tensors, then commit or abort."""
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        round_num: int,
+        collaborator: str,
+        task: str,
+        data_size: int,
+        metrics: dict[str, float],
+        tensor_count: int,
+    ) -> None:
+        self.aggregator = aggregator
+        self.round = round_num
+        self.collaborator = collaborator
+        self.task = task
+        self.data_size = data_size
+        self.metrics = metrics
+        self.tensor_count = tensor_count
+        self.names: set[str] = set()
+        self.nbytes = 0
+        self._writer: TensorFileWriter | None = None
+        self._closed = False
+
+    def add(self, name: str, array: np.ndarray, delta: bool = False, wire_bytes: int = 0) -> None:
+        """Check one tensor and spool it."""
+        if name in self.names:
+            raise ProtocolError(
+                "FX-DATA-017", f"tensor {name!r} sent twice by {self.collaborator!r}"
+            )
+        if len(self.names) >= self.tensor_count:
+            raise ProtocolError(
+                "FX-DATA-018",
+                f"{self.collaborator!r} sent more tensors than the {self.tensor_count} it announced",
+            )
+        self.aggregator._check_tensor(self, name, array, delta)
+        if self._writer is None:
+            path = self.aggregator._spool_path(self.round, self.collaborator, self.task)
+            self._writer = TensorFileWriter(
+                path,
+                round_num=self.round,
+                tensor_count=self.tensor_count,
+                plan_hash=self.aggregator.plan_hash,
+                kind="result",
+                durable=self.aggregator.durable,
+            )
+        self._writer.write(name, array, delta=delta)
+        self.names.add(name)
+        self.nbytes += wire_bytes or array.nbytes
+
+    def commit(self) -> None:
+        """All tensors arrived: make the result durable, record it, fold it in."""
+        if len(self.names) != self.tensor_count:
+            self.abort()
+            raise ProtocolError(
+                "FX-DATA-018",
+                f"{self.collaborator!r} announced {self.tensor_count} tensors but sent {len(self.names)}",
+            )
+        spool = self._writer.commit() if self._writer is not None else None
+        self._closed = True
+        try:
+            self.aggregator._commit_result(self, spool, self.nbytes)
+        except Exception:
+            if spool is not None:
+                spool.unlink(missing_ok=True)
+            raise
+
+    def abort(self) -> None:
+        """Drop a partial result (stream broken, bad tensor): nothing of it was counted."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.abort()
+        self.aggregator._abort_result(self)

@@ -1,0 +1,210 @@
+"""The Collaborator: a pure task loop, driven by an aggregator connection.
+
+It asks for tasks (a long poll), fetches the global model of the round once, runs each task
+through its task runner, and sends back metrics and tensors (deltas when ``use_delta_updates``).
+It never imports an ML framework or the network stack: both come in through small interfaces.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedrun.errors import PlanError
+from fedrun.federation.aggregator import OPTIMIZER_PREFIX, TaskAssignment
+from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult, TaskRunnerInterface, TaskSpec
+from fedrun.federation.tensor_store import TensorStore
+
+log = logging.getLogger("fedrun.collaborator")
+
+
+class AggregatorConnection(Protocol):
+    """What the collaborator needs from its link to the aggregator (gRPC or in-process)."""
+
+    def get_tasks(self) -> TaskAssignment: ...
+
+    def get_global_model(self, round_num: int) -> dict[str, np.ndarray]: ...
+
+    def submit(
+        self,
+        round_num: int,
+        task: str,
+        data_size: int,
+        metrics: Mapping[str, float],
+        tensors: Mapping[str, np.ndarray],
+        delta: bool,
+    ) -> int:
+        """Send one result; returns the payload bytes sent."""
+        ...
+
+
+class Collaborator:
+    """Runs the tasks the aggregator hands out until told to stop.
+
+    Parameters
+    ----------
+    collaborator_name:
+        This collaborator's name (its certificate's common name).
+    connection:
+        Link to the aggregator.
+    task_runner:
+        The model and training code (PyTorch, Keras or user-written).
+    tasks:
+        The plan's tasks by name.
+    use_delta_updates:
+        Send ``trained - global`` instead of the trained weights.
+    opt_treatment:
+        RESET, CONTINUE_LOCAL or CONTINUE_GLOBAL.
+    db_store_rounds:
+        Rounds of local tensors kept in memory.
+    """
+
+    def __init__(
+        self,
+        *,
+        collaborator_name: str,
+        connection: AggregatorConnection,
+        task_runner: TaskRunnerInterface,
+        tasks: Mapping[str, TaskSpec],
+        use_delta_updates: bool = False,
+        opt_treatment: str = "RESET",
+        db_store_rounds: int = 1,
+        **ignored: Any,
+    ) -> None:
+        if opt_treatment not in OPT_TREATMENTS:
+            raise PlanError(
+                "FX-PLAN-012",
+                f"collaborator.settings.opt_treatment is {opt_treatment!r}",
+                f"use one of {', '.join(OPT_TREATMENTS)}",
+            )
+        self.name = collaborator_name
+        self.connection = connection
+        self.runner = task_runner
+        self.tasks = dict(tasks)
+        self.use_delta_updates = bool(use_delta_updates)
+        self.opt_treatment = opt_treatment
+        self.store = TensorStore(db_store_rounds)
+        self.runner.set_optimizer_treatment(opt_treatment)
+        self.rounds_done: list[int] = []
+        self.bytes_sent = 0
+        self.idle_seconds = 0.0
+        for name, spec in self.tasks.items():
+            if not callable(getattr(task_runner, spec.function, None)):
+                raise PlanError(
+                    "FX-PLAN-016",
+                    f"tasks.{name}.function: {type(task_runner).__name__} has no method "
+                    f"{spec.function!r}",
+                    "name a method the task runner defines (train_task, validate_task, ...)",
+                )
+
+    def run(self) -> None:
+        """Work until the aggregator says the experiment is over."""
+        log.info("collaborator %s started", self.name)
+        while True:
+            asked = time.monotonic()
+            assignment = self.connection.get_tasks()
+            if assignment.quit:
+                log.info("collaborator %s: experiment finished, stopping", self.name)
+                return
+            if not assignment.tasks:
+                continue
+            self.idle_seconds += time.monotonic() - asked
+            self.run_tasks(assignment)
+
+    def run_tasks(self, assignment: TaskAssignment) -> None:
+        """Run one round's tasks in order."""
+        round_num = assignment.round
+        label = "final validation" if assignment.final_validation else f"round {round_num}"
+        for task_name in assignment.tasks:
+            started = time.monotonic()
+            spec = self.tasks.get(task_name)
+            if spec is None:
+                raise PlanError(
+                    "FX-PLAN-022",
+                    f"the aggregator assigned task {task_name!r}, which this collaborator's plan "
+                    "does not define",
+                    "use the same plan on every node",
+                )
+            sent = self.do_task(spec, round_num)
+            log.info(
+                "%s: %s done in %.2f s (%s sent)",
+                label,
+                task_name,
+                time.monotonic() - started,
+                _human_bytes(sent),
+            )
+        self.store.clean_up()
+        if round_num not in self.rounds_done:
+            self.rounds_done.append(round_num)
+
+    def _global_model(self, round_num: int) -> dict[str, np.ndarray]:
+        model = self.store.get(round_num, "global")
+        if model is None:
+            model = self.connection.get_global_model(round_num)
+            self.store.put(round_num, "global", model)
+        return model
+
+    def do_task(self, spec: TaskSpec, round_num: int) -> int:
+        """Run one task and send its result; returns payload bytes sent."""
+        function = getattr(self.runner, spec.function)
+        if spec.uses_local_model:
+            inputs = self.store.get(round_num, "trained")
+            if inputs is None:
+                log.warning(
+                    "round %d: no locally trained model for %s (restarted after training?); "
+                    "sending an empty result",
+                    round_num,
+                    spec.name,
+                )
+                return self.connection.submit(round_num, spec.name, 0, {}, {}, False)
+        else:
+            inputs = self._global_model(round_num)
+        result = function(
+            col_name=self.name, round_num=round_num, input_tensor_dict=inputs, **dict(spec.kwargs)
+        )
+        if not isinstance(result, TaskResult):
+            raise PlanError(
+                "FX-PLAN-023",
+                f"task runner method {spec.function!r} returned {type(result).__name__}, "
+                "not a TaskResult",
+                "return fedrun.TaskResult(metrics=..., tensors=..., data_size=...)",
+            )
+        tensors = dict(result.tensors)
+        if self.opt_treatment != "CONTINUE_GLOBAL":
+            tensors = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
+        delta = False
+        if tensors:
+            self.store.put(round_num, "trained", tensors)
+            if self.use_delta_updates:
+                tensors, delta = self._deltas(round_num, tensors), True
+        data_size = result.data_size
+        metrics = {k: float(v) for k, v in result.metrics.items()}
+        return self.connection.submit(round_num, spec.name, data_size, metrics, tensors, delta)
+
+    def _deltas(self, round_num: int, trained: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        base = self._global_model(round_num)
+        out: dict[str, np.ndarray] = {}
+        for name, value in trained.items():
+            ref = base.get(name)
+            if ref is None:
+                raise PlanError(
+                    "FX-PLAN-024",
+                    f"use_delta_updates: tensor {name!r} has no global counterpart",
+                    "set collaborator.settings.use_delta_updates: false",
+                )
+            out[name] = (
+                (value - ref).astype(value.dtype) if value.dtype.kind == "f" else value - ref
+            )
+        return out
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

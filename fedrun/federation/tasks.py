@@ -1,0 +1,88 @@
+"""What a task is and what running it returns: the contract between Collaborator and TaskRunner.
+
+The collaborator never imports an ML framework. It talks to its task runner only through
+:class:`TaskRunnerInterface`, and every task returns a :class:`TaskResult` of plain numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+OPT_TREATMENTS = ("RESET", "CONTINUE_LOCAL", "CONTINUE_GLOBAL")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One entry of the plan's ``tasks`` section.
+
+    Attributes
+    ----------
+    name:
+        Task name, e.g. ``train`` or ``aggregated_model_validation``.
+    function:
+        Name of the TaskRunner method to call.
+    kwargs:
+        Keyword arguments passed to that method (``apply``, ``metrics``, ``epochs``...).
+    aggregation_type:
+        Optional ``{template, settings}`` naming the aggregation rule for the task's tensors.
+    """
+
+    name: str
+    function: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    aggregation_type: Mapping[str, Any] | None = None
+
+    @property
+    def apply(self) -> str:
+        """``global`` (validate the model received) or ``local`` (the locally trained one)."""
+        return str(self.kwargs.get("apply", "global"))
+
+    @property
+    def is_validation(self) -> bool:
+        """A validation task reads a model and returns metrics only."""
+        return "apply" in self.kwargs or "valid" in self.function
+
+    @property
+    def uses_local_model(self) -> bool:
+        """True when the task validates this collaborator's own trained weights."""
+        return self.apply == "local"
+
+
+@dataclass
+class TaskResult:
+    """What one task produced.
+
+    Attributes
+    ----------
+    metrics:
+        Metric name to value (e.g. ``{"accuracy": 0.97}``).
+    tensors:
+        Tensors to send to the aggregator (trained weights for a training task; empty otherwise).
+    data_size:
+        Number of samples the task used; it is the result's aggregation weight.
+    """
+
+    metrics: dict[str, float]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    data_size: int = 0
+
+
+@runtime_checkable
+class TaskRunnerInterface(Protocol):
+    """What the collaborator needs from a task runner (PyTorch, Keras or user-written)."""
+
+    def get_tensor_dict(self, with_opt_vars: bool = False) -> dict[str, np.ndarray]: ...
+
+    def set_tensor_dict(
+        self, tensor_dict: Mapping[str, np.ndarray], with_opt_vars: bool = False
+    ) -> None: ...
+
+    def set_optimizer_treatment(self, treatment: str) -> None: ...
+
+    def get_train_data_size(self) -> int: ...
+
+    def get_valid_data_size(self) -> int: ...

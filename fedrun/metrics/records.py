@@ -1,0 +1,126 @@
+"""Metric records and where they go: ``logs/metrics.jsonl``, TensorBoard, user callbacks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MetricRecord:
+    """One metric value: who reported it, for which task and round."""
+
+    round: int
+    origin: str  # a collaborator name, or "aggregator" for aggregated values
+    task: str
+    metric: str
+    value: float
+    time: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+MetricSink = Callable[[MetricRecord], None]
+
+
+class JsonlMetricWriter:
+    """Appends one JSON object per metric to a file, flushed per line."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._out = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived handle
+
+    def __call__(self, record: MetricRecord) -> None:
+        with self._lock:
+            self._out.write(record.to_json() + "\n")
+            self._out.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._out.close()
+
+
+class TensorBoardSink:
+    """Writes each metric as a scalar ``<task>/<metric>`` under ``logs/tensorboard/<origin>/``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._writers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, record: MetricRecord) -> None:
+        from fedrun.metrics.tensorboard import TensorBoardWriter
+
+        with self._lock:
+            writer = self._writers.get(record.origin)
+            if writer is None:
+                writer = TensorBoardWriter(self.root / record.origin)
+                self._writers[record.origin] = writer
+            writer.add_scalar(
+                f"{record.task}/{record.metric}", record.value, record.round, record.time
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            for writer in self._writers.values():
+                writer.close()
+
+
+class CallbackSink:
+    """Calls OpenFL's ``log_metric_callback(node_name, task_name, metric_name, value, round)``."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+
+    def __call__(self, record: MetricRecord) -> None:
+        self.function(record.origin, record.task, record.metric, record.value, record.round)
+
+
+class MetricHub:
+    """Fans every record out to several sinks; a failing sink is reported once, not fatal."""
+
+    def __init__(
+        self, sinks: Iterable[MetricSink] = (), on_error: Callable[[str], None] | None = None
+    ) -> None:
+        self.sinks = list(sinks)
+        self.on_error = on_error
+        self._failed: set[int] = set()
+
+    def __call__(self, record: MetricRecord) -> None:
+        for i, sink in enumerate(self.sinks):
+            try:
+                sink(record)
+            except Exception as exc:  # a broken logger must not stop the federation
+                if i not in self._failed and self.on_error:
+                    self.on_error(f"metric sink {type(sink).__name__} failed: {exc}")
+                self._failed.add(i)
+
+    def emit(self, round_num: int, origin: str, task: str, metric: str, value: float) -> None:
+        self(MetricRecord(round_num, origin, task, metric, float(value), time.time()))
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close:
+                close()
+
+
+def read_metrics(path: str | Path) -> Iterator[MetricRecord]:
+    """Read back a metrics.jsonl file (partial last lines are skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            data = json.loads(line)
+            yield MetricRecord(**data)
+        except (json.JSONDecodeError, TypeError):
+            continue

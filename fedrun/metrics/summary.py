@@ -1,0 +1,66 @@
+"""Summary tables printed at the end of an experiment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from fedrun.metrics.records import MetricRecord
+
+
+def round_table(history: Sequence[Any]) -> Any:
+    """A rich Table with one row per round and one column per aggregated metric."""
+    from rich.table import Table
+
+    columns: list[str] = []
+    for summary in history:
+        for key in summary.metrics:
+            if key not in columns:
+                columns.append(key)
+    table = Table(title="Rounds", title_justify="left")
+    table.add_column("round", justify="right")
+    for key in columns:
+        table.add_column(key, justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("received", justify="right")
+    for summary in history:
+        label = "final" if summary.final_validation else str(summary.number)
+        cells = [_fmt(summary.metrics.get(k)) for k in columns]
+        table.add_row(label, *cells, f"{summary.duration:.1f}", _bytes(summary.bytes_received))
+    return table
+
+
+def metrics_table(records: Iterable[MetricRecord], rounds_to_train: int) -> Any:
+    """A rich Table of the aggregator's metrics per round, read from metrics.jsonl."""
+    from rich.table import Table
+
+    rows: dict[int, dict[str, float]] = {}
+    columns: list[str] = []
+    for record in records:
+        if record.origin != "aggregator":
+            continue
+        key = f"{record.task}/{record.metric}"
+        rows.setdefault(record.round, {})[key] = record.value
+        if key not in columns:
+            columns.append(key)
+    table = Table(title="Aggregated metrics per round", title_justify="left")
+    table.add_column("round", justify="right")
+    for key in columns:
+        table.add_column(key, justify="right")
+    for number in sorted(rows):
+        label = f"{number} (final model)" if number >= rounds_to_train else str(number)
+        table.add_row(label, *[_fmt(rows[number].get(k)) for k in columns])
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"

@@ -1,0 +1,46 @@
+"""Load a saved model into its task runner: ``fedrun.get_model`` and ``fx model save``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fedrun.errors import WorkspaceError
+from fedrun.plan.components import build_task_runner
+from fedrun.plan.loader import Plan
+from fedrun.storage.model_file import load_model
+
+
+def get_model(
+    plan_config: str | os.PathLike[str] = "plan/plan.yaml",
+    cols_config: str | os.PathLike[str] | None = None,
+    data_config: str | os.PathLike[str] | None = None,
+    model_protobuf_path: str | os.PathLike[str] = "save/best.pbuf",
+) -> Any:
+    """Return the plan's TaskRunner loaded with the weights in ``model_protobuf_path``.
+
+    No collaborator data is needed: the runner is built in model-initialisation mode.
+    """
+    plan = Plan.load(plan_config, cols_config, data_config)
+    runner = build_task_runner(plan, None)
+    path = Path(model_protobuf_path)
+    if not path.is_absolute() and not path.exists():
+        path = plan.workspace / path
+    snapshot = load_model(path)
+    runner.set_tensor_dict(snapshot.tensors, with_opt_vars=False)
+    return runner
+
+
+def save_native(runner: Any, output: str | os.PathLike[str]) -> Path:
+    """Write the runner's model in its framework's format."""
+    out = Path(output)
+    if not hasattr(runner, "save_native"):
+        raise WorkspaceError(
+            "FX-MODEL-010",
+            f"{type(runner).__name__} cannot save a native model",
+            "implement save_native(path) in the task runner",
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runner.save_native(out)
+    return out

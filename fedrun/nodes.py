@@ -1,0 +1,164 @@
+"""Run an aggregator or a collaborator node from a plan (what `fx ... start` does).
+
+These glue the pure cores (federation/) to the network (transport/): load the plan, build the
+components, open the server or channel with the right credentials, and run to the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from fedrun.errors import ConnectionFailure, RoundClosed
+from fedrun.federation.aggregator import Aggregator
+from fedrun.plan.loader import Plan
+from fedrun.transport.network import Network
+
+log = logging.getLogger("fedrun")
+
+
+def _server_credentials(plan: Plan, network: Network) -> Any:
+    if not network.use_tls:
+        log.warning("TLS is OFF (network.settings.use_tls: false): traffic and identities are unprotected")
+        return None
+    from fedrun.transport.tls import server_credentials
+
+    return server_credentials(network.cert_folder, network.agg_addr, network.require_client_auth)
+
+
+def _pipelines(plan: Plan) -> dict[str, Any]:
+    from fedrun.plan.components import compression_pipeline
+
+    pipeline = compression_pipeline(plan)
+    return {pipeline.name: pipeline}
+
+
+def start_aggregator(plan: Plan, *, task_group: str | None = None) -> tuple[Aggregator, Any]:
+    """Build the aggregator and start serving; returns (aggregator, server)."""
+    from fedrun.plan.components import build_aggregator
+    from fedrun.transport.server import AggregatorServer
+
+    network = Network.from_plan(plan)
+    credentials = _server_credentials(plan, network)
+    aggregator = build_aggregator(plan, task_group=task_group)
+    server = AggregatorServer(aggregator, network, credentials, pipelines=_pipelines(plan))
+    server.start()
+    log.info(
+        "experiment %s: %d rounds, %d collaborators (%s)",
+        plan.federation_id,
+        aggregator.rounds_to_train,
+        len(aggregator.collaborators),
+        ", ".join(aggregator.collaborators),
+    )
+    log.info("round %d started", aggregator.round_num)
+    return aggregator, server
+
+
+def run_aggregator(plan: Plan, *, task_group: str | None = None) -> Aggregator:
+    """Serve until every collaborator was told to stop (or SIGTERM/SIGINT)."""
+    aggregator, server = start_aggregator(plan, task_group=task_group)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.warning("received signal %d: stopping the aggregator", signum)
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        server.serve_until_finished(stop)
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopping the aggregator")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop(grace=1.0)
+        aggregator.metrics.close()
+    if aggregator.finished_event.is_set():
+        log.info("all collaborators stopped; aggregator exiting")
+    return aggregator
+
+
+def _client(plan: Plan, name: str) -> Any:
+    from fedrun.plan.components import compression_pipeline
+    from fedrun.transport.client import AggregatorClient
+
+    network = Network.from_plan(plan)
+    credentials = None
+    if network.use_tls:
+        from fedrun.transport.tls import client_credentials
+
+        credentials = client_credentials(network.cert_folder, name, network.require_client_auth)
+    else:
+        log.warning("TLS is OFF (network.settings.use_tls: false): traffic and identities are unprotected")
+    pipeline = compression_pipeline(plan)
+    return AggregatorClient(
+        network,
+        name,
+        plan.hash,
+        plan.federation_id,
+        credentials,
+        pipeline=pipeline,
+        pipelines={pipeline.name: pipeline},
+    )
+
+
+def run_collaborator(plan: Plan, name: str) -> Any:
+    """Build the task runner, connect, and run tasks until the experiment ends."""
+    from fedrun.plan.components import build_collaborator, build_task_runner
+
+    if name not in plan.data_paths:
+        from fedrun.errors import PlanError
+
+        raise PlanError(
+            "FX-PLAN-026",
+            f"collaborator {name!r} has no entry in {plan.data_path}",
+            f"run `fx collaborator create -n {name} -d <data path or shard>`",
+        )
+    runner = build_task_runner(plan, name)
+    client = _client(plan, name)
+    try:
+        reply = client.wait_for_aggregator()
+        log.info(
+            "connected to %s (round %d of %d, plan %s)",
+            client.target,
+            reply.round,
+            reply.rounds_to_train,
+            plan.hash[:12],
+        )
+        collaborator = build_collaborator(plan, name, client, runner)
+        while True:
+            try:
+                collaborator.run()
+                break
+            except RoundClosed as closed:
+                log.info("round closed while working (%s); asking for new tasks", closed.message)
+        log.info(
+            "collaborator %s done: %d rounds, %.1f MiB sent",
+            name,
+            len(collaborator.rounds_done),
+            client.bytes_sent / 2**20,
+        )
+        return collaborator
+    finally:
+        client.close()
+
+
+def ping(plan: Plan, name: str) -> dict[str, Any]:
+    """One Ping: connectivity, certificates, name authorisation and plan hash."""
+    client = _client(plan, name)
+    started = time.monotonic()
+    try:
+        reply = client.ping()
+    except ConnectionFailure:
+        raise
+    finally:
+        client.close()
+    return {
+        "target": client.target,
+        "round": reply.round,
+        "rounds_to_train": reply.rounds_to_train,
+        "plan_hash": reply.plan_hash,
+        "seconds": time.monotonic() - started,
+    }

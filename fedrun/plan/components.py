@@ -1,0 +1,208 @@
+"""Build the federation's components from a loaded plan.
+
+The CLI and the simulator call these; nothing here starts a network server. The aggregator's
+builders import no ML framework: only the collaborator's task runner and data loader may.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from fedrun.aggregation.base import AggregationFunction
+from fedrun.compression.base import CompressionPipeline
+from fedrun.errors import PlanError, WorkspaceError
+from fedrun.federation.aggregator import Aggregator
+from fedrun.federation.assigner import Assigner
+from fedrun.federation.collaborator import AggregatorConnection, Collaborator
+from fedrun.federation.stragglers import StragglerPolicy
+from fedrun.metrics.records import CallbackSink, JsonlMetricWriter, MetricHub, TensorBoardSink
+from fedrun.plan.loader import Plan
+from fedrun.storage.model_file import load_model
+from fedrun.storage.model_store import ModelStore
+from fedrun.storage.state_store import InMemoryStateStore, StateStore
+
+log = logging.getLogger("fedrun")
+
+
+def compression_pipeline(plan: Plan) -> CompressionPipeline:
+    """The plan's compression pipeline instance."""
+    return plan.build("compression_pipeline")
+
+
+def aggregation_functions(plan: Plan) -> dict[str, AggregationFunction]:
+    """One aggregation rule instance per task (default WeightedAverage)."""
+    from fedrun.aggregation import WeightedAverage
+
+    out: dict[str, AggregationFunction] = {}
+    for name, spec in plan.tasks.items():
+        agg = spec.aggregation_type
+        if agg is None:
+            out[name] = WeightedAverage()
+            continue
+        cls_ = plan.import_template(str(agg["template"]), f"tasks.{name}.aggregation_type")
+        instance = cls_(**dict(agg.get("settings") or {}))
+        if not isinstance(instance, AggregationFunction):
+            raise PlanError(
+                "FX-PLAN-025",
+                f"tasks.{name}.aggregation_type {agg['template']!r} is not an AggregationFunction",
+                "subclass fedrun.aggregation.base.AggregationFunction",
+            )
+        out[name] = instance
+    return out
+
+
+def assigner(plan: Plan, task_group: str | None = None) -> Assigner:
+    """The plan's assigner for the authorized collaborators."""
+    extra: dict[str, Any] = {"authorized_cols": plan.cols, "rounds_to_train": plan.rounds_to_train}
+    seed = plan.settings("aggregator").get("seed")
+    if seed is not None:
+        extra["seed"] = seed
+    settings = plan.section("assigner").get("settings") or {}
+    if task_group is not None:
+        extra["selected_task_group"] = task_group
+        settings = {k: v for k, v in settings.items() if k != "selected_task_group"}
+    cls_ = plan.import_template(plan.template("assigner"), "assigner.template")
+    return cls_(**settings, **extra)
+
+
+def metric_hub(plan: Plan) -> MetricHub:
+    """Metric sinks the plan asks for: metrics.jsonl always, TensorBoard and callback on demand."""
+    settings = plan.settings("aggregator")
+    sinks: list[Any] = [JsonlMetricWriter(plan.workspace / "logs" / "metrics.jsonl")]
+    if settings.get("write_logs"):
+        sinks.append(TensorBoardSink(plan.workspace / "logs" / "tensorboard"))
+    callback = settings.get("log_metric_callback")
+    if callback:
+        template = callback.get("template") if isinstance(callback, dict) else callback
+        fn = plan.import_template(str(template), "aggregator.settings.log_metric_callback")
+        sinks.append(CallbackSink(fn))
+    return MetricHub(sinks, on_error=log.warning)
+
+
+def state_store(plan: Plan) -> StateStore:
+    """The aggregator's state store (in memory until persistence is enabled)."""
+    return InMemoryStateStore()
+
+
+def build_aggregator(plan: Plan, *, task_group: str | None = None) -> Aggregator:
+    """Everything the aggregator process needs, from the plan."""
+    settings = plan.settings("aggregator")
+    init_path = plan.resolve_path(settings["init_state_path"])
+    if not init_path.is_file():
+        raise WorkspaceError(
+            "FX-WS-010",
+            f"the initial model {init_path} does not exist",
+            "run `fx plan initialize` in the workspace first",
+        )
+    snapshot = load_model(init_path)
+    evaluation = task_group is not None and task_group.startswith("eval")
+    rounds = 1 if evaluation else plan.rounds_to_train
+    store = ModelStore(
+        plan.resolve_path(settings["best_state_path"]),
+        plan.resolve_path(settings["last_state_path"]),
+        plan.hash,
+    )
+    policy: StragglerPolicy = plan.build("straggler_handling_policy")
+    opt = plan.settings("collaborator").get("opt_treatment")
+    agg = Aggregator(
+        plan_hash=plan.hash,
+        federation_id=plan.federation_id,
+        collaborators=plan.cols,
+        tasks=plan.tasks,
+        assigner=assigner(plan, task_group),
+        rounds_to_train=rounds,
+        initial_model=snapshot.tensors,
+        initial_round=0,
+        aggregation_functions=aggregation_functions(plan),
+        spool_dir=plan.workspace / "local_state" / "spool",
+        straggler_policy=policy,
+        model_sink=store,
+        metrics=metric_hub(plan),
+        state_store=state_store(plan),
+        best_model_metric=settings.get("best_model_metric"),
+        best_model_mode=settings.get("best_model_mode") or "max",
+        final_validation=bool(settings.get("final_validation", True)) and not evaluation,
+        accept_optimizer_state=opt == "CONTINUE_GLOBAL",
+        save_models=not evaluation,
+        collaborator_timeout=float(settings.get("collaborator_timeout") or 300),
+        durable=bool(settings.get("persist_checkpoint")),
+    )
+    return agg
+
+
+def seed_everything(seed: int | None) -> None:
+    """Seed Python, numpy and (when loaded) torch for reproducible local training."""
+    if seed is None:
+        return
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(seed)
+
+
+def build_data_loader(plan: Plan, collaborator: str | None) -> Any:
+    """The data loader for ``collaborator`` (None: model-initialisation mode, no data)."""
+    data_path = None
+    if collaborator is not None:
+        if collaborator not in plan.data_paths:
+            raise PlanError(
+                "FX-PLAN-026",
+                f"collaborator {collaborator!r} has no entry in {plan.data_path}",
+                f"run `fx collaborator create -n {collaborator} -d <data path or shard>`",
+            )
+        data_path = plan.data_paths[collaborator]
+    return plan.build("data_loader", data_path=data_path)
+
+
+def collaborator_seed(plan: Plan, collaborator: str | None) -> int | None:
+    """Per-collaborator seed derived from the plan's seed, stable across runs."""
+    seed = plan.settings("collaborator").get("seed")
+    if seed is None:
+        seed = plan.settings("aggregator").get("seed")
+    if seed is None:
+        return None
+    import zlib
+
+    return (int(seed) * 1_000_003 + zlib.crc32((collaborator or "").encode())) % (2**31)
+
+
+def build_task_runner(plan: Plan, collaborator: str | None) -> Any:
+    """Data loader plus task runner for ``collaborator`` (imports the ML framework)."""
+    seed_everything(collaborator_seed(plan, collaborator))
+    loader = build_data_loader(plan, collaborator)
+    return plan.build("task_runner", data_loader=loader)
+
+
+def build_collaborator(plan: Plan, name: str, connection: AggregatorConnection, runner: Any = None) -> Collaborator:
+    """The collaborator core for ``name``, talking through ``connection``."""
+    if name not in plan.data_paths:
+        raise PlanError(
+            "FX-PLAN-026",
+            f"collaborator {name!r} has no entry in {plan.data_path}",
+            f"run `fx collaborator create -n {name} -d <data path or shard>`",
+        )
+    runner = runner if runner is not None else build_task_runner(plan, name)
+    settings = plan.settings("collaborator")
+    return Collaborator(
+        collaborator_name=name,
+        connection=connection,
+        task_runner=runner,
+        tasks=plan.tasks,
+        use_delta_updates=bool(settings.get("use_delta_updates")),
+        opt_treatment=str(settings.get("opt_treatment") or "RESET"),
+        db_store_rounds=int(settings.get("db_store_rounds") or 1),
+    )
+
+
+def workspace_path(plan: Plan, relative: str) -> Path:
+    return plan.resolve_path(relative)

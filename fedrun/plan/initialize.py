@@ -1,0 +1,53 @@
+"""``fx plan initialize``: write the initial model and the aggregator address."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fedrun.errors import WorkspaceError
+from fedrun.plan.components import build_task_runner
+from fedrun.plan.loader import Plan, default_fqdn, load_yaml
+from fedrun.storage.model_file import load_model, save_model
+
+
+def initialize_plan(
+    plan_path: str | os.PathLike[str] = "plan/plan.yaml",
+    cols_path: str | os.PathLike[str] | None = None,
+    data_path: str | os.PathLike[str] | None = None,
+    *,
+    agg_addr: str | None = None,
+    init_model: str | os.PathLike[str] | None = None,
+) -> tuple[Plan, Path]:
+    """Build the task runner (no data needed), save its weights, record the aggregator address.
+
+    Returns the reloaded plan and the path of the initial model.
+    """
+    plan = Plan.load(plan_path, cols_path, data_path)
+    current = str(plan.network.get("agg_addr") or "auto")
+    address = agg_addr or (default_fqdn() if current == "auto" else None)
+    if address and address != current:
+        raw = load_yaml(plan.path, "plan file")
+        raw.setdefault("network", {}).setdefault("settings", {})["agg_addr"] = address
+        from fedrun.workspace.create import dump_plan
+
+        text = plan.path.read_text()
+        header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+        dump_plan(raw, plan.path, header.rstrip("\n"))
+        plan = Plan.load(plan_path, cols_path, data_path)
+    target = plan.resolve_path(plan.settings("aggregator")["init_state_path"])
+    if init_model:
+        source = Path(init_model)
+        if not source.is_file():
+            raise WorkspaceError("FX-WS-011", f"initial model {source} does not exist", "check the -i path")
+        if source.suffix == ".pbuf":
+            tensors = load_model(source).tensors
+        else:
+            runner = build_task_runner(plan, None)
+            runner.load_native(source)
+            tensors = runner.get_tensor_dict(with_opt_vars=False)
+    else:
+        runner = build_task_runner(plan, None)
+        tensors = runner.get_tensor_dict(with_opt_vars=False)
+    save_model(target, tensors, round_num=0, plan_hash=plan.hash, kind="init")
+    return plan, target

@@ -1,0 +1,782 @@
+"""Read an FL plan, merge its defaults, resolve templates, validate it and hash it.
+
+``Plan.load`` is the only way a plan enters fedrun. It fails before anything starts, with the
+file, the key path and the fix, for: an unknown section or key (with a did-you-mean), a wrong
+type, a missing file, an unknown template, or a task naming a function the task runner lacks.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedrun.constants import AUTO_PORT_MAX, AUTO_PORT_MIN, ENV_FQDN
+from fedrun.errors import PlanError
+from fedrun.federation.tasks import TaskSpec
+from fedrun.plan import schema
+from fedrun.plan.aliases import resolve_template
+from fedrun.plan.schema import CLASS_SCHEMAS, SECTIONS, TASK_KEYS, USER_SECTIONS, Setting
+
+PACKAGED_DEFAULTS = Path(__file__).resolve().parent / "defaults"
+
+#: sections filled from the packaged defaults when a plan leaves them out
+DEFAULTED_SECTIONS = (
+    "aggregator",
+    "collaborator",
+    "network",
+    "assigner",
+    "compression_pipeline",
+    "straggler_handling_policy",
+)
+#: keys excluded from the plan hash: they say where the aggregator is, not what runs
+UNHASHED_NETWORK_KEYS = ("agg_addr", "agg_port", "listen_addr")
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` when a close match exists, else ``""``."""
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def load_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file, turning every failure into a PlanError naming the file."""
+    if not path.is_file():
+        raise PlanError(
+            "FX-PLAN-001",
+            f"{what} {path} does not exist",
+            "run the command inside a workspace (made by `fx workspace create`) or pass the path",
+        )
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PlanError(
+            "FX-PLAN-003",
+            f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}",
+            "fix the indentation or quoting at that position",
+        ) from exc
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``over`` onto ``base``: dicts merge recursively, anything else is replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_cols(path: Path) -> list[str]:
+    """Authorized collaborators from cols.yaml (missing file -> empty list)."""
+    if not path.is_file():
+        return []
+    data = load_yaml(path, "collaborator list")
+    if not isinstance(data, Mapping):
+        raise PlanError(
+            "FX-PLAN-004", f"{path} must hold `collaborators: [names]`", "see plan/cols.yaml"
+        )
+    cols = data.get("collaborators") or []
+    if not isinstance(cols, list) or not all(isinstance(c, str | int) for c in cols):
+        raise PlanError(
+            "FX-PLAN-004",
+            f"{path}: `collaborators` must be a list of names",
+            "write one `- name` line per collaborator",
+        )
+    names = [str(c) for c in cols]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PlanError(
+            "FX-PLAN-004", f"{path} lists {', '.join(dupes)} more than once", "remove duplicates"
+        )
+    return names
+
+
+def read_data_paths(path: Path) -> dict[str, str]:
+    """``name,path`` lines of data.yaml (comments and blank lines skipped)."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if "," not in text:
+            raise PlanError(
+                "FX-PLAN-005",
+                f"{path} line {number}: {text!r} is not `name,data_path`",
+                "write one `collaborator_name,data_path` line per collaborator",
+            )
+        name, value = text.split(",", 1)
+        out[name.strip()] = value.strip()
+    return out
+
+
+def write_data_path(path: Path, name: str, data_path: str) -> None:
+    """Set ``name``'s data path in data.yaml, keeping every other line (comments too)."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    entry = f"{name},{data_path}"
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if text and not text.startswith("#") and text.split(",", 1)[0].strip() == name:
+            lines[i] = entry
+            break
+    else:
+        lines.append(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``section.key=value`` (``settings`` is implied) into a key path and YAML value."""
+    if "=" not in item:
+        raise PlanError(
+            "FX-PLAN-006",
+            f"override {item!r} has no `=`",
+            "write it as section.key=value, e.g. aggregator.rounds_to_train=3",
+        )
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if len(parts) < 2:
+        raise PlanError(
+            "FX-PLAN-006",
+            f"override {item!r} names no key inside a section",
+            "write it as section.key=value, e.g. aggregator.rounds_to_train=3",
+        )
+    if parts[0] != "tasks" and parts[1] not in ("settings", "template", "defaults"):
+        parts.insert(1, "settings")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def canonical_json(config: Mapping[str, Any]) -> str:
+    """Canonical text of a plan: sorted keys, no whitespace, address and port left out."""
+    stripped = copy.deepcopy(dict(config))
+    net = stripped.get("network", {}).get("settings", {})
+    for key in UNHASHED_NETWORK_KEYS:
+        net.pop(key, None)
+    return json.dumps(stripped, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def plan_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 hex digest of the canonical plan."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
+
+
+def diff_plans(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Key paths whose values differ between two plans (for a mismatch message)."""
+    out: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out.extend(diff_plans(va, vb, path + "."))
+        elif va != vb:
+            out.append(path)
+    return out
+
+
+def default_fqdn() -> str:
+    """``$FQDN`` when set, else this host's fully qualified domain name (lower case)."""
+    return (os.environ.get(ENV_FQDN) or socket.getfqdn()).strip().lower()
+
+
+@dataclass
+class Plan:
+    """A loaded, merged, validated FL plan and the files that come with it.
+
+    Attributes
+    ----------
+    config:
+        The merged plan: every section with ``template`` and ``settings`` (tasks: task entries).
+    path, cols_path, data_path:
+        Where the plan, the authorized-collaborator list and the data paths came from.
+    workspace:
+        The workspace folder (parent of ``plan/``); ``src.*`` templates are imported from it.
+    cols:
+        Authorized collaborator names (cols.yaml).
+    data_paths:
+        Collaborator name -> data path (data.yaml).
+    """
+
+    config: dict[str, Any]
+    path: Path
+    workspace: Path
+    cols_path: Path
+    data_path: Path
+    cols: list[str] = field(default_factory=list)
+    data_paths: dict[str, str] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        plan_path: str | os.PathLike[str] = "plan/plan.yaml",
+        cols_path: str | os.PathLike[str] | None = None,
+        data_path: str | os.PathLike[str] | None = None,
+        *,
+        workspace: str | os.PathLike[str] | None = None,
+        overrides: Iterable[str] = (),
+    ) -> Plan:
+        """Load and validate a plan; see the module docstring for what is checked."""
+        path = Path(plan_path).resolve()
+        ws = Path(workspace).resolve() if workspace else _workspace_of(path)
+        raw = load_yaml(path, "plan file")
+        if not isinstance(raw, Mapping):
+            raise PlanError(
+                "FX-PLAN-003", f"{path} must be a mapping of sections", "see plan/plan.yaml"
+            )
+        config = merge_defaults(raw, path, ws)
+        for item in overrides:
+            keys, value = parse_override(item)
+            set_by_path(config, keys, value)
+        normalize(config)
+        plan = cls(
+            config=config,
+            path=path,
+            workspace=ws,
+            cols_path=Path(cols_path).resolve() if cols_path else ws / "plan" / "cols.yaml",
+            data_path=Path(data_path).resolve() if data_path else ws / "plan" / "data.yaml",
+        )
+        plan.cols = read_cols(plan.cols_path)
+        plan.data_paths = read_data_paths(plan.data_path)
+        plan.validate()
+        return plan
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the canonical plan (address and port excluded)."""
+        return plan_hash(self.config)
+
+    @property
+    def federation_id(self) -> str:
+        """Short id of the experiment, derived from the plan hash."""
+        return f"{self.path.stem}_{self.hash[:12]}"
+
+    @property
+    def canonical(self) -> str:
+        return canonical_json(self.config)
+
+    # ------------------------------------------------------------------ access
+    def section(self, name: str) -> dict[str, Any]:
+        return self.config.get(name, {})
+
+    def template(self, name: str) -> str:
+        """Resolved dotted class path of a section's template."""
+        return resolve_template(str(self.section(name).get("template", "")))
+
+    def settings(self, name: str) -> dict[str, Any]:
+        """A section's settings with schema defaults filled in for fedrun's own classes."""
+        given = dict(self.section(name).get("settings") or {})
+        known = CLASS_SCHEMAS.get(self.template(name))
+        if known:
+            for key, setting in known.items():
+                given.setdefault(key, setting.default)
+        return given
+
+    @property
+    def rounds_to_train(self) -> int:
+        return int(self.settings("aggregator")["rounds_to_train"])
+
+    @property
+    def tasks(self) -> dict[str, TaskSpec]:
+        out: dict[str, TaskSpec] = {}
+        for name, entry in self.config.get("tasks", {}).items():
+            out[name] = TaskSpec(
+                name=name,
+                function=str(entry["function"]),
+                kwargs=dict(entry.get("kwargs") or {}),
+                aggregation_type=entry.get("aggregation_type"),
+            )
+        return out
+
+    @property
+    def network(self) -> dict[str, Any]:
+        return self.settings("network")
+
+    @property
+    def agg_addr(self) -> str:
+        addr = str(self.network.get("agg_addr") or "auto")
+        return default_fqdn() if addr == "auto" else addr
+
+    @property
+    def agg_port(self) -> int:
+        port = self.network.get("agg_port", "auto")
+        if port in (None, "auto"):
+            return int(self.hash[:8], 16) % (AUTO_PORT_MAX - AUTO_PORT_MIN) + AUTO_PORT_MIN
+        return int(port)
+
+    @property
+    def listen_addr(self) -> str:
+        return str(self.network.get("listen_addr") or self.agg_addr)
+
+    def resolve_path(self, value: str | os.PathLike[str]) -> Path:
+        """Workspace-relative paths in settings become absolute."""
+        p = Path(value)
+        return p if p.is_absolute() else self.workspace / p
+
+    # ------------------------------------------------------------------ templates
+    def import_template(self, template: str, where: str) -> Any:
+        """Import a class or function named in the plan; ``src.*`` from the workspace."""
+        dotted = resolve_template(template)
+        module_name, _, attr = dotted.rpartition(".")
+        if not module_name:
+            raise PlanError(
+                "FX-PLAN-007",
+                f"{where}: template {template!r} is not a dotted `module.Class` name",
+                "write e.g. src.taskrunner.MyRunner",
+            )
+        ws = str(self.workspace)
+        if ws not in sys.path:
+            sys.path.insert(0, ws)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                raise PlanError(
+                    "FX-PLAN-007",
+                    f"{where}: template {template!r}: module {module_name!r} not found",
+                    f"check the name; workspace modules live in {self.workspace / 'src'}",
+                ) from exc
+            raise PlanError(
+                "FX-PLAN-008",
+                f"{where}: importing {module_name!r} needs the package {exc.name!r}, "
+                "which is not installed",
+                f"pip install {exc.name} (or pip install -r requirements.txt in the workspace)",
+            ) from exc
+        try:
+            return getattr(module, attr)
+        except AttributeError as exc:
+            names = [n for n in dir(module) if not n.startswith("_")]
+            raise PlanError(
+                "FX-PLAN-007",
+                f"{where}: {module_name!r} has no {attr!r}{did_you_mean(attr, names)}",
+                f"check the template name in {self.path.name}",
+            ) from exc
+
+    def build(self, section: str, **inject: Any) -> Any:
+        """Construct a section's class with its settings plus injected arguments."""
+        cls_ = self.import_template(self.template(section), f"{section}.template")
+        settings = dict(self.section(section).get("settings") or {})
+        check_signature(cls_, settings, f"{self.path.name}: {section}.settings", set(inject))
+        return cls_(**settings, **inject)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Check sections, keys, types, templates, tasks and groups; raise PlanError."""
+        where = self.path.name
+        for name, section in self.config.items():
+            if name not in SECTIONS:
+                raise PlanError(
+                    "FX-PLAN-009",
+                    f"{where}: unknown section {name!r}{did_you_mean(name, SECTIONS)}",
+                    f"sections are: {', '.join(SECTIONS)}",
+                )
+            if name == "tasks":
+                continue
+            for key in section:
+                if key not in ("template", "settings"):
+                    raise PlanError(
+                        "FX-PLAN-010",
+                        f"{where}: unknown key {name}.{key}"
+                        f"{did_you_mean(key, ('template', 'settings', 'defaults'))}",
+                        "a section holds `template`, `settings` and `defaults` only",
+                    )
+            if not isinstance(section.get("settings", {}), Mapping):
+                raise PlanError(
+                    "FX-PLAN-011",
+                    f"{where}: {name}.settings must be a mapping, not "
+                    f"{type(section['settings']).__name__}",
+                    "write settings as `key: value` lines under `settings:`",
+                )
+        for name in ("data_loader", "task_runner", "tasks"):
+            if not self.config.get(name):
+                raise PlanError(
+                    "FX-PLAN-013",
+                    f"{where}: the plan has no {name!r} section",
+                    "add it (a workspace template's plan shows the shape)",
+                )
+        for name in self.config:
+            if name != "tasks":
+                self._validate_section(name)
+        self._validate_tasks()
+        self._validate_groups()
+
+    def _validate_section(self, name: str) -> None:
+        where = f"{self.path.name}: {name}"
+        section = self.config[name]
+        template = section.get("template")
+        if not isinstance(template, str) or not template:
+            raise PlanError(
+                "FX-PLAN-007",
+                f"{where}.template is missing",
+                "name the class, e.g. template: src.taskrunner.MyRunner",
+            )
+        dotted = resolve_template(template)
+        settings = section.get("settings") or {}
+        known = CLASS_SCHEMAS.get(dotted)
+        if known is not None:
+            check_settings(known, settings, f"{where}.settings")
+            return
+        if name in USER_SECTIONS:
+            self._check_template_exists(dotted, f"{where}.template")
+            return
+        cls_ = self.import_template(dotted, f"{where}.template")
+        check_signature(cls_, settings, f"{where}.settings", set())
+
+    def _check_template_exists(self, dotted: str, where: str) -> None:
+        """Find a user class without importing it (its module may import torch or keras)."""
+        module_name, _, attr = dotted.rpartition(".")
+        source = self._module_source(module_name)
+        if source is None:
+            try:
+                found = importlib.util.find_spec(module_name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise PlanError(
+                    "FX-PLAN-007",
+                    f"{where}: module {module_name!r} not found",
+                    f"check the name; workspace modules live in {self.workspace / 'src'}",
+                )
+            return
+        classes = _class_defs(source)
+        if attr not in classes and not _imports_name(source, attr):
+            raise PlanError(
+                "FX-PLAN-007",
+                f"{where}: {module_name}.py defines no {attr!r}{did_you_mean(attr, classes)}",
+                f"check the class name in {self.path.name}",
+            )
+
+    def _module_source(self, module_name: str) -> ast.Module | None:
+        rel = Path(*module_name.split("."))
+        for candidate in (
+            self.workspace / rel.with_suffix(".py"),
+            self.workspace / rel / "__init__.py",
+        ):
+            if candidate.is_file():
+                try:
+                    return ast.parse(candidate.read_text(), str(candidate))
+                except SyntaxError as exc:
+                    raise PlanError(
+                        "FX-PLAN-014",
+                        f"{candidate} line {exc.lineno}: syntax error: {exc.msg}",
+                        "fix the Python file",
+                    ) from exc
+        return None
+
+    def runner_functions(self) -> set[str] | None:
+        """Method names of the task runner class, found statically; None if unknowable."""
+        dotted = self.template("task_runner")
+        module_name, _, attr = dotted.rpartition(".")
+        source = self._module_source(module_name)
+        if source is None:
+            return None
+        return _methods_of(source, attr, set())
+
+    def _validate_tasks(self) -> None:
+        where = f"{self.path.name}: tasks"
+        tasks = self.config["tasks"]
+        if not isinstance(tasks, Mapping):
+            raise PlanError("FX-PLAN-011", f"{where} must be a mapping of task names")
+        functions = self.runner_functions()
+        for task_name, entry in tasks.items():
+            if not isinstance(entry, Mapping):
+                raise PlanError(
+                    "FX-PLAN-011",
+                    f"{where}.{task_name} must be a mapping with `function` and `kwargs`",
+                )
+            for key in entry:
+                if key not in TASK_KEYS:
+                    raise PlanError(
+                        "FX-PLAN-010",
+                        f"{where}.{task_name}: unknown key {key!r}{did_you_mean(key, TASK_KEYS)}",
+                        f"a task holds {', '.join(TASK_KEYS)}",
+                    )
+            function = entry.get("function")
+            if not isinstance(function, str) or not function:
+                raise PlanError(
+                    "FX-PLAN-015",
+                    f"{where}.{task_name}.function is missing",
+                    "name the task runner method, e.g. function: train_task",
+                )
+            if functions is not None and function not in functions:
+                raise PlanError(
+                    "FX-PLAN-016",
+                    f"{where}.{task_name}.function: the task runner "
+                    f"{self.template('task_runner')} has no method {function!r}"
+                    f"{did_you_mean(function, functions)}",
+                    "name a method the task runner defines (train_task, validate_task, ...)",
+                )
+            if not isinstance(entry.get("kwargs", {}) or {}, Mapping):
+                raise PlanError("FX-PLAN-011", f"{where}.{task_name}.kwargs must be a mapping")
+            apply = (entry.get("kwargs") or {}).get("apply")
+            if apply is not None and apply not in ("global", "local"):
+                raise PlanError(
+                    "FX-PLAN-017",
+                    f"{where}.{task_name}.kwargs.apply is {apply!r}",
+                    "use `global` (validate the received model) or `local` (the trained one)",
+                )
+            agg = entry.get("aggregation_type")
+            if agg is not None:
+                if isinstance(agg, str):
+                    agg = {"template": agg}
+                    entry["aggregation_type"] = agg
+                if not isinstance(agg, Mapping) or "template" not in agg:
+                    raise PlanError(
+                        "FX-PLAN-011",
+                        f"{where}.{task_name}.aggregation_type needs a `template`",
+                        "e.g. aggregation_type: {template: Median}",
+                    )
+                fn = self.import_template(
+                    str(agg["template"]), f"{where}.{task_name}.aggregation_type"
+                )
+                check_signature(
+                    fn,
+                    agg.get("settings") or {},
+                    f"{where}.{task_name}.aggregation_type.settings",
+                    set(),
+                )
+
+    def _validate_groups(self) -> None:
+        where = f"{self.path.name}: assigner.settings.task_groups"
+        groups = self.settings("assigner").get("task_groups") or []
+        tasks = set(self.config["tasks"])
+        for group in groups:
+            if not isinstance(group, Mapping) or "tasks" not in group:
+                raise PlanError(
+                    "FX-PLAN-018",
+                    f"{where}: each group needs `name` and `tasks`",
+                    "see plan/defaults/assigner.yaml",
+                )
+            for task in group.get("tasks") or []:
+                if task not in tasks:
+                    raise PlanError(
+                        "FX-PLAN-018",
+                        f"{where}: group {group.get('name')!r} lists task {task!r}, which the "
+                        f"tasks section does not define{did_you_mean(task, tasks)}",
+                        "define the task under `tasks:` or remove it from the group",
+                    )
+
+
+# ---------------------------------------------------------------------- helpers
+def _workspace_of(plan_path: Path) -> Path:
+    return plan_path.parent.parent if plan_path.parent.name == "plan" else plan_path.parent
+
+
+def _defaults_file(ref: str, plan_path: Path, workspace: Path) -> Path:
+    rel = Path(ref)
+    for candidate in (workspace / rel, plan_path.parent / rel.name):
+        if candidate.is_file() and candidate.resolve() != plan_path:
+            return candidate
+    packaged = PACKAGED_DEFAULTS / rel.name
+    if packaged.is_file():
+        return packaged
+    raise PlanError(
+        "FX-PLAN-002",
+        f"{plan_path.name}: defaults file {ref!r} not found in the workspace ({workspace / rel}) "
+        "or among fedrun's packaged defaults",
+        f"create it, or use one of: {', '.join(sorted(p.name for p in PACKAGED_DEFAULTS.glob('*.yaml')))}",
+    )
+
+
+def merge_defaults(raw: Mapping[str, Any], plan_path: Path, workspace: Path) -> dict[str, Any]:
+    """Apply every section's ``defaults`` file underneath it (the plan wins, dicts merge)."""
+    config: dict[str, Any] = {}
+    for name, section in raw.items():
+        if section is None:
+            section = {}
+        if not isinstance(section, Mapping):
+            raise PlanError(
+                "FX-PLAN-011",
+                f"{plan_path.name}: section {name!r} must be a mapping, not {type(section).__name__}",
+                "indent its template/settings under it",
+            )
+        section = dict(section)
+        ref = section.pop("defaults", None)
+        if ref:
+            base = load_yaml(_defaults_file(str(ref), plan_path, workspace), f"defaults for {name}")
+            if not isinstance(base, Mapping):
+                raise PlanError("FX-PLAN-003", f"defaults file {ref!r} must be a mapping")
+            base = dict(base)
+            base.pop("defaults", None)
+            section = deep_merge(base, section)
+        if name == "tasks":
+            section.pop("settings", None)
+        config[str(name)] = section
+    for name in DEFAULTED_SECTIONS:
+        if name not in config:
+            config[name] = dict(load_yaml(PACKAGED_DEFAULTS / f"{name}.yaml", "packaged defaults"))
+    for name, section in config.items():
+        if name != "tasks":
+            section.setdefault("settings", {})
+            if section["settings"] is None:
+                section["settings"] = {}
+    return config
+
+
+def normalize(config: dict[str, Any]) -> None:
+    """Map OpenFL 1.6 setting names to their current names."""
+    net = config.get("network", {}).get("settings", {})
+    if "tls" in net:
+        net.setdefault("use_tls", net.pop("tls"))
+    if "disable_client_auth" in net:
+        disabled = net.pop("disable_client_auth")
+        net.setdefault("require_client_auth", not disabled)
+    col = config.get("collaborator", {}).get("settings", {})
+    if "delta_updates" in col:
+        value = col.pop("delta_updates")
+        col.setdefault("use_delta_updates", value)
+
+
+def set_by_path(config: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = config
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise PlanError("FX-PLAN-006", f"override path {'.'.join(keys)} crosses a non-mapping")
+    node[keys[-1]] = value
+
+
+def check_settings(known: Mapping[str, Setting], settings: Mapping[str, Any], where: str) -> None:
+    """Check keys, types and choices of settings against a schema."""
+    for key, value in settings.items():
+        if key not in known:
+            raise PlanError(
+                "FX-PLAN-010",
+                f"{where}: unknown key {key!r}{did_you_mean(key, known)}",
+                f"known keys: {', '.join(sorted(known))}",
+            )
+        spec = known[key]
+        if value is None and (spec.nullable or spec.default is None):
+            continue
+        ok = isinstance(value, spec.types) and not (
+            isinstance(value, bool) and bool not in spec.types
+        )
+        if not ok:
+            expected = " or ".join(t.__name__ for t in spec.types)
+            raise PlanError(
+                "FX-PLAN-011",
+                f"{where}.{key} is {value!r} ({type(value).__name__}); expected {expected}",
+                f"{key}: {spec.help}",
+            )
+        if spec.choices and value not in spec.choices:
+            raise PlanError(
+                "FX-PLAN-012",
+                f"{where}.{key} is {value!r}",
+                f"use one of {', '.join(map(str, spec.choices))}",
+            )
+
+
+def check_signature(
+    target: Any, settings: Mapping[str, Any], where: str, injected: set[str]
+) -> None:
+    """Refuse settings a constructor would not accept, before calling it."""
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in settings:
+        if key not in accepted:
+            options = [a for a in accepted if a not in injected]
+            raise PlanError(
+                "FX-PLAN-010",
+                f"{where}: unknown key {key!r}{did_you_mean(key, options)}",
+                f"{getattr(target, '__name__', target)} accepts: {', '.join(options) or 'nothing'}",
+            )
+
+
+def _class_defs(tree: ast.Module) -> list[str]:
+    return [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+
+
+def _imports_name(tree: ast.Module, name: str) -> bool:
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            for alias in node.names:
+                if (alias.asname or alias.name.split(".")[-1]) == name:
+                    return True
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and target.id == name:
+                    return True
+    return False
+
+
+#: base classes whose task methods are known without importing them
+_KNOWN_RUNNER_BASES = {
+    "TaskRunner",
+    "PyTorchTaskRunner",
+    "KerasTaskRunner",
+}
+
+
+def _methods_of(tree: ast.Module, class_name: str, seen: set[str]) -> set[str] | None:
+    if class_name in seen:
+        return set()
+    seen.add(class_name)
+    node = next(
+        (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name), None
+    )
+    if node is None:
+        return None
+    methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    for base in node.bases:
+        base_name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", None)
+        if base_name is None:
+            return None
+        if base_name in _KNOWN_RUNNER_BASES:
+            from fedrun.runners.base import TaskRunner
+
+            methods |= {n for n in dir(TaskRunner) if not n.startswith("__")}
+            continue
+        if base_name in ("object", "nn", "Module"):
+            continue
+        inherited = _methods_of(tree, base_name, seen)
+        if inherited is None:
+            return None
+        methods |= inherited
+    return methods
+
+
+__all__ = [
+    "Plan",
+    "PlanError",
+    "canonical_json",
+    "deep_merge",
+    "default_fqdn",
+    "did_you_mean",
+    "diff_plans",
+    "load_yaml",
+    "parse_override",
+    "plan_hash",
+    "read_cols",
+    "read_data_paths",
+    "schema",
+    "write_data_path",
+]

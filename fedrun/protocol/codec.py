@@ -1,0 +1,242 @@
+"""TensorCodec: numpy arrays to wire frames and back.
+
+A tensor crosses the wire as one ``TensorHeader`` frame (name, dtype, shape, payload length,
+encoding) followed by ``data`` frames of at most :data:`~fedrun.constants.CHUNK_BYTES` each. The
+receiver allocates the payload buffer once from the declared length (after checking it against
+dtype and shape), copies each chunk into place, and decodes. Nothing here knows about rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrun.compression.base import CompressionPipeline
+from fedrun.constants import CHUNK_BYTES, MAX_TENSOR_BYTES
+from fedrun.errors import ProtocolError
+from fedrun.protocol import federation_pb2 as pb
+
+#: dtypes that may cross the wire (numeric and bool; never object or structured dtypes)
+ALLOWED_KINDS = frozenset("biuf")
+
+
+@dataclass
+class DecodedTensor:
+    """A tensor as received: its array and whether it is a delta against the global model."""
+
+    name: str
+    array: np.ndarray
+    delta: bool = False
+    payload_bytes: int = 0
+
+
+def wire_dtype(dtype: np.dtype) -> str:
+    """Little-endian dtype string for the header (``<f4``, ``|u1``...)."""
+    dt = np.dtype(dtype)
+    if dt.kind not in ALLOWED_KINDS:
+        raise ProtocolError(
+            "FX-WIRE-001",
+            f"dtype {dt} cannot be sent (only bool, integer and float tensors travel)",
+            "convert the tensor to a numeric dtype in get_tensor_dict",
+        )
+    return dt.newbyteorder("<").str if dt.itemsize > 1 else dt.str
+
+
+def parse_dtype(text: str) -> np.dtype:
+    """Parse and check a header dtype string."""
+    try:
+        dt = np.dtype(text)
+    except TypeError as exc:
+        raise ProtocolError("FX-WIRE-002", f"unknown dtype {text!r} in tensor header") from exc
+    if dt.kind not in ALLOWED_KINDS:
+        raise ProtocolError("FX-WIRE-002", f"dtype {text!r} is not allowed on the wire")
+    return dt
+
+
+def raw_bytes(array: np.ndarray) -> memoryview:
+    """The array's C-order little-endian bytes, without a copy when it already is."""
+    arr = np.asarray(array)
+    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not np.little_endian):
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    arr = np.ascontiguousarray(arr)
+    return memoryview(arr).cast("B") if arr.size else memoryview(b"")
+
+
+def encode_tensor(
+    name: str,
+    array: np.ndarray,
+    *,
+    pipeline: CompressionPipeline | None = None,
+    delta: bool = False,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[pb.TensorFrame]:
+    """Yield the frames of one tensor: a header, then payload chunks."""
+    arr = np.asarray(array)
+    dtype = wire_dtype(arr.dtype)
+    if pipeline is None or pipeline.name == "none":
+        payload: bytes | memoryview = raw_bytes(arr)
+        meta = b""
+        encoding = "none"
+    else:
+        payload, meta = pipeline.encode(arr)
+        encoding = pipeline.name
+    view = memoryview(payload).cast("B") if not isinstance(payload, memoryview) else payload
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    header = pb.TensorHeader(
+        name=name,
+        dtype=dtype,
+        shape=list(arr.shape),
+        payload_bytes=len(view),
+        encoding=encoding,
+        encoding_meta=meta,
+        delta=delta,
+    )
+    yield pb.TensorFrame(header=header)
+    for start in range(0, len(view), chunk_bytes):
+        yield pb.TensorFrame(data=bytes(view[start : start + chunk_bytes]))
+
+
+def encode_tensors(
+    tensors: Mapping[str, np.ndarray],
+    *,
+    pipeline: CompressionPipeline | None = None,
+    delta: bool = False,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[pb.TensorFrame]:
+    """Yield the frames of several tensors, one after the other."""
+    for name, array in tensors.items():
+        yield from encode_tensor(
+            name, array, pipeline=pipeline, delta=delta, chunk_bytes=chunk_bytes
+        )
+
+
+def check_header(header: pb.TensorHeader, max_bytes: int = MAX_TENSOR_BYTES) -> np.dtype:
+    """Refuse headers whose declared size is impossible before allocating anything."""
+    if not header.name:
+        raise ProtocolError("FX-WIRE-003", "tensor header without a name")
+    dtype = parse_dtype(header.dtype)
+    if any(d < 0 for d in header.shape):
+        raise ProtocolError("FX-WIRE-004", f"tensor {header.name!r} has a negative dimension")
+    expected = dtype.itemsize * int(np.prod(header.shape, dtype=np.float64))
+    if expected > max_bytes or header.payload_bytes > max_bytes:
+        raise ProtocolError(
+            "FX-WIRE-005",
+            f"tensor {header.name!r} declares {max(expected, header.payload_bytes)} bytes, "
+            f"over the limit of {max_bytes}",
+        )
+    if header.encoding in ("", "none") and header.payload_bytes != expected:
+        raise ProtocolError(
+            "FX-WIRE-006",
+            f"tensor {header.name!r}: {header.payload_bytes} payload bytes for dtype "
+            f"{dtype} and shape {tuple(header.shape)} (expected {expected})",
+        )
+    return dtype
+
+
+class TensorAssembler:
+    """Rebuilds tensors from a frame stream, one at a time.
+
+    Feed frames with :meth:`feed`; each completed tensor is returned as soon as its last chunk
+    arrives, so a consumer can fold it in and drop it before the next one is received.
+    """
+
+    def __init__(
+        self,
+        pipelines: Mapping[str, CompressionPipeline] | None = None,
+        max_bytes: int = MAX_TENSOR_BYTES,
+    ) -> None:
+        self.pipelines = dict(pipelines or {})
+        self.max_bytes = max_bytes
+        self._header: pb.TensorHeader | None = None
+        self._dtype: np.dtype | None = None
+        self._buffer: bytearray | None = None
+        self._filled = 0
+
+    @property
+    def busy(self) -> bool:
+        """True while a tensor is partly received."""
+        return self._header is not None
+
+    def feed(self, frame: pb.TensorFrame) -> DecodedTensor | None:
+        """Consume one frame; return a tensor when this frame completed it."""
+        kind = frame.WhichOneof("body")
+        if kind == "header":
+            if self._header is not None:
+                raise ProtocolError(
+                    "FX-WIRE-007",
+                    f"tensor {self._header.name!r} ended after {self._filled} of "
+                    f"{self._header.payload_bytes} bytes",
+                )
+            self._dtype = check_header(frame.header, self.max_bytes)
+            self._header = frame.header
+            self._buffer = bytearray(frame.header.payload_bytes)
+            self._filled = 0
+            if frame.header.payload_bytes == 0:
+                return self._finish()
+            return None
+        if kind == "data":
+            if self._header is None or self._buffer is None:
+                raise ProtocolError("FX-WIRE-008", "tensor data frame without a header")
+            chunk = frame.data
+            end = self._filled + len(chunk)
+            if end > len(self._buffer):
+                raise ProtocolError(
+                    "FX-WIRE-007",
+                    f"tensor {self._header.name!r} sent more than its declared "
+                    f"{self._header.payload_bytes} bytes",
+                )
+            self._buffer[self._filled : end] = chunk
+            self._filled = end
+            if end == len(self._buffer):
+                return self._finish()
+            return None
+        raise ProtocolError("FX-WIRE-009", f"unexpected frame {kind!r} inside a tensor stream")
+
+    def _finish(self) -> DecodedTensor:
+        assert self._header is not None and self._dtype is not None and self._buffer is not None
+        header, dtype, buffer = self._header, self._dtype, self._buffer
+        self._header = self._dtype = self._buffer = None
+        shape = tuple(int(d) for d in header.shape)
+        if header.encoding in ("", "none"):
+            array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+        else:
+            pipeline = self.pipelines.get(header.encoding)
+            if pipeline is None:
+                raise ProtocolError(
+                    "FX-WIRE-010",
+                    f"tensor {header.name!r} uses encoding {header.encoding!r}, "
+                    "which this side's plan does not use",
+                    "use the same compression_pipeline on every node",
+                )
+            try:
+                array = pipeline.decode(memoryview(buffer), header.encoding_meta, dtype, shape)
+            except ValueError as exc:
+                raise ProtocolError(
+                    "FX-WIRE-011", f"tensor {header.name!r} could not be decoded: {exc}"
+                ) from exc
+        return DecodedTensor(header.name, array, header.delta, int(header.payload_bytes))
+
+    def close(self) -> None:
+        """Call at end of stream: a half-received tensor is an error."""
+        if self._header is not None:
+            raise ProtocolError(
+                "FX-WIRE-007",
+                f"stream ended inside tensor {self._header.name!r} "
+                f"({self._filled} of {self._header.payload_bytes} bytes)",
+            )
+
+
+def decode_frames(
+    frames: Iterable[pb.TensorFrame],
+    pipelines: Mapping[str, CompressionPipeline] | None = None,
+) -> Iterator[DecodedTensor]:
+    """Yield every tensor of a pure tensor stream."""
+    assembler = TensorAssembler(pipelines)
+    for frame in frames:
+        tensor = assembler.feed(frame)
+        if tensor is not None:
+            yield tensor
+    assembler.close()

@@ -1,0 +1,88 @@
+"""The framework-neutral TaskRunner base class that users' runners build on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from fedrun.errors import PlanError
+from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult
+
+
+class Metric(NamedTuple):
+    """A named metric value, as returned by ``train_`` and ``validate_``."""
+
+    name: str
+    value: Any
+
+
+class TaskRunner:
+    """Base class of every task runner: holds the data loader and the optimizer treatment.
+
+    Subclasses provide ``get_tensor_dict`` / ``set_tensor_dict`` for their framework and the task
+    methods named in the plan (``train_task`` and ``validate_task`` by default). A task method is
+    called as ``method(col_name, round_num, input_tensor_dict, **kwargs)`` and returns a
+    :class:`~fedrun.federation.tasks.TaskResult`.
+    """
+
+    #: Task methods every runner offers; the plan validator accepts these without importing
+    #: the runner's framework.
+    TASK_FUNCTIONS: tuple[str, ...] = ("train_task", "validate_task")
+
+    def __init__(self, data_loader: Any = None, **kwargs: Any) -> None:
+        self.data_loader = data_loader
+        self.opt_treatment = "RESET"
+        self.settings = dict(kwargs)
+
+    def set_optimizer_treatment(self, treatment: str) -> None:
+        """Set RESET, CONTINUE_LOCAL or CONTINUE_GLOBAL (see the plan's ``opt_treatment``)."""
+        if treatment not in OPT_TREATMENTS:
+            raise PlanError(
+                "FX-PLAN-012",
+                f"collaborator.settings.opt_treatment is {treatment!r}",
+                f"use one of {', '.join(OPT_TREATMENTS)}",
+            )
+        self.opt_treatment = treatment
+
+    def get_train_data_size(self) -> int:
+        """Number of training samples in this collaborator's shard."""
+        return int(self.data_loader.get_train_data_size()) if self.data_loader else 0
+
+    def get_valid_data_size(self) -> int:
+        """Number of validation samples in this collaborator's shard."""
+        return int(self.data_loader.get_valid_data_size()) if self.data_loader else 0
+
+    def get_tensor_dict(self, with_opt_vars: bool = False) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def set_tensor_dict(
+        self, tensor_dict: Mapping[str, np.ndarray], with_opt_vars: bool = False
+    ) -> None:
+        raise NotImplementedError
+
+    def train_task(
+        self,
+        col_name: str,
+        round_num: int,
+        input_tensor_dict: Mapping[str, np.ndarray],
+        **kwargs: Any,
+    ) -> TaskResult:
+        raise NotImplementedError
+
+    def validate_task(
+        self,
+        col_name: str,
+        round_num: int,
+        input_tensor_dict: Mapping[str, np.ndarray],
+        **kwargs: Any,
+    ) -> TaskResult:
+        raise NotImplementedError
+
+    def save_native(self, filepath: str | os.PathLike[str], **kwargs: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement save_native")
+
+    def load_native(self, filepath: str | os.PathLike[str], **kwargs: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not implement load_native")

@@ -1,0 +1,239 @@
+"""Model files (``save/init.pbuf``, ``best.pbuf``, ``last.pbuf``).
+
+A model file is a sequence of length-delimited protobuf ``TensorFrame`` messages: one
+``ModelInfo`` frame (round, plan hash, tensor count), then each tensor as a header frame and its
+raw payload chunks, exactly as on the wire. Being a stream rather than one protobuf message, it
+has no 2 GiB limit, and it is written to a temporary file and renamed, so a crash while saving
+never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from google.protobuf.internal.decoder import _DecodeVarint
+from google.protobuf.internal.encoder import _VarintBytes
+
+from fedrun.errors import StateError
+from fedrun.protocol import federation_pb2 as pb
+from fedrun.protocol.codec import TensorAssembler, encode_tensors
+
+MAGIC = b"FEDRUN-MODEL-1\n"
+
+
+@dataclass
+class ModelSnapshot:
+    """A model read from disk: its tensors and where it came from."""
+
+    tensors: dict[str, np.ndarray]
+    round: int = 0
+    plan_hash: str = ""
+    kind: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _write_frame(out: BinaryIO, frame: pb.TensorFrame) -> None:
+    data = frame.SerializeToString()
+    out.write(_VarintBytes(len(data)))
+    out.write(data)
+
+
+def save_model(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, np.ndarray],
+    *,
+    round_num: int,
+    plan_hash: str = "",
+    kind: str = "",
+    metrics: Mapping[str, float] | None = None,
+) -> Path:
+    """Write ``tensors`` atomically to ``path`` and return the path."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as exc:
+        raise StateError(
+            "FX-STATE-001",
+            f"cannot write the model file {target}: {exc.strerror}",
+            f"make {target.parent} writable, or point the plan's *_state_path elsewhere",
+        ) from exc
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(MAGIC)
+            info = pb.ModelInfo(
+                round=round_num,
+                plan_hash=plan_hash,
+                tensor_count=len(tensors),
+                kind=kind,
+                metrics=dict(metrics or {}),
+            )
+            _write_frame(out, pb.TensorFrame(model=info))
+            for frame in encode_tensors(tensors):
+                _write_frame(out, frame)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _read_frames(data: memoryview, path: Path) -> Iterator[pb.TensorFrame]:
+    pos = len(MAGIC)
+    end = len(data)
+    while pos < end:
+        try:
+            size, pos = _DecodeVarint(data, pos)
+        except Exception as exc:  # truncated varint
+            raise _corrupt(path, "truncated frame length") from exc
+        if pos + size > end:
+            raise _corrupt(path, "file ends inside a frame (truncated?)")
+        frame = pb.TensorFrame()
+        try:
+            frame.ParseFromString(data[pos : pos + size])
+        except Exception as exc:
+            raise _corrupt(path, "unreadable frame") from exc
+        pos += size
+        yield frame
+
+
+def _corrupt(path: Path, what: str) -> StateError:
+    return StateError(
+        "FX-STATE-002",
+        f"model file {path} is corrupt: {what}",
+        "restore it from a copy, or re-create init.pbuf with `fx plan initialize`",
+    )
+
+
+class TensorFileWriter:
+    """Writes tensors one at a time into a model file, atomically on :meth:`commit`.
+
+    Used to spool an incoming result to disk as it streams in, so the aggregator holds one
+    tensor at a time in memory and an accepted result survives a crash.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        round_num: int,
+        tensor_count: int,
+        plan_hash: str = "",
+        kind: str = "",
+        durable: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.durable = durable
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._out = os.fdopen(fd, "wb")
+        self._out.write(MAGIC)
+        info = pb.ModelInfo(
+            round=round_num, plan_hash=plan_hash, tensor_count=tensor_count, kind=kind
+        )
+        _write_frame(self._out, pb.TensorFrame(model=info))
+        self.count = 0
+
+    def write(self, name: str, array: np.ndarray, *, delta: bool = False) -> None:
+        for frame in encode_tensors({name: array}, delta=delta):
+            _write_frame(self._out, frame)
+        self.count += 1
+
+    def commit(self) -> Path:
+        self._out.flush()
+        if self.durable:
+            os.fsync(self._out.fileno())
+        self._out.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._out.closed:
+            self._out.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def iter_tensor_file(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, bool]]:
+    """Yield ``(name, array, delta)`` from a model file, one tensor at a time."""
+    source = Path(path)
+    with open(source, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise _corrupt(source, "not a fedrun model file (bad magic)")
+        assembler = TensorAssembler()
+        first = True
+        while True:
+            size = _read_varint(f)
+            if size is None:
+                break
+            data = f.read(size)
+            if len(data) != size:
+                raise _corrupt(source, "file ends inside a frame (truncated?)")
+            frame = pb.TensorFrame()
+            frame.ParseFromString(data)
+            if first:
+                first = False
+                if frame.WhichOneof("body") != "model":
+                    raise _corrupt(source, "missing model header")
+                continue
+            tensor = assembler.feed(frame)
+            if tensor is not None:
+                yield tensor.name, tensor.array, tensor.delta
+        assembler.close()
+
+
+def _read_varint(f: BinaryIO) -> int | None:
+    shift = 0
+    result = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            if shift == 0:
+                return None
+            raise ValueError("truncated varint")
+        result |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return result
+        shift += 7
+
+
+def load_model(path: str | os.PathLike[str]) -> ModelSnapshot:
+    """Read a model file written by :func:`save_model`."""
+    source = Path(path)
+    if not source.is_file():
+        raise StateError(
+            "FX-STATE-003",
+            f"model file {source} does not exist",
+            "run `fx plan initialize` to create save/init.pbuf",
+        )
+    raw = source.read_bytes()
+    if not raw.startswith(MAGIC):
+        raise _corrupt(source, "not a fedrun model file (bad magic)")
+    frames = _read_frames(memoryview(raw), source)
+    first = next(frames, None)
+    if first is None or first.WhichOneof("body") != "model":
+        raise _corrupt(source, "missing model header")
+    info = first.model
+    assembler = TensorAssembler()
+    tensors: dict[str, np.ndarray] = {}
+    try:
+        for frame in frames:
+            tensor = assembler.feed(frame)
+            if tensor is not None:
+                tensors[tensor.name] = tensor.array
+        assembler.close()
+    except StateError:
+        raise
+    except Exception as exc:
+        raise _corrupt(source, str(exc)) from exc
+    if len(tensors) != info.tensor_count:
+        raise _corrupt(source, f"{len(tensors)} of {info.tensor_count} tensors present")
+    return ModelSnapshot(tensors, info.round, info.plan_hash, info.kind, dict(info.metrics))

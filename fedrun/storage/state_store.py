@@ -1,0 +1,114 @@
+"""StateStore: what the aggregator must remember to resume after a restart.
+
+Every implementation MUST:
+- make :meth:`record_result` durable before it returns (the result is acknowledged after it);
+- refuse a second result for the same (round, collaborator, task) with ``False``;
+- make :meth:`finish_round` atomic: after a crash either the whole round-end is visible or none;
+- return from :meth:`load` exactly what was recorded since the last finished round.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AcceptedResult:
+    """One accepted task result; its tensors live in ``spool_path`` (may be empty)."""
+
+    round: int
+    collaborator: str
+    task: str
+    data_size: int
+    metrics: dict[str, float]
+    spool_path: str = ""
+    tensor_bytes: int = 0
+
+
+@dataclass
+class SavedState:
+    """What :meth:`StateStore.load` returns."""
+
+    plan_hash: str = ""
+    round: int = 0
+    experiment_done: bool = False
+    best_score: float | None = None
+    best_round: int | None = None
+    results: list[AcceptedResult] = field(default_factory=list)
+
+
+class StateStore(ABC):
+    """Contract for the aggregator's persisted state (see the module docstring)."""
+
+    @abstractmethod
+    def load(self) -> SavedState: ...
+
+    @abstractmethod
+    def start(self, plan_hash: str, round_num: int) -> None:
+        """Record the experiment's identity (first start only)."""
+
+    @abstractmethod
+    def record_result(self, result: AcceptedResult) -> bool:
+        """Durably record an accepted result; False if it is a duplicate."""
+
+    @abstractmethod
+    def finish_round(
+        self,
+        finished_round: int,
+        best_score: float | None,
+        best_round: int | None,
+        experiment_done: bool,
+    ) -> None:
+        """Atomically mark a round finished (its results are no longer needed)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+
+class InMemoryStateStore(StateStore):
+    """Keeps the state in memory: nothing survives a restart (``persist_checkpoint: false``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = SavedState()
+
+    def load(self) -> SavedState:
+        with self._lock:
+            return SavedState(
+                self._state.plan_hash,
+                self._state.round,
+                self._state.experiment_done,
+                self._state.best_score,
+                self._state.best_round,
+                list(self._state.results),
+            )
+
+    def start(self, plan_hash: str, round_num: int) -> None:
+        with self._lock:
+            if not self._state.plan_hash:
+                self._state.plan_hash = plan_hash
+                self._state.round = round_num
+
+    def record_result(self, result: AcceptedResult) -> bool:
+        with self._lock:
+            key = (result.round, result.collaborator, result.task)
+            if any((r.round, r.collaborator, r.task) == key for r in self._state.results):
+                return False
+            self._state.results.append(result)
+            return True
+
+    def finish_round(
+        self,
+        finished_round: int,
+        best_score: float | None,
+        best_round: int | None,
+        experiment_done: bool,
+    ) -> None:
+        with self._lock:
+            self._state.round = finished_round + 1
+            self._state.best_score = best_score
+            self._state.best_round = best_round
+            self._state.experiment_done = experiment_done
+            self._state.results = [r for r in self._state.results if r.round > finished_round]

@@ -1,0 +1,233 @@
+"""AggregatorClient: the collaborator's gRPC link to the aggregator.
+
+One long-lived channel; every call carries the collaborator's name, the federation id and the
+plan hash. While the aggregator is unreachable the client retries with exponential backoff and
+full jitter, up to ``client_reconnect_interval`` between attempts and ``client_reconnect_timeout``
+in total, then gives up with a clear error. Refusals (wrong certificate, unknown name, other plan)
+are never retried: they fail at once with the aggregator's reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from fedrun.compression.base import CompressionPipeline
+from fedrun.constants import RECONNECT_INITIAL_SECONDS, UNARY_DEADLINE_SECONDS
+from fedrun.errors import CertificateError, ConnectionFailure, ProtocolError, RoundClosed
+from fedrun.federation.aggregator import TaskAssignment
+from fedrun.protocol import federation_pb2 as pb
+from fedrun.protocol import federation_pb2_grpc as pb_grpc
+from fedrun.protocol.codec import decode_frames, encode_tensors
+from fedrun.transport.network import Network
+from fedrun.transport.server import CHANNEL_OPTIONS
+
+log = logging.getLogger("fedrun.client")
+
+T = TypeVar("T")
+
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
+_TLS_HINTS = ("ssl", "certificate", "handshake", "tls", "x509")
+
+
+def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
+    """Turn a gRPC error into the fedrun error a person can act on."""
+    code = error.code()
+    details = error.details() or ""
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return ConnectionFailure("FX-AUTH-010", f"the aggregator at {target} refused us: {details}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return RoundClosed("FX-ROUND-010", details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ProtocolError("FX-WIRE-020", f"the aggregator rejected our data: {details}")
+    if code == grpc.StatusCode.UNAVAILABLE and any(h in details.lower() for h in _TLS_HINTS):
+        return CertificateError(
+            "FX-TLS-010",
+            f"TLS handshake with {target} failed: {details}",
+            "check that cert/cert_chain.crt is this federation's chain, that your certificate was "
+            "signed by its CA and has not expired, and that agg_addr matches the aggregator's "
+            "certificate name",
+        )
+    return ConnectionFailure(
+        "FX-NET-010",
+        f"cannot reach the aggregator at {target}: {code.name} {details}",
+        "check that the aggregator is running and that network.settings.agg_addr/agg_port are right",
+    )
+
+
+class AggregatorClient:
+    """Implements the collaborator's ``AggregatorConnection`` over gRPC."""
+
+    def __init__(
+        self,
+        network: Network,
+        collaborator_name: str,
+        plan_hash: str,
+        federation_id: str,
+        credentials: grpc.ChannelCredentials | None,
+        *,
+        pipeline: CompressionPipeline | None = None,
+        pipelines: Mapping[str, CompressionPipeline] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.network = network
+        self.name = collaborator_name
+        self.header = pb.Header(
+            collaborator=collaborator_name, federation_id=federation_id, plan_hash=plan_hash
+        )
+        self.pipeline = pipeline
+        self.pipelines = dict(pipelines or {})
+        self.sleep = sleep
+        self.target = network.target
+        options = list(CHANNEL_OPTIONS)
+        if credentials is None:
+            self.channel = grpc.insecure_channel(self.target, options=options)
+        else:
+            self.channel = grpc.secure_channel(self.target, credentials, options=options)
+        self.stub = pb_grpc.FederationStub(self.channel)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._was_down = False
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # ------------------------------------------------------------------ retry
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        started = time.monotonic()
+        delay = RECONNECT_INITIAL_SECONDS
+        attempt = 0
+        while True:
+            try:
+                result = call()
+                if self._was_down:
+                    log.info("reconnected to the aggregator at %s", self.target)
+                    self._was_down = False
+                return result
+            except grpc.RpcError as error:
+                code = error.code()
+                fedrun_error = classify_rpc_error(error, self.target)
+                if code not in _RETRYABLE or isinstance(fedrun_error, CertificateError):
+                    raise fedrun_error from None
+                elapsed = time.monotonic() - started
+                if elapsed >= self.network.client_reconnect_timeout:
+                    raise ConnectionFailure(
+                        "FX-NET-011",
+                        f"gave up on the aggregator at {self.target} after {elapsed:.0f} s "
+                        f"({what}: {code.name})",
+                        "start the aggregator (or check the address), then restart this "
+                        "collaborator; raise network.settings.client_reconnect_timeout to wait longer",
+                    ) from None
+                if not self._was_down:
+                    log.warning(
+                        "aggregator at %s unreachable (%s); retrying", self.target, code.name
+                    )
+                    self._was_down = True
+                attempt += 1
+                pause = random.uniform(0, delay)
+                remaining = self.network.client_reconnect_timeout - elapsed
+                self.sleep(max(0.0, min(pause, remaining)))
+                delay = min(delay * 2, self.network.client_reconnect_interval)
+
+    # ------------------------------------------------------------------ calls
+    def ping(self) -> pb.PingResponse:
+        """One Ping, no retries: for `fx collaborator ping`."""
+        try:
+            return self.stub.Ping(
+                pb.PingRequest(header=self.header), timeout=UNARY_DEADLINE_SECONDS
+            )
+        except grpc.RpcError as error:
+            raise classify_rpc_error(error, self.target) from None
+
+    def wait_for_aggregator(self) -> pb.PingResponse:
+        """Ping until the aggregator answers (within the reconnect budget)."""
+        return self._retry(
+            "ping",
+            lambda: self.stub.Ping(
+                pb.PingRequest(header=self.header),
+                timeout=UNARY_DEADLINE_SECONDS,
+                wait_for_ready=False,
+            ),
+        )
+
+    def get_tasks(self) -> TaskAssignment:
+        wait_ms = int(self.network.long_poll_seconds * 1000)
+        deadline = self.network.long_poll_seconds + UNARY_DEADLINE_SECONDS
+
+        def call() -> pb.GetTasksResponse:
+            return self.stub.GetTasks(
+                pb.GetTasksRequest(header=self.header, wait_ms=wait_ms), timeout=deadline
+            )
+
+        reply = self._retry("get tasks", call)
+        return TaskAssignment(reply.round, list(reply.tasks), reply.quit, reply.final_validation)
+
+    def get_global_model(self, round_num: int) -> dict[str, np.ndarray]:
+        def call() -> dict[str, np.ndarray]:
+            frames = self.stub.GetTensors(pb.GetTensorsRequest(header=self.header, round=round_num))
+            out: dict[str, np.ndarray] = {}
+            received = 0
+            for tensor in decode_frames(frames, self.pipelines):
+                out[tensor.name] = tensor.array
+                received += tensor.payload_bytes
+            self.bytes_received += received
+            return out
+
+        return self._retry("get model", call)
+
+    def submit(
+        self,
+        round_num: int,
+        task: str,
+        data_size: int,
+        metrics: Mapping[str, float],
+        tensors: Mapping[str, np.ndarray],
+        delta: bool,
+    ) -> int:
+        header = pb.ResultHeader(
+            header=self.header,
+            round=round_num,
+            task=task,
+            data_size=max(0, int(data_size)),
+            metrics={k: float(v) for k, v in metrics.items()},
+            tensor_count=len(tensors),
+        )
+        sent = [0]
+
+        def frames() -> Iterator[pb.TensorFrame]:
+            yield pb.TensorFrame(result=header)
+            for frame in encode_tensors(
+                tensors,
+                pipeline=self.pipeline if delta else None,
+                delta=delta,
+                chunk_bytes=self.network.chunk_bytes,
+            ):
+                if frame.WhichOneof("body") == "data":
+                    sent[0] += len(frame.data)
+                yield frame
+
+        def call() -> int:
+            sent[0] = 0
+            self.stub.SubmitResults(frames())
+            return sent[0]
+
+        try:
+            nbytes = self._retry("send result", call)
+        except RoundClosed as error:
+            if "FX-ROUND-005" in error.message:
+                # our earlier attempt landed but its acknowledgement was lost
+                log.info("result for %s round %d was already accepted", task, round_num)
+                return sent[0]
+            raise
+        self.bytes_sent += nbytes
+        return nbytes

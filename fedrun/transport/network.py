@@ -1,0 +1,55 @@
+"""Network settings of a plan (``network.settings``), typed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedrun import constants
+
+
+@dataclass(frozen=True)
+class Network:
+    """How the aggregator and collaborators reach each other."""
+
+    agg_addr: str
+    agg_port: int
+    listen_addr: str
+    use_tls: bool = True
+    require_client_auth: bool = True
+    client_reconnect_interval: float = constants.RECONNECT_MAX_SECONDS
+    client_reconnect_timeout: float = constants.RECONNECT_TIMEOUT_SECONDS
+    cert_folder: Path = Path("cert")
+    chunk_bytes: int = constants.CHUNK_BYTES
+    long_poll_seconds: float = constants.LONG_POLL_SECONDS
+
+    @classmethod
+    def from_plan(cls, plan: Any) -> Network:
+        s = plan.network
+        return cls(
+            agg_addr=plan.agg_addr,
+            agg_port=plan.agg_port,
+            listen_addr=plan.listen_addr,
+            use_tls=bool(s.get("use_tls", True)),
+            require_client_auth=bool(s.get("require_client_auth", True)),
+            client_reconnect_interval=float(s.get("client_reconnect_interval") or 5),
+            client_reconnect_timeout=float(s.get("client_reconnect_timeout") or 600),
+            cert_folder=plan.resolve_path(s.get("cert_folder") or "cert"),
+            chunk_bytes=int(s.get("chunk_bytes") or constants.CHUNK_BYTES),
+            long_poll_seconds=float(s.get("long_poll_seconds") or constants.LONG_POLL_SECONDS),
+        )
+
+    @property
+    def target(self) -> str:
+        host = self.agg_addr
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.agg_port}"
+
+    @property
+    def bind_target(self) -> str:
+        host = self.listen_addr
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.agg_port}"

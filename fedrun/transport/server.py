@@ -1,0 +1,290 @@
+"""AggregatorServer: the thin gRPC adapter around :class:`~fedrun.federation.aggregator.Aggregator`.
+
+It authenticates every call (certificate common name == claimed name, name in cols.yaml, plan
+hash), translates calls into Aggregator method calls, and streams tensors in chunks. Refusals are
+logged once per peer and reason, and cost the aggregator nothing beyond the check.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent import futures
+
+import grpc
+
+from fedrun.compression.base import CompressionPipeline
+from fedrun.constants import GRPC_MAX_MESSAGE_BYTES
+from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError
+from fedrun.federation.aggregator import Aggregator
+from fedrun.protocol import federation_pb2 as pb
+from fedrun.protocol import federation_pb2_grpc as pb_grpc
+from fedrun.protocol.codec import TensorAssembler, encode_tensors
+from fedrun.transport.network import Network
+from fedrun.transport.tls import peer_common_name
+
+log = logging.getLogger("fedrun.server")
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+SERVER_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def status_for(error: FedrunError) -> grpc.StatusCode:
+    """gRPC status code for a refusal, so the client can tell the reasons apart."""
+    code = error.code
+    if code.startswith("FX-AUTH-00") and code in ("FX-AUTH-001", "FX-AUTH-002"):
+        return grpc.StatusCode.UNAUTHENTICATED
+    if code.startswith("FX-AUTH"):
+        return grpc.StatusCode.PERMISSION_DENIED
+    if code.startswith("FX-ROUND"):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    """Implements the Federation service on top of an Aggregator."""
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        *,
+        verify_peer_name: bool,
+        pipelines: Mapping[str, CompressionPipeline] | None = None,
+        chunk_bytes: int,
+        long_poll_seconds: float,
+        name: str = "aggregator",
+    ) -> None:
+        self.aggregator = aggregator
+        self.verify_peer_name = verify_peer_name
+        self.pipelines = dict(pipelines or {})
+        self.chunk_bytes = chunk_bytes
+        self.long_poll_seconds = long_poll_seconds
+        self.name = name
+        self._refusals: set[tuple[str, str]] = set()
+        self._refusal_lock = threading.Lock()
+        self.bytes_sent = 0
+
+    # ------------------------------------------------------------------ auth
+    def _refuse(self, context: grpc.ServicerContext, error: FedrunError, peer: str) -> None:
+        key = (peer, error.code)
+        with self._refusal_lock:
+            first = key not in self._refusals
+            self._refusals.add(key)
+        if first:
+            log.warning("refused %s: %s", peer, error.message)
+        context.abort(status_for(error), error.render())
+
+    def _authenticate(self, header: pb.Header, context: grpc.ServicerContext) -> str:
+        claimed = header.collaborator
+        peer = f"{claimed or '?'} ({context.peer()})"
+        if self.verify_peer_name:
+            cn = peer_common_name(context)
+            if cn is None:
+                self._refuse(
+                    context,
+                    ProtocolError(
+                        "FX-AUTH-001",
+                        f"connection from {peer} presented no client certificate",
+                        "collaborators need a certificate signed by the federation's CA",
+                    ),
+                    peer,
+                )
+            if cn != claimed:
+                self._refuse(
+                    context,
+                    ProtocolError(
+                        "FX-AUTH-002",
+                        f"certificate of {cn!r} used to claim the name {claimed!r}",
+                        "start the collaborator with the name its certificate was issued for",
+                    ),
+                    peer,
+                )
+        try:
+            self.aggregator.check_identity(claimed, header.plan_hash, header.federation_id)
+        except ProtocolError as error:
+            self._refuse(context, error, peer)
+        return claimed
+
+    # ------------------------------------------------------------------ RPCs
+    def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
+        name = self._authenticate(request.header, context)
+        self.aggregator.touch(name)
+        agg = self.aggregator
+        return pb.PingResponse(
+            aggregator=self.name,
+            federation_id=agg.federation_id,
+            plan_hash=agg.plan_hash,
+            round=agg.round_num,
+            rounds_to_train=agg.rounds_to_train,
+            authorized=True,
+            message="ok",
+        )
+
+    def GetTasks(
+        self, request: pb.GetTasksRequest, context: grpc.ServicerContext
+    ) -> pb.GetTasksResponse:
+        name = self._authenticate(request.header, context)
+        wait = min(request.wait_ms / 1000.0, self.long_poll_seconds)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait = max(0.0, min(wait, remaining - 1.0))
+        assignment = self.aggregator.get_tasks(name, wait=wait)
+        return pb.GetTasksResponse(
+            round=assignment.round,
+            tasks=assignment.tasks,
+            quit=assignment.quit,
+            final_validation=assignment.final_validation,
+        )
+
+    def GetTensors(
+        self, request: pb.GetTensorsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.TensorFrame]:
+        name = self._authenticate(request.header, context)
+        try:
+            model = self.aggregator.get_global_model(name, request.round)
+        except ProtocolError as error:
+            self._refuse(context, error, name)
+            return
+        if request.names:
+            missing = [n for n in request.names if n not in model]
+            if missing:
+                self._refuse(
+                    context,
+                    ProtocolError(
+                        "FX-DATA-019",
+                        f"{name!r} asked for tensors that are not in the global model: "
+                        f"{', '.join(missing[:5])}",
+                        "a collaborator can only fetch the global model's tensors",
+                    ),
+                    name,
+                )
+            model = {n: model[n] for n in request.names}
+        for frame in encode_tensors(model, chunk_bytes=self.chunk_bytes):
+            yield frame
+
+    def SubmitResults(
+        self, request_iterator: Iterator[pb.TensorFrame], context: grpc.ServicerContext
+    ) -> pb.SubmitResultsResponse:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("body") != "result":
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "FX-WIRE-012: upload must start with a result header",
+            )
+        result = first.result
+        name = self._authenticate(result.header, context)
+        try:
+            upload = self.aggregator.open_result(
+                name,
+                result.round,
+                result.task,
+                int(result.data_size),
+                dict(result.metrics),
+                result.tensor_count,
+            )
+        except ProtocolError as error:
+            self._refuse(context, error, name)
+            raise  # unreachable: abort raises
+        assembler = TensorAssembler(self.pipelines)
+        try:
+            for frame in request_iterator:
+                tensor = assembler.feed(frame)
+                if tensor is not None:
+                    upload.add(tensor.name, tensor.array, tensor.delta, tensor.payload_bytes)
+            assembler.close()
+            upload.commit()
+        except ProtocolError as error:
+            upload.abort()
+            log.warning("result of %s for %s refused: %s", name, result.task, error.message)
+            context.abort(status_for(error), error.render())
+        except BaseException:
+            upload.abort()
+            raise
+        return pb.SubmitResultsResponse(accepted=True, message="ok")
+
+
+class AggregatorServer:
+    """Serves an Aggregator over gRPC until the experiment ends."""
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        network: Network,
+        credentials: grpc.ServerCredentials | None,
+        *,
+        pipelines: Mapping[str, CompressionPipeline] | None = None,
+        max_workers: int | None = None,
+    ) -> None:
+        self.aggregator = aggregator
+        self.network = network
+        workers = max_workers or max(16, 2 * len(aggregator.collaborators) + 8)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedrun-rpc"),
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=None,
+        )
+        self.servicer = FederationServicer(
+            aggregator,
+            verify_peer_name=credentials is not None and network.require_client_auth,
+            pipelines=pipelines,
+            chunk_bytes=network.chunk_bytes,
+            long_poll_seconds=network.long_poll_seconds,
+            name=network.agg_addr,
+        )
+        pb_grpc.add_FederationServicer_to_server(self.servicer, self.server)
+        target = network.bind_target
+        try:
+            if credentials is None:
+                self.port = self.server.add_insecure_port(target)
+            else:
+                self.port = self.server.add_secure_port(target, credentials)
+        except RuntimeError as exc:
+            self.port = 0
+            reason = str(exc)
+        else:
+            reason = ""
+        if not self.port:
+            raise ConnectionFailure(
+                "FX-NET-001",
+                f"cannot listen on {target}: the port is in use or the address is not on this host"
+                + (f" ({reason})" if reason else ""),
+                "stop the other process using the port, or set network.settings.agg_port "
+                "(and listen_addr) in plan/plan.yaml",
+            )
+
+    def start(self) -> None:
+        self.server.start()
+        log.info(
+            "aggregator listening on %s (%s)",
+            self.network.bind_target,
+            "mutual TLS"
+            if self.servicer.verify_peer_name
+            else ("TLS" if self.network.use_tls else "INSECURE: no TLS"),
+        )
+
+    def serve_until_finished(self, stop: threading.Event | None = None) -> None:
+        """Run round-deadline checks until every collaborator was told to stop."""
+        agg = self.aggregator
+        while not agg.finished_event.is_set():
+            if stop is not None and stop.is_set():
+                break
+            deadline = agg.tick()
+            wait = 1.0
+            if deadline is not None:
+                wait = max(0.05, min(wait, deadline - agg.clock()))
+            agg.finished_event.wait(wait)
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        self.server.stop(grace).wait()
