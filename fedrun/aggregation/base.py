@@ -121,7 +121,9 @@ def cast_like(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def check_update(
     name: str, tensor: np.ndarray, weight: float, origin: str
 ) -> tuple[np.ndarray, float]:
-    """Validate one collaborator's tensor and weight on their own; return them normalized.
+    """Validate one collaborator's tensor and weight on their own.
+
+    Returns ``(np.asarray(tensor), float(weight))``.
 
     Raises
     ------

@@ -164,7 +164,11 @@ class AdaptiveAggregation(AggregationFunction):
 
 
 class _AdaptiveAccumulator(Accumulator):
-    """Averages through the inner accumulator; steps the optimizer once, at the first result()."""
+    """Averages through the inner accumulator; steps the optimizer once, at the first result().
+
+    Keeps a reference to ``global_model``, which must not change before :meth:`result`. Later
+    calls to ``result`` return the same tensors; ``add`` after it raises ``RuntimeError``.
+    """
 
     def __init__(
         self,

@@ -138,7 +138,10 @@ class MultiKrum(Krum):
 
 
 class KrumAccumulator(Accumulator):
-    """Keeps every origin's tensors; scores and selects at :meth:`result`."""
+    """Keeps every origin's tensors (by reference, not copied); scores and selects at result().
+
+    Every origin must use one weight for all its tensors (its sample count).
+    """
 
     def __init__(self, rule: Krum) -> None:
         self.rule = rule

@@ -43,3 +43,30 @@ def certify() -> None:
 
     ca = create_certificate_authority(Path("cert"))
     ok(f"certificate authority created; trust anchor {ca.chain}")
+
+
+@workspace.command("export")
+@click.option("-o", "--output", default=None, type=click.Path(path_type=Path), help="zip to write")
+@handle_errors
+def export_(output: Path | None) -> None:
+    """Zip this workspace (plan, src, requirements, init model; never keys or data)."""
+    from fedrun.workspace.archive import export_workspace
+
+    archive = export_workspace(Path.cwd(), output)
+    ok(f"exported {archive}; copy it to each collaborator node and run `fx workspace import`")
+
+
+@workspace.command("import")
+@click.option("--archive", required=True, type=click.Path(path_type=Path), help="workspace zip")
+@click.option("--no-install", is_flag=True, help="do not pip-install the archive's requirements")
+@handle_errors
+def import_(archive: Path, no_install: bool) -> None:
+    """Unpack a workspace archive here and install its requirements."""
+    from fedrun.workspace.archive import import_workspace
+
+    target = import_workspace(archive, install=not no_install)
+    ok(f"imported workspace into {target}")
+    console(stderr=False).print(
+        f"  next: cd {target.name} && fx collaborator create -n NAME -d DATA && "
+        "fx collaborator generate-cert-request -n NAME"
+    )

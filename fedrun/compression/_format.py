@@ -54,7 +54,7 @@ def as_wire_array(tensor: Any) -> np.ndarray:
 
 def raw_bytes(array: np.ndarray) -> memoryview:
     """A flat byte view of a C-contiguous little-endian array (no copy)."""
-    return memoryview(array.reshape(-1).view(np.uint8))
+    return array.reshape(-1).view(np.uint8).data
 
 
 def is_quantizable(dtype: np.dtype) -> bool:
@@ -104,9 +104,11 @@ def raw_tensor(payload: Any, dtype: np.dtype, shape: tuple[int, ...], count: int
             f"payload holds {data.nbytes} bytes, but a {dtype} tensor of shape {shape} needs "
             f"{expected}; the payload is truncated or does not belong to this tensor"
         )
+    if count == 0:
+        return np.zeros(shape, dtype=dtype)
     little = dtype.newbyteorder("<")
     flat = np.frombuffer(data, dtype=little, count=count).copy()
-    if dtype == np.bool_ and count and int(flat.view(np.uint8).max()) > 1:
+    if dtype == np.bool_ and int(flat.view(np.uint8).max()) > 1:
         raise ValueError("payload of a bool tensor holds bytes other than 0 and 1")
     if little != dtype:
         flat = flat.astype(dtype)

@@ -58,6 +58,7 @@ class LossyFloatPipeline(CompressionPipeline):
     def _decode_float(
         self, payload: Any, body: memoryview, dtype: np.dtype, count: int
     ) -> np.ndarray:
+        """Rebuild the ``count`` values, flat, in ``dtype`` or float64 (cast afterwards)."""
         raise NotImplementedError
 
     def encode(self, tensor: np.ndarray) -> tuple[bytes | memoryview, bytes]:
@@ -80,4 +81,4 @@ class LossyFloatPipeline(CompressionPipeline):
                 f"shape {shape} never is; the meta does not belong to this tensor"
             )
         flat = self._decode_float(payload, body, dtype, count)
-        return flat.astype(dtype).reshape(shape)
+        return flat.astype(dtype, copy=False).reshape(shape)

@@ -200,8 +200,8 @@ class SKCPipeline(LossyFloatPipeline):
                 f"meta says {kept}; the payload is garbled"
             )
         codes = _read_codes(data[mask_bytes:], clusters, self.name)
-        out = np.zeros(count, dtype=np.float64)
-        out[mask] = centroids[codes]
+        out = np.zeros(count, dtype=dtype)
+        out[mask] = centroids.astype(dtype)[codes]
         return out
 
 
@@ -248,4 +248,5 @@ class KCPipeline(LossyFloatPipeline):
             raise ValueError(f"{self.name} meta declares no centroids; it is garbled")
         centroids = _read_centroids(rest, clusters, dtype, self.name)
         codes = _read_codes(inflate(payload, count, self.name), clusters, self.name)
-        return centroids[codes]
+        restored: np.ndarray = centroids.astype(dtype)[codes]
+        return restored

@@ -68,4 +68,6 @@ class RandomShiftPipeline(LossyFloatPipeline):
         check_body_length(rest, 0, self.name)
         wire = wire_dtype(dtype)
         shifted = raw_tensor(payload, wire, (count,), count)
-        return shifted.astype(np.float64) - shift_noise(seed, count)
+        with np.errstate(invalid="ignore"):  # a signalling NaN in the payload stays a NaN
+            restored: np.ndarray = shifted.astype(np.float64) - shift_noise(seed, count)
+        return restored

@@ -107,6 +107,6 @@ class STCPipeline(LossyFloatPipeline):
                 f"meta says {kept}; the payload is garbled"
             )
         negative = unpack_bits(data[mask_bytes:], kept, self.name, "sign bits")
-        out = np.zeros(count, dtype=np.float64)
+        out = np.zeros(count, dtype=dtype)
         out[mask] = np.where(negative, -mu, mu)
         return out

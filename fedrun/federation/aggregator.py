@@ -559,7 +559,7 @@ class Aggregator:
             if self._better(score):
                 self.best_score, self.best_round = score, state.number
                 self.model_sink.save_best(model_in, state.number, score, score_key)
-                log.info("round %d: new best model (%s = %.4f)", state.number, score_key, score)
+                log.info("round %d: new best model saved (%s = %.4f)", state.number, score_key, score)
         if updated:
             self.global_model = new_model
             if self.save_models:

@@ -249,6 +249,11 @@ class Plan:
         config = merge_defaults(raw, path, ws)
         for item in overrides:
             keys, value = parse_override(item)
+            if len(keys) == 3 and keys[1] == "settings":
+                # an OpenFL 1.6 name in an override sets the current name, so it wins
+                layer = {keys[2]: value}
+                normalize_settings(keys[0], layer)
+                ((keys[2], value),) = layer.items()
             set_by_path(config, keys, value)
         normalize(config)
         plan = cls(
@@ -614,6 +619,7 @@ def merge_defaults(raw: Mapping[str, Any], plan_path: Path, workspace: Path) -> 
                 "indent its template/settings under it",
             )
         section = dict(section)
+        _normalize_layer(str(name), section)
         ref = section.pop("defaults", None)
         if ref:
             base = load_yaml(_defaults_file(str(ref), plan_path, workspace), f"defaults for {name}")
@@ -621,6 +627,9 @@ def merge_defaults(raw: Mapping[str, Any], plan_path: Path, workspace: Path) -> 
                 raise PlanError("FX-PLAN-003", f"defaults file {ref!r} must be a mapping")
             base = dict(base)
             base.pop("defaults", None)
+            # each layer is normalized on its own, so the plan's `tls: false` beats the
+            # defaults file's `use_tls: true` instead of losing to it after the merge
+            _normalize_layer(str(name), base)
             section = deep_merge(base, section)
         if name == "tasks":
             section.pop("settings", None)
@@ -636,18 +645,30 @@ def merge_defaults(raw: Mapping[str, Any], plan_path: Path, workspace: Path) -> 
     return config
 
 
+def normalize_settings(section: str, settings: dict[str, Any]) -> None:
+    """Map OpenFL 1.6 names in one layer's settings to current names (a current name wins)."""
+    if section == "network":
+        if "tls" in settings:
+            settings.setdefault("use_tls", settings.pop("tls"))
+        if "disable_client_auth" in settings:
+            disabled = settings.pop("disable_client_auth")
+            settings.setdefault("require_client_auth", not disabled)
+    elif section == "collaborator" and "delta_updates" in settings:
+        settings.setdefault("use_delta_updates", settings.pop("delta_updates"))
+
+
+def _normalize_layer(name: str, section: dict[str, Any]) -> None:
+    settings = section.get("settings")
+    if isinstance(settings, Mapping):
+        section["settings"] = dict(settings)
+        normalize_settings(name, section["settings"])
+
+
 def normalize(config: dict[str, Any]) -> None:
     """Map OpenFL 1.6 setting names to their current names."""
-    net = config.get("network", {}).get("settings", {})
-    if "tls" in net:
-        net.setdefault("use_tls", net.pop("tls"))
-    if "disable_client_auth" in net:
-        disabled = net.pop("disable_client_auth")
-        net.setdefault("require_client_auth", not disabled)
-    col = config.get("collaborator", {}).get("settings", {})
-    if "delta_updates" in col:
-        value = col.pop("delta_updates")
-        col.setdefault("use_delta_updates", value)
+    for name, section in config.items():
+        if isinstance(section, dict) and isinstance(section.get("settings"), dict):
+            normalize_settings(name, section["settings"])
 
 
 def set_by_path(config: dict[str, Any], keys: list[str], value: Any) -> None:

@@ -27,6 +27,16 @@ from fedrun.protocol.codec import TensorAssembler, encode_tensors
 MAGIC = b"FEDRUN-MODEL-1\n"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: mkstemp makes 0600 files; model files are not secrets, so they get the usual 0644
+FILE_MODE = 0o666 & ~_umask()
+
+
 @dataclass
 class ModelSnapshot:
     """A model read from disk: its tensors and where it came from."""
@@ -79,6 +89,7 @@ def save_model(
                 _write_frame(out, frame)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -153,6 +164,7 @@ class TensorFileWriter:
         if self.durable:
             os.fsync(self._out.fileno())
         self._out.close()
+        os.chmod(self._tmp, FILE_MODE)
         os.replace(self._tmp, self.path)
         return self.path
 

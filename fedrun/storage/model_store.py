@@ -52,7 +52,7 @@ class ModelStore(ModelSink):
             kind="best",
             metrics={metric: score},
         )
-        log.info("saved %s (%s = %.4f)", self.best_path.name, metric, score)
+        log.debug("saved %s (%s = %.4f)", self.best_path.name, metric, score)
 
     def finish(self, best_round: int | None) -> None:
         if self.on_finish is not None:

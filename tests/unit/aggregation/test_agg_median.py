@@ -12,8 +12,7 @@ from fedrun.aggregation.geometric_median import geometric_median
 @pytest.mark.parametrize("n", [1, 4, 7])
 def test_median_matches_np_median(aggregate, rng, n):
     updates = [
-        (f"c{i}", float(rng.integers(1, 100)), {"w": rng.standard_normal((3, 4))})
-        for i in range(n)
+        (f"c{i}", float(rng.integers(1, 100)), {"w": rng.standard_normal((3, 4))}) for i in range(n)
     ]
 
     result = aggregate(Median(), updates)
@@ -109,7 +108,7 @@ def test_geometric_median_minimizes_the_weighted_distance_sum(rng):
     z = geometric_median(points, weights, maxiter=500, eps=1e-12, ftol=0.0)
 
     def cost(c):
-        return sum(w * np.linalg.norm(c - p) for w, p in zip(weights, points))
+        return sum(w * np.linalg.norm(c - p) for w, p in zip(weights, points, strict=True))
 
     for _ in range(20):
         assert cost(z) <= cost(z + 1e-3 * rng.standard_normal(8)) + 1e-12

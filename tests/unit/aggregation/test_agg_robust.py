@@ -163,7 +163,9 @@ def test_krum_refuses_two_weights_for_one_origin():
         accumulator.add("b", np.zeros(2), 11.0, "c1")
 
 
-@pytest.mark.parametrize("settings", [{"num_byzantine": -1}, {"multi_krum": 0}, {"num_byzantine": 1.5}])
+@pytest.mark.parametrize(
+    "settings", [{"num_byzantine": -1}, {"multi_krum": 0}, {"num_byzantine": 1.5}]
+)
 def test_krum_refuses_bad_settings(settings):
     with pytest.raises(ValueError):
         Krum(**settings)

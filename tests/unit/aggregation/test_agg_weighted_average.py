@@ -14,6 +14,7 @@ from fedrun.aggregation import (
     FedCurvWeightedAverage,
     LocalTensor,
     WeightedAverage,
+    available_rules,
 )
 
 
@@ -175,7 +176,9 @@ def test_streaming_memory_does_not_grow_with_collaborators():
 def test_call_matches_np_average(rng):
     tensors = [rng.standard_normal(6) for _ in range(3)]
     weights = [0.2, 0.5, 0.3]
-    local = [LocalTensor(f"c{i}", t, w) for i, (t, w) in enumerate(zip(tensors, weights))]
+    local = [
+        LocalTensor(f"c{i}", t, w) for i, (t, w) in enumerate(zip(tensors, weights, strict=True))
+    ]
 
     value = WeightedAverage()(local, None, "w", 0, ("trained",))
 
@@ -251,3 +254,47 @@ def test_subclass_of_weighted_average_overriding_call_is_honoured(aggregate):
 
     assert Doubled.needs_all_updates is True
     np.testing.assert_allclose(result["w"], [4.0])
+
+
+STREAMING = [
+    "WeightedAverage",
+    "FedCurvWeightedAverage",
+    "AdagradAdaptiveAggregation",
+    "AdamAdaptiveAggregation",
+    "YogiAdaptiveAggregation",
+]
+
+
+@pytest.mark.parametrize("rule_name", STREAMING)
+def test_every_streaming_rule_ignores_arrival_order(aggregate, rng, rule_name):
+    names = {"w": (3, 4), "w_u": (5,), "b": (2,)}
+    updates = [
+        (
+            f"c{i}",
+            float(rng.integers(1, 100)),
+            {n: rng.standard_normal(s) for n, s in names.items()},
+        )
+        for i in range(6)
+    ]
+    global_model = {n: rng.standard_normal(s) for n, s in names.items()}
+    rule_cls = available_rules()[rule_name]
+
+    reference = aggregate(rule_cls(), updates, global_model)
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(len(updates))
+        result = aggregate(rule_cls(), [updates[i] for i in order], global_model)
+        for name in names:
+            np.testing.assert_allclose(result[name], reference[name], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("rule_name", sorted(set(STREAMING) | {"Median", "GeometricMedian"}))
+def test_one_collaborator_alone(aggregate, rng, rule_name):
+    tensor = rng.standard_normal(6)
+    rule = available_rules()[rule_name]()
+
+    result = aggregate(rule, [("only", 12.0, {"w": tensor})], {"w": tensor + 1.0})
+
+    if rule_name.endswith("AdaptiveAggregation"):
+        assert np.all(result["w"] < tensor + 1.0)  # stepped from the global model towards it
+    else:
+        np.testing.assert_allclose(result["w"], tensor, rtol=1e-12)

@@ -1,0 +1,134 @@
+"""Export a workspace as a zip for the collaborator nodes, and import it there.
+
+The archive carries what every participant must agree on (plan, code, requirements, initial
+model) and never keys, certificates, data, logs or saved results.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+from fedrun.errors import WorkspaceError
+from fedrun.plan.loader import Plan
+
+#: never leave the node, whatever folder they are in
+SECRET_SUFFIXES = (".key", ".crt", ".csr", ".pem", ".srl", ".p12", ".pfx")
+SKIP_DIRS = ("__pycache__", ".git", ".ipynb_checkpoints")
+EMPTY_DIRS = ("cert", "data", "logs", "save", "local_state")
+#: packaging tools that every environment has in some version; pinning them only hurts
+UNPINNED = {"pip", "setuptools", "wheel"}
+
+
+def environment_requirements() -> str:
+    """``name==version`` lines for the packages installed in this environment."""
+    lines = set()
+    for dist in metadata.distributions():
+        name = dist.metadata.get("Name")
+        if not name or name.lower() in UNPINNED:
+            continue
+        lines.add(f"{name}=={dist.version}")
+    return "\n".join(sorted(lines, key=str.lower)) + "\n"
+
+
+def _include(path: Path) -> bool:
+    if any(part in SKIP_DIRS for part in path.parts):
+        return False
+    return not path.name.endswith(SECRET_SUFFIXES)
+
+
+def export_workspace(workspace: str | Path = ".", output: str | Path | None = None) -> Path:
+    """Write ``<workspace name>.zip`` next to the workspace; returns its path."""
+    ws = Path(workspace).resolve()
+    plan = Plan.load(ws / "plan" / "plan.yaml", workspace=ws)
+    init = plan.resolve_path(plan.settings("aggregator")["init_state_path"])
+    if not init.is_file():
+        raise WorkspaceError(
+            "FX-WS-010",
+            f"the initial model {init} does not exist",
+            "run `fx plan initialize` before exporting, so every node starts from the same model",
+        )
+    target = Path(output) if output else ws.parent / f"{ws.name}.zip"
+    requirements = environment_requirements()
+    (ws / "requirements.txt").write_text(requirements)
+    tmp = target.with_suffix(".zip.part")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for folder in ("plan", "src"):
+            for path in sorted((ws / folder).rglob("*")):
+                rel = path.relative_to(ws)
+                if path.is_file() and _include(rel):
+                    zf.write(path, rel.as_posix())
+        for name in (".workspace", "requirements.txt"):
+            if (ws / name).is_file():
+                zf.write(ws / name, name)
+        zf.write(init, init.relative_to(ws).as_posix())
+        for folder in EMPTY_DIRS:
+            zf.writestr(f"{folder}/", b"")
+    os.replace(tmp, target)
+    return target
+
+
+def _safe_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:
+    members = []
+    for info in zf.infolist():
+        name = info.filename
+        parts = Path(name).parts
+        if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+            raise WorkspaceError(
+                "FX-WS-021",
+                f"{archive} holds an unsafe path {name!r}",
+                "only import workspace archives made by `fx workspace export`",
+            )
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise WorkspaceError("FX-WS-021", f"{archive} holds a symbolic link {name!r}",
+                                 "only import workspace archives made by `fx workspace export`")
+        members.append(info)
+    return members
+
+
+def import_workspace(archive: str | Path, destination: str | Path | None = None, *, install: bool = True) -> Path:
+    """Unpack a workspace archive into ``./<archive name>`` and install its requirements."""
+    source = Path(archive)
+    if not source.is_file():
+        raise WorkspaceError("FX-WS-020", f"archive {source} does not exist", "check the --archive path")
+    target = Path(destination) if destination else Path.cwd() / source.name.split(".")[0]
+    if target.exists() and any(target.iterdir()):
+        raise WorkspaceError(
+            "FX-WS-002",
+            f"{target} already exists and is not empty",
+            "remove it, or import from another folder",
+        )
+    try:
+        with zipfile.ZipFile(source) as zf:
+            members = _safe_members(zf, source)
+            if not any(m.filename == "plan/plan.yaml" for m in members):
+                raise WorkspaceError(
+                    "FX-WS-022",
+                    f"{source} is not a workspace archive (no plan/plan.yaml)",
+                    "make the archive with `fx workspace export` on the aggregator node",
+                )
+            zf.extractall(target, members)
+    except zipfile.BadZipFile as exc:
+        raise WorkspaceError("FX-WS-023", f"{source} is not a readable zip file: {exc}",
+                             "copy the archive again; it may be truncated") from exc
+    for folder in EMPTY_DIRS:
+        (target / folder).mkdir(exist_ok=True)
+    requirements = target / "requirements.txt"
+    if install and requirements.is_file() and requirements.read_text().strip():
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "-r", str(requirements)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise WorkspaceError(
+                "FX-WS-024",
+                f"installing {requirements} failed:\n{proc.stderr.strip()[-2000:]}",
+                "install the packages by hand, or re-run with --no-install if they are present",
+            )
+    return target

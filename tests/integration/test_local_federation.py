@@ -1,0 +1,123 @@
+"""Whole federations of real processes on 127.0.0.1: fx simulate and hand-started nodes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fxnodes import Nodes, free_port, fx, fx_env, set_plan
+
+from fedrun.metrics.records import read_metrics
+from fedrun.simulate.local import LocalFederation
+from fedrun.storage.model_file import load_model
+
+
+@pytest.mark.parametrize("count", [2, 5])
+def test_simulate_runs_to_the_end(tmp_path: Path, count: int) -> None:
+    result = LocalFederation(tmp_path / "ws", template="torch/digits", collaborators=count, rounds=2).run(timeout=300)
+    assert set(result.exit_codes.values()) == {0}
+    assert len(result.exit_codes) == count + 1
+    records = list(read_metrics(tmp_path / "ws" / "logs" / "metrics.jsonl"))
+    origins = {r.origin for r in records}
+    assert origins == {"aggregator", *(f"collaborator{i}" for i in range(1, count + 1))}
+    line = json.loads((tmp_path / "ws" / "logs" / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(line) == {"round", "origin", "task", "metric", "value", "time"}
+    # round 2 is the validation of the final aggregate: last.pbuf is that model
+    final = [r for r in records if r.origin == "aggregator" and r.round == 2]
+    assert [r.task for r in final] == ["aggregated_model_validation"]
+    assert load_model(tmp_path / "ws" / "save" / "last.pbuf").round == 2
+
+
+def test_readme_command_reaches_090_on_digits(tmp_path: Path) -> None:
+    """What the README's run command does: torch/digits, 2 collaborators, 3 rounds."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedrun.cli.main", "simulate", "--prefix", str(tmp_path / "ws")],
+        env=fx_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "federation finished" in proc.stdout
+    assert "final model" in proc.stdout
+    records = list(read_metrics(tmp_path / "ws" / "logs" / "metrics.jsonl"))
+    final = [r for r in records if r.origin == "aggregator" and r.round == 3]
+    assert final and final[0].value >= 0.90, final
+
+
+def _workspace(tmp_path: Path, nodes_names: list[str], tls: bool = False) -> Path:
+    fx(tmp_path, "workspace", "create", "--prefix", "ws", "--template", "torch/digits")
+    ws = tmp_path / "ws"
+    set_plan(ws, agg_port=free_port(), use_tls=tls, agg_addr="127.0.0.1")
+    (ws / "plan" / "cols.yaml").write_text("collaborators:\n" + "".join(f"- {n}\n" for n in nodes_names))
+    for i, name in enumerate(nodes_names, 1):
+        fx(ws, "collaborator", "create", "-n", name, "-d", str(i))
+    fx(ws, "plan", "initialize", "--plan-config", "plan/plan.yaml")
+    return ws
+
+
+def test_collaborator_started_first_waits_and_joins(tmp_path: Path, nodes: Nodes) -> None:
+    ws = _workspace(tmp_path, ["one", "two"])
+    fx(ws, "--log-level", "info", "plan", "validate")
+    nodes.start("one", ws, "collaborator", "start", "-n", "one")
+    nodes.wait_for_log("one", "unreachable")
+    nodes.start("aggregator", ws, "aggregator", "start")
+    nodes.start("two", ws, "collaborator", "start", "-n", "two")
+    assert nodes.wait("one") == 0, nodes.log("one")
+    assert nodes.wait("two") == 0, nodes.log("two")
+    assert nodes.wait("aggregator") == 0, nodes.log("aggregator")
+    assert "reconnected" in nodes.log("one")
+    assert "INSECURE" in nodes.log("aggregator") or "TLS is OFF" in nodes.log("aggregator")
+
+
+def test_aggregator_process_imports_no_ml_framework(tmp_path: Path, nodes: Nodes) -> None:
+    ws = _workspace(tmp_path, ["one", "two"])
+    probe = (
+        "import sys\n"
+        "from fedrun.cli.main import main\n"
+        "try:\n    main(['aggregator', 'start'])\n"
+        "finally:\n"
+        "    heavy = sorted(m for m in ('torch', 'keras', 'tensorflow', 'jax', 'sklearn') if m in sys.modules)\n"
+        "    print('HEAVY_MODULES', heavy, flush=True)\n"
+    )
+    out = open(tmp_path / "agg.out", "w")
+    agg = subprocess.Popen([sys.executable, "-c", probe], cwd=ws, env=fx_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        nodes.start("one", ws, "collaborator", "start", "-n", "one")
+        nodes.start("two", ws, "collaborator", "start", "-n", "two")
+        assert nodes.wait("one") == 0
+        assert nodes.wait("two") == 0
+        agg.wait(60)
+    finally:
+        if agg.poll() is None:
+            agg.kill()
+        out.close()
+    text = (tmp_path / "agg.out").read_text()
+    assert "HEAVY_MODULES []" in text, text[-2000:]
+
+
+def test_commands_that_train_nothing_import_no_ml_framework(tmp_path: Path) -> None:
+    fx(tmp_path, "workspace", "create", "--prefix", "ws", "--template", "torch/mnist")
+    probe = (
+        "import sys\nfrom fedrun.cli.main import main\n"
+        "for args in (['--help'], ['plan', 'validate'], ['plan', 'show'], ['workspace', 'certify'],\n"
+        "             ['aggregator', 'generate-cert-request', '--fqdn', 'localhost']):\n"
+        "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, (args, e.code)\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'keras', 'tensorflow', 'sklearn') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path / "ws", env=fx_env(), capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, ["one"])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        set_plan(ws, agg_port=sock.getsockname()[1])
+        proc = fx(ws, "aggregator", "start", check=False, timeout=60)
+    assert proc.returncode == 5
+    assert "FX-NET-001" in proc.stderr and "in use" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
