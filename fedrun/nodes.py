@@ -22,7 +22,9 @@ log = logging.getLogger("fedrun")
 
 def _server_credentials(plan: Plan, network: Network) -> Any:
     if not network.use_tls:
-        log.warning("TLS is OFF (network.settings.use_tls: false): traffic and identities are unprotected")
+        log.warning(
+            "TLS is OFF (network.settings.use_tls: false): traffic and identities are unprotected"
+        )
         return None
     from fedrun.transport.tls import server_credentials
 
@@ -91,7 +93,9 @@ def _client(plan: Plan, name: str) -> Any:
 
         credentials = client_credentials(network.cert_folder, name, network.require_client_auth)
     else:
-        log.warning("TLS is OFF (network.settings.use_tls: false): traffic and identities are unprotected")
+        log.warning(
+            "TLS is OFF (network.settings.use_tls: false): traffic and identities are unprotected"
+        )
     pipeline = compression_pipeline(plan)
     return AggregatorClient(
         network,

@@ -15,17 +15,33 @@ def aggregator() -> None:
 
 
 @aggregator.command()
-@click.option("-p", "--plan", "--plan_config", "plan_config", default="plan/plan.yaml", show_default=True)
-@click.option("-c", "--authorized_cols", "--cols_config", "cols_config", default="plan/cols.yaml", show_default=True)
-@click.option("--task-group", "--task_group", "task_group", default=None,
-              help="run only this assigner group (e.g. evaluation: one round, no model saved)")
+@click.option(
+    "-p", "--plan", "--plan_config", "plan_config", default="plan/plan.yaml", show_default=True
+)
+@click.option(
+    "-c",
+    "--authorized_cols",
+    "--cols_config",
+    "cols_config",
+    default="plan/cols.yaml",
+    show_default=True,
+)
+@click.option(
+    "--task-group",
+    "--task_group",
+    "task_group",
+    default=None,
+    help="run only this assigner group (e.g. evaluation: one round, no model saved)",
+)
 @click.pass_context
 @handle_errors
 def start(ctx: click.Context, plan_config: str, cols_config: str, task_group: str | None) -> None:
     """Start the aggregator and serve until the experiment ends."""
     from fedrun.plan.loader import Plan
 
-    setup_logging(ctx.obj.get("log_level", "info") if ctx.obj else "info", Path("logs/aggregator.log"))
+    setup_logging(
+        ctx.obj.get("log_level", "info") if ctx.obj else "info", Path("logs/aggregator.log")
+    )
     from fedrun.nodes import run_aggregator
 
     loaded = Plan.load(plan_config, cols_config)
@@ -37,7 +53,9 @@ def start(ctx: click.Context, plan_config: str, cols_config: str, task_group: st
 
 
 @aggregator.command("generate-cert-request")
-@click.option("--fqdn", default=None, help="aggregator host name (default: $FQDN or this host's FQDN)")
+@click.option(
+    "--fqdn", default=None, help="aggregator host name (default: $FQDN or this host's FQDN)"
+)
 @handle_errors
 def generate_cert_request(fqdn: str | None) -> None:
     """Make the aggregator's key and certificate request (cert/server/agg_<fqdn>.{key,csr})."""
@@ -51,12 +69,20 @@ def generate_cert_request(fqdn: str | None) -> None:
 
 
 @aggregator.command()
-@click.option("-n", "--fqdn", default=None, help="aggregator host name (default: $FQDN or this host's FQDN)")
+@click.option(
+    "-n", "--fqdn", default=None, help="aggregator host name (default: $FQDN or this host's FQDN)"
+)
 @click.option("-s", "--silent", is_flag=True, help="sign without asking to confirm the CSR hash")
 @handle_errors
 def certify(fqdn: str | None, silent: bool) -> None:
     """Sign the aggregator's certificate request with the workspace CA."""
-    from fedrun.pki import aggregator_paths, csr_hash, default_fqdn, load_certificate_authority, sign_csr
+    from fedrun.pki import (
+        aggregator_paths,
+        csr_hash,
+        default_fqdn,
+        load_certificate_authority,
+        sign_csr,
+    )
 
     name = (fqdn or default_fqdn()).lower()
     cert_dir = Path("cert")

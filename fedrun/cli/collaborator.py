@@ -16,8 +16,14 @@ def collaborator() -> None:
 
 @collaborator.command()
 @click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
-@click.option("-d", "--data_path", "--data-path", "data_path", default=None,
-              help="this collaborator's data path (for MNIST-style templates: its shard number)")
+@click.option(
+    "-d",
+    "--data_path",
+    "--data-path",
+    "data_path",
+    default=None,
+    help="this collaborator's data path (for MNIST-style templates: its shard number)",
+)
 @click.option("-s", "--silent", is_flag=True, help="do not prompt for the data path")
 @handle_errors
 def create(name: str, data_path: str | None, silent: bool) -> None:
@@ -38,11 +44,16 @@ def create(name: str, data_path: str | None, silent: bool) -> None:
 @plan_options
 @click.pass_context
 @handle_errors
-def start(ctx: click.Context, name: str, plan_config: str, cols_config: str, data_config: str) -> None:
+def start(
+    ctx: click.Context, name: str, plan_config: str, cols_config: str, data_config: str
+) -> None:
     """Start collaborator NAME and work until the experiment ends."""
     from fedrun.plan.loader import Plan
 
-    setup_logging(ctx.obj.get("log_level", "info") if ctx.obj else "info", Path(f"logs/collaborator_{name}.log"))
+    setup_logging(
+        ctx.obj.get("log_level", "info") if ctx.obj else "info",
+        Path(f"logs/collaborator_{name}.log"),
+    )
     from fedrun.nodes import run_collaborator
 
     run_collaborator(Plan.load(plan_config, cols_config, data_config), name)
@@ -72,7 +83,12 @@ def ping(name: str, plan_config: str, cols_config: str, data_config: str) -> Non
 @handle_errors
 def generate_cert_request(name: str, silent: bool, skip_package: bool) -> None:
     """Make NAME's key and certificate request, and the zip to send to the CA."""
-    from fedrun.pki import collaborator_paths, generate_csr, request_package_name, write_request_package
+    from fedrun.pki import (
+        collaborator_paths,
+        generate_csr,
+        request_package_name,
+        write_request_package,
+    )
 
     paths = collaborator_paths(Path("cert"), name)
     digest = generate_csr(name, server=False, key_path=paths.key, csr_path=paths.csr)
@@ -88,12 +104,26 @@ def generate_cert_request(name: str, silent: bool, skip_package: bool) -> None:
 @collaborator.command()
 @click.option("-n", "--collaborator_name", "--collaborator-name", "name", default=None)
 @click.option("-s", "--silent", is_flag=True, help="sign without confirming the CSR hash")
-@click.option("-r", "--request-pkg", "request_pkg", type=click.Path(path_type=Path), default=None,
-              help="CA side: the collaborator's col_<NAME>_to_agg_cert_request.zip")
-@click.option("-i", "--import", "import_pkg", type=click.Path(path_type=Path), default=None,
-              help="collaborator side: the agg_to_col_<NAME>_signed_cert.zip from the CA")
+@click.option(
+    "-r",
+    "--request-pkg",
+    "request_pkg",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CA side: the collaborator's col_<NAME>_to_agg_cert_request.zip",
+)
+@click.option(
+    "-i",
+    "--import",
+    "import_pkg",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="collaborator side: the agg_to_col_<NAME>_signed_cert.zip from the CA",
+)
 @handle_errors
-def certify(name: str | None, silent: bool, request_pkg: Path | None, import_pkg: Path | None) -> None:
+def certify(
+    name: str | None, silent: bool, request_pkg: Path | None, import_pkg: Path | None
+) -> None:
     """Sign a collaborator's request (CA side) or import the signed certificate (collaborator side)."""
     from fedrun.errors import CertificateError
 
@@ -126,11 +156,16 @@ def certify(name: str | None, silent: bool, request_pkg: Path | None, import_pkg
         col_name = name
         csr_file = collaborator_paths(Path("cert"), name).csr
         if not csr_file.is_file():
-            raise CertificateError("FX-PKI-004", f"no certificate request {csr_file}",
-                                   f"pass --request-pkg col_{name}_to_agg_cert_request.zip")
+            raise CertificateError(
+                "FX-PKI-004",
+                f"no certificate request {csr_file}",
+                f"pass --request-pkg col_{name}_to_agg_cert_request.zip",
+            )
         csr_pem = csr_file.read_bytes()
     else:
-        raise click.UsageError("give --request-pkg ZIP (CA side) or --import ZIP (collaborator side)")
+        raise click.UsageError(
+            "give --request-pkg ZIP (CA side) or --import ZIP (collaborator side)"
+        )
     digest = csr_hash(csr_pem)
     console(stderr=False).print(f"CSR hash (SHA-384) of {col_name!r}: {digest}")
     if not silent and not click.confirm("Does it match the collaborator's? Sign it?", default=True):

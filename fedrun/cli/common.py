@@ -55,7 +55,9 @@ def setup_logging(level: str = "info", logfile: Path | None = None) -> None:
     root = logging.getLogger("fedrun")
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     root.handlers.clear()
-    rich_handler = RichHandler(console=console(), show_path=False, rich_tracebacks=False, markup=False)
+    rich_handler = RichHandler(
+        console=console(), show_path=False, rich_tracebacks=False, markup=False
+    )
     rich_handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
     root.addHandler(rich_handler)
     env_file = os.environ.get("FEDRUN_LOG_FILE")
@@ -71,15 +73,30 @@ def setup_logging(level: str = "info", logfile: Path | None = None) -> None:
 def plan_options(fn: F) -> F:
     """-p/--plan_config, -c/--cols_config, -d/--data_config as OpenFL spells them."""
     fn = click.option(
-        "-d", "--data_config", "--data-config", "data_config", default="plan/data.yaml", show_default=True,
+        "-d",
+        "--data_config",
+        "--data-config",
+        "data_config",
+        default="plan/data.yaml",
+        show_default=True,
         help="collaborator data paths (name,path lines)",
     )(fn)
     fn = click.option(
-        "-c", "--cols_config", "--cols-config", "cols_config", default="plan/cols.yaml", show_default=True,
+        "-c",
+        "--cols_config",
+        "--cols-config",
+        "cols_config",
+        default="plan/cols.yaml",
+        show_default=True,
         help="authorized collaborator list",
     )(fn)
     fn = click.option(
-        "-p", "--plan_config", "--plan-config", "plan_config", default="plan/plan.yaml", show_default=True,
+        "-p",
+        "--plan_config",
+        "--plan-config",
+        "plan_config",
+        default="plan/plan.yaml",
+        show_default=True,
         help="federated learning plan",
     )(fn)
     return fn

@@ -14,10 +14,18 @@ import click
 from fedrun import __version__
 
 GROUPS = {
-    "workspace": ("fedrun.cli.workspace", "workspace", "create, export, import and certify workspaces"),
+    "workspace": (
+        "fedrun.cli.workspace",
+        "workspace",
+        "create, export, import and certify workspaces",
+    ),
     "plan": ("fedrun.cli.plan", "plan", "initialize, validate, show and freeze FL plans"),
     "aggregator": ("fedrun.cli.aggregator", "aggregator", "run the aggregator; its certificate"),
-    "collaborator": ("fedrun.cli.collaborator", "collaborator", "run a collaborator; its certificate"),
+    "collaborator": (
+        "fedrun.cli.collaborator",
+        "collaborator",
+        "run a collaborator; its certificate",
+    ),
     "model": ("fedrun.cli.model", "model", "export a saved model in its framework's format"),
     "simulate": ("fedrun.cli.simulate", "simulate", "run a whole federation on this machine"),
 }
@@ -43,9 +51,14 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-l", "--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              help="how much to log")
+@click.option(
+    "-l",
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="how much to log",
+)
 @click.version_option(__version__, "-v", "--version", prog_name="fedrun")
 @click.pass_context
 def cli(ctx: click.Context, log_level: str) -> None:

@@ -15,20 +15,42 @@ def model() -> None:
 
 
 @model.command()
-@click.option("-i", "--input", "input_path", required=True, type=click.Path(path_type=Path),
-              help="model file, e.g. save/best.pbuf")
-@click.option("-o", "--output", "output", default="output_model", show_default=True,
-              type=click.Path(path_type=Path), help="where to write the native model")
+@click.option(
+    "-i",
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="model file, e.g. save/best.pbuf",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    default="output_model",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="where to write the native model",
+)
 @click.option("-f", "--force", is_flag=True, help="overwrite an existing output")
 @plan_options
 @handle_errors
-def save(input_path: Path, output: Path, force: bool, plan_config: str, cols_config: str, data_config: str) -> None:
+def save(
+    input_path: Path,
+    output: Path,
+    force: bool,
+    plan_config: str,
+    cols_config: str,
+    data_config: str,
+) -> None:
     """Write the model in INPUT as a native model (torch state dict, .keras file)."""
     from fedrun.errors import WorkspaceError
     from fedrun.model import get_model, save_native
 
     if output.exists() and not force:
-        raise WorkspaceError("FX-WS-012", f"{output} already exists", "pass --force to overwrite it")
+        raise WorkspaceError(
+            "FX-WS-012", f"{output} already exists", "pass --force to overwrite it"
+        )
     runner = get_model(plan_config, cols_config, data_config, input_path)
     written = save_native(runner, output)
     ok(f"native model written to {written}")

@@ -18,18 +18,37 @@ def plan() -> None:
 
 @plan.command()
 @plan_options
-@click.option("-a", "--aggregator_address", "--aggregator-address", "agg_addr", default=None,
-              help="aggregator host name written into the plan (default: $FQDN or this host's FQDN)")
-@click.option("-i", "--init_model_path", "--init-model-path", "init_model", default=None,
-              type=click.Path(path_type=Path), help="start from this model (.pbuf or native file)")
+@click.option(
+    "-a",
+    "--aggregator_address",
+    "--aggregator-address",
+    "agg_addr",
+    default=None,
+    help="aggregator host name written into the plan (default: $FQDN or this host's FQDN)",
+)
+@click.option(
+    "-i",
+    "--init_model_path",
+    "--init-model-path",
+    "init_model",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="start from this model (.pbuf or native file)",
+)
 @handle_errors
-def initialize(plan_config: str, cols_config: str, data_config: str, agg_addr: str | None,
-               init_model: Path | None) -> None:
+def initialize(
+    plan_config: str,
+    cols_config: str,
+    data_config: str,
+    agg_addr: str | None,
+    init_model: Path | None,
+) -> None:
     """Write save/init.pbuf (no collaborator data needed) and the aggregator address."""
     from fedrun.plan.initialize import initialize_plan
 
-    loaded, target = initialize_plan(plan_config, cols_config, data_config, agg_addr=agg_addr,
-                                     init_model=init_model)
+    loaded, target = initialize_plan(
+        plan_config, cols_config, data_config, agg_addr=agg_addr, init_model=init_model
+    )
     ok(f"initial model written to {target}")
     console(stderr=False).print(
         f"  aggregator address {loaded.agg_addr}:{loaded.agg_port}, plan hash {loaded.hash[:16]}"
@@ -44,7 +63,9 @@ def validate(plan_config: str, cols_config: str, data_config: str) -> None:
     from fedrun.plan.loader import Plan
 
     loaded = Plan.load(plan_config, cols_config, data_config)
-    ok(f"{loaded.path} is valid (hash {loaded.hash[:16]}, {len(loaded.cols)} authorized collaborators)")
+    ok(
+        f"{loaded.path} is valid (hash {loaded.hash[:16]}, {len(loaded.cols)} authorized collaborators)"
+    )
 
 
 @plan.command()
@@ -63,7 +84,14 @@ def show(plan_config: str, cols_config: str, data_config: str) -> None:
 
 
 @plan.command()
-@click.option("-p", "--plan_config", "--plan-config", "plan_config", default="plan/plan.yaml", show_default=True)
+@click.option(
+    "-p",
+    "--plan_config",
+    "--plan-config",
+    "plan_config",
+    default="plan/plan.yaml",
+    show_default=True,
+)
 @handle_errors
 def freeze(plan_config: str) -> None:
     """Write a read-only plan/plan_<hash>.yaml copy of the merged plan for auditing."""

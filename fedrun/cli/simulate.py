@@ -12,21 +12,43 @@ from fedrun.cli.common import console, handle_errors
 
 @click.command()
 @click.option("--template", default=None, help="workspace template (default torch/digits, offline)")
-@click.option("--workspace", "workspace", default=None, type=click.Path(path_type=Path),
-              help="use this existing workspace instead of creating one")
-@click.option("--prefix", default=None, type=click.Path(path_type=Path),
-              help="where to create the workspace (default ./fedrun-workspaces/<template>-<time>)")
+@click.option(
+    "--workspace",
+    "workspace",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="use this existing workspace instead of creating one",
+)
+@click.option(
+    "--prefix",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="where to create the workspace (default ./fedrun-workspaces/<template>-<time>)",
+)
 @click.option("-n", "--collaborators", default=2, show_default=True, type=click.IntRange(1, 512))
 @click.option("-r", "--rounds", default=None, type=click.IntRange(1), help="rounds to train")
-@click.option("--plan-set", "plan_set", multiple=True, metavar="KEY=VALUE",
-              help="override a plan setting, e.g. aggregator.write_logs=true (repeatable)")
+@click.option(
+    "--plan-set",
+    "plan_set",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a plan setting, e.g. aggregator.write_logs=true (repeatable)",
+)
 @click.option("--seed", default=None, type=int, help="seed for reproducible training")
 @click.option("--no-tls", is_flag=True, help="run without TLS (explicitly insecure; for debugging)")
 @click.option("--timeout", default=None, type=float, help="give up after this many seconds")
 @handle_errors
-def simulate(template: str | None, workspace: Path | None, prefix: Path | None, collaborators: int,
-             rounds: int | None, plan_set: tuple[str, ...], seed: int | None, no_tls: bool,
-             timeout: float | None) -> None:
+def simulate(
+    template: str | None,
+    workspace: Path | None,
+    prefix: Path | None,
+    collaborators: int,
+    rounds: int | None,
+    plan_set: tuple[str, ...],
+    seed: int | None,
+    no_tls: bool,
+    timeout: float | None,
+) -> None:
     """Run a whole federation here: one aggregator and N collaborator processes over gRPC
     with mutual TLS on 127.0.0.1, then print per-round metrics and where the models are."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,8 +69,15 @@ def simulate(template: str | None, workspace: Path | None, prefix: Path | None, 
         target, create_from = workspace, None
     if no_tls:
         con.print("[yellow]warning:[/] --no-tls: traffic and identities are NOT protected")
-    fed = LocalFederation(target, template=create_from, collaborators=collaborators, rounds=rounds,
-                          plan_set=plan_set, tls=not no_tls, seed=seed)
+    fed = LocalFederation(
+        target,
+        template=create_from,
+        collaborators=collaborators,
+        rounds=rounds,
+        plan_set=plan_set,
+        tls=not no_tls,
+        seed=seed,
+    )
     con.print(f"preparing workspace {fed.workspace} ...")
     plan = fed.prepare()
     total = plan.rounds_to_train
@@ -59,8 +88,15 @@ def simulate(template: str | None, workspace: Path | None, prefix: Path | None, 
     )
     started = time.monotonic()
     fed.start()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=con, transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(),
+        console=con,
+        transient=False,
+    ) as progress:
         bar = progress.add_task("rounds", total=total + (1 if final_validation else 0), last="")
 
         def on_progress(records: list) -> None:
@@ -69,7 +105,9 @@ def simulate(template: str | None, workspace: Path | None, prefix: Path | None, 
             last = ""
             if agg:
                 newest = max(r.round for r in agg)
-                values = [r for r in agg if r.round == newest and r.task == "aggregated_model_validation"]
+                values = [
+                    r for r in agg if r.round == newest and r.task == "aggregated_model_validation"
+                ]
                 if values:
                     last = f"{values[0].metric} {values[0].value:.4f}"
             progress.update(bar, completed=done, last=last)

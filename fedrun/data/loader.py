@@ -53,13 +53,11 @@ class DataLoader:
         n = 0 if X is None else len(X)
         bs = int(batch_size or self.batch_size)
         order = self._rng.permutation(n) if shuffle else np.arange(n)
-        count = 0
-        for start in range(0, n, bs):
+        for count, start in enumerate(range(0, n, bs)):
             if num_batches is not None and count >= num_batches:
                 return
             idx = order[start : start + bs]
             yield X[idx], y[idx]
-            count += 1
 
     def get_train_loader(
         self, batch_size: int | None = None, num_batches: int | None = None

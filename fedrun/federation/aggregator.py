@@ -193,9 +193,8 @@ class Aggregator:
 
     # ------------------------------------------------------------------ setup helpers
     def _default_best_metric(self) -> str | None:
-        for name, spec in self.tasks.items():
-            if name == "aggregated_model_validation":
-                return f"{name}/"
+        if "aggregated_model_validation" in self.tasks:
+            return "aggregated_model_validation/"
         for name, spec in self.tasks.items():
             if spec.is_validation and not spec.uses_local_model:
                 return f"{name}/"
@@ -509,16 +508,21 @@ class Aggregator:
             now = self.clock()
             for col in self.collaborators:
                 seen = self.last_seen.get(col)
-                if seen is not None and col not in self.reported_gone and col not in self.quit_sent:
-                    if now - seen > self.collaborator_timeout and not self.round.finished(col):
-                        self.reported_gone.add(col)
-                        log.warning(
-                            "collaborator %s is gone: no request for %.0f s (round %d waits for it "
-                            "unless the straggler policy closes the round)",
-                            col,
-                            now - seen,
-                            self.round_num,
-                        )
+                if (
+                    seen is not None
+                    and col not in self.reported_gone
+                    and col not in self.quit_sent
+                    and now - seen > self.collaborator_timeout
+                    and not self.round.finished(col)
+                ):
+                    self.reported_gone.add(col)
+                    log.warning(
+                        "collaborator %s is gone: no request for %.0f s (round %d waits for it "
+                        "unless the straggler policy closes the round)",
+                        col,
+                        now - seen,
+                        self.round_num,
+                    )
             self._maybe_close_round()
             deadline = self.policy.deadline(self.round.started_at)
             return deadline
@@ -559,7 +563,9 @@ class Aggregator:
             if self._better(score):
                 self.best_score, self.best_round = score, state.number
                 self.model_sink.save_best(model_in, state.number, score, score_key)
-                log.info("round %d: new best model saved (%s = %.4f)", state.number, score_key, score)
+                log.info(
+                    "round %d: new best model saved (%s = %.4f)", state.number, score_key, score
+                )
         if updated:
             self.global_model = new_model
             if self.save_models:

@@ -20,7 +20,7 @@ def round_table(history: Sequence[Any]) -> Any:
     table = Table(title="Rounds", title_justify="left")
     table.add_column("round", justify="right")
     for key in columns:
-        table.add_column(key, justify="right")
+        table.add_column(_header(key), justify="right")
     table.add_column("seconds", justify="right")
     table.add_column("received", justify="right")
     for summary in history:
@@ -46,11 +46,23 @@ def metrics_table(records: Iterable[MetricRecord], rounds_to_train: int) -> Any:
     table = Table(title="Aggregated metrics per round", title_justify="left")
     table.add_column("round", justify="right")
     for key in columns:
-        table.add_column(key, justify="right")
+        table.add_column(_header(key), justify="right")
     for number in sorted(rows):
         label = f"{number} (final model)" if number >= rounds_to_train else str(number)
         table.add_row(label, *[_fmt(rows[number].get(k)) for k in columns])
     return table
+
+
+_SHORT_TASKS = {
+    "aggregated_model_validation": "global model\nvalidation",
+    "locally_tuned_model_validation": "local model\nvalidation",
+    "train": "training",
+}
+
+
+def _header(key: str) -> str:
+    task, _, metric = key.partition("/")
+    return f"{_SHORT_TASKS.get(task, task)}\n{metric}"
 
 
 def _fmt(value: float | None) -> str:

@@ -183,7 +183,9 @@ def build_task_runner(plan: Plan, collaborator: str | None) -> Any:
     return plan.build("task_runner", data_loader=loader)
 
 
-def build_collaborator(plan: Plan, name: str, connection: AggregatorConnection, runner: Any = None) -> Collaborator:
+def build_collaborator(
+    plan: Plan, name: str, connection: AggregatorConnection, runner: Any = None
+) -> Collaborator:
     """The collaborator core for ``name``, talking through ``connection``."""
     if name not in plan.data_paths:
         raise PlanError(

@@ -39,7 +39,9 @@ def initialize_plan(
     if init_model:
         source = Path(init_model)
         if not source.is_file():
-            raise WorkspaceError("FX-WS-011", f"initial model {source} does not exist", "check the -i path")
+            raise WorkspaceError(
+                "FX-WS-011", f"initial model {source} does not exist", "check the -i path"
+            )
         if source.suffix == ".pbuf":
             tensors = load_model(source).tensors
         else:

@@ -79,7 +79,9 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
             out.update(self._optimizer_tensors())
         return out
 
-    def set_tensor_dict(self, tensor_dict: Mapping[str, np.ndarray], with_opt_vars: bool = False) -> None:
+    def set_tensor_dict(
+        self, tensor_dict: Mapping[str, np.ndarray], with_opt_vars: bool = False
+    ) -> None:
         """Load model weights (and optimizer state when present and asked)."""
         own = self.state_dict()
         missing = [k for k in own if k not in tensor_dict]
@@ -131,7 +133,9 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
             except ValueError:
                 continue
             state[index][key] = torch.from_numpy(np.array(value, copy=True))
-        self.optimizer.load_state_dict({"state": dict(state), "param_groups": current["param_groups"]})
+        self.optimizer.load_state_dict(
+            {"state": dict(state), "param_groups": current["param_groups"]}
+        )
 
     def reset_opt_vars(self) -> None:
         """Forget all optimizer state (momentum, Adam moments, step counts)."""
@@ -254,7 +258,11 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
         payload = torch.load(filepath, map_location=self.device, weights_only=True)
         state = payload.get(model_state_dict_key, payload) if isinstance(payload, dict) else payload
         self.load_state_dict(state)
-        if self.optimizer is not None and isinstance(payload, dict) and optimizer_state_dict_key in payload:
+        if (
+            self.optimizer is not None
+            and isinstance(payload, dict)
+            and optimizer_state_dict_key in payload
+        ):
             self.optimizer.load_state_dict(payload[optimizer_state_dict_key])
 
 

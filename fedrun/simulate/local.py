@@ -92,7 +92,9 @@ class LocalFederation:
         python: str = sys.executable,
     ) -> None:
         if collaborators < 1:
-            raise WorkspaceError("FX-SIM-001", f"--collaborators is {collaborators}", "use at least 1")
+            raise WorkspaceError(
+                "FX-SIM-001", f"--collaborators is {collaborators}", "use at least 1"
+            )
         self.workspace = Path(workspace).resolve()
         self.template = template
         self.count = collaborators
@@ -184,7 +186,12 @@ class LocalFederation:
     # ------------------------------------------------------------------ processes
     def _env(self, threads: int) -> dict[str, str]:
         env = dict(os.environ)
-        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "FEDRUN_NUM_THREADS"):
+        for key in (
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "FEDRUN_NUM_THREADS",
+        ):
             env[key] = str(threads)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
@@ -248,7 +255,8 @@ class LocalFederation:
                 if timeout is not None and time.monotonic() - started > timeout:
                     self.stop()
                     raise WorkspaceError(
-                        "FX-SIM-003", f"the federation did not finish within {timeout:.0f} s",
+                        "FX-SIM-003",
+                        f"the federation did not finish within {timeout:.0f} s",
                         f"see the logs in {self.workspace / 'logs'}",
                     )
                 time.sleep(poll)
@@ -262,15 +270,20 @@ class LocalFederation:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def run(self, on_progress: Callable[[list[MetricRecord]], None] | None = None,
-            timeout: float | None = None) -> SimulationResult:
+    def run(
+        self,
+        on_progress: Callable[[list[MetricRecord]], None] | None = None,
+        timeout: float | None = None,
+    ) -> SimulationResult:
         """Prepare, start, wait; returns the metrics and where things are."""
         started = time.monotonic()
         plan = self.prepare()
         self.start()
         codes = self.wait(on_progress, timeout)
         records = list(read_metrics(self.workspace / "logs" / "metrics.jsonl"))
-        return SimulationResult(self.workspace, time.monotonic() - started, records, plan.rounds_to_train, codes)
+        return SimulationResult(
+            self.workspace, time.monotonic() - started, records, plan.rounds_to_train, codes
+        )
 
 
 class SimulationFailed(FedrunError):

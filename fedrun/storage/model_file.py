@@ -20,7 +20,7 @@ import numpy as np
 from google.protobuf.internal.decoder import _DecodeVarint
 from google.protobuf.internal.encoder import _VarintBytes
 
-from fedrun.errors import StateError
+from fedrun.errors import ProtocolError, StateError
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol.codec import TensorAssembler, encode_tensors
 
@@ -175,31 +175,53 @@ class TensorFileWriter:
 
 
 def iter_tensor_file(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, bool]]:
-    """Yield ``(name, array, delta)`` from a model file, one tensor at a time."""
+    """Yield ``(name, array, delta)`` from a model file, one tensor at a time.
+
+    A corrupt or truncated file raises :class:`StateError` (``FX-STATE-002``), also when it ends
+    cleanly between frames but holds fewer tensors than its header announced.
+    """
     source = Path(path)
     with open(source, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
             raise _corrupt(source, "not a fedrun model file (bad magic)")
         assembler = TensorAssembler()
-        first = True
+        expected: int | None = None
+        seen = 0
         while True:
-            size = _read_varint(f)
+            try:
+                size = _read_varint(f)
+            except ValueError as exc:
+                raise _corrupt(source, "truncated frame length") from exc
             if size is None:
                 break
             data = f.read(size)
             if len(data) != size:
                 raise _corrupt(source, "file ends inside a frame (truncated?)")
             frame = pb.TensorFrame()
-            frame.ParseFromString(data)
-            if first:
-                first = False
+            try:
+                frame.ParseFromString(data)
+            except Exception as exc:
+                raise _corrupt(source, "unreadable frame") from exc
+            if expected is None:
                 if frame.WhichOneof("body") != "model":
                     raise _corrupt(source, "missing model header")
+                expected = frame.model.tensor_count
                 continue
-            tensor = assembler.feed(frame)
+            try:
+                tensor = assembler.feed(frame)
+            except ProtocolError as exc:
+                raise _corrupt(source, exc.message) from exc
             if tensor is not None:
+                seen += 1
                 yield tensor.name, tensor.array, tensor.delta
-        assembler.close()
+        try:
+            assembler.close()
+        except ProtocolError as exc:
+            raise _corrupt(source, exc.message) from exc
+        if expected is None:
+            raise _corrupt(source, "missing model header")
+        if seen != expected:
+            raise _corrupt(source, f"{seen} of {expected} tensors present")
 
 
 def _read_varint(f: BinaryIO) -> int | None:

@@ -40,10 +40,14 @@ class ModelStore(ModelSink):
         self.on_finish = on_finish
 
     def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> None:
-        save_model(self.last_path, tensors, round_num=round_num, plan_hash=self.plan_hash, kind="last")
+        save_model(
+            self.last_path, tensors, round_num=round_num, plan_hash=self.plan_hash, kind="last"
+        )
         log.info("saved %s (model for round %d)", self.last_path.name, round_num)
 
-    def save_best(self, tensors: Mapping[str, np.ndarray], round_num: int, score: float, metric: str) -> None:
+    def save_best(
+        self, tensors: Mapping[str, np.ndarray], round_num: int, score: float, metric: str
+    ) -> None:
         save_model(
             self.best_path,
             tensors,

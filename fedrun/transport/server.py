@@ -171,8 +171,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                     name,
                 )
             model = {n: model[n] for n in request.names}
-        for frame in encode_tensors(model, chunk_bytes=self.chunk_bytes):
-            yield frame
+        yield from encode_tensors(model, chunk_bytes=self.chunk_bytes)
 
     def SubmitResults(
         self, request_iterator: Iterator[pb.TensorFrame], context: grpc.ServicerContext

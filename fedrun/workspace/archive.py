@@ -85,17 +85,24 @@ def _safe_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:
                 "only import workspace archives made by `fx workspace export`",
             )
         if stat.S_ISLNK(info.external_attr >> 16):
-            raise WorkspaceError("FX-WS-021", f"{archive} holds a symbolic link {name!r}",
-                                 "only import workspace archives made by `fx workspace export`")
+            raise WorkspaceError(
+                "FX-WS-021",
+                f"{archive} holds a symbolic link {name!r}",
+                "only import workspace archives made by `fx workspace export`",
+            )
         members.append(info)
     return members
 
 
-def import_workspace(archive: str | Path, destination: str | Path | None = None, *, install: bool = True) -> Path:
+def import_workspace(
+    archive: str | Path, destination: str | Path | None = None, *, install: bool = True
+) -> Path:
     """Unpack a workspace archive into ``./<archive name>`` and install its requirements."""
     source = Path(archive)
     if not source.is_file():
-        raise WorkspaceError("FX-WS-020", f"archive {source} does not exist", "check the --archive path")
+        raise WorkspaceError(
+            "FX-WS-020", f"archive {source} does not exist", "check the --archive path"
+        )
     target = Path(destination) if destination else Path.cwd() / source.name.split(".")[0]
     if target.exists() and any(target.iterdir()):
         raise WorkspaceError(
@@ -114,8 +121,11 @@ def import_workspace(archive: str | Path, destination: str | Path | None = None,
                 )
             zf.extractall(target, members)
     except zipfile.BadZipFile as exc:
-        raise WorkspaceError("FX-WS-023", f"{source} is not a readable zip file: {exc}",
-                             "copy the archive again; it may be truncated") from exc
+        raise WorkspaceError(
+            "FX-WS-023",
+            f"{source} is not a readable zip file: {exc}",
+            "copy the archive again; it may be truncated",
+        ) from exc
     for folder in EMPTY_DIRS:
         (target / folder).mkdir(exist_ok=True)
     requirements = target / "requirements.txt"

@@ -33,13 +33,18 @@ def create_workspace(prefix: str | Path, template: str) -> Path:
         )
     try:
         shutil.copytree(
-            source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True
+            source,
+            target,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            dirs_exist_ok=True,
         )
         for name in WORKSPACE_DIRS:
             (target / name).mkdir(exist_ok=True)
     except OSError as exc:
         raise WorkspaceError(
-            "FX-WS-003", f"cannot create the workspace at {target}: {exc.strerror}", "choose a writable --prefix"
+            "FX-WS-003",
+            f"cannot create the workspace at {target}: {exc.strerror}",
+            "choose a writable --prefix",
         ) from exc
     plan_path = target / "plan" / "plan.yaml"
     plan = Plan.load(plan_path, workspace=target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -26,20 +27,36 @@ def free_port() -> int:
 
 def fx_env(threads: int = 1) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                "FEDRUN_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "FEDRUN_NUM_THREADS": str(threads),
+            "PYTHONUNBUFFERED": "1",
+            "COLUMNS": "200",
+        }
+    )
     env.pop("FQDN", None)
     return env
 
 
-def fx(cwd: Path, *args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def fx(
+    cwd: Path, *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run one `fx` command to completion."""
     proc = subprocess.run(
         [sys.executable, "-m", "fedrun.cli.main", *args],
-        cwd=cwd, env=fx_env(), capture_output=True, text=True, timeout=timeout, input=input,
+        cwd=cwd,
+        env=fx_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"fx {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"fx {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -54,7 +71,11 @@ class Nodes:
         out = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "fedrun.cli.main", *args],
-            cwd=cwd, env=fx_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
+            cwd=cwd,
+            env=fx_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         out.close()
@@ -80,15 +101,15 @@ class Nodes:
         try:
             return self.procs[name].wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"{name} did not finish in {timeout} s; log:\n{self.log(name)[-3000:]}") from None
+            raise AssertionError(
+                f"{name} did not finish in {timeout} s; log:\n{self.log(name)[-3000:]}"
+            ) from None
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 10
         for proc in self.procs.values():
             try:

@@ -30,7 +30,11 @@ def test_seed_walkthrough_three_nodes(tmp_path: Path, nodes: Nodes) -> None:
     req = fx(ws, "aggregator", "generate-cert-request", "--fqdn", "localhost")
     assert "CSR hash" in req.stdout
     fx(ws, "aggregator", "certify", "--fqdn", "localhost", "-s")
-    for name in ("cert/cert_chain.crt", "cert/server/agg_localhost.crt", "cert/server/agg_localhost.key"):
+    for name in (
+        "cert/cert_chain.crt",
+        "cert/server/agg_localhost.crt",
+        "cert/server/agg_localhost.key",
+    ):
         assert (ws / name).is_file(), name
     fx(ws, "workspace", "export")
     archive = agg_node / "ws.zip"

@@ -18,7 +18,9 @@ from fedrun.storage.model_file import load_model
 
 @pytest.mark.parametrize("count", [2, 5])
 def test_simulate_runs_to_the_end(tmp_path: Path, count: int) -> None:
-    result = LocalFederation(tmp_path / "ws", template="torch/digits", collaborators=count, rounds=2).run(timeout=300)
+    result = LocalFederation(
+        tmp_path / "ws", template="torch/digits", collaborators=count, rounds=2
+    ).run(timeout=300)
     assert set(result.exit_codes.values()) == {0}
     assert len(result.exit_codes) == count + 1
     records = list(read_metrics(tmp_path / "ws" / "logs" / "metrics.jsonl"))
@@ -36,7 +38,11 @@ def test_readme_command_reaches_090_on_digits(tmp_path: Path) -> None:
     """What the README's run command does: torch/digits, 2 collaborators, 3 rounds."""
     proc = subprocess.run(
         [sys.executable, "-m", "fedrun.cli.main", "simulate", "--prefix", str(tmp_path / "ws")],
-        env=fx_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env=fx_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "federation finished" in proc.stdout
@@ -50,7 +56,9 @@ def _workspace(tmp_path: Path, nodes_names: list[str], tls: bool = False) -> Pat
     fx(tmp_path, "workspace", "create", "--prefix", "ws", "--template", "torch/digits")
     ws = tmp_path / "ws"
     set_plan(ws, agg_port=free_port(), use_tls=tls, agg_addr="127.0.0.1")
-    (ws / "plan" / "cols.yaml").write_text("collaborators:\n" + "".join(f"- {n}\n" for n in nodes_names))
+    (ws / "plan" / "cols.yaml").write_text(
+        "collaborators:\n" + "".join(f"- {n}\n" for n in nodes_names)
+    )
     for i, name in enumerate(nodes_names, 1):
         fx(ws, "collaborator", "create", "-n", name, "-d", str(i))
     fx(ws, "plan", "initialize", "--plan-config", "plan/plan.yaml")
@@ -81,8 +89,15 @@ def test_aggregator_process_imports_no_ml_framework(tmp_path: Path, nodes: Nodes
         "    heavy = sorted(m for m in ('torch', 'keras', 'tensorflow', 'jax', 'sklearn') if m in sys.modules)\n"
         "    print('HEAVY_MODULES', heavy, flush=True)\n"
     )
-    out = open(tmp_path / "agg.out", "w")
-    agg = subprocess.Popen([sys.executable, "-c", probe], cwd=ws, env=fx_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
+    out = open(tmp_path / "agg.out", "w")  # noqa: SIM115 - handed to the child process
+    agg = subprocess.Popen(
+        [sys.executable, "-c", probe],
+        cwd=ws,
+        env=fx_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         nodes.start("one", ws, "collaborator", "start", "-n", "one")
         nodes.start("two", ws, "collaborator", "start", "-n", "two")
@@ -106,7 +121,14 @@ def test_commands_that_train_nothing_import_no_ml_framework(tmp_path: Path) -> N
         "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, (args, e.code)\n"
         "print('HEAVY', sorted(m for m in ('torch', 'keras', 'tensorflow', 'sklearn') if m in sys.modules))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path / "ws", env=fx_env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path / "ws",
+        env=fx_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
 
 

@@ -346,9 +346,7 @@ def test_openfl_1_6_names_beat_the_packaged_defaults_merged_under_them(plan_path
 
 def test_openfl_1_6_name_in_an_override_wins(plan_path):
     # Execute
-    plan = Plan.load(
-        plan_path, overrides=["network.tls=false", "collaborator.delta_updates=true"]
-    )
+    plan = Plan.load(plan_path, overrides=["network.tls=false", "collaborator.delta_updates=true"])
 
     # Assert
     assert plan.network["use_tls"] is False
@@ -372,9 +370,7 @@ def test_hash_is_stable_across_loads_and_key_order(plan_path):
     assert first.federation_id == f"plan_{first.hash[:12]}"
 
 
-@pytest.mark.parametrize(
-    "override", ["network.agg_addr=agg.example.org", "network.agg_port=51234"]
-)
+@pytest.mark.parametrize("override", ["network.agg_addr=agg.example.org", "network.agg_port=51234"])
 def test_hash_ignores_the_aggregator_address(plan_path, override):
     # Execute
     base = Plan.load(plan_path)

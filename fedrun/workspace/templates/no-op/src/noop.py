@@ -28,24 +28,46 @@ class NoOpDataLoader(DataLoader):
 class NoOpTaskRunner(TaskRunner):
     """Holds ``tensor_count`` float32 tensors of ``model_bytes`` bytes in all."""
 
-    def __init__(self, data_loader: Any = None, model_bytes: int = 1 << 20, tensor_count: int = 4, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        data_loader: Any = None,
+        model_bytes: int = 1 << 20,
+        tensor_count: int = 4,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(data_loader=data_loader, **kwargs)
         count = max(1, int(tensor_count))
         per = max(1, int(model_bytes) // 4 // count)
         rng = np.random.default_rng(0)
-        self.tensors = {f"layer{i}": rng.standard_normal(per, dtype=np.float32) for i in range(count)}
+        self.tensors = {
+            f"layer{i}": rng.standard_normal(per, dtype=np.float32) for i in range(count)
+        }
 
     def get_tensor_dict(self, with_opt_vars: bool = False) -> dict[str, np.ndarray]:
         return dict(self.tensors)
 
-    def set_tensor_dict(self, tensor_dict: Mapping[str, np.ndarray], with_opt_vars: bool = False) -> None:
+    def set_tensor_dict(
+        self, tensor_dict: Mapping[str, np.ndarray], with_opt_vars: bool = False
+    ) -> None:
         self.tensors = {k: np.asarray(v) for k, v in tensor_dict.items() if k in self.tensors}
 
-    def train_task(self, col_name: str, round_num: int, input_tensor_dict: Mapping[str, np.ndarray], **kwargs: Any) -> TaskResult:
+    def train_task(
+        self,
+        col_name: str,
+        round_num: int,
+        input_tensor_dict: Mapping[str, np.ndarray],
+        **kwargs: Any,
+    ) -> TaskResult:
         self.set_tensor_dict(input_tensor_dict)
         return TaskResult({"loss": 0.0}, dict(self.tensors), self.get_train_data_size())
 
-    def validate_task(self, col_name: str, round_num: int, input_tensor_dict: Mapping[str, np.ndarray], **kwargs: Any) -> TaskResult:
+    def validate_task(
+        self,
+        col_name: str,
+        round_num: int,
+        input_tensor_dict: Mapping[str, np.ndarray],
+        **kwargs: Any,
+    ) -> TaskResult:
         return TaskResult({"accuracy": 1.0}, {}, self.get_valid_data_size())
 
     def save_native(self, filepath: Any, **kwargs: Any) -> None:

@@ -18,7 +18,13 @@ class PyTorchMNISTInMemory(PyTorchDataLoader):
     ``data_path`` None builds an empty loader (model initialisation needs no data).
     """
 
-    def __init__(self, data_path: str | None = None, batch_size: int = 64, collaborator_count: int = 2, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        data_path: str | None = None,
+        batch_size: int = 64,
+        collaborator_count: int = 2,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(batch_size=batch_size, **kwargs)
         shard = parse_shard(data_path)
         if shard is None:

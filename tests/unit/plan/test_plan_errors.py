@@ -1,0 +1,346 @@
+"""Every way Plan.load refuses a plan: code, file, key path and fix."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fedrun.errors import PlanError
+from fedrun.plan.loader import Plan
+
+
+def load_error(path, **kwargs) -> PlanError:
+    with pytest.raises(PlanError) as caught:
+        Plan.load(path, **kwargs)
+    error = caught.value
+    assert error.fix, f"{error.code} has no fix"
+    assert error.exit_code == 2
+    return error
+
+
+def test_unknown_section_with_did_you_mean(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c.__setitem__("agregator", {"settings": {}}))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-009"
+    assert "plan.yaml: unknown section 'agregator' (did you mean 'aggregator'?)" in error.message
+    assert "aggregator" in error.fix
+
+
+def test_unknown_aggregator_setting_with_did_you_mean(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c["aggregator"]["settings"].__setitem__("rounds_to_trian", 2))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-010"
+    assert "plan.yaml: aggregator.settings: unknown key 'rounds_to_trian'" in error.message
+    assert "(did you mean 'rounds_to_train'?)" in error.message
+    assert "rounds_to_train" in error.fix
+
+
+def test_unknown_key_beside_template_and_settings(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c["network"].__setitem__("setings", {}))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-010"
+    assert "unknown key network.setings (did you mean 'settings'?)" in error.message
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("aggregator", "rounds_to_train", "ten", "expected int"),
+        ("aggregator", "rounds_to_train", True, "expected int"),
+        ("aggregator", "write_logs", "yes please", "expected bool"),
+        ("network", "use_tls", 1, "expected bool"),
+    ],
+)
+def test_wrong_type(edit_plan, section, key, value, expected):
+    # Prepare
+    path = edit_plan(lambda c: c[section]["settings"].__setitem__(key, value))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-011"
+    assert f"plan.yaml: {section}.settings.{key} is {value!r}" in error.message
+    assert expected in error.message
+    assert error.fix.startswith(f"{key}: ")
+
+
+def test_bad_choice(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c["collaborator"]["settings"].__setitem__("opt_treatment", "FOO"))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-012"
+    assert "plan.yaml: collaborator.settings.opt_treatment is 'FOO'" in error.message
+    assert "RESET, CONTINUE_LOCAL, CONTINUE_GLOBAL" in error.fix
+
+
+def test_settings_not_a_mapping(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c["aggregator"].__setitem__("settings", [1, 2]))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-011"
+    assert "plan.yaml: aggregator.settings must be a mapping, not list" in error.message
+
+
+def test_missing_plan_file(tmp_path):
+    # Execute
+    error = load_error(tmp_path / "plan" / "nope.yaml")
+
+    # Assert
+    assert error.code == "FX-PLAN-001"
+    assert str(tmp_path / "plan" / "nope.yaml") in error.message
+    assert "does not exist" in error.message
+
+
+def test_invalid_yaml_names_the_line(plan_path):
+    # Prepare: line 3 holds a mapping value where none is allowed
+    plan_path.write_text("aggregator:\n  settings:\n    rounds_to_train: 3: 4\n")
+
+    # Execute
+    error = load_error(plan_path)
+
+    # Assert
+    assert error.code == "FX-PLAN-003"
+    assert str(plan_path) in error.message
+    assert "is not valid YAML at line 3, column 23" in error.message
+    assert "mapping values are not allowed here" in error.message
+
+
+def test_plan_that_is_not_a_mapping(plan_path):
+    # Prepare
+    plan_path.write_text("- aggregator\n- collaborator\n")
+
+    # Execute
+    error = load_error(plan_path)
+
+    # Assert
+    assert error.code == "FX-PLAN-003"
+    assert "must be a mapping of sections" in error.message
+
+
+def test_missing_defaults_file(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c["aggregator"].__setitem__("defaults", "plan/defaults/agg.yaml"))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-002"
+    assert "plan.yaml: defaults file 'plan/defaults/agg.yaml' not found" in error.message
+    assert "aggregator.yaml" in error.fix
+
+
+def test_missing_required_section(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c.pop("task_runner"))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-013"
+    assert "plan.yaml: the plan has no 'task_runner' section" in error.message
+
+
+def test_unknown_template_module_in_the_workspace(edit_plan, workspace):
+    # Prepare
+    path = edit_plan(lambda c: c["data_loader"].__setitem__("template", "src.nothere.Loader"))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-007"
+    assert "plan.yaml: data_loader.template: module 'src.nothere' not found" in error.message
+    assert str(workspace / "src") in error.fix
+
+
+def test_unknown_fedrun_class_with_did_you_mean(edit_plan):
+    # Prepare
+    path = edit_plan(
+        lambda c: c["compression_pipeline"].__setitem__(
+            "template", "fedrun.compression.NoCompresionPipeline"
+        )
+    )
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-007"
+    assert "compression_pipeline.template" in error.message
+    assert "has no 'NoCompresionPipeline' (did you mean 'NoCompressionPipeline'?)" in error.message
+
+
+def test_unknown_package_in_a_template(edit_plan):
+    # Prepare
+    path = edit_plan(
+        lambda c: c["compression_pipeline"].__setitem__("template", "nosuchpkg.Pipeline")
+    )
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-007"
+    assert "module 'nosuchpkg' not found" in error.message
+
+
+def test_class_missing_from_a_workspace_module_with_did_you_mean(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c["task_runner"].__setitem__("template", "src.taskrunner.DigitsCN"))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-007"
+    assert "plan.yaml: task_runner.template" in error.message
+    assert "defines no 'DigitsCN' (did you mean 'DigitsCNN'?)" in error.message
+
+
+def test_syntax_error_in_a_workspace_module(plan_path, workspace):
+    # Prepare
+    (workspace / "src" / "taskrunner.py").write_text("class DigitsCNN(:\n    pass\n")
+
+    # Execute
+    error = load_error(plan_path)
+
+    # Assert
+    assert error.code == "FX-PLAN-014"
+    assert "taskrunner.py line 1: syntax error" in error.message
+
+
+def test_task_function_the_runner_lacks_with_did_you_mean(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c["tasks"]["train"].__setitem__("function", "train_tsk"))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-016"
+    assert "plan.yaml: tasks.train.function" in error.message
+    assert "has no method 'train_tsk' (did you mean 'train_task'?)" in error.message
+
+
+def test_unknown_key_in_a_task(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c["tasks"]["train"].__setitem__("kwarg", {}))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-010"
+    assert "plan.yaml: tasks.train: unknown key 'kwarg' (did you mean 'kwargs'?)" in error.message
+
+
+def test_task_without_function(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c["tasks"]["train"].pop("function"))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-015"
+    assert "plan.yaml: tasks.train.function is missing" in error.message
+
+
+def test_assigner_group_naming_an_undefined_task(edit_plan):
+    # Prepare
+    def change(config):
+        config["assigner"]["settings"]["task_groups"][0]["tasks"].append("trian")
+
+    path = edit_plan(change)
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-018"
+    assert "plan.yaml: assigner.settings.task_groups" in error.message
+    assert "group 'train_and_validate' lists task 'trian'" in error.message
+    assert "(did you mean 'train'?)" in error.message
+
+
+def test_bad_apply(edit_plan):
+    # Prepare
+    def change(config):
+        config["tasks"]["aggregated_model_validation"]["kwargs"]["apply"] = "globally"
+
+    path = edit_plan(change)
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-017"
+    assert "plan.yaml: tasks.aggregated_model_validation.kwargs.apply is 'globally'" in (
+        error.message
+    )
+    assert "global" in error.fix and "local" in error.fix
+
+
+def test_aggregation_type_setting_the_rule_does_not_take(edit_plan):
+    # Prepare
+    def change(config):
+        config["tasks"]["train"]["aggregation_type"] = {
+            "template": "TrimmedMean",
+            "settings": {"betaa": 0.1},
+        }
+
+    path = edit_plan(change)
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-010"
+    assert "tasks.train.aggregation_type.settings: unknown key 'betaa'" in error.message
+
+
+def test_bad_override(plan_path):
+    # Execute
+    error = load_error(plan_path, overrides=["rounds_to_train=3"])
+
+    # Assert
+    assert error.code == "FX-PLAN-006"
+    assert "override 'rounds_to_train=3' names no key inside a section" in error.message
+
+
+def test_error_renders_code_message_and_fix(edit_plan):
+    # Prepare
+    path = edit_plan(lambda c: c["collaborator"]["settings"].__setitem__("opt_treatment", "FOO"))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert str(error) == f"FX-PLAN-012: {error.message}\n  fix: {error.fix}"
+    assert yaml.safe_load(path.read_text())["collaborator"]["settings"]["opt_treatment"] == "FOO"

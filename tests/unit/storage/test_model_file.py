@@ -1,0 +1,237 @@
+"""Model files: round trip, atomic writes, corruption, and the streaming writer/reader."""
+
+from __future__ import annotations
+
+import stat
+
+import numpy as np
+import pytest
+
+from fedrun.errors import StateError
+from fedrun.storage.model_file import (
+    MAGIC,
+    TensorFileWriter,
+    _read_varint,
+    iter_tensor_file,
+    load_model,
+    save_model,
+)
+
+
+@pytest.fixture
+def tensors() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "conv.weight": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+        "conv.bias": np.zeros(4, dtype=np.float32),
+        "steps": np.array(12, dtype=np.int64),
+        "mask": np.array([True, False, True]),
+        "empty": np.zeros((0, 5), dtype=np.float16),
+        "big_endian": np.arange(6, dtype=">f8"),
+    }
+
+
+def frame_ends(path) -> list[int]:
+    """Byte offsets at which each length-delimited frame of a model file ends."""
+    ends = []
+    with open(path, "rb") as f:
+        assert f.read(len(MAGIC)) == MAGIC
+        while (size := _read_varint(f)) is not None:
+            f.seek(size, 1)
+            ends.append(f.tell())
+    return ends
+
+
+def other_files(folder, keep) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != keep)
+
+
+# ---------------------------------------------------------------------- save / load
+def test_save_load_round_trip(tmp_path, tensors):
+    # Execute
+    path = save_model(
+        tmp_path / "save" / "best.pbuf",
+        tensors,
+        round_num=4,
+        plan_hash="abc123",
+        kind="best",
+        metrics={"aggregated_model_validation/acc": 0.875},
+    )
+    snapshot = load_model(path)
+
+    # Assert
+    assert path == tmp_path / "save" / "best.pbuf"
+    assert list(snapshot.tensors) == list(tensors)
+    for name, array in tensors.items():
+        out = snapshot.tensors[name]
+        assert out.shape == array.shape
+        assert out.dtype == array.dtype.newbyteorder("<")
+        np.testing.assert_array_equal(out, array)
+    assert (snapshot.round, snapshot.plan_hash, snapshot.kind) == (4, "abc123", "best")
+    assert snapshot.metrics == {"aggregated_model_validation/acc": 0.875}
+
+
+def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path, tensors):
+    # Prepare
+    path = tmp_path / "last.pbuf"
+    save_model(path, {"old": np.ones(3)}, round_num=1)
+
+    # Execute
+    save_model(path, tensors, round_num=2)
+
+    # Assert
+    assert other_files(tmp_path, "last.pbuf") == []
+    assert load_model(path).round == 2
+    assert "old" not in load_model(path).tensors
+    assert stat.S_IMODE(path.stat().st_mode) & 0o044  # readable by others, not 0600
+
+
+def test_failed_save_keeps_the_previous_file_and_no_temporary(tmp_path):
+    # Prepare
+    path = tmp_path / "last.pbuf"
+    save_model(path, {"w": np.ones(3)}, round_num=1)
+    before = path.read_bytes()
+
+    # Execute: an object tensor cannot be written; the failure happens mid-file
+    with pytest.raises(Exception, match="FX-WIRE-001"):
+        save_model(path, {"w": np.ones(3), "bad": np.array([None])}, round_num=2)
+
+    # Assert
+    assert path.read_bytes() == before
+    assert other_files(tmp_path, "last.pbuf") == []
+
+
+def test_save_into_an_unwritable_place_is_a_state_error(tmp_path):
+    # Prepare: the parent "folder" is a file
+    blocker = tmp_path / "save"
+    blocker.write_text("not a folder")
+
+    # Execute
+    with pytest.raises(StateError) as caught:
+        save_model(blocker / "best.pbuf", {"w": np.ones(1)}, round_num=0)
+
+    # Assert
+    assert caught.value.code == "FX-STATE-001"
+    assert caught.value.fix
+
+
+def test_missing_file_is_a_state_error(tmp_path):
+    # Execute
+    with pytest.raises(StateError) as caught:
+        load_model(tmp_path / "init.pbuf")
+
+    # Assert
+    assert caught.value.code == "FX-STATE-003"
+    assert "fx plan initialize" in caught.value.fix
+
+
+def test_file_with_bad_magic_is_a_state_error(tmp_path):
+    # Prepare
+    path = tmp_path / "init.pbuf"
+    path.write_bytes(b"\x0a\x03abc" * 10)
+
+    # Execute
+    with pytest.raises(StateError) as caught:
+        load_model(path)
+
+    # Assert
+    assert caught.value.code == "FX-STATE-002"
+    assert "bad magic" in caught.value.message
+
+
+def truncations(path) -> dict[str, int]:
+    """Cut points: inside a frame, and at each frame boundary after the model header."""
+    ends = frame_ends(path)
+    cuts = {"inside_first_frame": len(MAGIC) + 3, "inside_last_frame": ends[-1] - 2}
+    for i, end in enumerate(ends[:-1]):
+        cuts[f"after_frame_{i}"] = end
+    return cuts
+
+
+@pytest.mark.parametrize("reader", ["load_model", "iter_tensor_file"])
+def test_every_truncation_is_a_state_error(tmp_path, tensors, reader):
+    # Prepare
+    path = save_model(tmp_path / "m.pbuf", tensors, round_num=1)
+    raw = path.read_bytes()
+    read = load_model if reader == "load_model" else lambda p: list(iter_tensor_file(p))
+
+    for label, cut in truncations(path).items():
+        broken = tmp_path / f"{label}.pbuf"
+        broken.write_bytes(raw[:cut])
+
+        # Execute
+        with pytest.raises(StateError) as caught:
+            read(broken)
+
+        # Assert
+        assert caught.value.code == "FX-STATE-002", label
+        assert str(broken) in caught.value.message
+        assert caught.value.fix
+
+
+@pytest.mark.parametrize("reader", ["load_model", "iter_tensor_file"])
+def test_garbage_frame_is_a_state_error(tmp_path, reader):
+    # Prepare
+    path = tmp_path / "m.pbuf"
+    path.write_bytes(MAGIC + b"\x05\xff\xff\xff\xff\xff")
+    read = load_model if reader == "load_model" else lambda p: list(iter_tensor_file(p))
+
+    # Execute
+    with pytest.raises(StateError) as caught:
+        read(path)
+
+    # Assert
+    assert caught.value.code == "FX-STATE-002"
+
+
+# ---------------------------------------------------------------------- streaming writer
+def test_tensor_file_writer_and_iter_tensor_file(tmp_path, tensors):
+    # Prepare
+    path = tmp_path / "spool" / "r0_one_train.result"
+    writer = TensorFileWriter(path, round_num=0, tensor_count=len(tensors), kind="result")
+
+    # Execute
+    for i, (name, array) in enumerate(tensors.items()):
+        writer.write(name, array, delta=i % 2 == 1)
+    assert not path.exists()  # nothing visible before commit
+    committed = writer.commit()
+    read = list(iter_tensor_file(committed))
+
+    # Assert
+    assert committed == path
+    assert [name for name, _, _ in read] == list(tensors)
+    assert [delta for _, _, delta in read] == [i % 2 == 1 for i in range(len(tensors))]
+    for (name, array, _), original in zip(read, tensors.values(), strict=True):
+        np.testing.assert_array_equal(array, original, err_msg=name)
+    assert load_model(path).kind == "result"
+    assert other_files(path.parent, path.name) == []
+
+
+def test_tensor_file_writer_abort_leaves_nothing(tmp_path):
+    # Prepare
+    folder = tmp_path / "spool"
+    writer = TensorFileWriter(folder / "r0_one_train.result", round_num=0, tensor_count=2)
+    writer.write("w", np.ones((100, 100)))
+
+    # Execute
+    writer.abort()
+    writer.abort()  # idempotent
+
+    # Assert
+    assert list(folder.iterdir()) == []
+
+
+def test_tensor_file_with_fewer_tensors_than_announced_is_refused(tmp_path):
+    # Prepare: a writer committed with one of the two announced tensors
+    path = tmp_path / "r0_one_train.result"
+    writer = TensorFileWriter(path, round_num=0, tensor_count=2, durable=False)
+    writer.write("w", np.ones(3))
+    writer.commit()
+
+    # Execute
+    with pytest.raises(StateError) as caught:
+        list(iter_tensor_file(path))
+
+    # Assert
+    assert caught.value.code == "FX-STATE-002"
+    assert "1 of 2 tensors" in caught.value.message
