@@ -81,3 +81,9 @@ class StateError(FedrunError):
 
 class RoundClosed(ProtocolError):
     """The round a request was about has closed; ask for new tasks."""
+
+
+class ExperimentFinished(FedrunError):
+    """The persisted experiment already ran to the end; nothing to resume."""
+
+    exit_code = 0

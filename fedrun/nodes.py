@@ -38,14 +38,16 @@ def _pipelines(plan: Plan) -> dict[str, Any]:
     return {pipeline.name: pipeline}
 
 
-def start_aggregator(plan: Plan, *, task_group: str | None = None) -> tuple[Aggregator, Any]:
+def start_aggregator(
+    plan: Plan, *, task_group: str | None = None, reset_state: bool = False
+) -> tuple[Aggregator, Any]:
     """Build the aggregator and start serving; returns (aggregator, server)."""
     from fedrun.plan.components import build_aggregator
     from fedrun.transport.server import AggregatorServer
 
     network = Network.from_plan(plan)
     credentials = _server_credentials(plan, network)
-    aggregator = build_aggregator(plan, task_group=task_group)
+    aggregator = build_aggregator(plan, task_group=task_group, reset=reset_state)
     server = AggregatorServer(aggregator, network, credentials, pipelines=_pipelines(plan))
     server.start()
     log.info(
@@ -59,9 +61,11 @@ def start_aggregator(plan: Plan, *, task_group: str | None = None) -> tuple[Aggr
     return aggregator, server
 
 
-def run_aggregator(plan: Plan, *, task_group: str | None = None) -> Aggregator:
+def run_aggregator(
+    plan: Plan, *, task_group: str | None = None, reset_state: bool = False
+) -> Aggregator:
     """Serve until every collaborator was told to stop (or SIGTERM/SIGINT)."""
-    aggregator, server = start_aggregator(plan, task_group=task_group)
+    aggregator, server = start_aggregator(plan, task_group=task_group, reset_state=reset_state)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -77,6 +81,7 @@ def run_aggregator(plan: Plan, *, task_group: str | None = None) -> Aggregator:
         signal.signal(signal.SIGTERM, previous)
         server.stop(grace=1.0)
         aggregator.metrics.close()
+        aggregator.state_store.close()
     if aggregator.finished_event.is_set():
         log.info("all collaborators stopped; aggregator exiting")
     return aggregator

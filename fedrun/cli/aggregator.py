@@ -33,9 +33,20 @@ def aggregator() -> None:
     default=None,
     help="run only this assigner group (e.g. evaluation: one round, no model saved)",
 )
+@click.option(
+    "--reset-state",
+    is_flag=True,
+    help="discard the saved progress (local_state/) and start the experiment over",
+)
 @click.pass_context
 @handle_errors
-def start(ctx: click.Context, plan_config: str, cols_config: str, task_group: str | None) -> None:
+def start(
+    ctx: click.Context,
+    plan_config: str,
+    cols_config: str,
+    task_group: str | None,
+    reset_state: bool,
+) -> None:
     """Start the aggregator and serve until the experiment ends."""
     from fedrun.plan.loader import Plan
 
@@ -45,7 +56,7 @@ def start(ctx: click.Context, plan_config: str, cols_config: str, task_group: st
     from fedrun.nodes import run_aggregator
 
     loaded = Plan.load(plan_config, cols_config)
-    agg = run_aggregator(loaded, task_group=task_group)
+    agg = run_aggregator(loaded, task_group=task_group, reset_state=reset_state)
     from fedrun.metrics.summary import round_table
 
     if agg.round_history:

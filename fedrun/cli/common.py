@@ -26,6 +26,11 @@ def console(stderr: bool = True) -> Any:
 def show_error(error: FedrunError) -> None:
     """Print a FedrunError as a short block: code, message, fix. Never a traceback."""
     con = console()
+    if error.exit_code == 0:
+        con.print(f"[bold yellow]• {error.code}[/]: {error.message}", soft_wrap=True)
+        if error.fix:
+            con.print(f"  [bold]note:[/] {error.fix}", soft_wrap=True)
+        return
     con.print(f"[bold red]✘ {error.code}[/]: {error.message}", soft_wrap=True)
     if error.fix:
         con.print(f"  [bold]fix:[/] {error.fix}", soft_wrap=True)

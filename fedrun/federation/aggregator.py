@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrun import failpoints
 from fedrun.aggregation.base import Accumulator, AggregationFunction
 from fedrun.errors import ProtocolError
 from fedrun.federation.assigner import Assigner
@@ -26,6 +27,7 @@ from fedrun.federation.stragglers import StragglerPolicy, WaitForAllPolicy
 from fedrun.federation.tasks import TaskSpec
 from fedrun.metrics.records import MetricHub
 from fedrun.storage.model_file import TensorFileWriter, iter_tensor_file
+from fedrun.storage.sqlite_state import flatten_rule_states
 from fedrun.storage.state_store import AcceptedResult, InMemoryStateStore, StateStore
 
 log = logging.getLogger("fedrun.aggregator")
@@ -131,6 +133,9 @@ class Aggregator:
         aggregation_functions: Mapping[str, AggregationFunction],
         spool_dir: str | Path,
         initial_round: int = 0,
+        best_score: float | None = None,
+        best_round: int | None = None,
+        rule_states: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]] | None = None,
         straggler_policy: StragglerPolicy | None = None,
         model_sink: ModelSink | None = None,
         metrics: MetricHub | None = None,
@@ -172,8 +177,12 @@ class Aggregator:
         self.durable = durable
         self.clock = clock
         self.best_metric = best_model_metric or self._default_best_metric()
-        self.best_score: float | None = None
-        self.best_round: int | None = None
+        self.best_score: float | None = best_score
+        self.best_round: int | None = best_round
+        for task, state in (rule_states or {}).items():
+            fn = self.aggregation_functions.get(task)
+            if fn is not None and hasattr(fn, "load_state_dict"):
+                fn.load_state_dict(state)
 
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -443,6 +452,7 @@ class Aggregator:
                     "FX-ROUND-005",
                     f"duplicate result from {upload.collaborator!r} for task {upload.task!r}",
                 )
+            failpoints.hit("result_recorded")
             self._apply_result(result, replay=False)
             self._maybe_close_round()
 
@@ -574,9 +584,16 @@ class Aggregator:
             state.number + 1 >= self.rounds_to_train
             and not (self.final_validation_enabled and updated and self._global_validation_tasks())
         )
+        failpoints.hit("round_end_models_saved")
         self.state_store.finish_round(
-            state.number, self.best_score, self.best_round, finished_experiment
+            state.number,
+            self.best_score,
+            self.best_round,
+            finished_experiment,
+            next_model=self.global_model,
+            aggregation_state=flatten_rule_states(self.rule_states()),
         )
+        failpoints.hit("round_end_committed")
         for spool in self.spool_dir.glob(f"r{state.number}_*.result"):
             spool.unlink(missing_ok=True)
         summary = RoundSummary(
@@ -606,6 +623,17 @@ class Aggregator:
             else:
                 log.info("round %d started", self.round_num)
         self._changed.notify_all()
+
+    def rule_states(self) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+        """State of stateful aggregation rules (FedOpt moments), keyed by task."""
+        out = {}
+        for task, fn in self.aggregation_functions.items():
+            state_dict = getattr(fn, "state_dict", None)
+            if callable(state_dict):
+                state = state_dict()
+                if state:
+                    out[task] = state
+        return out
 
     def _score_key(self, metrics: Mapping[str, float]) -> str | None:
         if not self.best_metric:

@@ -85,16 +85,30 @@ class CallbackSink:
 
 
 class MetricHub:
-    """Fans every record out to several sinks; a failing sink is reported once, not fatal."""
+    """Fans every record out to several sinks; a failing sink is reported once, not fatal.
+
+    Each (round, origin, task, metric) goes out once: a resumed aggregator that replays
+    results, or closes a round a second time after a crash, does not log duplicates.
+    """
 
     def __init__(
-        self, sinks: Iterable[MetricSink] = (), on_error: Callable[[str], None] | None = None
+        self,
+        sinks: Iterable[MetricSink] = (),
+        on_error: Callable[[str], None] | None = None,
+        seen: Iterable[tuple[int, str, str, str]] = (),
     ) -> None:
         self.sinks = list(sinks)
         self.on_error = on_error
         self._failed: set[int] = set()
+        self._seen = set(seen)
+        self._lock = threading.Lock()
 
     def __call__(self, record: MetricRecord) -> None:
+        key = (record.round, record.origin, record.task, record.metric)
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen.add(key)
         for i, sink in enumerate(self.sinks):
             try:
                 sink(record)

@@ -9,20 +9,28 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 from fedrun.aggregation.base import AggregationFunction
 from fedrun.compression.base import CompressionPipeline
-from fedrun.errors import PlanError, WorkspaceError
+from fedrun.errors import ExperimentFinished, PlanError, StateError, WorkspaceError
 from fedrun.federation.aggregator import Aggregator
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.collaborator import AggregatorConnection, Collaborator
 from fedrun.federation.stragglers import StragglerPolicy
-from fedrun.metrics.records import CallbackSink, JsonlMetricWriter, MetricHub, TensorBoardSink
+from fedrun.metrics.records import (
+    CallbackSink,
+    JsonlMetricWriter,
+    MetricHub,
+    TensorBoardSink,
+    read_metrics,
+)
 from fedrun.plan.loader import Plan
 from fedrun.storage.model_file import load_model
 from fedrun.storage.model_store import ModelStore
+from fedrun.storage.sqlite_state import SqliteStateStore, unflatten_rule_states
 from fedrun.storage.state_store import InMemoryStateStore, StateStore
 
 log = logging.getLogger("fedrun")
@@ -69,10 +77,21 @@ def assigner(plan: Plan, task_group: str | None = None) -> Assigner:
     return cls_(**settings, **extra)
 
 
-def metric_hub(plan: Plan) -> MetricHub:
-    """Metric sinks the plan asks for: metrics.jsonl always, TensorBoard and callback on demand."""
+def metric_hub(plan: Plan, *, resuming: bool = False) -> MetricHub:
+    """Metric sinks the plan asks for: metrics.jsonl always, TensorBoard and callback on demand.
+
+    A resumed experiment appends to its metrics.jsonl (skipping what it already holds); a new
+    one moves an older file aside as metrics.<time>.jsonl.
+    """
     settings = plan.settings("aggregator")
-    sinks: list[Any] = [JsonlMetricWriter(plan.workspace / "logs" / "metrics.jsonl")]
+    path = plan.workspace / "logs" / "metrics.jsonl"
+    seen: set[tuple[int, str, str, str]] = set()
+    if resuming:
+        seen = {(r.round, r.origin, r.task, r.metric) for r in read_metrics(path)}
+    elif path.is_file() and path.stat().st_size:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path.rename(path.with_name(f"metrics.{stamp}.jsonl"))
+    sinks: list[Any] = [JsonlMetricWriter(path)]
     if settings.get("write_logs"):
         sinks.append(TensorBoardSink(plan.workspace / "logs" / "tensorboard"))
     callback = settings.get("log_metric_callback")
@@ -80,16 +99,38 @@ def metric_hub(plan: Plan) -> MetricHub:
         template = callback.get("template") if isinstance(callback, dict) else callback
         fn = plan.import_template(str(template), "aggregator.settings.log_metric_callback")
         sinks.append(CallbackSink(fn))
-    return MetricHub(sinks, on_error=log.warning)
+    return MetricHub(sinks, on_error=log.warning, seen=seen)
 
 
-def state_store(plan: Plan) -> StateStore:
-    """The aggregator's state store (in memory until persistence is enabled)."""
-    return InMemoryStateStore()
+def state_store(plan: Plan, *, persist: bool = True, reset: bool = False) -> StateStore:
+    """SQLite state when ``persist_checkpoint`` is on (default), else in memory."""
+    settings = plan.settings("aggregator")
+    if not (persist and settings.get("persist_checkpoint")):
+        return InMemoryStateStore()
+    path = plan.resolve_path(settings["persistent_db_path"])
+    if reset:
+        reset_state(plan)
+    return SqliteStateStore(path)
 
 
-def build_aggregator(plan: Plan, *, task_group: str | None = None) -> Aggregator:
-    """Everything the aggregator process needs, from the plan."""
+def reset_state(plan: Plan) -> None:
+    """Delete the persisted aggregator state (database, checkpoints, spooled results)."""
+    settings = plan.settings("aggregator")
+    path = plan.resolve_path(settings["persistent_db_path"])
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    for folder in (path.parent / "checkpoints", plan.workspace / "local_state" / "spool"):
+        if folder.is_dir():
+            for item in folder.iterdir():
+                if item.is_file():
+                    item.unlink()
+    log.warning("aggregator state reset: %s removed", path)
+
+
+def build_aggregator(
+    plan: Plan, *, task_group: str | None = None, reset: bool = False
+) -> Aggregator:
+    """Everything the aggregator process needs, from the plan (resuming saved state)."""
     settings = plan.settings("aggregator")
     init_path = plan.resolve_path(settings["init_state_path"])
     if not init_path.is_file():
@@ -98,10 +139,41 @@ def build_aggregator(plan: Plan, *, task_group: str | None = None) -> Aggregator
             f"the initial model {init_path} does not exist",
             "run `fx plan initialize` in the workspace first",
         )
-    snapshot = load_model(init_path)
     evaluation = task_group is not None and task_group.startswith("eval")
+    store = state_store(plan, persist=not evaluation, reset=reset)
+    saved = store.load()
+    if saved.plan_hash and saved.plan_hash != plan.hash:
+        raise StateError(
+            "FX-STATE-020",
+            f"the saved aggregator state ({settings['persistent_db_path']}) belongs to another "
+            f"plan (hash {saved.plan_hash[:12]}, this plan {plan.hash[:12]})",
+            "restore the plan it was made with, or start over with `fx aggregator start --reset-state`",
+        )
+    if saved.experiment_done:
+        raise ExperimentFinished(
+            "FX-STATE-021",
+            f"experiment {plan.federation_id} already finished; its models are in "
+            f"{settings['last_state_path']} and {settings['best_state_path']}",
+            "nothing to resume; to run it again use `fx aggregator start --reset-state`",
+        )
+    rule_states: dict[str, Any] = {}
+    if not saved.plan_hash:
+        store.start(plan.hash, 0)
+    if saved.round > 0:
+        tensors, flat = store.load_checkpoint(saved.round)
+        rule_states = unflatten_rule_states(flat)
+        log.info(
+            "resuming experiment %s at round %d (%d accepted results restored)",
+            plan.federation_id,
+            saved.round,
+            len(saved.results),
+        )
+    else:
+        tensors = load_model(init_path).tensors
+        if saved.results:
+            log.info("resuming round 0 (%d accepted results restored)", len(saved.results))
     rounds = 1 if evaluation else plan.rounds_to_train
-    store = ModelStore(
+    models = ModelStore(
         plan.resolve_path(settings["best_state_path"]),
         plan.resolve_path(settings["last_state_path"]),
         plan.hash,
@@ -115,22 +187,26 @@ def build_aggregator(plan: Plan, *, task_group: str | None = None) -> Aggregator
         tasks=plan.tasks,
         assigner=assigner(plan, task_group),
         rounds_to_train=rounds,
-        initial_model=snapshot.tensors,
-        initial_round=0,
+        initial_model=tensors,
+        initial_round=saved.round,
+        best_score=saved.best_score,
+        best_round=saved.best_round,
+        rule_states=rule_states,
         aggregation_functions=aggregation_functions(plan),
         spool_dir=plan.workspace / "local_state" / "spool",
         straggler_policy=policy,
-        model_sink=store,
-        metrics=metric_hub(plan),
-        state_store=state_store(plan),
+        model_sink=models,
+        metrics=metric_hub(plan, resuming=bool(saved.plan_hash)),
+        state_store=store,
         best_model_metric=settings.get("best_model_metric"),
         best_model_mode=settings.get("best_model_mode") or "max",
         final_validation=bool(settings.get("final_validation", True)) and not evaluation,
         accept_optimizer_state=opt == "CONTINUE_GLOBAL",
         save_models=not evaluation,
         collaborator_timeout=float(settings.get("collaborator_timeout") or 300),
-        durable=bool(settings.get("persist_checkpoint")),
+        durable=isinstance(store, SqliteStateStore),
     )
+    agg.resume(saved.results)
     return agg
 
 

@@ -425,8 +425,24 @@ class Plan:
         for name in self.config:
             if name != "tasks":
                 self._validate_section(name)
+        self._validate_port()
         self._validate_tasks()
         self._validate_groups()
+
+    def _validate_port(self) -> None:
+        port = (self.section("network").get("settings") or {}).get("agg_port", "auto")
+        if port in (None, "auto"):
+            return
+        try:
+            number = int(port)
+        except (TypeError, ValueError):
+            number = 0
+        if not 1 <= number <= 65535:
+            raise PlanError(
+                "FX-PLAN-011",
+                f"{self.path.name}: network.settings.agg_port is {port!r}",
+                "use `auto` (derived from the plan hash) or a port number from 1 to 65535",
+            )
 
     def _validate_section(self, name: str) -> None:
         where = f"{self.path.name}: {name}"

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass
@@ -60,8 +63,17 @@ class StateStore(ABC):
         best_score: float | None,
         best_round: int | None,
         experiment_done: bool,
+        next_model: Mapping[str, np.ndarray] | None = None,
+        aggregation_state: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        """Atomically mark a round finished (its results are no longer needed)."""
+        """Atomically mark a round finished, with the model (and rule state) the next round
+        starts from; the finished round's results are no longer needed afterwards."""
+
+    def load_checkpoint(
+        self, round_num: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The global model and aggregation-rule state saved for ``round_num``."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no checkpoints")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
@@ -105,6 +117,8 @@ class InMemoryStateStore(StateStore):
         best_score: float | None,
         best_round: int | None,
         experiment_done: bool,
+        next_model: Mapping[str, np.ndarray] | None = None,
+        aggregation_state: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         with self._lock:
             self._state.round = finished_round + 1

@@ -50,6 +50,12 @@ def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
         return RoundClosed("FX-ROUND-010", details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ProtocolError("FX-WIRE-020", f"the aggregator rejected our data: {details}")
+    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+        return ProtocolError(
+            "FX-NET-012",
+            f"the aggregator at {target} failed while handling our request: {details}",
+            "see the aggregator's log (logs/aggregator.log) for the cause",
+        )
     if code == grpc.StatusCode.UNAVAILABLE and any(h in details.lower() for h in _TLS_HINTS):
         return CertificateError(
             "FX-TLS-010",

@@ -67,12 +67,14 @@ class Nodes:
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[str]] = {}
 
-    def start(self, name: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
-        out = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115
+    def start(
+        self, name: str, cwd: Path, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        out = open(self.tmp / f"{name}.log", "a")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "fedrun.cli.main", *args],
             cwd=cwd,
-            env=fx_env(),
+            env={**fx_env(), **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,

@@ -48,9 +48,7 @@ def test_two_groups_split_half_and_half_and_reshuffle_across_rounds():
         assert sorted(assignment) == sorted(COLS)
         group = sorted(c for c, tasks in assignment.items() if tasks == THREE_TASKS)
         assert len(group) == 2
-        assert all(
-            assignment[c] == ["aggregated_model_validation"] for c in COLS if c not in group
-        )
+        assert all(assignment[c] == ["aggregated_model_validation"] for c in COLS if c not in group)
         trainers.append(tuple(group))
     assert len(set(trainers)) > 1, "the groups never changed across 10 rounds"
 
@@ -72,21 +70,36 @@ def test_random_groups_are_deterministic_per_seed_and_round():
     assert first != other
 
 
+INEXACT_SPLIT = pytest.mark.xfail(
+    reason="BUG: sizes are round(p * n) with banker's rounding and only their sum is checked, so "
+    "an inexact split is accepted and a group with a positive percentage can get nobody",
+    strict=True,
+)
+
+
 @pytest.mark.parametrize(
     ("percentages", "count"),
-    [((0.5, 0.5), 3), ((0.6, 0.4), 1), ((0.5, 0.5), 5)],
+    [
+        ((0.5, 0.5), 3),
+        ((0.5, 0.5), 5),
+        pytest.param((0.25, 0.75), 2, marks=INEXACT_SPLIT, id="quarter-of-two"),
+        pytest.param((0.6, 0.4), 1, marks=INEXACT_SPLIT, id="sixty-forty-of-one"),
+    ],
 )
 def test_percentages_that_cannot_split_the_collaborators(percentages, count):
+    # Prepare
+    cols = [f"col{i}" for i in range(count)]
+
     # Execute
     with pytest.raises(PlanError) as caught:
-        RandomGroupedAssigner(two_groups(*percentages), COLS[:count] + ["five"][: max(0, count - 4)])
+        RandomGroupedAssigner(two_groups(*percentages), cols)
 
     # Assert
     error = caught.value
     assert error.code == "FX-PLAN-019"
-    assert "cannot split" in error.message
+    assert f"cannot split {count} collaborators" in error.message
     assert f"train_and_validate={percentages[0]:g}" in error.message
-    assert "multiples of 1/" in error.fix
+    assert f"multiples of 1/{count}" in error.fix
 
 
 def test_percentages_must_add_up_to_one():

@@ -344,3 +344,25 @@ def test_error_renders_code_message_and_fix(edit_plan):
     # Assert
     assert str(error) == f"FX-PLAN-012: {error.message}\n  fix: {error.fix}"
     assert yaml.safe_load(path.read_text())["collaborator"]["settings"]["opt_treatment"] == "FOO"
+
+
+@pytest.mark.parametrize("port", ["abc", "99999", "0", "-1", "65536"])
+def test_bad_aggregator_port(plan_path, port):
+    # Execute
+    error = load_error(plan_path, overrides=[f"network.agg_port={port}"])
+
+    # Assert
+    assert error.code == "FX-PLAN-011"
+    assert "plan.yaml: network.settings.agg_port is" in error.message
+    assert "65535" in error.fix
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"), [("51234", 51234), ("'1024'", 1024), ("65535", 65535)]
+)
+def test_numeric_aggregator_port(plan_path, port, expected):
+    # Execute
+    plan = Plan.load(plan_path, overrides=[f"network.agg_port={port}"])
+
+    # Assert
+    assert plan.agg_port == expected

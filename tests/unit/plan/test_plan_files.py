@@ -145,7 +145,11 @@ def test_plan_load_reads_cols_and_data(workspace):
         ("network.use_tls=false", ["network", "settings", "use_tls"], False),
         ("network.agg_addr=localhost", ["network", "settings", "agg_addr"], "localhost"),
         ("aggregator.settings.seed=4", ["aggregator", "settings", "seed"], 4),
-        ("assigner.template=StaticGroupedAssigner", ["assigner", "template"], "StaticGroupedAssigner"),
+        (
+            "assigner.template=StaticGroupedAssigner",
+            ["assigner", "template"],
+            "StaticGroupedAssigner",
+        ),
         ("tasks.train.kwargs.epochs=2", ["tasks", "train", "kwargs", "epochs"], 2),
         ("data_loader.path=a=b", ["data_loader", "settings", "path"], "a=b"),
         ("network.cert_folder=[", ["network", "settings", "cert_folder"], "["),

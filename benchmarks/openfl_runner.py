@@ -1,0 +1,213 @@
+"""OpenFL 1.9: the torch/mnist federation with its own ``fx`` PKI flow, run in a network namespace.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.openfl_runner [--threads 1|default] [--timeout 900]
+
+Steps, each timed:
+
+1. ``benchmarks/.envs/openfl``: ``openfl==1.9.*``, ``torch==2.14.1``, ``torchvision==0.29.1`` and
+   ``numpy<2.4`` (OpenFL 1.9's aggregator crashes on numpy 2.4).
+2. 13 ``fx`` calls: workspace create (torch/mnist), workspace certify, aggregator
+   generate-cert-request/certify, plan initialize, and for each collaborator create,
+   generate-cert-request, certify --request-pkg (CA side), certify --import (collaborator side).
+3. MNIST gunzipped into ``<ws>/data/MNIST/raw/`` (torchvision's layout, so nothing downloads).
+4. ``fx aggregator start`` + two ``fx collaborator start`` inside ``unshare -n`` (OpenFL binds
+   ``[::]``; the namespace has only loopback).
+5. Figures from the processes (wall, CPU, peak RSS, idle) and from OpenFL's logs (per-round times,
+   accuracies); ``save/last.pbuf`` converted to ``.npz`` and scored on the full test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+from benchmarks.common import ProcSpec
+
+ENV_NAME = "openfl"
+REQUIREMENTS = ["openfl==1.9.*", "torch==2.14.1", "torchvision==0.29.1", "numpy<2.4"]
+COLLABORATORS = ("collaborator1", "collaborator2")
+FQDN = "localhost"
+
+
+def fx(tool: str = "fx") -> str:
+    return str(common.venv_bin(ENV_NAME, tool))
+
+
+def env_vars() -> dict[str, str]:
+    venv_bin = str(common.venv_bin(ENV_NAME, "fx").parent)
+    import os
+
+    return {"PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""), "PYTHONNOUSERSITE": "1"}
+
+
+def setup_workspace(work: Path, collaborators: tuple[str, ...] = COLLABORATORS) -> dict[str, Any]:
+    """Create the workspace and its PKI with OpenFL's own ``fx`` calls; time every call."""
+    common.ensure_venv(ENV_NAME, REQUIREMENTS)
+    ws = work / "openfl_ws"
+    env = env_vars()
+    calls: list[dict[str, Any]] = []
+
+    def call(*args: str, cwd: Path = ws) -> None:
+        res = common.run_timed([fx(), *args], cwd=cwd, env=env, timeout=600)
+        calls.append({"cmd": "fx " + " ".join(args), "s": round(res.seconds, 3)})
+
+    t0 = common.now()
+    call("workspace", "create", "--prefix", str(ws), "--template", "torch/mnist", cwd=work)
+    call("workspace", "certify")
+    call("aggregator", "generate-cert-request", "--fqdn", FQDN)
+    call("aggregator", "certify", "--fqdn", FQDN, "--silent")
+    call("plan", "initialize", "-a", FQDN)
+    for i, name in enumerate(collaborators, start=1):
+        call("collaborator", "create", "-n", name, "-d", str(i), "--silent")
+        call("collaborator", "generate-cert-request", "-n", name, "--silent")
+        call("collaborator", "certify", "--request-pkg", f"col_{name}_to_agg_cert_request.zip", "--silent")
+        call("collaborator", "certify", "--import", f"agg_to_col_{name}_signed_cert.zip")
+    setup_s = common.now() - t0
+    common.mnist_raw_into(ws / "data" / "MNIST" / "raw")
+    return {"workspace": str(ws), "setup_s": setup_s, "fx_calls": calls}
+
+
+def fx_startup() -> dict[str, Any]:
+    """Wall time of ``fx --help`` (three runs): the CLI's import cost."""
+    return common.time_command([fx(), "--help"], repeats=3, env=env_vars())
+
+
+def run_federation(ws: Path, threads: str = "1", timeout: float = 1200) -> dict[str, Any]:
+    """Aggregator + collaborators in a loopback-only namespace; returns the measured figures."""
+    logs = ws / "bench-logs"
+    if logs.exists():
+        shutil.rmtree(logs)
+    env = env_vars()
+    if threads != "default":
+        env.update({k: threads for k in common.ONE_THREAD_ENV})
+    specs = [ProcSpec("aggregator", [fx(), "aggregator", "start"], str(ws), env, str(logs / "aggregator.log"), "aggregator")]
+    for name in COLLABORATORS:
+        specs.append(
+            ProcSpec(name, [fx(), "collaborator", "start", "-n", name], str(ws), env, str(logs / f"{name}.log"), "collaborator")
+        )
+    group = common.launch_group_in_netns(specs, timeout=timeout, work=logs)
+    parsed = parse_logs(logs)
+    out: dict[str, Any] = {
+        "system": "openfl",
+        "config": "OMP_NUM_THREADS=1" if threads == "1" else f"threads={threads}",
+        "group": group.to_json(),
+        "wall_s": group.wall_s,
+        "ok": (not group.timed_out) and all(p.returncode == 0 for p in group.procs),
+        **parsed,
+    }
+    last = ws / "save" / "last.pbuf"
+    if last.exists():
+        npz = logs / "last.npz"
+        try:
+            pbuf_to_npz(last, npz)
+            out["final_model_npz"] = str(npz)
+        except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
+            out["final_model_error"] = repr(exc)
+    return out
+
+
+# OpenFL's rich log lines look like "[11/29/25 12:01:02] INFO     Starting round 1...  file.py:123";
+# continuation lines hold no time stamp. We keep the last time stamp seen for each line.
+_TS = re.compile(r"\[?(\d{2}/\d{2}/\d{2}) (\d{2}:\d{2}:\d{2})\]?")
+_TS_ISO = re.compile(r"(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2}(?:[.,]\d+)?)")
+
+
+def _timestamps(text: str) -> list[tuple[float | None, str]]:
+    import datetime as dt
+
+    out: list[tuple[float | None, str]] = []
+    last: float | None = None
+    for line in text.splitlines():
+        m = _TS.search(line)
+        if m:
+            last = dt.datetime.strptime(f"{m.group(1)} {m.group(2)}", "%m/%d/%y %H:%M:%S").timestamp()
+        else:
+            m2 = _TS_ISO.search(line)
+            if m2:
+                stamp = m2.group(2).replace(",", ".")
+                fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in stamp else "%Y-%m-%d %H:%M:%S"
+                last = dt.datetime.strptime(f"{m2.group(1)} {stamp}", fmt).timestamp()
+        out.append((last, line))
+    return out
+
+
+def parse_logs(logs: Path) -> dict[str, Any]:
+    """Round times and accuracies from the aggregator's log (1-second resolution)."""
+    agg = (logs / "aggregator.log").read_text(errors="replace") if (logs / "aggregator.log").exists() else ""
+    lines = _timestamps(agg)
+    round_starts: dict[int, float] = {}
+    round_ends: dict[int, float] = {}
+    acc: dict[str, dict[int, float]] = {}
+    current_round = 0
+    for ts, line in lines:
+        m = re.search(r"Starting round (\d+)", line)
+        if m and ts is not None:
+            round_starts[int(m.group(1))] = ts
+            current_round = int(m.group(1))
+        m = re.search(r"Saving round (\d+) model", line)
+        if m and ts is not None:
+            round_ends[int(m.group(1))] = ts
+        m = re.search(r"Round (\d+): saved the best model", line)
+        m = re.search(r"(aggregated_model_validation|locally_tuned_model_validation)\S*\s*[:|]?\s*(?:accuracy|acc)\S*\s*[:=]?\s*([0-9.]+)", line)
+        if m:
+            acc.setdefault(m.group(1), {})[current_round] = float(m.group(2))
+    first_ts = next((ts for ts, _ in lines if ts is not None), None)
+    rounds = []
+    for r in sorted(round_ends):
+        start = round_starts.get(r, first_ts if r == 0 else None)
+        if r == 0 and first_ts is not None:
+            start = round_starts.get(0, first_ts)
+        rounds.append({"round": r, "s": (round_ends[r] - start) if start is not None else None})
+    # the round-0 start is when the aggregator logged its first line; OpenFL prints "Starting
+    # round" only for rounds after 0
+    return {"rounds": rounds, "accuracy_from_logs": acc}
+
+
+_PBUF_TO_NPZ = r"""
+import sys, numpy as np
+from openfl.protocols import utils
+from openfl.pipelines import NoCompressionPipeline
+proto = utils.load_proto(sys.argv[1])
+tensors, _ = utils.deconstruct_model_proto(proto, NoCompressionPipeline())
+np.savez(sys.argv[2], **{k: np.asarray(v) for k, v in tensors.items()})
+print(sorted(tensors))
+"""
+
+
+def pbuf_to_npz(pbuf: Path, npz: Path) -> None:
+    """Convert OpenFL's saved model to an .npz with its own code (in its venv)."""
+    common.run_timed([str(common.venv_python(ENV_NAME)), "-c", _PBUF_TO_NPZ, str(pbuf), str(npz)], timeout=300)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS for every process, or 'default'")
+    ap.add_argument("--timeout", type=float, default=1200)
+    args = ap.parse_args(argv)
+    work = common.new_work_dir("openfl")
+    setup = setup_workspace(work)
+    startup = fx_startup()
+    res = run_federation(Path(setup["workspace"]), args.threads, args.timeout)
+    res.update({"setup": setup, "fx_help": startup})
+    if "final_model_npz" in res:
+        res["final_accuracy_full_test"] = common.score_model(
+            str(common.venv_python(ENV_NAME)), Path(res["final_model_npz"])
+        )
+    path = common.write_results("openfl_runner", {"machine": common.machine_info(), "result": res})
+    print(json.dumps({k: v for k, v in res.items() if k != "group"}, indent=1, default=str))
+    for p in res["group"]["procs"]:
+        print(p["name"], p["returncode"], round(p["wall_s"] or 0, 1), "s cpu", round(p["cpu_s"] or 0, 1), "rss", round(p["peak_rss_mib"] or 0), "idle", p["idle_s"])
+    print("written", path)
+    return 0 if res["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""SqliteStateStore: the aggregator's durable state, so a killed aggregator resumes.
+
+One SQLite file (WAL journal, ``synchronous=FULL``) holds the experiment's identity, the current
+round, the best score, and every result accepted in the current round (its tensors live in a
+spool file that was fsync'd before the row was committed). At the end of a round the next
+round's global model, and any aggregation-rule state, are written to a checkpoint file *before*
+one transaction switches the round, so after a crash at any instant either the old round (with
+its accepted results, replayed on restart) or the new round (with its checkpoint) is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from fedrun.errors import StateError
+from fedrun.storage.model_file import load_model, save_model
+from fedrun.storage.state_store import AcceptedResult, SavedState, StateStore
+
+SCHEMA_VERSION = 1
+STATE_SEPARATOR = "::"
+
+
+class SqliteStateStore(StateStore):
+    """State in ``path`` (``local_state/tensor.db``); checkpoints beside it.
+
+    Parameters
+    ----------
+    path:
+        The SQLite file (``aggregator.settings.persistent_db_path``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.checkpoint_dir = self.path.parent / "checkpoints"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.checkpoint_dir.mkdir(exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS results (
+                    round INTEGER NOT NULL,
+                    collaborator TEXT NOT NULL,
+                    task TEXT NOT NULL,
+                    data_size INTEGER NOT NULL,
+                    metrics TEXT NOT NULL,
+                    spool_path TEXT NOT NULL,
+                    tensor_bytes INTEGER NOT NULL,
+                    PRIMARY KEY (round, collaborator, task)
+                );
+                """
+            )
+            version = self._get("schema_version")
+            if version is None:
+                self._set_many({"schema_version": str(SCHEMA_VERSION)})
+            elif int(version) != SCHEMA_VERSION:
+                raise StateError(
+                    "FX-STATE-010",
+                    f"{self.path} was written by another fedrun version (schema {version})",
+                    "finish that experiment with its fedrun version, or start over with --reset-state",
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                "FX-STATE-011",
+                f"the aggregator state file {self.path} is unreadable: {exc}",
+                "restore it from a backup, or start the experiment over with "
+                "`fx aggregator start --reset-state` (this discards the saved progress)",
+            ) from exc
+        except OSError as exc:
+            raise StateError(
+                "FX-STATE-012",
+                f"cannot create the aggregator state file {self.path}: {exc.strerror}",
+                "make local_state/ writable, or set aggregator.settings.persistent_db_path",
+            ) from exc
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ helpers
+    def _get(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_many(self, values: Mapping[str, str]) -> None:
+        self._db.executemany(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            list(values.items()),
+        )
+
+    def checkpoint_path(self, round_num: int) -> Path:
+        return self.checkpoint_dir / f"global_r{round_num}.pbuf"
+
+    def state_path(self, round_num: int) -> Path:
+        return self.checkpoint_dir / f"aggregation_r{round_num}.pbuf"
+
+    # ------------------------------------------------------------------ contract
+    def load(self) -> SavedState:
+        with self._lock:
+            try:
+                plan_hash = self._get("plan_hash") or ""
+                state = SavedState(
+                    plan_hash=plan_hash,
+                    round=int(self._get("round") or 0),
+                    experiment_done=self._get("experiment_done") == "1",
+                    best_score=_float_or_none(self._get("best_score")),
+                    best_round=_int_or_none(self._get("best_round")),
+                )
+                rows = self._db.execute(
+                    "SELECT round, collaborator, task, data_size, metrics, spool_path, tensor_bytes "
+                    "FROM results WHERE round = ? ORDER BY rowid",
+                    (state.round,),
+                ).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise StateError(
+                    "FX-STATE-011",
+                    f"the aggregator state file {self.path} is unreadable: {exc}",
+                    "start over with `fx aggregator start --reset-state` (discards saved progress)",
+                ) from exc
+        for row in rows:
+            spool = row[5]
+            if spool and not Path(spool).is_file():
+                raise StateError(
+                    "FX-STATE-013",
+                    f"accepted result of {row[1]!r} ({row[2]}, round {row[0]}) lost its tensor file {spool}",
+                    "do not delete local_state/ while an experiment runs; start over with --reset-state",
+                )
+            state.results.append(
+                AcceptedResult(row[0], row[1], row[2], row[3], json.loads(row[4]), spool, row[6])
+            )
+        return state
+
+    def start(self, plan_hash: str, round_num: int) -> None:
+        with self._lock:
+            if self._get("plan_hash") is None:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._set_many(
+                    {"plan_hash": plan_hash, "round": str(round_num), "experiment_done": "0"}
+                )
+                self._db.execute("COMMIT")
+
+    def record_result(self, result: AcceptedResult) -> bool:
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO results(round, collaborator, task, data_size, metrics, spool_path, tensor_bytes) "
+                    "VALUES(?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        result.round,
+                        result.collaborator,
+                        result.task,
+                        result.data_size,
+                        json.dumps(result.metrics),
+                        result.spool_path,
+                        result.tensor_bytes,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                return False
+            return True
+
+    def finish_round(
+        self,
+        finished_round: int,
+        best_score: float | None,
+        best_round: int | None,
+        experiment_done: bool,
+        next_model: Mapping[str, np.ndarray] | None = None,
+        aggregation_state: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        next_round = finished_round + 1
+        if experiment_done:
+            next_model = aggregation_state = None  # nothing will resume from them
+        if next_model is not None:
+            save_model(
+                self.checkpoint_path(next_round),
+                next_model,
+                round_num=next_round,
+                kind="checkpoint",
+            )
+        if aggregation_state:
+            save_model(
+                self.state_path(next_round),
+                aggregation_state,
+                round_num=next_round,
+                kind="aggregation",
+            )
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._set_many(
+                {
+                    "round": str(next_round),
+                    "experiment_done": "1" if experiment_done else "0",
+                    "best_score": "" if best_score is None else repr(float(best_score)),
+                    "best_round": "" if best_round is None else str(best_round),
+                }
+            )
+            self._db.execute("DELETE FROM results WHERE round <= ?", (finished_round,))
+            self._db.execute("COMMIT")
+        for old in (self.checkpoint_path(finished_round), self.state_path(finished_round)):
+            old.unlink(missing_ok=True)
+
+    def load_checkpoint(
+        self, round_num: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The global model (and aggregation-rule state) saved for ``round_num``."""
+        path = self.checkpoint_path(round_num)
+        if not path.is_file():
+            raise StateError(
+                "FX-STATE-014",
+                f"the checkpoint of round {round_num} ({path}) is missing",
+                "do not delete local_state/ while an experiment runs; start over with --reset-state",
+            )
+        model = load_model(path).tensors
+        state_file = self.state_path(round_num)
+        agg_state = load_model(state_file).tensors if state_file.is_file() else {}
+        return model, agg_state
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _float_or_none(text: str | None) -> float | None:
+    return float(text) if text else None
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text else None
+
+
+def flatten_rule_states(
+    states: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
+) -> dict[str, np.ndarray]:
+    """``{task: {tensor: {key: array}}}`` to flat names ``task::tensor::key``."""
+    out: dict[str, np.ndarray] = {}
+    for task, per_tensor in states.items():
+        for tensor, entries in per_tensor.items():
+            for key, value in entries.items():
+                out[STATE_SEPARATOR.join((task, tensor, key))] = np.asarray(value)
+    return out
+
+
+def unflatten_rule_states(
+    flat: Mapping[str, np.ndarray],
+) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Inverse of :func:`flatten_rule_states`."""
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for name, value in flat.items():
+        task, tensor, key = name.split(STATE_SEPARATOR, 2)
+        out.setdefault(task, {}).setdefault(tensor, {})[key] = value
+    return out

@@ -1,0 +1,131 @@
+"""A killed aggregator, restarted with the same command, finishes the same experiment.
+
+The aggregator is SIGKILLed (through a failpoint, at an exact moment) after some results of
+round 2 were accepted, and again while saving the models at the end of a round. Collaborators
+ride through both outages. The final weights must equal an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import numpy as np
+from fxnodes import Nodes
+
+from fedrun.simulate.local import LocalFederation
+from fedrun.storage.model_file import load_model
+
+ROUNDS = 4
+RESULTS_PER_ROUND = 6  # 2 collaborators x 3 tasks
+
+
+def _prepare(path: Path) -> LocalFederation:
+    fed = LocalFederation(
+        path,
+        template="torch/digits",
+        collaborators=2,
+        rounds=ROUNDS,
+        seed=7,
+        plan_set=["network.client_reconnect_interval=0.5"],
+    )
+    fed.prepare()
+    return fed
+
+
+def test_uninterrupted_and_crashed_runs_end_with_identical_weights(
+    tmp_path: Path, nodes: Nodes
+) -> None:
+    reference = _prepare(tmp_path / "reference")
+    reference.start()
+    assert set(reference.wait(timeout=300).values()) == {0}
+    expected = load_model(reference.workspace / "save" / "last.pbuf")
+
+    fed = _prepare(tmp_path / "crash")
+    ws = fed.workspace
+    kill_in_round_2 = f"result_recorded:{2 * RESULTS_PER_ROUND + 2}"
+    agg = nodes.start(
+        "aggregator", ws, "aggregator", "start", env={"FEDRUN_FAILPOINT": kill_in_round_2}
+    )
+    for name in fed.names:
+        nodes.start(name, ws, "collaborator", "start", "-n", name)
+    assert agg.wait(300) == -signal.SIGKILL, nodes.log("aggregator")[-3000:]
+    nodes.wait_for_log("collaborator1", "unreachable")
+
+    # restart; die again right after a round's models were written, before the round commits
+    agg = nodes.start(
+        "aggregator",
+        ws,
+        "aggregator",
+        "start",
+        env={"FEDRUN_FAILPOINT": "round_end_models_saved:1"},
+    )
+    assert agg.wait(300) == -signal.SIGKILL, nodes.log("aggregator")[-3000:]
+    log = nodes.log("aggregator")
+    assert "resuming experiment" in log and "at round 2 (2 accepted results restored)" in log, log[
+        -3000:
+    ]
+
+    agg = nodes.start("aggregator", ws, "aggregator", "start")
+    assert nodes.wait("aggregator") == 0, nodes.log("aggregator")[-3000:]
+    for name in fed.names:
+        assert nodes.wait(name) == 0, nodes.log(name)[-3000:]
+        assert "reconnected" in nodes.log(name)
+
+    final = load_model(ws / "save" / "last.pbuf")
+    assert final.round == expected.round == ROUNDS
+    assert set(final.tensors) == set(expected.tensors)
+    for name, value in expected.tensors.items():
+        assert np.array_equal(final.tensors[name], value), name
+    best_ref = load_model(reference.workspace / "save" / "best.pbuf")
+    best = load_model(ws / "save" / "best.pbuf")
+    assert best.round == best_ref.round and best.metrics == best_ref.metrics
+
+    # no accepted result counted twice: one aggregated value per (round, task, metric)
+    from fedrun.metrics.records import read_metrics
+
+    keys = [
+        (r.round, r.task, r.metric)
+        for r in read_metrics(ws / "logs" / "metrics.jsonl")
+        if r.origin == "aggregator"
+    ]
+    assert len(keys) == len(set(keys))
+    ref_keys = [
+        (r.round, r.task, r.metric)
+        for r in read_metrics(reference.workspace / "logs" / "metrics.jsonl")
+        if r.origin == "aggregator"
+    ]
+    assert sorted(keys) == sorted(ref_keys)
+
+
+def test_state_from_another_plan_and_corrupt_state_are_refused(tmp_path: Path) -> None:
+    from fxnodes import fx
+
+    fed = LocalFederation(
+        tmp_path / "ws", template="torch/digits", collaborators=1, rounds=1, tls=False
+    )
+    fed.prepare()
+    fed.start()
+    assert set(fed.wait(timeout=300).values()) == {0}
+    ws = fed.workspace
+    again = fx(ws, "aggregator", "start", check=False)
+    assert (
+        again.returncode == 0
+        and "FX-STATE-021" in again.stderr
+        and "already finished" in again.stderr
+    )
+
+    plan = ws / "plan" / "plan.yaml"
+    plan.write_text(plan.read_text().replace("rounds_to_train: 1", "rounds_to_train: 2"))
+    other = fx(ws, "aggregator", "start", check=False)
+    assert (
+        other.returncode == 8 and "FX-STATE-020" in other.stderr and "--reset-state" in other.stderr
+    )
+    assert "Traceback" not in other.stderr
+
+    (ws / "local_state" / "tensor.db").write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (ws / "local_state" / f"tensor.db{suffix}").unlink(missing_ok=True)
+    corrupt = fx(ws, "aggregator", "start", check=False)
+    assert corrupt.returncode == 8 and "FX-STATE-011" in corrupt.stderr, corrupt.stderr
+    assert "Traceback" not in corrupt.stderr

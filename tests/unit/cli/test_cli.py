@@ -1,0 +1,227 @@
+"""The `fx` command tree through click's CliRunner: exit codes, messages, files written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from fedrun.cli.main import cli
+from fedrun.plan.loader import Plan
+from fedrun.workspace.create import create_workspace
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A torch/digits workspace that is also the current directory."""
+    ws = create_workspace(tmp_path / "ws", "torch/digits")
+    monkeypatch.chdir(ws)
+    return ws
+
+
+def assert_clean_failure(result, exit_code: int, code: str) -> None:
+    """A user-facing failure: documented exit code, error code, a fix, never a traceback."""
+    assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert code in result.output
+    assert "fix:" in result.output
+    assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------- fx workspace
+def test_workspace_create_writes_a_workspace(runner, tmp_path, monkeypatch):
+    # Prepare
+    monkeypatch.chdir(tmp_path)
+
+    # Execute
+    result = runner.invoke(cli, ["workspace", "create", "--prefix", "ws", "--template", "no-op"])
+
+    # Assert
+    assert result.exit_code == 0, result.output
+    assert "created workspace" in result.output
+    plan = Plan.load(tmp_path / "ws" / "plan" / "plan.yaml")
+    assert plan.template("task_runner").startswith("src.")
+    for folder in ("cert", "data", "logs", "save", "local_state", "src"):
+        assert (tmp_path / "ws" / folder).is_dir(), folder
+
+
+def test_workspace_create_into_a_non_empty_folder(runner, tmp_path, monkeypatch):
+    # Prepare
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "notes.txt").write_text("mine")
+
+    # Execute
+    result = runner.invoke(cli, ["workspace", "create", "--prefix", "ws"])
+
+    # Assert
+    assert_clean_failure(result, 3, "FX-WS-002")
+    assert "already exists and is not empty" in result.output
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == ["notes.txt"]
+
+
+def test_workspace_create_with_an_unknown_template_lists_the_templates(
+    runner, tmp_path, monkeypatch
+):
+    # Prepare
+    monkeypatch.chdir(tmp_path)
+
+    # Execute
+    result = runner.invoke(
+        cli, ["workspace", "create", "--prefix", "ws", "--template", "torch/mnsit"]
+    )
+
+    # Assert
+    assert_clean_failure(result, 3, "FX-WS-001")
+    assert "unknown template 'torch/mnsit' (did you mean 'torch/mnist'?)" in result.output
+    for name in ("torch/digits", "torch/mnist", "no-op"):
+        assert name in result.output
+    assert not (tmp_path / "ws").exists()
+
+
+def test_workspace_create_help_lists_the_templates(runner):
+    # Execute
+    result = runner.invoke(cli, ["workspace", "create", "--help"])
+
+    # Assert
+    assert result.exit_code == 0
+    for name in ("torch/digits", "torch/mnist", "keras/mnist", "no-op"):
+        assert name in result.output
+
+
+# ---------------------------------------------------------------------- fx plan
+def test_plan_validate_accepts_a_good_plan(runner, workspace):
+    # Execute
+    result = runner.invoke(cli, ["plan", "validate"])
+
+    # Assert
+    assert result.exit_code == 0, result.output
+    assert "is valid" in result.output
+    assert Plan.load(workspace / "plan" / "plan.yaml").hash[:16] in result.output
+
+
+def test_plan_validate_on_a_broken_plan_exits_2_with_the_plan_code(runner, workspace):
+    # Prepare
+    path = workspace / "plan" / "plan.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["collaborator"]["settings"]["opt_treatment"] = "FOO"
+    path.write_text(yaml.safe_dump(config))
+
+    # Execute
+    result = runner.invoke(cli, ["plan", "validate"])
+
+    # Assert
+    assert_clean_failure(result, 2, "FX-PLAN-012")
+    assert "collaborator.settings.opt_treatment is 'FOO'" in result.output
+    assert "RESET" in result.output
+
+
+def test_plan_validate_outside_a_workspace(runner, tmp_path, monkeypatch):
+    # Prepare
+    monkeypatch.chdir(tmp_path)
+
+    # Execute
+    result = runner.invoke(cli, ["plan", "validate"])
+
+    # Assert
+    assert_clean_failure(result, 2, "FX-PLAN-001")
+    assert "fx workspace create" in result.output
+
+
+def test_plan_validate_with_an_explicit_plan_path(runner, workspace, tmp_path, monkeypatch):
+    # Prepare
+    monkeypatch.chdir(tmp_path)
+
+    # Execute
+    result = runner.invoke(cli, ["plan", "validate", "-p", str(workspace / "plan" / "plan.yaml")])
+
+    # Assert
+    assert result.exit_code == 0, result.output
+
+
+def test_plan_show_prints_the_merged_plan_and_its_hash(runner, workspace):
+    # Prepare
+    plan = Plan.load(workspace / "plan" / "plan.yaml")
+
+    # Execute
+    result = runner.invoke(cli, ["plan", "show"])
+
+    # Assert
+    assert result.exit_code == 0, result.output
+    assert f"# plan hash: {plan.hash}" in result.stdout
+    assert f"# federation id: {plan.federation_id}" in result.stdout
+    assert yaml.safe_load(result.stdout) == plan.config
+
+
+# ---------------------------------------------------------------------- fx collaborator create
+def test_collaborator_create_writes_data_yaml_and_keeps_other_lines(runner, workspace):
+    # Prepare
+    data = workspace / "plan" / "data.yaml"
+    before = data.read_text()
+
+    # Execute
+    first = runner.invoke(cli, ["collaborator", "create", "-n", "one", "-d", "1"])
+    second = runner.invoke(cli, ["collaborator", "create", "-n", "two", "--data-path", "2"])
+    again = runner.invoke(cli, ["collaborator", "create", "-n", "one", "-d", "3"])
+
+    # Assert
+    assert [first.exit_code, second.exit_code, again.exit_code] == [0, 0, 0]
+    assert data.read_text() == before + "one,3\ntwo,2\n"
+    assert Plan.load(workspace / "plan" / "plan.yaml").data_paths == {"one": "3", "two": "2"}
+
+
+def test_collaborator_create_silent_uses_the_default_data_path(runner, workspace):
+    # Execute
+    result = runner.invoke(cli, ["collaborator", "create", "-n", "site1", "-s"])
+
+    # Assert
+    assert result.exit_code == 0, result.output
+    assert "site1,data/site1" in (workspace / "plan" / "data.yaml").read_text().splitlines()
+
+
+def test_collaborator_create_prompts_for_the_data_path(runner, workspace):
+    # Execute
+    result = runner.invoke(cli, ["collaborator", "create", "-n", "site2"], input="7\n")
+
+    # Assert
+    assert result.exit_code == 0, result.output
+    assert "site2,7" in (workspace / "plan" / "data.yaml").read_text().splitlines()
+
+
+def test_collaborator_create_refuses_a_bad_name(runner, workspace):
+    # Prepare
+    before = (workspace / "plan" / "data.yaml").read_text()
+
+    # Execute
+    result = runner.invoke(cli, ["collaborator", "create", "-n", "../evil", "-d", "1"])
+
+    # Assert
+    assert_clean_failure(result, 4, "FX-PKI-003")
+    assert (workspace / "plan" / "data.yaml").read_text() == before
+
+
+# ---------------------------------------------------------------------- fx itself
+def test_top_level_help_lists_every_group(runner):
+    # Execute
+    result = runner.invoke(cli, ["--help"])
+
+    # Assert
+    assert result.exit_code == 0
+    for group in ("workspace", "plan", "aggregator", "collaborator", "model", "simulate"):
+        assert group in result.output
+
+
+def test_unknown_command_is_a_usage_error(runner):
+    # Execute
+    result = runner.invoke(cli, ["planz"])
+
+    # Assert
+    assert result.exit_code == 2
+    assert "No such command 'planz'" in result.output
