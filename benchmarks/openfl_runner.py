@@ -21,6 +21,7 @@ Steps, each timed:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -61,6 +62,10 @@ def setup_workspace(work: Path, collaborators: tuple[str, ...] = COLLABORATORS) 
 
     t0 = common.now()
     call("workspace", "create", "--prefix", str(ws), "--template", "torch/mnist", cwd=work)
+    # the only change to the template: write_logs on, so that OpenFL writes its per-round
+    # metrics (accuracies, elapsed seconds) to logs/aggregator_metrics.txt
+    plan = ws / "plan" / "plan.yaml"
+    plan.write_text(plan.read_text().replace("write_logs: false", "write_logs: true"))
     call("workspace", "certify")
     call("aggregator", "generate-cert-request", "--fqdn", FQDN)
     call("aggregator", "certify", "--fqdn", FQDN, "--silent")
@@ -103,13 +108,22 @@ def run_federation(ws: Path, threads: str = "1", timeout: float = 1200) -> dict[
         "ok": (not group.timed_out) and all(p.returncode == 0 for p in group.procs),
         **parsed,
     }
+    # OpenFL's save/last.pbuf holds the model that *entered* the last round (its _save_model
+    # stores the round-r input); the model the last round produced is kept only in its persistent
+    # DB (next_round_tensors). Both are exported and scored.
     last = ws / "save" / "last.pbuf"
     if last.exists():
-        npz = logs / "last.npz"
         try:
-            pbuf_to_npz(last, npz)
-            out["final_model_npz"] = str(npz)
+            pbuf_to_npz(last, logs / "last_pbuf.npz")
+            out["last_pbuf_npz"] = str(logs / "last_pbuf.npz")
         except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
+            out["last_pbuf_error"] = repr(exc)
+    db = ws / "local_state" / "tensor.db"
+    if db.exists():
+        try:
+            db_to_npz(db, logs / "final_aggregate.npz")
+            out["final_model_npz"] = str(logs / "final_aggregate.npz")
+        except Exception as exc:  # noqa: BLE001
             out["final_model_error"] = repr(exc)
     return out
 
@@ -140,35 +154,46 @@ def _timestamps(text: str) -> list[tuple[float | None, str]]:
 
 
 def parse_logs(logs: Path) -> dict[str, Any]:
-    """Round times and accuracies from the aggregator's log (1-second resolution)."""
-    agg = (logs / "aggregator.log").read_text(errors="replace") if (logs / "aggregator.log").exists() else ""
-    lines = _timestamps(agg)
+    """Round times (1-second resolution) from the aggregator's log, and OpenFL's own per-round
+    metrics (``logs/aggregator_metrics.txt``: accuracies, elapsed seconds)."""
+    agg_log = logs / "aggregator.log"
+    lines = _timestamps(agg_log.read_text(errors="replace")) if agg_log.exists() else []
     round_starts: dict[int, float] = {}
     round_ends: dict[int, float] = {}
-    acc: dict[str, dict[int, float]] = {}
-    current_round = 0
+    first_task: float | None = None
     for ts, line in lines:
+        if ts is None:
+            continue
+        if first_task is None and "Sending tasks to collaborator" in line:
+            first_task = ts
         m = re.search(r"Starting round (\d+)", line)
-        if m and ts is not None:
-            round_starts[int(m.group(1))] = ts
-            current_round = int(m.group(1))
-        m = re.search(r"Saving round (\d+) model", line)
-        if m and ts is not None:
-            round_ends[int(m.group(1))] = ts
-        m = re.search(r"Round (\d+): saved the best model", line)
-        m = re.search(r"(aggregated_model_validation|locally_tuned_model_validation)\S*\s*[:|]?\s*(?:accuracy|acc)\S*\s*[:=]?\s*([0-9.]+)", line)
         if m:
-            acc.setdefault(m.group(1), {})[current_round] = float(m.group(2))
-    first_ts = next((ts for ts, _ in lines if ts is not None), None)
-    rounds = []
-    for r in sorted(round_ends):
-        start = round_starts.get(r, first_ts if r == 0 else None)
-        if r == 0 and first_ts is not None:
-            start = round_starts.get(0, first_ts)
-        rounds.append({"round": r, "s": (round_ends[r] - start) if start is not None else None})
-    # the round-0 start is when the aggregator logged its first line; OpenFL prints "Starting
-    # round" only for rounds after 0
-    return {"rounds": rounds, "accuracy_from_logs": acc}
+            round_starts[int(m.group(1))] = ts
+        m = re.search(r"Saving round (\d+) model", line)
+        if m:
+            round_ends[int(m.group(1))] = ts
+    if first_task is not None:
+        round_starts.setdefault(0, first_task)  # OpenFL logs "Starting round" from round 1 on
+    rounds = [
+        {"round": r, "s": round_ends[r] - round_starts[r] if r in round_starts else None}
+        for r in sorted(round_ends)
+    ]
+    acc: dict[str, dict[int, float]] = {}
+    metrics_file = logs.parent / "logs" / "aggregator_metrics.txt"
+    per_round: list[dict[str, Any]] = []
+    if metrics_file.exists():
+        for line in metrics_file.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                per_round.append(json.loads(line))
+    for rec in per_round:
+        r = int(rec.get("round_number", -1))
+        for key, value in rec.items():
+            if key.startswith("aggregator/") and isinstance(value, (int, float)):
+                acc.setdefault(key.split("/", 1)[1], {})[r] = value
+        for row in rounds:
+            if row["round"] == r:
+                row["openfl_elapsed_s"] = rec.get("elapsed_seconds")
+    return {"rounds": rounds, "metrics_by_task": acc, "metrics_file": per_round}
 
 
 _PBUF_TO_NPZ = r"""
@@ -180,6 +205,21 @@ tensors, _ = utils.deconstruct_model_proto(proto, NoCompressionPipeline())
 np.savez(sys.argv[2], **{k: np.asarray(v) for k, v in tensors.items()})
 print(sorted(tensors))
 """
+
+
+_DB_TO_NPZ = r"""
+import sys, numpy as np
+from openfl.databases.persistent_db import PersistentTensorDB
+db = PersistentTensorDB(sys.argv[1])
+keys = db.load_tensors(db.get_next_round_tensors_table_name())
+np.savez(sys.argv[2], **{k[0]: np.asarray(v) for k, v in keys.items()})
+print(sorted((k[0], k[2]) for k in keys))
+"""
+
+
+def db_to_npz(db: Path, npz: Path) -> None:
+    """The final aggregate (next-round model tensors) from OpenFL's persistent DB, via its code."""
+    common.run_timed([str(common.venv_python(ENV_NAME)), "-c", _DB_TO_NPZ, str(db), str(npz)], timeout=300)
 
 
 def pbuf_to_npz(pbuf: Path, npz: Path) -> None:
@@ -200,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     if "final_model_npz" in res:
         res["final_accuracy_full_test"] = common.score_model(
             str(common.venv_python(ENV_NAME)), Path(res["final_model_npz"])
+        )
+    if "last_pbuf_npz" in res:
+        res["last_pbuf_accuracy_full_test"] = common.score_model(
+            str(common.venv_python(ENV_NAME)), Path(res["last_pbuf_npz"])
         )
     path = common.write_results("openfl_runner", {"machine": common.machine_info(), "result": res})
     print(json.dumps({k: v for k, v in res.items() if k != "group"}, indent=1, default=str))

@@ -35,6 +35,9 @@ def get_model(
 def save_native(runner: Any, output: str | os.PathLike[str]) -> Path:
     """Write the runner's model in its framework's format."""
     out = Path(output)
+    if not out.suffix:
+        # a folder: the file inside is named after the framework's usual extension
+        out = out / f"model{getattr(runner, 'NATIVE_SUFFIX', '.bin')}"
     if not hasattr(runner, "save_native"):
         raise WorkspaceError(
             "FX-MODEL-010",

@@ -29,6 +29,7 @@ from fedrun.metrics.records import MetricHub
 from fedrun.storage.model_file import TensorFileWriter, iter_tensor_file
 from fedrun.storage.sqlite_state import flatten_rule_states
 from fedrun.storage.state_store import AcceptedResult, InMemoryStateStore, StateStore
+from fedrun.units import human_bytes
 
 log = logging.getLogger("fedrun.aggregator")
 
@@ -231,9 +232,19 @@ class Aggregator:
         state = RoundState(number=number, assigned=assigned, final_validation=final)
         for col in self.collaborators:
             state.done[col] = set()
-        for task in {t for ts in assigned.values() for t in ts}:
+        assigned_tasks = {t for ts in assigned.values() for t in ts}
+        # only tasks that produce a model (training) have accumulators; validation tasks send
+        # metrics only, and tensors attached to them are refused. Ordered as the assigner's
+        # task list so that several training tasks update the model in a fixed order.
+        for task in self.assigner.all_tasks():
+            spec = self.tasks.get(task)
             fn = self.aggregation_functions.get(task)
-            if fn is not None:
+            if (
+                task in assigned_tasks
+                and fn is not None
+                and spec is not None
+                and not spec.is_validation
+            ):
                 state.accumulators[task] = fn.begin_round(number, self.global_model)
         return state
 
@@ -277,7 +288,8 @@ class Aggregator:
     # ------------------------------------------------------------------ tasks (long poll)
     def get_tasks(self, collaborator: str, wait: float = 0.0) -> TaskAssignment:
         """Tasks for ``collaborator``; waits up to ``wait`` seconds for work to exist."""
-        deadline = self.clock() + max(0.0, wait)
+        # the long poll waits in real time whatever clock drives round deadlines
+        deadline = time.monotonic() + max(0.0, wait)
         with self._lock:
             first = collaborator not in self.last_seen
             self.touch(collaborator)
@@ -304,7 +316,7 @@ class Aggregator:
                         return TaskAssignment(
                             state.number, pending, final_validation=state.final_validation
                         )
-                remaining = deadline - self.clock()
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return TaskAssignment(state.number, [])
                 self._changed.wait(remaining)
@@ -608,7 +620,13 @@ class Aggregator:
         self.round_history.append(summary)
         label = "final validation" if state.final_validation else f"round {state.number}"
         shown = ", ".join(f"{k}={v:.4f}" for k, v in summary_metrics.items())
-        log.info("%s finished in %.2f s: %s", label, summary.duration, shown or "no metrics")
+        log.info(
+            "%s finished in %.2f s (%s received): %s",
+            label,
+            summary.duration,
+            human_bytes(summary.bytes_received),
+            shown or "no metrics",
+        )
         for listener in self.listeners:
             listener(summary)
         self.round_num = state.number + 1

@@ -92,8 +92,10 @@ class RandomGroupedAssigner(Assigner):
                 "make the `percentage` values of assigner.settings.task_groups sum to 1.0",
             )
         n = len(self.authorized_cols)
-        self.sizes = [int(round(float(g.get("percentage", 0)) * n)) for g in self.task_groups]
-        if n and sum(self.sizes) != n:
+        exact = [float(g.get("percentage", 0)) * n for g in self.task_groups]
+        self.sizes = [int(round(x)) for x in exact]
+        whole = all(abs(x - size) < 1e-6 for x, size in zip(exact, self.sizes, strict=True))
+        if n and (not whole or sum(self.sizes) != n):
             shares = ", ".join(
                 f"{g.get('name')}={float(g.get('percentage', 0)):g}" for g in self.task_groups
             )

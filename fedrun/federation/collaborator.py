@@ -18,6 +18,7 @@ from fedrun.errors import PlanError
 from fedrun.federation.aggregator import OPTIMIZER_PREFIX, TaskAssignment
 from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult, TaskRunnerInterface, TaskSpec
 from fedrun.federation.tensor_store import TensorStore
+from fedrun.units import human_bytes
 
 log = logging.getLogger("fedrun.collaborator")
 
@@ -135,7 +136,7 @@ class Collaborator:
                 label,
                 task_name,
                 time.monotonic() - started,
-                _human_bytes(sent),
+                human_bytes(sent),
             )
         self.store.clean_up()
         if round_num not in self.rounds_done:
@@ -200,11 +201,3 @@ class Collaborator:
                 (value - ref).astype(value.dtype) if value.dtype.kind == "f" else value - ref
             )
         return out
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"

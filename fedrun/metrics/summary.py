@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fedrun.metrics.records import MetricRecord
+from fedrun.units import human_bytes
 
 
 def round_table(history: Sequence[Any]) -> Any:
@@ -26,7 +27,7 @@ def round_table(history: Sequence[Any]) -> Any:
     for summary in history:
         label = "final" if summary.final_validation else str(summary.number)
         cells = [_fmt(summary.metrics.get(k)) for k in columns]
-        table.add_row(label, *cells, f"{summary.duration:.1f}", _bytes(summary.bytes_received))
+        table.add_row(label, *cells, f"{summary.duration:.1f}", human_bytes(summary.bytes_received))
     return table
 
 
@@ -67,12 +68,3 @@ def _header(key: str) -> str:
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
-
-
-def _bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"

@@ -173,10 +173,16 @@ def build_aggregator(
         if saved.results:
             log.info("resuming round 0 (%d accepted results restored)", len(saved.results))
     rounds = 1 if evaluation else plan.rounds_to_train
+    best_path = plan.resolve_path(settings["best_state_path"])
+    last_path = plan.resolve_path(settings["last_state_path"])
+    ensure_writable(best_path.parent, "aggregator.settings.best_state_path")
+    ensure_writable(last_path.parent, "aggregator.settings.last_state_path")
+    ensure_writable(plan.workspace / "local_state", "the aggregator's local_state/ folder")
     models = ModelStore(
-        plan.resolve_path(settings["best_state_path"]),
-        plan.resolve_path(settings["last_state_path"]),
+        best_path,
+        last_path,
         plan.hash,
+        on_finish=native_exporter(plan) if settings.get("save_native_model") else None,
     )
     policy: StragglerPolicy = plan.build("straggler_handling_policy")
     opt = plan.settings("collaborator").get("opt_treatment")
@@ -208,6 +214,59 @@ def build_aggregator(
     )
     agg.resume(saved.results)
     return agg
+
+
+def ensure_writable(folder: Path, what: str) -> None:
+    """Fail at start, not at the end of round 1, when results could not be saved."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".fedrun-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StateError(
+            "FX-STATE-004",
+            f"cannot write to {folder} ({what}): {exc.strerror}",
+            f"make {folder} writable by this user, or point the plan at another folder",
+        ) from exc
+
+
+def native_exporter(plan: Plan) -> Any:
+    """At the end, write best/last in the framework's format through `fx model save`.
+
+    It runs in a child process so that the aggregator process never imports the ML framework.
+    """
+    import subprocess
+    import sys
+
+    def export(best: Path, last: Path) -> None:
+        for source, folder in ((best, "best_native"), (last, "last_native")):
+            if not source.is_file():
+                continue
+            target = source.parent / folder
+            cmd = [
+                sys.executable,
+                "-m",
+                "fedrun.cli.main",
+                "model",
+                "save",
+                "-i",
+                str(source),
+                "-o",
+                str(target),
+                "--force",
+                "-p",
+                str(plan.path),
+            ]
+            proc = subprocess.run(cmd, cwd=plan.workspace, capture_output=True, text=True)
+            if proc.returncode == 0:
+                log.info("saved the native model %s", target)
+            else:
+                log.error(
+                    "could not save the native model %s:\n%s", target, proc.stderr.strip()[-1500:]
+                )
+
+    return export
 
 
 def seed_everything(seed: int | None) -> None:

@@ -352,9 +352,7 @@ class Plan:
                 f"{where}: template {template!r} is not a dotted `module.Class` name",
                 "write e.g. src.taskrunner.MyRunner",
             )
-        ws = str(self.workspace)
-        if ws not in sys.path:
-            sys.path.insert(0, ws)
+        self._use_workspace_modules(module_name.split(".")[0])
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -379,6 +377,28 @@ class Plan:
                 f"{where}: {module_name!r} has no {attr!r}{did_you_mean(attr, names)}",
                 f"check the template name in {self.path.name}",
             ) from exc
+
+    def _use_workspace_modules(self, top: str) -> None:
+        """Make ``top`` (e.g. ``src``) import from this workspace, not another one seen before."""
+        ws = str(self.workspace)
+        local = (self.workspace / top).is_dir() or (self.workspace / f"{top}.py").is_file()
+        if not local:
+            if ws not in sys.path:
+                sys.path.append(ws)
+            return
+        if ws in sys.path:
+            sys.path.remove(ws)
+        sys.path.insert(0, ws)
+        loaded = sys.modules.get(top)
+        origin = getattr(loaded, "__file__", None) or next(
+            iter(getattr(loaded, "__path__", []) or []), None
+        )
+        if loaded is not None and (
+            origin is None or not Path(origin).resolve().is_relative_to(self.workspace)
+        ):
+            for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+                del sys.modules[name]
+            importlib.invalidate_caches()
 
     def build(self, section: str, **inject: Any) -> Any:
         """Construct a section's class with its settings plus injected arguments."""

@@ -44,6 +44,9 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
         The collaborator's DataLoader (injected by fedrun).
     """
 
+    #: file extension of save_native's output
+    NATIVE_SUFFIX = ".pt"
+
     def __init__(
         self,
         device: str | None = None,

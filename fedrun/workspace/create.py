@@ -12,7 +12,7 @@ from fedrun.errors import WorkspaceError
 from fedrun.plan.loader import Plan
 from fedrun.workspace.templates_catalog import template_dir
 
-WORKSPACE_DIRS = ("cert", "data", "logs", "save", "local_state", "src", "plan")
+WORKSPACE_DIRS = ("cert", "data", "logs", "save", "local_state", "src", "plan", "plan/defaults")
 
 
 def dump_plan(config: dict[str, Any], path: Path, header: str = "") -> None:

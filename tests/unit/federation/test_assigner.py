@@ -70,20 +70,13 @@ def test_random_groups_are_deterministic_per_seed_and_round():
     assert first != other
 
 
-INEXACT_SPLIT = pytest.mark.xfail(
-    reason="BUG: sizes are round(p * n) with banker's rounding and only their sum is checked, so "
-    "an inexact split is accepted and a group with a positive percentage can get nobody",
-    strict=True,
-)
-
-
 @pytest.mark.parametrize(
     ("percentages", "count"),
     [
         ((0.5, 0.5), 3),
         ((0.5, 0.5), 5),
-        pytest.param((0.25, 0.75), 2, marks=INEXACT_SPLIT, id="quarter-of-two"),
-        pytest.param((0.6, 0.4), 1, marks=INEXACT_SPLIT, id="sixty-forty-of-one"),
+        pytest.param((0.25, 0.75), 2, id="quarter-of-two"),
+        pytest.param((0.6, 0.4), 1, id="sixty-forty-of-one"),
     ],
 )
 def test_percentages_that_cannot_split_the_collaborators(percentages, count):

@@ -868,11 +868,6 @@ def test_cutoff_never_closes_a_round_nobody_finished(tmp_path):
     assert aggregator.round_history == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: get_tasks computes the long-poll deadline with the injected clock but waits on "
-    "the Condition in real time, so with a clock that does not advance it never returns",
-    strict=True,
-)
 def test_long_poll_with_an_injected_clock_still_ends(tmp_path):
     # Prepare
     aggregator, clock = cutoff_federation(tmp_path)
@@ -893,12 +888,6 @@ def test_long_poll_with_an_injected_clock_still_ends(tmp_path):
     assert returned, "get_tasks(wait=0.2) was still blocked after 1.5 s"
 
 
-@pytest.mark.xfail(
-    reason="BUG: every task gets an accumulator, so tensors sent with a validation result are "
-    "accepted and folded into the global model (which accumulator wins depends on set order, "
-    "i.e. on PYTHONHASHSEED)",
-    strict=True,
-)
 def test_tensors_sent_with_a_validation_result_never_reach_the_global_model(tmp_path):
     # Prepare
     aggregator = make_aggregator(tmp_path, ["one"], rounds=1, final_validation=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import inspect
 import sys
 import textwrap
 from pathlib import Path
@@ -438,12 +439,6 @@ def isolated_imports(monkeypatch):
             del sys.modules[name]
 
 
-@pytest.mark.xfail(
-    reason="BUG: import_template puts every workspace on sys.path once and imports `src` as a "
-    "global package, so a plan imports whichever workspace's src/ was put first or imported "
-    "first, not its own",
-    strict=True,
-)
 def test_each_plan_imports_its_own_workspace_code(tmp_path, isolated_imports):
     # Prepare: two no-op workspaces whose src/noop.py differ
     first = create_workspace(tmp_path / "first", "no-op")
@@ -458,5 +453,7 @@ def test_each_plan_imports_its_own_workspace_code(tmp_path, isolated_imports):
     only_two = plan_two.import_template("src.noop.OnlyInSecond", "task_runner")
 
     # Assert
-    assert Path(sys.modules[runner_one.__module__].__file__).is_relative_to(first)
-    assert Path(sys.modules[only_two.__module__].__file__).is_relative_to(second)
+    assert Path(inspect.getfile(runner_one)).is_relative_to(first)
+    assert Path(inspect.getfile(only_two)).is_relative_to(second)
+    again = plan_one.import_template(plan_one.template("task_runner"), "task_runner")
+    assert Path(inspect.getfile(again)).is_relative_to(first)

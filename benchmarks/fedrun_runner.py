@@ -1,0 +1,205 @@
+"""fedrun: the torch/mnist federation through its ``fx`` commands, in a fresh workspace.
+
+Usage (from the repository root, fedrun's venv active)::
+
+    python -m benchmarks.fedrun_runner [--threads 1] [--timeout 900]
+
+The same 13 ``fx`` calls as OpenFL's flow (each timed), MNIST gunzipped into ``<ws>/data/mnist``,
+then ``fx aggregator start`` + two ``fx collaborator start`` with ``OMP_NUM_THREADS=1`` inside a
+loopback-only network namespace (as OpenFL is run). ``save/last.pbuf`` is exported to ``.npz``
+with fedrun's own reader and scored on the full test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+from benchmarks.common import ProcSpec
+
+COLLABORATORS = ("collaborator1", "collaborator2")
+FQDN = "localhost"
+
+
+def fx_path() -> str:
+    """The ``fx`` next to the running interpreter (fedrun's venv), else on PATH."""
+    here = Path(sys.executable).parent / "fx"
+    return str(here) if here.exists() else (shutil.which("fx") or "fx")
+
+
+def fx_env() -> dict[str, str]:
+    return {
+        "PATH": str(Path(fx_path()).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONNOUSERSITE": "1",
+    }
+
+
+def setup_workspace(
+    work: Path,
+    template: str = "torch/mnist",
+    collaborators: tuple[str, ...] = COLLABORATORS,
+    plan_edits: dict[str, Any] | None = None,
+    data_paths: list[str] | None = None,
+) -> dict[str, Any]:
+    """Create a workspace and its PKI with fedrun's ``fx`` (13 calls for two collaborators).
+
+    ``plan_edits`` maps dotted plan keys (``task_runner.settings.model_bytes``) to values, applied
+    to ``plan/plan.yaml`` after ``workspace create``.
+    """
+    ws = work / "fedrun_ws"
+    env = fx_env()
+    calls: list[dict[str, Any]] = []
+
+    def call(*args: str, cwd: Path = ws) -> None:
+        res = common.run_timed([fx_path(), *args], cwd=cwd, env=env, timeout=600)
+        calls.append({"cmd": "fx " + " ".join(args), "s": round(res.seconds, 3)})
+
+    t0 = common.now()
+    call("workspace", "create", "--prefix", str(ws), "--template", template, cwd=work)
+    if plan_edits:
+        edit_plan(ws / "plan" / "plan.yaml", plan_edits)
+    call("workspace", "certify")
+    call("aggregator", "generate-cert-request", "--fqdn", FQDN)
+    call("aggregator", "certify", "--fqdn", FQDN, "--silent")
+    call("plan", "initialize", "-a", FQDN)
+    for i, name in enumerate(collaborators, start=1):
+        data = data_paths[i - 1] if data_paths else str(i)
+        call("collaborator", "create", "-n", name, "-d", data, "--silent")
+        call("collaborator", "generate-cert-request", "-n", name, "--silent")
+        call("collaborator", "certify", "--request-pkg", f"col_{name}_to_agg_cert_request.zip", "--silent")
+        call("collaborator", "certify", "--import", f"agg_to_col_{name}_signed_cert.zip")
+    setup_s = common.now() - t0
+    if template.endswith("mnist"):
+        common.mnist_raw_into(ws / "data" / "mnist")
+    return {"workspace": str(ws), "setup_s": setup_s, "fx_calls": calls}
+
+
+def edit_plan(plan: Path, edits: dict[str, Any]) -> None:
+    import yaml
+
+    doc = yaml.safe_load(plan.read_text())
+    for dotted, value in edits.items():
+        node = doc
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    plan.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def fx_startup() -> dict[str, Any]:
+    return common.time_command([fx_path(), "--help"], repeats=3, env=fx_env())
+
+
+def run_federation(
+    ws: Path,
+    threads: str = "1",
+    timeout: float = 900,
+    collaborators: tuple[str, ...] = COLLABORATORS,
+    netns: bool = True,
+    sample_interval: float = 0.1,
+) -> dict[str, Any]:
+    logs = ws / "bench-logs"
+    if logs.exists():
+        shutil.rmtree(logs)
+    logs.mkdir(parents=True)
+    env = fx_env()
+    if threads != "default":
+        env.update({k: threads for k in common.ONE_THREAD_ENV})
+        env["FEDRUN_NUM_THREADS"] = threads
+    specs = [ProcSpec("aggregator", [fx_path(), "aggregator", "start"], str(ws), env, str(logs / "aggregator.log"), "aggregator")]
+    for name in collaborators:
+        specs.append(
+            ProcSpec(name, [fx_path(), "collaborator", "start", "-n", name], str(ws), env, str(logs / f"{name}.log"), "collaborator")
+        )
+    if netns:
+        group = common.launch_group_in_netns(specs, timeout=timeout, work=logs, sample_interval=sample_interval)
+    else:
+        group = common.launch_group(specs, timeout=timeout, sample_interval=sample_interval)
+    out: dict[str, Any] = {
+        "system": "fedrun",
+        "config": f"OMP_NUM_THREADS={threads}",
+        "group": group.to_json(),
+        "wall_s": group.wall_s,
+        "ok": (not group.timed_out) and all(p.returncode == 0 for p in group.procs),
+    }
+    out.update(parse_metrics(ws))
+    last = ws / "save" / "last.pbuf"
+    if last.exists():
+        npz = logs / "last.npz"
+        try:
+            pbuf_to_npz(last, npz)
+            out["final_model_npz"] = str(npz)
+        except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
+            out["final_model_error"] = repr(exc)
+    return out
+
+
+def parse_metrics(ws: Path) -> dict[str, Any]:
+    """Per-round times and accuracies from fedrun's ``logs/metrics.jsonl`` (when written)."""
+    path = ws / "logs" / "metrics.jsonl"
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    by_task: dict[str, dict[int, float]] = {}
+    for rec in records:
+        if rec.get("origin") == "aggregator":
+            by_task.setdefault(f"{rec.get('task')}/{rec.get('metric')}", {})[int(rec["round"])] = rec["value"]
+    # round durations as the aggregator reports them: "round N finished in X s"
+    rounds = []
+    log = ws / "bench-logs" / "aggregator.log"
+    if log.exists():
+        text = log.read_text(errors="replace")
+        for m in re.finditer(r"round (\d+) finished in ([0-9.]+) s", text):
+            rounds.append({"round": int(m.group(1)), "s": float(m.group(2))})
+        m = re.search(r"final validation finished in ([0-9.]+) s", text)
+        if m:
+            rounds.append({"round": "final validation", "s": float(m.group(1))})
+    return {"rounds": rounds, "metrics_by_task": by_task, "metrics_records": len(records)}
+
+
+_PBUF_TO_NPZ = r"""
+import sys, numpy as np
+from fedrun.storage.model_file import load_model
+tensors = load_model(sys.argv[1]).tensors
+np.savez(sys.argv[2], **{k: np.asarray(v) for k, v in tensors.items()})
+"""
+
+
+def pbuf_to_npz(pbuf: Path, npz: Path) -> None:
+    common.run_timed([sys.executable, "-c", _PBUF_TO_NPZ, str(pbuf), str(npz)], timeout=300)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--no-netns", action="store_true", help="run on the host's loopback instead")
+    args = ap.parse_args(argv)
+    work = common.new_work_dir("fedrun")
+    setup = setup_workspace(work)
+    res = run_federation(Path(setup["workspace"]), args.threads, args.timeout, netns=not args.no_netns)
+    res.update({"setup": setup, "fx_help": fx_startup()})
+    if "final_model_npz" in res:
+        res["final_accuracy_full_test"] = common.score_model(sys.executable, Path(res["final_model_npz"]))
+    path = common.write_results("fedrun_runner", {"machine": common.machine_info(), "result": res})
+    print(json.dumps({k: v for k, v in res.items() if k != "group"}, indent=1, default=str))
+    for p in res["group"]["procs"]:
+        print(p["name"], p["returncode"], round(p["wall_s"] or 0, 1), "s cpu", round(p["cpu_s"] or 0, 1), "rss", round(p["peak_rss_mib"] or 0), "idle", p["idle_s"])
+    print("written", path)
+    return 0 if res["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
