@@ -648,6 +648,105 @@ def score_model(python: str, npz: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
+# certificates (for peers that ship no PKI tool, and for the TLS limit measurement)
+
+
+def make_tls_files(directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost", "::1")) -> dict[str, Path]:
+    """A CA (``ca.crt``) and a server certificate and key signed by it (``server.crt/key``)
+    valid for ``hosts`` (IP addresses and DNS names), EC P-384, one day. Needs ``cryptography``."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    when = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(minutes=5)
+    until = when + _dt.timedelta(days=1)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("bench-ca"))
+        .issuer_name(name("bench-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(when)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA384())
+    )
+    sans: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(hosts[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(when)
+        .not_valid_after(until)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA384())
+    )
+    pem = serialization.Encoding.PEM
+    out = {"ca": directory / "ca.crt", "cert": directory / "server.crt", "key": directory / "server.key"}
+    out["ca"].write_bytes(ca_cert.public_bytes(pem))
+    out["cert"].write_bytes(cert.public_bytes(pem))
+    out["key"].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    out["key"].chmod(0o600)
+    return out
+
+
+def make_ssh_ec_keypair(private_path: Path, public_path: Path) -> None:
+    """An EC P-384 key pair in OpenSSH format (Flower's SuperNode authentication keys)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    private_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+    )
+    private_path.chmod(0o600)
+    public_path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+
+
+def wait_port(host: str, port: int, timeout: float = 60.0) -> bool:
+    """Poll until a TCP connect to host:port succeeds (bounded by ``timeout``)."""
+    import socket
+
+    deadline = now() + timeout
+    while now() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# --------------------------------------------------------------------------------------------
 # results and tables
 
 
@@ -746,6 +845,12 @@ def _round(v: float | None, digits: int = 2) -> float | None:
 
 
 def _main(argv: Sequence[str]) -> int:
+    if len(argv) >= 5 and argv[0] == "waitport" and argv[4] == "--":
+        # waitport HOST PORT TIMEOUT -- ARGV...: wait for a listener, then exec ARGV
+        if not wait_port(argv[1], int(argv[2]), float(argv[3])):
+            print(f"nothing listening on {argv[1]}:{argv[2]}", file=sys.stderr)
+            return 3
+        os.execvp(argv[5], list(argv[5:]))
     if len(argv) != 3 or argv[0] != "launch":
         print("usage: python -m benchmarks.common launch SPEC.json OUT.json", file=sys.stderr)
         return 2

@@ -47,6 +47,10 @@ def start_aggregator(
 
     network = Network.from_plan(plan)
     credentials = _server_credentials(plan, network)
+    if credentials is not None:
+        from fedrun.transport.grpc_log import capture_handshake_failures
+
+        capture_handshake_failures()
     aggregator = build_aggregator(plan, task_group=task_group, reset=reset_state)
     server = AggregatorServer(aggregator, network, credentials, pipelines=_pipelines(plan))
     server.start()
@@ -127,6 +131,13 @@ def run_collaborator(plan: Plan, name: str) -> Any:
         )
     runner = build_task_runner(plan, name)
     client = _client(plan, name)
+    if client.network.use_tls and client.network.require_client_auth:
+        from fedrun.transport.diagnose import check_own_certificate, expiry_warning
+
+        check_own_certificate(client.network, name)  # fail now, not after the first round
+        warning = expiry_warning(client.network, name)
+        if warning:
+            log.warning("%s: renew it before it does", warning)
     try:
         reply = client.wait_for_aggregator()
         log.info(

@@ -53,9 +53,7 @@ HISTOLOGY_URL = (
 HISTOLOGY_ARCHIVE = "Kather_texture_2016_image_tiles_5000.zip"
 HISTOLOGY_FOLDER = "Kather_texture_2016_image_tiles_5000"
 #: SHA-384 of the archive
-HISTOLOGY_SHA384 = (
-    "7d86abe1d04e68b77c055820c2a4c582a1d25d2983e38ab724eac75affce8b7cb2cbf5ba68848dcfd9d84005d87d6790"
-)
+HISTOLOGY_SHA384 = "7d86abe1d04e68b77c055820c2a4c582a1d25d2983e38ab724eac75affce8b7cb2cbf5ba68848dcfd9d84005d87d6790"
 #: the eight tissue classes, as the archive's folder names
 CLASS_NAMES: tuple[str, ...] = (
     "01_TUMOR",
@@ -538,3 +536,36 @@ class HistologyInMemory(DataLoader):
     def get_valid_loader(self, batch_size: int | None = None) -> Iterator[tuple[Any, Any]]:
         """Ordered batches of float images in [0, 1] and integer labels."""
         return self._scaled(super().get_valid_loader(batch_size))
+
+
+def write_synthetic_histology(
+    root: str | Path,
+    per_class: int = 10,
+    size: int = TILE_SIZE,
+    classes: Sequence[str] = CLASS_NAMES,
+    seed: int = 0,
+) -> Path:
+    """Write a small stand-in data set in the real layout: ``root/<class>/*.tif`` RGB tiles.
+
+    Each class gets its own colour and stripe frequency plus noise, so a model can learn it.
+    Meant for tests and offline demos of the real loading code; returns ``root``.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = np.array(
+            [80 + 20 * (label % 4), 60 + 40 * (label // 4), 200 - 15 * label], np.float32
+        )
+        stripes = np.sin((xx + yy) * (label + 1) * np.pi / size)[..., None]
+        for index in range(per_class):
+            noise = rng.normal(0.0, 20.0, (size, size, 3))
+            pixels = np.clip(colour + 40.0 * stripes + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(
+                folder / f"synthetic_{label + 1:02d}_{index:04d}.tif", format="TIFF"
+            )
+    return root

@@ -90,7 +90,9 @@ def _byte_order(raw: bytes, path: str) -> tuple[str, int]:
     raise _bad(path, "the header size field is neither 348 (NIfTI-1) nor 540 (NIfTI-2)")
 
 
-def _affine(rows: list[tuple[float, float, float, float]], spacing: tuple[float, ...]) -> np.ndarray:
+def _affine(
+    rows: list[tuple[float, float, float, float]], spacing: tuple[float, ...]
+) -> np.ndarray:
     matrix = np.eye(4)
     if rows and any(any(v != 0 for v in row) for row in rows):
         matrix[:3, :] = np.asarray(rows, dtype=np.float64)

@@ -102,7 +102,7 @@ def _install_hint(backend: str) -> str:
     package = BACKEND_PACKAGES[backend]
     hint = f"pip install {package}"
     if backend == "jax":
-        hint += " (or pip install 'fedrun[jax]')"
+        hint += " (it is part of pip install 'fedrun[all]')"
     if backend == "torch":
         hint += (
             " (the CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)"

@@ -40,6 +40,11 @@ _RETRYABLE = {
 _TLS_HINTS = ("ssl", "certificate", "handshake", "tls", "x509")
 
 
+def _closed_during_handshake(error: grpc.RpcError) -> bool:
+    details = (error.details() or "").lower()
+    return "socket closed" in details or "handshake" in details or "ssl" in details
+
+
 def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
     """Turn a gRPC error into the fedrun error a person can act on."""
     code = error.code()
@@ -125,6 +130,8 @@ class AggregatorClient:
                 fedrun_error = classify_rpc_error(error, self.target)
                 if code not in _RETRYABLE or isinstance(fedrun_error, CertificateError):
                     raise fedrun_error from None
+                if _closed_during_handshake(error):
+                    self.diagnose()  # raises when the cause is ours to fix, not an outage
                 elapsed = time.monotonic() - started
                 if elapsed >= self.network.client_reconnect_timeout:
                     raise ConnectionFailure(
@@ -153,7 +160,16 @@ class AggregatorClient:
                 pb.PingRequest(header=self.header), timeout=UNARY_DEADLINE_SECONDS
             )
         except grpc.RpcError as error:
-            raise classify_rpc_error(error, self.target) from None
+            fedrun_error = classify_rpc_error(error, self.target)
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                self.diagnose()
+            raise fedrun_error from None
+
+    def diagnose(self) -> None:
+        """Raise the precise reason a connection fails (certificates, TLS, address), if any."""
+        from fedrun.transport.diagnose import diagnose
+
+        diagnose(self.network, self.name)
 
     def wait_for_aggregator(self) -> pb.PingResponse:
         """Ping until the aggregator answers (within the reconnect budget)."""

@@ -1,0 +1,1 @@
+"""Flower app for the fedrun MNIST benchmark."""

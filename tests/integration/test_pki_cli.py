@@ -1,0 +1,121 @@
+"""Certificate commands as a person runs them: FQDN defaults, tampered packages, bind address."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from fxnodes import Nodes, free_port, fx, fx_env, set_plan
+
+from fedrun import pki
+
+
+def _fx_with_env(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedrun.cli.main", *args],
+        cwd=cwd,
+        env={**fx_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_fqdn_environment_variable_names_the_aggregator(tmp_path: Path) -> None:
+    fx(tmp_path, "workspace", "create", "--prefix", "ws", "--template", "no-op")
+    ws = tmp_path / "ws"
+    out = _fx_with_env(ws, {"FQDN": "Agg.Example.ORG"}, "plan", "initialize")
+    assert out.returncode == 0, out.stderr
+    assert "agg_addr: agg.example.org" in (ws / "plan" / "plan.yaml").read_text()
+    fx(ws, "workspace", "certify")
+    req = _fx_with_env(ws, {"FQDN": "agg.example.org"}, "aggregator", "generate-cert-request")
+    assert req.returncode == 0, req.stderr
+    assert (ws / "cert" / "server" / "agg_agg.example.org.csr").is_file()
+    key = ws / "cert" / "server" / "agg_agg.example.org.key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    signed = _fx_with_env(ws, {"FQDN": "agg.example.org"}, "aggregator", "certify", "-s")
+    assert signed.returncode == 0, signed.stderr
+    cert = pki.load_certificate(ws / "cert" / "server" / "agg_agg.example.org.crt", "cert", "")
+    assert pki.certificate_common_name(cert) == "agg.example.org"
+
+
+def test_missing_aggregator_certificate_names_the_command(tmp_path: Path) -> None:
+    fx(tmp_path, "workspace", "create", "--prefix", "ws", "--template", "no-op")
+    ws = tmp_path / "ws"
+    fx(ws, "plan", "initialize", "-a", "localhost")
+    (ws / "plan" / "cols.yaml").write_text("collaborators: [one]\n")
+    fx(ws, "workspace", "certify")
+    out = fx(ws, "aggregator", "start", check=False)
+    assert out.returncode == 4
+    assert "fx aggregator generate-cert-request --fqdn localhost" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_tampered_signed_package_is_refused(tmp_path: Path) -> None:
+    fx(tmp_path, "workspace", "create", "--prefix", "ca", "--template", "no-op")
+    ca_ws = tmp_path / "ca"
+    fx(ca_ws, "workspace", "certify")
+    col = tmp_path / "col"
+    (col / "cert").mkdir(parents=True)
+    (col / "plan").mkdir()
+    fx(col, "collaborator", "generate-cert-request", "-n", "alpha", "-s")
+    (ca_ws / "plan").mkdir(exist_ok=True)
+    fx(
+        ca_ws,
+        "collaborator",
+        "certify",
+        "--request-pkg",
+        str(col / "col_alpha_to_agg_cert_request.zip"),
+        "-s",
+    )
+    package = ca_ws / "agg_to_col_alpha_signed_cert.zip"
+    with zipfile.ZipFile(package) as zf:
+        entries = {i.filename: zf.read(i) for i in zf.infolist()}
+    name = next(n for n in entries if n.endswith(".crt") and "client" in n)
+    pem = entries[name].decode()
+    lines = pem.splitlines()
+    body = lines[5]
+    lines[5] = body[:10] + ("A" if body[10] != "A" else "B") + body[11:]
+    entries[name] = ("\n".join(lines) + "\n").encode()
+    tampered = col / "agg_to_col_alpha_signed_cert.zip"
+    with zipfile.ZipFile(tampered, "w") as zf:
+        for entry, data in entries.items():
+            zf.writestr(entry, data)
+    out = fx(col, "collaborator", "certify", "--import", tampered.name, check=False)
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert "FX-PKI-0" in out.stderr and "Traceback" not in out.stderr
+    assert not (col / "cert" / "client" / "col_alpha.crt").exists(), (
+        "nothing is written from a bad package"
+    )
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port`` (read from /proc, no traffic)."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        if not os.path.exists(table):
+            continue
+        for line in open(table).read().splitlines()[1:]:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            addr, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:
+                found.add(addr)
+    return found
+
+
+def test_aggregator_binds_only_the_plan_address(tmp_path: Path, nodes: Nodes) -> None:
+    fx(tmp_path, "workspace", "create", "--prefix", "ws", "--template", "no-op")
+    ws = tmp_path / "ws"
+    port = free_port()
+    set_plan(ws, agg_port=port, agg_addr="127.0.0.1", use_tls=False)
+    (ws / "plan" / "cols.yaml").write_text("collaborators: [one]\n")
+    fx(ws, "plan", "initialize")
+    nodes.start("aggregator", ws, "aggregator", "start")
+    nodes.wait_for_log("aggregator", "listening on")
+    addresses = _listening(port)
+    loopback_v4 = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, also v4-mapped
+    assert addresses and addresses <= loopback_v4, addresses  # never 0.0.0.0 or [::]
