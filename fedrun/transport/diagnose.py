@@ -100,17 +100,19 @@ def probe_tls(network: Network, name: str | None) -> None:
             context.load_cert_chain(str(paths.crt), str(paths.key))
     host = _host(network)
     try:
-        with socket.create_connection(
-            (host, network.agg_port), timeout=PROBE_TIMEOUT_SECONDS
-        ) as raw:
-            with context.wrap_socket(raw, server_hostname=host) as tls:
-                tls.settimeout(1.0)
-                try:
-                    tls.recv(1)  # TLS 1.3 delivers the verdict on our certificate here
-                except TimeoutError:
-                    return
-                except ssl.SSLError as exc:
-                    raise _refused(exc, network) from exc
+        with (
+            socket.create_connection(
+                (host, network.agg_port), timeout=PROBE_TIMEOUT_SECONDS
+            ) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            tls.settimeout(1.0)
+            try:
+                tls.recv(1)  # TLS 1.3 delivers the verdict on our certificate here
+            except TimeoutError:
+                return
+            except ssl.SSLError as exc:
+                raise _refused(exc, network) from exc
     except ssl.SSLCertVerificationError as exc:
         reason = exc.verify_message or str(exc)
         if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
@@ -155,11 +157,13 @@ def probe_speaks_tls(network: Network) -> bool:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection(
-            (_host(network), network.agg_port), timeout=PROBE_TIMEOUT_SECONDS
-        ) as raw:
-            with context.wrap_socket(raw, server_hostname=_host(network)):
-                return True
+        with (
+            socket.create_connection(
+                (_host(network), network.agg_port), timeout=PROBE_TIMEOUT_SECONDS
+            ) as raw,
+            context.wrap_socket(raw, server_hostname=_host(network)),
+        ):
+            return True
     except ssl.SSLError as exc:
         # a server that demands our certificate still spoke TLS to us
         return "alert" in str(exc).lower() or "certificate" in str(exc).lower()

@@ -9,6 +9,7 @@ bad connections cannot flood the log).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -58,10 +59,8 @@ def capture_handshake_failures(min_interval: float = 5.0) -> None:
                 chunk = source.read(65536)
                 if not chunk:
                     return
-                try:
+                with contextlib.suppress(OSError):
                     os.write(original, chunk)
-                except OSError:
-                    pass
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 for raw in lines:

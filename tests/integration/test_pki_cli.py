@@ -95,10 +95,10 @@ def test_tampered_signed_package_is_refused(tmp_path: Path) -> None:
 def _listening(port: int) -> set[str]:
     """Local addresses with a listening TCP socket on ``port`` (read from /proc, no traffic)."""
     found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         if not os.path.exists(table):
             continue
-        for line in open(table).read().splitlines()[1:]:
+        for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             local, state = fields[1], fields[3]
             addr, port_hex = local.split(":")

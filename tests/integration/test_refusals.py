@@ -156,9 +156,11 @@ def _raw_handshake(federation: LocalFederation, workspace: Path, name: str) -> N
 
     plan = Plan.load(workspace / "plan" / "plan.yaml")
     header = pb.Header(collaborator=name, plan_hash=plan.hash, federation_id=plan.federation_id)
-    with _channel(federation, workspace / "cert", name) as channel:
-        with pytest.raises(grpc.RpcError) as info:
-            pb_grpc.FederationStub(channel).Ping(pb.PingRequest(header=header), timeout=10)
+    with (
+        _channel(federation, workspace / "cert", name) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        pb_grpc.FederationStub(channel).Ping(pb.PingRequest(header=header), timeout=10)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
