@@ -192,7 +192,7 @@ class ProcSpec:
     name: str
     argv: list[str]
     cwd: str | None = None
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    env: dict[str, str | None] = dataclasses.field(default_factory=dict)  # None unsets
     log: str | None = None  # stdout+stderr go here (else discarded)
     role: str = ""  # "aggregator", "collaborator", ... (free text, reported back)
     delay_s: float = 0.0  # start this long after the group starts
@@ -282,7 +282,7 @@ class _Tracker:
         if len(s) < 3:
             return None, None
         rates = []
-        for (t0, c0), (t1, c1) in zip(s, s[1:]):
+        for (t0, c0), (t1, c1) in zip(s, s[1:], strict=False):
             dt = t1 - t0
             if dt <= 0:
                 continue
@@ -373,7 +373,11 @@ def launch_group(
 
     def start(spec: ProcSpec) -> None:
         env = dict(os.environ)
-        env.update(spec.env)
+        for key, value in spec.env.items():
+            if value is None:  # None removes an inherited variable
+                env.pop(key, None)
+            else:
+                env[key] = value
         out: Any = subprocess.DEVNULL
         if spec.log:
             Path(spec.log).parent.mkdir(parents=True, exist_ok=True)
@@ -800,11 +804,11 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        widths = [max(len(str(c)) for c in col) for col in zip(columns, *cells)]
+        widths = [max(len(str(c)) for c in col) for col in zip(columns, *cells, strict=True)]
         print(f"\n{title}")
-        print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths)))
+        print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)))
         for row in cells:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
         return
     table = Table(title=title, show_lines=False)
     for i, col in enumerate(columns):

@@ -81,6 +81,21 @@ def setup_workspace(
     return {"workspace": str(ws), "setup_s": setup_s, "fx_calls": calls}
 
 
+def reset_workspace(ws: Path) -> None:
+    """Forget a previous run (state DB, saved models, logs) so the next one starts at round 0."""
+    shutil.rmtree(ws / "bench-logs", ignore_errors=True)
+    for sub in ("local_state", "logs"):  # keep the folders (the framework may expect them)
+        folder = ws / sub
+        if folder.is_dir():
+            for item in folder.iterdir():
+                if item.is_dir():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
+    for name in ("best.pbuf", "last.pbuf"):
+        (ws / "save" / name).unlink(missing_ok=True)
+
+
 def edit_plan(plan: Path, edits: dict[str, Any]) -> None:
     import yaml
 
@@ -106,14 +121,16 @@ def run_federation(
     netns: bool = True,
     sample_interval: float = 0.1,
 ) -> dict[str, Any]:
+    reset_workspace(ws)
     logs = ws / "bench-logs"
-    if logs.exists():
-        shutil.rmtree(logs)
     logs.mkdir(parents=True)
-    env = fx_env()
+    env: dict[str, str | None] = dict(fx_env())
     if threads != "default":
         env.update({k: threads for k in common.ONE_THREAD_ENV})
         env["FEDRUN_NUM_THREADS"] = threads
+    else:
+        env.update({k: None for k in common.ONE_THREAD_ENV})
+        env["FEDRUN_NUM_THREADS"] = None
     specs = [ProcSpec("aggregator", [fx_path(), "aggregator", "start"], str(ws), env, str(logs / "aggregator.log"), "aggregator")]
     for name in collaborators:
         specs.append(

@@ -80,6 +80,22 @@ def setup_workspace(work: Path, collaborators: tuple[str, ...] = COLLABORATORS) 
     return {"workspace": str(ws), "setup_s": setup_s, "fx_calls": calls}
 
 
+def reset_workspace(ws: Path) -> None:
+    """Forget a previous run (persistent DB, saved models, metric logs); OpenFL would otherwise
+    resume from its persistent DB."""
+    shutil.rmtree(ws / "bench-logs", ignore_errors=True)
+    for sub in ("local_state", "logs"):  # keep the folders (the framework may expect them)
+        folder = ws / sub
+        if folder.is_dir():
+            for item in folder.iterdir():
+                if item.is_dir():
+                    shutil.rmtree(item)
+                else:
+                    item.unlink()
+    for name in ("best.pbuf", "last.pbuf"):
+        (ws / "save" / name).unlink(missing_ok=True)
+
+
 def fx_startup() -> dict[str, Any]:
     """Wall time of ``fx --help`` (three runs): the CLI's import cost."""
     return common.time_command([fx(), "--help"], repeats=3, env=env_vars())
@@ -87,12 +103,13 @@ def fx_startup() -> dict[str, Any]:
 
 def run_federation(ws: Path, threads: str = "1", timeout: float = 1200) -> dict[str, Any]:
     """Aggregator + collaborators in a loopback-only namespace; returns the measured figures."""
+    reset_workspace(ws)
     logs = ws / "bench-logs"
-    if logs.exists():
-        shutil.rmtree(logs)
-    env = env_vars()
+    env: dict[str, str | None] = dict(env_vars())
     if threads != "default":
         env.update({k: threads for k in common.ONE_THREAD_ENV})
+    else:
+        env.update({k: None for k in common.ONE_THREAD_ENV})
     specs = [ProcSpec("aggregator", [fx(), "aggregator", "start"], str(ws), env, str(logs / "aggregator.log"), "aggregator")]
     for name in COLLABORATORS:
         specs.append(

@@ -62,6 +62,7 @@ class RoundState:
     started_at: float | None = None
     opened_at: float = field(default_factory=time.monotonic)
     bytes_received: int = 0
+    raw_bytes: int = 0
     shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
 
     def finished(self, collaborator: str) -> bool:
@@ -445,6 +446,7 @@ class Aggregator:
             metrics=upload.metrics,
             spool_path=str(spool) if spool else "",
             tensor_bytes=nbytes,
+            raw_bytes=upload.raw_bytes,
         )
         with self._lock:
             state = self.round
@@ -493,6 +495,15 @@ class Aggregator:
             sums[1] += result.data_size
             sums[2] += 1
         state.bytes_received += result.tensor_bytes
+        state.raw_bytes += result.raw_bytes
+        if result.tensor_bytes:
+            self.metrics.emit(
+                state.number,
+                result.collaborator,
+                "communication",
+                "bytes_sent",
+                result.tensor_bytes,
+            )
         state.done.setdefault(result.collaborator, set()).add(result.task)
         if not replay:
             log.debug("accepted %s/%s round %d", result.collaborator, result.task, state.number)
@@ -565,6 +576,17 @@ class Aggregator:
                 continue
             summary_metrics[f"{task}/{metric}"] = value
             self.metrics.emit(state.number, "aggregator", task, metric, value)
+        if state.bytes_received:
+            summary_metrics["communication/bytes_received"] = float(state.bytes_received)
+            self.metrics.emit(
+                state.number, "aggregator", "communication", "bytes_received", state.bytes_received
+            )
+            if state.raw_bytes:
+                ratio = state.bytes_received / state.raw_bytes
+                summary_metrics["communication/compression_ratio"] = ratio
+                self.metrics.emit(
+                    state.number, "aggregator", "communication", "compression_ratio", ratio
+                )
         model_in = self.global_model
         new_model = dict(model_in)
         updated = False
@@ -711,6 +733,7 @@ class ResultUpload:
         self.tensor_count = tensor_count
         self.names: set[str] = set()
         self.nbytes = 0
+        self.raw_bytes = 0
         self._writer: TensorFileWriter | None = None
         self._closed = False
 
@@ -739,6 +762,7 @@ class ResultUpload:
         self._writer.write(name, array, delta=delta)
         self.names.add(name)
         self.nbytes += wire_bytes or array.nbytes
+        self.raw_bytes += array.nbytes
 
     def commit(self) -> None:
         """All tensors arrived: make the result durable, record it, fold it in."""

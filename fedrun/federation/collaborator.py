@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,9 +37,10 @@ class AggregatorConnection(Protocol):
         data_size: int,
         metrics: Mapping[str, float],
         tensors: Mapping[str, np.ndarray],
-        delta: bool,
+        deltas: Collection[str],
     ) -> int:
-        """Send one result; returns the payload bytes sent."""
+        """Send one result (``deltas`` names the tensors sent as trained - global);
+        returns the payload bytes sent."""
         ...
 
 
@@ -72,6 +73,7 @@ class Collaborator:
         task_runner: TaskRunnerInterface,
         tasks: Mapping[str, TaskSpec],
         use_delta_updates: bool = False,
+        lossy_updates: bool = False,
         opt_treatment: str = "RESET",
         db_store_rounds: int = 1,
         **ignored: Any,
@@ -87,6 +89,8 @@ class Collaborator:
         self.runner = task_runner
         self.tasks = dict(tasks)
         self.use_delta_updates = bool(use_delta_updates)
+        # a lossy compression pipeline only ever carries updates, never whole weights
+        self.send_deltas = self.use_delta_updates or bool(lossy_updates)
         self.opt_treatment = opt_treatment
         self.store = TensorStore(db_store_rounds)
         self.runner.set_optimizer_treatment(opt_treatment)
@@ -161,7 +165,7 @@ class Collaborator:
                     round_num,
                     spec.name,
                 )
-                return self.connection.submit(round_num, spec.name, 0, {}, {}, False)
+                return self.connection.submit(round_num, spec.name, 0, {}, {}, ())
         else:
             inputs = self._global_model(round_num)
         result = function(
@@ -177,27 +181,28 @@ class Collaborator:
         tensors = dict(result.tensors)
         if self.opt_treatment != "CONTINUE_GLOBAL":
             tensors = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
-        delta = False
+        deltas: set[str] = set()
         if tensors:
             self.store.put(round_num, "trained", tensors)
-            if self.use_delta_updates:
-                tensors, delta = self._deltas(round_num, tensors), True
+            if self.send_deltas:
+                tensors, deltas = self._deltas(round_num, tensors)
         data_size = result.data_size
         metrics = {k: float(v) for k, v in result.metrics.items()}
-        return self.connection.submit(round_num, spec.name, data_size, metrics, tensors, delta)
+        return self.connection.submit(round_num, spec.name, data_size, metrics, tensors, deltas)
 
-    def _deltas(self, round_num: int, trained: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _deltas(
+        self, round_num: int, trained: Mapping[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], set[str]]:
+        """``trained - global`` for every float tensor the global model has; the rest (e.g.
+        optimizer state not yet in the global model, integer counters) goes whole."""
         base = self._global_model(round_num)
         out: dict[str, np.ndarray] = {}
+        names: set[str] = set()
         for name, value in trained.items():
             ref = base.get(name)
-            if ref is None:
-                raise PlanError(
-                    "FX-PLAN-024",
-                    f"use_delta_updates: tensor {name!r} has no global counterpart",
-                    "set collaborator.settings.use_delta_updates: false",
-                )
-            out[name] = (
-                (value - ref).astype(value.dtype) if value.dtype.kind == "f" else value - ref
-            )
-        return out
+            if ref is not None and value.dtype.kind == "f" and ref.shape == value.shape:
+                out[name] = (value - ref).astype(value.dtype)
+                names.add(name)
+            else:
+                out[name] = value
+        return out, names

@@ -49,6 +49,8 @@ ALIASES: dict[str, str] = {
     "openfl.federated.KerasTaskRunner": "fedrun.runners.keras.KerasTaskRunner",
     "openfl.federated.task.runner_keras.KerasTaskRunner": "fedrun.runners.keras.KerasTaskRunner",
     "openfl.federated.DataLoader": "fedrun.data.loader.DataLoader",
+    "openfl.utilities.optimizers.torch.FedProxOptimizer": "fedrun.runners.fedprox.FedProxOptimizer",
+    "openfl.utilities.optimizers.torch.FedProxAdam": "fedrun.runners.fedprox.FedProxAdam",
     "openfl.federated.data.loader.DataLoader": "fedrun.data.loader.DataLoader",
     "openfl.federated.PyTorchDataLoader": "fedrun.data.loader.DataLoader",
     "openfl.federated.KerasDataLoader": "fedrun.data.loader.DataLoader",

@@ -139,7 +139,12 @@ def build_aggregator(
             f"the initial model {init_path} does not exist",
             "run `fx plan initialize` in the workspace first",
         )
-    evaluation = task_group is not None and task_group.startswith("eval")
+    chosen = assigner(plan, task_group)
+    tasks = plan.tasks
+    # a task group that only validates (e.g. "evaluation"): one round, nothing saved or resumed
+    evaluation = task_group is not None and all(
+        tasks[t].is_validation for t in chosen.all_tasks() if t in tasks
+    )
     store = state_store(plan, persist=not evaluation, reset=reset)
     saved = store.load()
     if saved.plan_hash and saved.plan_hash != plan.hash:
@@ -191,7 +196,7 @@ def build_aggregator(
         federation_id=plan.federation_id,
         collaborators=plan.cols,
         tasks=plan.tasks,
-        assigner=assigner(plan, task_group),
+        assigner=chosen,
         rounds_to_train=rounds,
         initial_model=tensors,
         initial_round=saved.round,
@@ -336,6 +341,7 @@ def build_collaborator(
         task_runner=runner,
         tasks=plan.tasks,
         use_delta_updates=bool(settings.get("use_delta_updates")),
+        lossy_updates=compression_pipeline(plan).lossy,
         opt_treatment=str(settings.get("opt_treatment") or "RESET"),
         db_store_rounds=int(settings.get("db_store_rounds") or 1),
     )

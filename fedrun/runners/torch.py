@@ -161,6 +161,9 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
         self.set_tensor_dict(input_tensor_dict, with_opt_vars=global_opt)
         if self.opt_treatment == "RESET":
             self.reset_opt_vars()
+        anchor = getattr(self.optimizer, "set_old_weights", None)
+        if callable(anchor):  # FedProx: the proximal term pulls towards this round's global model
+            anchor(None)
         if self.optimizer is None:
             raise PlanError(
                 "FX-MODEL-003",

@@ -55,6 +55,7 @@ class SqliteStateStore(StateStore):
                     metrics TEXT NOT NULL,
                     spool_path TEXT NOT NULL,
                     tensor_bytes INTEGER NOT NULL,
+                    raw_bytes INTEGER NOT NULL DEFAULT 0,
                     PRIMARY KEY (round, collaborator, task)
                 );
                 """
@@ -113,7 +114,7 @@ class SqliteStateStore(StateStore):
                     best_round=_int_or_none(self._get("best_round")),
                 )
                 rows = self._db.execute(
-                    "SELECT round, collaborator, task, data_size, metrics, spool_path, tensor_bytes "
+                    "SELECT round, collaborator, task, data_size, metrics, spool_path, tensor_bytes, raw_bytes "
                     "FROM results WHERE round = ? ORDER BY rowid",
                     (state.round,),
                 ).fetchall()
@@ -132,7 +133,9 @@ class SqliteStateStore(StateStore):
                     "do not delete local_state/ while an experiment runs; start over with --reset-state",
                 )
             state.results.append(
-                AcceptedResult(row[0], row[1], row[2], row[3], json.loads(row[4]), spool, row[6])
+                AcceptedResult(
+                    row[0], row[1], row[2], row[3], json.loads(row[4]), spool, row[6], row[7]
+                )
             )
         return state
 
@@ -149,8 +152,8 @@ class SqliteStateStore(StateStore):
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT INTO results(round, collaborator, task, data_size, metrics, spool_path, tensor_bytes) "
-                    "VALUES(?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO results(round, collaborator, task, data_size, metrics, spool_path, tensor_bytes, raw_bytes) "
+                    "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         result.round,
                         result.collaborator,
@@ -159,6 +162,7 @@ class SqliteStateStore(StateStore):
                         json.dumps(result.metrics),
                         result.spool_path,
                         result.tensor_bytes,
+                        result.raw_bytes,
                     ),
                 )
             except sqlite3.IntegrityError:

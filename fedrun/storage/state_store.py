@@ -27,7 +27,8 @@ class AcceptedResult:
     data_size: int
     metrics: dict[str, float]
     spool_path: str = ""
-    tensor_bytes: int = 0
+    tensor_bytes: int = 0  # payload bytes as received (after compression)
+    raw_bytes: int = 0  # bytes of the decoded tensors
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TypeVar
 
 import grpc
@@ -24,7 +24,7 @@ from fedrun.errors import CertificateError, ConnectionFailure, ProtocolError, Ro
 from fedrun.federation.aggregator import TaskAssignment
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
-from fedrun.protocol.codec import decode_frames, encode_tensors
+from fedrun.protocol.codec import decode_frames, encode_tensor
 from fedrun.transport.network import Network
 from fedrun.transport.server import CHANNEL_OPTIONS
 
@@ -214,7 +214,7 @@ class AggregatorClient:
         data_size: int,
         metrics: Mapping[str, float],
         tensors: Mapping[str, np.ndarray],
-        delta: bool,
+        deltas: Collection[str],
     ) -> int:
         header = pb.ResultHeader(
             header=self.header,
@@ -228,15 +228,18 @@ class AggregatorClient:
 
         def frames() -> Iterator[pb.TensorFrame]:
             yield pb.TensorFrame(result=header)
-            for frame in encode_tensors(
-                tensors,
-                pipeline=self.pipeline if delta else None,
-                delta=delta,
-                chunk_bytes=self.network.chunk_bytes,
-            ):
-                if frame.WhichOneof("body") == "data":
-                    sent[0] += len(frame.data)
-                yield frame
+            for name, array in tensors.items():
+                is_delta = name in deltas
+                for frame in encode_tensor(
+                    name,
+                    array,
+                    pipeline=self.pipeline if is_delta else None,
+                    delta=is_delta,
+                    chunk_bytes=self.network.chunk_bytes,
+                ):
+                    if frame.WhichOneof("body") == "data":
+                        sent[0] += len(frame.data)
+                    yield frame
 
         def call() -> int:
             sent[0] = 0
