@@ -41,7 +41,7 @@ REQUIREMENTS = ["flwr[simulation]==1.42.*", "torch==2.14.1", "numpy<2.4"]
 SIM_PORT = 9310
 DEPLOY_PORT = 9300
 FLEET_GRPC_PORT = 9392  # legacy gRPC Fleet API the SuperLink still opens when not simulating
-SUPERNODE_PORTS = (9401, 9402)
+SUPERNODE_PORT_BASE = 9400  # SuperNode i serves its ClientApp runtime API on 9400 + i
 NODES = 2
 
 
@@ -80,7 +80,7 @@ def write_flower_config(flwr_home: Path, ca: Path | None) -> None:
     (flwr_home / "config.toml").write_text("\n".join(lines))
 
 
-def setup(work: Path) -> dict[str, Any]:
+def setup(work: Path, nodes: int = NODES) -> dict[str, Any]:
     """venv, staged app, Flower config, TLS files, SuperNode keys and their registration."""
     common.ensure_venv(ENV_NAME, REQUIREMENTS)
     app = stage_app(work)
@@ -90,7 +90,7 @@ def setup(work: Path) -> dict[str, Any]:
     t0 = common.now()
     with common.stopwatch() as sw:
         files = common.make_tls_files(pki)
-        for i in range(1, NODES + 1):
+        for i in range(1, nodes + 1):
             common.make_ssh_ec_keypair(pki / f"node{i}.key", pki / f"node{i}.pub")
     calls.append({"cmd": "certificates and node keys (python cryptography)", "s": round(sw["s"], 3)})
     write_flower_config(flwr_home, files["ca"])
@@ -100,7 +100,7 @@ def setup(work: Path) -> dict[str, Any]:
     env = flower_env(flwr_home)
     env["PYTHONPATH"] = str(common.REPO_DIR)
     specs = [ProcSpec("superlink", superlink_argv(files, db), str(work), env, str(work / "setup-superlink.log"), "aggregator")]
-    for i in range(1, NODES + 1):
+    for i in range(1, nodes + 1):
         argv = [tool("flwr"), "supernode", "register", str(pki / f"node{i}.pub"), "deploy"]
         specs.append(ProcSpec(f"register{i}", _waitport(DEPLOY_PORT, argv), str(work), env, str(work / f"setup-register{i}.log"), "cli"))
     group = common.launch_group_in_netns(specs, 300, work / "setup-netns", wait_for=[s.name for s in specs[1:]])
@@ -115,6 +115,7 @@ def setup(work: Path) -> dict[str, Any]:
         "db": str(db),
         "setup_s": common.now() - t0,
         "calls": calls,
+        "nodes": nodes,
     }
 
 
@@ -136,18 +137,32 @@ def _waitport(port: int, argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "benchmarks.common", "waitport", "127.0.0.1", str(port), "120", "--", *argv]
 
 
-def run_engine(engine: str, st: dict[str, Any], work: Path, timeout: float = 900, threads: str = "1") -> dict[str, Any]:
-    """One federation on ``engine`` ("sim" or "deploy"); returns the measured figures."""
+def run_engine(
+    engine: str,
+    st: dict[str, Any],
+    work: Path,
+    timeout: float = 900,
+    threads: str = "1",
+    run_config: dict[str, Any] | None = None,
+    tag: str = "",
+) -> dict[str, Any]:
+    """One federation on ``engine`` ("sim" or "deploy"); returns the measured figures.
+
+    ``run_config`` adds to / overrides the app's run config (e.g. ``mode="noop"``).
+    """
+    nodes = int(st.get("nodes", NODES))
     flwr_home = Path(st["flwr_home"])
     app = Path(st["app"])
-    logs = work / f"logs-{engine}"
+    logs = work / f"logs-{engine}{tag}"
     if logs.exists():
         shutil.rmtree(logs)
     logs.mkdir(parents=True)
     result_dir = logs / "server-results"
     env = flower_env(flwr_home, threads)
     env["PYTHONPATH"] = str(common.REPO_DIR)  # for the waitport helper only
-    run_cfg = f'result-dir="{result_dir}" threads={1 if threads == "default" else int(threads)}'
+    cfg: dict[str, Any] = {"result-dir": str(result_dir), "threads": 1 if threads == "default" else int(threads), "num-nodes": nodes}
+    cfg.update(run_config or {})
+    run_cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in cfg.items())
     specs: list[ProcSpec] = []
     if engine == "sim":
         specs.append(
@@ -162,21 +177,21 @@ def run_engine(engine: str, st: dict[str, Any], work: Path, timeout: float = 900
             ProcSpec(
                 "flwr-run",
                 _waitport(SIM_PORT, [tool("flwr"), "run", str(app), "sim", "--stream", "--run-config", run_cfg,
-                                     "--federation-config", f"num-supernodes={NODES} client-resources-num-cpus=1"]),
+                                     "--federation-config", f"num-supernodes={nodes} client-resources-num-cpus=1"]),
                 str(work), env, str(logs / "flwr-run.log"), "driver",
             )
         )  # fmt: skip
     else:
         pki = {k: Path(v) for k, v in st["pki"].items()}
         specs.append(ProcSpec("superlink", superlink_argv(pki, Path(st["db"])), str(work), env, str(logs / "superlink.log"), "aggregator"))
-        for i in range(1, NODES + 1):
+        for i in range(1, nodes + 1):
             argv = [
                 tool("flower-supernode"),
                 "--root-certificates", str(pki["ca"]),
                 "--superlink", f"127.0.0.1:{DEPLOY_PORT}",
                 "--auth-supernode-private-key", str(Path(st["pki"]["ca"]).parent / f"node{i}.key"),
-                "--node-config", f"partition-id={i - 1} num-partitions={NODES}",
-                "--port", str(SUPERNODE_PORTS[i - 1]),
+                "--node-config", f"partition-id={i - 1} num-partitions={nodes}",
+                "--port", str(SUPERNODE_PORT_BASE + i),
                 "--max-wait-time", "300",
             ]  # fmt: skip
             specs.append(ProcSpec(f"supernode{i}", _waitport(DEPLOY_PORT, argv), str(work), env, str(logs / f"supernode{i}.log"), "collaborator"))
@@ -195,7 +210,10 @@ def run_engine(engine: str, st: dict[str, Any], work: Path, timeout: float = 900
         "engine": engine,
         "group": group.to_json(),
         "wall_s": group.wall_s,
-        "ok": (not group.timed_out) and driver.returncode == 0 and (result_dir / "final_model.npz").exists(),
+        "ok": (not group.timed_out)
+        and driver.returncode == 0
+        and (result_dir / "server_events.json").exists()
+        and (bool((run_config or {}).get("mode") == "noop") or (result_dir / "final_model.npz").exists()),
     }
     out.update(parse_server_events(result_dir / "server_events.json"))
     if (result_dir / "final_model.npz").exists():
@@ -208,14 +226,17 @@ def parse_server_events(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"rounds": [], "server_events_missing": str(path)}
     data = json.loads(path.read_text())
-    starts: dict[int, float] = {}
-    ends: dict[int, float] = {}
-    for ev in data.get("events", []):
-        if ev["event"] == "train_sent":
-            starts[ev["round"]] = ev["time"]
-        elif ev["event"] == "round_end":
-            ends[ev["round"]] = ev["time"]
-    rounds = [{"round": r, "s": ends[r] - starts[r]} for r in sorted(starts) if r in ends]
+    ev_at: dict[tuple[str, int], float] = {(ev["event"], ev["round"]): ev["time"] for ev in data.get("events", [])}
+    rounds = []
+    for (what, r), t_sent in sorted(ev_at.items(), key=lambda kv: kv[0][1]):
+        if what != "train_sent":
+            continue
+        end = ev_at.get(("round_end", r), ev_at.get(("train_aggregated", r)))
+        row: dict[str, Any] = {"round": r, "s": None if end is None else end - t_sent}
+        if ("train_replies", r) in ev_at and ("train_aggregated", r) in ev_at:
+            row["aggregation_s"] = ev_at[("train_aggregated", r)] - ev_at[("train_replies", r)]
+            row["train_phase_s"] = ev_at[("train_aggregated", r)] - t_sent
+        rounds.append(row)
     return {
         "rounds": rounds,
         "serverapp_s": data["serverapp_end"] - data["serverapp_start"],

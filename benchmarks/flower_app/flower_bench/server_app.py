@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -60,20 +60,39 @@ def _metrics(rec: MetricRecord | None) -> dict[str, Any] | None:
     return None if rec is None else {k: v for k, v in rec.items()}
 
 
+def noop_arrays(model_bytes: int, tensor_count: int) -> ArrayRecord:
+    """``tensor_count`` float32 arrays holding ``model_bytes`` in all (the no-op model)."""
+    count = max(1, tensor_count)
+    per = max(1, model_bytes // 4 // count)
+    rng = np.random.default_rng(0)
+    return ArrayRecord({f"layer{i}": Array(rng.standard_normal(per, dtype=np.float32)) for i in range(count)})
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     t_start = time.time()
     cfg = context.run_config
-    n = 2
-    strategy = TimedFedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n)
-    initial = ArrayRecord(task.build_model().state_dict())
+    n = int(cfg.get("num-nodes", 2))
+    noop = str(cfg.get("mode", "mnist")) == "noop"
+    strategy = TimedFedAvg(
+        fraction_train=1.0,
+        fraction_evaluate=0.0 if noop else 1.0,
+        min_train_nodes=n,
+        min_evaluate_nodes=0 if noop else n,
+        min_available_nodes=n,
+    )
+    if noop:
+        initial = noop_arrays(int(cfg.get("model-bytes", 1 << 20)), int(cfg.get("tensor-count", 4)))
+    else:
+        initial = ArrayRecord(task.build_model().state_dict())
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=int(cfg["num-server-rounds"]))
     out_dir = str(cfg.get("result-dir", ""))
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        state = result.arrays.to_torch_state_dict()
-        np.savez(out / "final_model.npz", **{k: v.numpy() for k, v in state.items()})
+        if not noop:
+            state = result.arrays.to_torch_state_dict()
+            np.savez(out / "final_model.npz", **{k: v.numpy() for k, v in state.items()})
         summary = {
             "serverapp_start": t_start,
             "serverapp_end": time.time(),
