@@ -259,7 +259,7 @@ def download_histology(
     dest_dir: str | Path,
     *,
     url: str | None = None,
-    sha384: str = HISTOLOGY_SHA384,
+    sha384: str | None = None,
     timeout: float = DOWNLOAD_TIMEOUT_SECONDS,
     keep_archive: bool = False,
 ) -> Path:
@@ -272,7 +272,7 @@ def download_histology(
     url:
         Where to fetch the archive; default ``$FEDRUN_HISTOLOGY_URL`` or :data:`HISTOLOGY_URL`.
     sha384:
-        Expected SHA-384 of the archive (hex).
+        Expected SHA-384 of the archive (hex); default :data:`HISTOLOGY_SHA384`.
     timeout:
         Seconds per connection / read.
     keep_archive:
@@ -294,6 +294,7 @@ def download_histology(
             "choose a writable data_dir",
         ) from exc
     source = url or os.environ.get(HISTOLOGY_URL_ENV, "").strip() or HISTOLOGY_URL
+    expected = (sha384 or HISTOLOGY_SHA384).lower()
     with _locked(dest):
         found = find_histology_root(dest)
         if found is not None:  # another process finished the download while we waited
@@ -317,10 +318,10 @@ def download_histology(
                 raise DataError(
                     DOWNLOAD_CODE, f"downloading {source} failed: {reason}", _manual_fix(dest)
                 ) from exc
-            if actual != sha384.lower():
+            if actual != expected:
                 raise DataError(
                     CHECKSUM_CODE,
-                    f"the archive from {source} failed its SHA-384 check: expected {sha384}, "
+                    f"the archive from {source} failed its SHA-384 check: expected {expected}, "
                     f"got {actual}; it is corrupt, truncated or another file (it was deleted)",
                     "download again; if it keeps failing, fetch "
                     f"{HISTOLOGY_ARCHIVE} yourself and unpack it into {dest}",
@@ -376,7 +377,7 @@ def find_or_download(
     *,
     download: bool = True,
     url: str | None = None,
-    sha384: str = HISTOLOGY_SHA384,
+    sha384: str | None = None,
     timeout: float = DOWNLOAD_TIMEOUT_SECONDS,
 ) -> Path:
     """The data set root: the first candidate folder holding it, else a fresh download.

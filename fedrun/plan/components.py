@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -275,19 +274,10 @@ def native_exporter(plan: Plan) -> Any:
 
 
 def seed_everything(seed: int | None) -> None:
-    """Seed Python, numpy and (when loaded) torch for reproducible local training."""
-    if seed is None:
-        return
-    import numpy as np
+    """Seed Python and numpy now, and the ML framework when its task runner is built."""
+    from fedrun.runners.base import set_seed
 
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.manual_seed(seed)
+    set_seed(seed)
 
 
 def build_data_loader(plan: Plan, collaborator: str | None) -> Any:

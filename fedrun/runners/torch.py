@@ -19,7 +19,7 @@ from torch import nn
 
 from fedrun.errors import PlanError
 from fedrun.federation.tasks import TaskResult
-from fedrun.runners.base import Metric, TaskRunner
+from fedrun.runners.base import Metric, TaskRunner, current_seed
 
 #: optimizer state tensors are named ``__opt_state_<param index>_<key>``
 OPT_PREFIX = "__opt_state_"
@@ -57,6 +57,9 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
     ) -> None:
         nn.Module.__init__(self)
         TaskRunner.__init__(self, data_loader=data_loader, **kwargs)
+        seed = current_seed()
+        if seed is not None:  # before the subclass builds its layers: reproducible init
+            torch.manual_seed(seed)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)

@@ -143,3 +143,47 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 5
     assert "FX-NET-001" in proc.stderr and "in use" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_fx_simulate_seed_gives_identical_final_weights(tmp_path: Path) -> None:
+    import numpy as np
+
+    for name in ("a", "b"):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fedrun.cli.main",
+                "simulate",
+                "--prefix",
+                name,
+                "--seed",
+                "5",
+                "-r",
+                "2",
+            ],
+            env=fx_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr
+    a = load_model(tmp_path / "a" / "save" / "last.pbuf").tensors
+    b = load_model(tmp_path / "b" / "save" / "last.pbuf").tensors
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_collaborator_gives_up_after_the_reconnect_timeout(tmp_path: Path) -> None:
+    import time
+
+    ws = _workspace(tmp_path, ["one"])
+    set_plan(ws, client_reconnect_timeout=3, client_reconnect_interval=0.5)
+    fx(ws, "plan", "initialize")
+    started = time.monotonic()
+    proc = fx(ws, "collaborator", "start", "-n", "one", check=False, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 5
+    assert "FX-NET-011" in proc.stderr and "client_reconnect_timeout" in proc.stderr
+    assert elapsed < 30
