@@ -120,6 +120,7 @@ def run_federation(
     collaborators: tuple[str, ...] = COLLABORATORS,
     netns: bool = True,
     sample_interval: float = 0.1,
+    export_model: bool = True,
 ) -> dict[str, Any]:
     reset_workspace(ws)
     logs = ws / "bench-logs"
@@ -149,7 +150,7 @@ def run_federation(
     }
     out.update(parse_metrics(ws))
     last = ws / "save" / "last.pbuf"
-    if last.exists():
+    if export_model and last.exists():
         npz = logs / "last.npz"
         try:
             pbuf_to_npz(last, npz)

@@ -49,8 +49,16 @@ def env_vars() -> dict[str, str]:
     return {"PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""), "PYTHONNOUSERSITE": "1"}
 
 
-def setup_workspace(work: Path, collaborators: tuple[str, ...] = COLLABORATORS) -> dict[str, Any]:
-    """Create the workspace and its PKI with OpenFL's own ``fx`` calls; time every call."""
+def setup_workspace(
+    work: Path,
+    collaborators: tuple[str, ...] = COLLABORATORS,
+    noop: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Create the workspace and its PKI with OpenFL's own ``fx`` calls; time every call.
+
+    ``noop`` (``{"model_bytes":, "tensor_count":, "rounds":}``) swaps the torch/mnist task runner
+    for ``benchmarks/openfl_noop/noop.py`` (the round-overhead benchmark).
+    """
     common.ensure_venv(ENV_NAME, REQUIREMENTS)
     ws = work / "openfl_ws"
     env = env_vars()
@@ -66,6 +74,20 @@ def setup_workspace(work: Path, collaborators: tuple[str, ...] = COLLABORATORS) 
     # metrics (accuracies, elapsed seconds) to logs/aggregator_metrics.txt
     plan = ws / "plan" / "plan.yaml"
     plan.write_text(plan.read_text().replace("write_logs: false", "write_logs: true"))
+    if noop is not None:
+        from benchmarks.fedrun_runner import edit_plan
+
+        shutil.copy2(common.BENCH_DIR / "openfl_noop" / "noop.py", ws / "src" / "noop.py")
+        edit_plan(
+            plan,
+            {
+                "task_runner.template": "src.noop.NoOpTaskRunner",
+                "task_runner.settings": {"model_bytes": int(noop["model_bytes"]), "tensor_count": int(noop["tensor_count"])},
+                "data_loader.template": "src.noop.NoOpDataLoader",
+                "data_loader.settings": {"batch_size": 1},
+                "aggregator.settings.rounds_to_train": int(noop["rounds"]),
+            },
+        )
     call("workspace", "certify")
     call("aggregator", "generate-cert-request", "--fqdn", FQDN)
     call("aggregator", "certify", "--fqdn", FQDN, "--silent")
@@ -101,7 +123,13 @@ def fx_startup() -> dict[str, Any]:
     return common.time_command([fx(), "--help"], repeats=3, env=env_vars())
 
 
-def run_federation(ws: Path, threads: str = "1", timeout: float = 1200) -> dict[str, Any]:
+def run_federation(
+    ws: Path,
+    threads: str = "1",
+    timeout: float = 1200,
+    collaborators: tuple[str, ...] = COLLABORATORS,
+    export_model: bool = True,
+) -> dict[str, Any]:
     """Aggregator + collaborators in a loopback-only namespace; returns the measured figures."""
     reset_workspace(ws)
     logs = ws / "bench-logs"
@@ -111,7 +139,7 @@ def run_federation(ws: Path, threads: str = "1", timeout: float = 1200) -> dict[
     else:
         env.update({k: None for k in common.ONE_THREAD_ENV})
     specs = [ProcSpec("aggregator", [fx(), "aggregator", "start"], str(ws), env, str(logs / "aggregator.log"), "aggregator")]
-    for name in COLLABORATORS:
+    for name in collaborators:
         specs.append(
             ProcSpec(name, [fx(), "collaborator", "start", "-n", name], str(ws), env, str(logs / f"{name}.log"), "collaborator")
         )
@@ -129,14 +157,14 @@ def run_federation(ws: Path, threads: str = "1", timeout: float = 1200) -> dict[
     # stores the round-r input); the model the last round produced is kept only in its persistent
     # DB (next_round_tensors). Both are exported and scored.
     last = ws / "save" / "last.pbuf"
-    if last.exists():
+    if export_model and last.exists():
         try:
             pbuf_to_npz(last, logs / "last_pbuf.npz")
             out["last_pbuf_npz"] = str(logs / "last_pbuf.npz")
         except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
             out["last_pbuf_error"] = repr(exc)
     db = ws / "local_state" / "tensor.db"
-    if db.exists():
+    if export_model and db.exists():
         try:
             db_to_npz(db, logs / "final_aggregate.npz")
             out["final_model_npz"] = str(logs / "final_aggregate.npz")
@@ -208,8 +236,10 @@ def parse_logs(logs: Path) -> dict[str, Any]:
             if key.startswith("aggregator/") and isinstance(value, (int, float)):
                 acc.setdefault(key.split("/", 1)[1], {})[r] = value
         for row in rounds:
-            if row["round"] == r:
-                row["openfl_elapsed_s"] = rec.get("elapsed_seconds")
+            if row["round"] == r and rec.get("elapsed_seconds") is not None:
+                # OpenFL's own per-round clock (monotonic, sub-second) replaces the 1-s log stamps
+                row["log_s"] = row["s"]
+                row["s"] = rec["elapsed_seconds"]
     return {"rounds": rounds, "metrics_by_task": acc, "metrics_file": per_round}
 
 

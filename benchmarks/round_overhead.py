@@ -12,9 +12,11 @@ For every (system, model size P, collaborator count N) whose estimated memory fi
   aggregator's log ("round r finished in s").
 * **flower**: ``benchmarks/flower_app`` in ``mode="noop"`` on the deployment engine (SuperLink + N
   SuperNodes, TLS + SuperNode authentication); round and aggregation times from the ServerApp.
-* **openfl**: not implemented yet: OpenFL 1.9's own ``no-op`` template carries no model (one scalar,
-  ``rounds_to_train: 0``), so a no-op runner with a P-byte model has to be written against its
-  TaskRunner API; sizes above its 1 GiB gRPC message cap cannot run at all.
+* **openfl**: OpenFL 1.9's own ``no-op`` template carries no model (one scalar,
+  ``rounds_to_train: 0``), so its torch/mnist workspace gets ``benchmarks/openfl_noop/noop.py``
+  (a PyTorchTaskRunner whose model is P bytes and whose tasks compute nothing); full ``fx`` PKI
+  flow, mutual TLS, namespace as for fedrun. Round times from OpenFL's metric log (its own
+  per-round clock). Cells above its 1 GiB gRPC message cap (``--openfl-max-bytes``) are skipped.
 
 Reported per cell: round time (first round, and the median of the later ones), effective
 throughput per stream (each collaborator downloads and uploads P per round: 2P / round time),
@@ -32,7 +34,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, fedrun_runner, flower_runner, limits
+from benchmarks import common, fedrun_runner, flower_runner, limits, openfl_runner
 
 DEFAULT_SIZES = "10MB,100MB,1GB,4GB"
 DEFAULT_COLLABORATORS = "2,4,8"
@@ -65,7 +67,16 @@ def run_fedrun(size: int, n: int, rounds: int, tensor_count: int, work: Path, ti
             "aggregator.settings.rounds_to_train": rounds,
         },
     )
-    res = fedrun_runner.run_federation(Path(st["workspace"]), "1", timeout, collaborators=names)
+    res = fedrun_runner.run_federation(Path(st["workspace"]), "1", timeout, collaborators=names, export_model=False)
+    res["setup"] = {"setup_s": st["setup_s"], "fx_calls": len(st["fx_calls"])}
+    return res
+
+
+def run_openfl(size: int, n: int, rounds: int, tensor_count: int, work: Path, timeout: float) -> dict[str, Any]:
+    names = tuple(f"collaborator{i}" for i in range(1, n + 1))
+    noop = {"model_bytes": size, "tensor_count": tensor_count, "rounds": rounds}
+    st = openfl_runner.setup_workspace(work, collaborators=names, noop=noop)
+    res = openfl_runner.run_federation(Path(st["workspace"]), "1", timeout, collaborators=names, export_model=False)
     res["setup"] = {"setup_s": st["setup_s"], "fx_calls": len(st["fx_calls"])}
     return res
 
@@ -105,12 +116,13 @@ def cell_summary(res: dict[str, Any], size: int, rounds: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--systems", default="fedrun", help="comma separated: fedrun, flower")
+    ap.add_argument("--systems", default="fedrun", help="comma separated: fedrun, openfl, flower")
     ap.add_argument("--sizes", default=DEFAULT_SIZES)
     ap.add_argument("--collaborators", default=DEFAULT_COLLABORATORS)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tensor-count", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per federation")
+    ap.add_argument("--openfl-max-bytes", type=int, default=1 << 30, help="OpenFL's message cap")
     ap.add_argument("--memory-fraction", type=float, default=0.8, help="of MemAvailable a cell may use")
     ap.add_argument("--no-limits", action="store_true", help="skip the TLS copy and numpy limits")
     args = ap.parse_args(argv)
@@ -138,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             for system in systems:
                 cell: dict[str, Any] = {"system": system, "bytes": size, "collaborators": n}
                 need = estimate_bytes(system, size, n)
+                if system == "openfl" and size > args.openfl_max_bytes:
+                    cell["skipped"] = "above OpenFL's 1 GiB gRPC message cap"
+                    cells.append(cell)
+                    continue
                 if need > budget:
                     cell["skipped"] = f"needs about {need / 2**30:.1f} GiB, budget {budget / 2**30:.1f} GiB"
                     print(f"[bench] {system} {limits.human(size)} x{n}: skipped ({cell['skipped']})", flush=True)
@@ -147,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 cell_work = work / f"{system}-{size}-{n}"
                 cell_work.mkdir()
                 try:
-                    runner = {"fedrun": run_fedrun, "flower": run_flower}[system]
+                    runner = {"fedrun": run_fedrun, "openfl": run_openfl, "flower": run_flower}[system]
                     res = runner(size, n, args.rounds, args.tensor_count, cell_work, args.timeout)
                 except Exception:  # noqa: BLE001 - keep the other cells
                     res = {"ok": False, "error": traceback.format_exc()}

@@ -354,9 +354,10 @@ class KerasTaskRunner(TaskRunner):
 
     def get_tensor_dict(self, with_opt_vars: bool = False) -> dict[str, np.ndarray]:
         """Model weights by variable path (and optimizer state when asked), as numpy copies."""
-        out = {name: self._to_numpy(v) for name, v in self._weights()}
-        if with_opt_vars:
-            out.update({name: self._to_numpy(v) for name, v in self._optimizer_state()})
+        with _quiet():
+            out = {name: self._to_numpy(v) for name, v in self._weights()}
+            if with_opt_vars:
+                out.update({name: self._to_numpy(v) for name, v in self._optimizer_state()})
         return out
 
     def set_tensor_dict(
@@ -391,14 +392,15 @@ class KerasTaskRunner(TaskRunner):
         optimizer = self._optimizer()
         if optimizer is None:
             return
-        fresh = type(optimizer).from_config(optimizer.get_config())
-        fresh.build(self.model.trainable_variables)
-        initial = {name: self._to_numpy(v) for name, v in self._optimizer_state(fresh)}
-        for name, variable in self._optimizer_state(optimizer):
-            value = initial.get(name)
-            if value is None:
-                value = np.zeros(tuple(variable.shape), dtype=_np_dtype(variable))
-            _assign(variable, value, name)
+        with _quiet():
+            fresh = type(optimizer).from_config(optimizer.get_config())
+            fresh.build(self.model.trainable_variables)
+            initial = {name: self._to_numpy(v) for name, v in self._optimizer_state(fresh)}
+            for name, variable in self._optimizer_state(optimizer):
+                value = initial.get(name)
+                if value is None:
+                    value = np.zeros(tuple(variable.shape), dtype=_np_dtype(variable))
+                _assign(variable, value, name)
 
     # ------------------------------------------------------------------ tasks
     def _loader(self) -> Any:
@@ -493,15 +495,18 @@ class KerasTaskRunner(TaskRunner):
         temporary ``.keras`` file next to it.
         """
         model = self._require_model()
+        self._optimizer()  # built, so the file always holds the whole optimizer state
         path = Path(filepath)
-        if path.suffix == ".keras":
-            model.save(path)
-            return
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".keras":
+            with _quiet():
+                model.save(path)
+            return
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".keras", dir=path.parent)
         os.close(fd)
         try:
-            model.save(tmp_name)
+            with _quiet():
+                model.save(tmp_name)
             os.replace(tmp_name, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -516,7 +521,7 @@ class KerasTaskRunner(TaskRunner):
         path = Path(filepath)
         if not path.is_file():
             raise DataError("FX-DATA-001", f"native model {path} does not exist", "check the path")
-        with _keras_named(path) as keras_path:
+        with _keras_named(path) as keras_path, _quiet():
             if self.model is None:
                 self.model = self.keras.models.load_model(keras_path)
                 return

@@ -9,6 +9,7 @@ are never retried: they fail at once with the aggregator's reason.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -131,7 +132,10 @@ class AggregatorClient:
                 if code not in _RETRYABLE or isinstance(fedrun_error, CertificateError):
                     raise fedrun_error from None
                 if _closed_during_handshake(error):
-                    self.diagnose()  # raises when the cause is ours to fix, not an outage
+                    # raises when the cause is ours to fix (certificates); a ConnectionFailure
+                    # means the aggregator is down or restarting: an outage, keep retrying
+                    with contextlib.suppress(ConnectionFailure):
+                        self.diagnose()
                 elapsed = time.monotonic() - started
                 if elapsed >= self.network.client_reconnect_timeout:
                     raise ConnectionFailure(
@@ -226,24 +230,36 @@ class AggregatorClient:
         )
         sent = [0]
 
+        failure: list[BaseException] = []
+
         def frames() -> Iterator[pb.TensorFrame]:
-            yield pb.TensorFrame(result=header)
-            for name, array in tensors.items():
-                is_delta = name in deltas
-                for frame in encode_tensor(
-                    name,
-                    array,
-                    pipeline=self.pipeline if is_delta else None,
-                    delta=is_delta,
-                    chunk_bytes=self.network.chunk_bytes,
-                ):
-                    if frame.WhichOneof("body") == "data":
-                        sent[0] += len(frame.data)
-                    yield frame
+            try:
+                yield pb.TensorFrame(result=header)
+                for name, array in tensors.items():
+                    is_delta = name in deltas
+                    for frame in encode_tensor(
+                        name,
+                        array,
+                        pipeline=self.pipeline if is_delta else None,
+                        delta=is_delta,
+                        chunk_bytes=self.network.chunk_bytes,
+                    ):
+                        if frame.WhichOneof("body") == "data":
+                            sent[0] += len(frame.data)
+                        yield frame
+            except Exception as exc:  # gRPC would only say "Exception iterating requests"
+                failure.append(exc)
+                raise
 
         def call() -> int:
             sent[0] = 0
-            self.stub.SubmitResults(frames())
+            failure.clear()
+            try:
+                self.stub.SubmitResults(frames())
+            except grpc.RpcError:
+                if failure:
+                    raise failure[0] from None  # our own encoding failed, not the aggregator
+                raise
             return sent[0]
 
         try:

@@ -1,0 +1,75 @@
+"""Many collaborators with a small model: does a round still complete, how long does it take, and
+what does it cost the aggregator?
+
+Usage (from the repository root, fedrun's venv active; root for ``unshare -n``)::
+
+    python -m benchmarks.many_collaborators [--systems fedrun,flower] [--collaborators 8,32,64]
+        [--model-bytes 1MB] [--rounds 3]
+
+Every collaborator is its own process (fedrun: ``fx collaborator start``; Flower: a SuperNode on the
+deployment engine), all on this 2-core machine, with mutual TLS (Flower: TLS + SuperNode
+authentication) in a loopback-only network namespace. The task runner is the no-op one of
+``round_overhead`` (it returns the model it receives). Reported: whether every round completed,
+round times (first round, later rounds), aggregator CPU seconds in all and per round, aggregator
+peak RSS, setup time (the PKI flow through the CLI for every collaborator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Any
+
+from benchmarks import common, limits, round_overhead
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--systems", default="fedrun")
+    ap.add_argument("--collaborators", default="8,32,64")
+    ap.add_argument("--model-bytes", default="1MB")
+    ap.add_argument("--tensor-count", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--timeout", type=float, default=1800)
+    args = ap.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    size = limits.parse_size(args.model_bytes)
+    counts = [int(c) for c in args.collaborators.split(",")]
+    work = common.new_work_dir("many_collaborators")
+    cells: list[dict[str, Any]] = []
+    for n in counts:
+        for system in systems:
+            print(f"[bench] {system}: {n} collaborators, {limits.human(size)} model", flush=True)
+            cell_work = work / f"{system}-{n}"
+            cell_work.mkdir()
+            try:
+                runner = {"fedrun": round_overhead.run_fedrun, "flower": round_overhead.run_flower}[system]
+                res = runner(size, n, args.rounds, args.tensor_count, cell_work, args.timeout)
+            except Exception:  # noqa: BLE001 - keep the other cells
+                res = {"ok": False, "error": traceback.format_exc()}
+                print(res["error"], file=sys.stderr)
+            sm = round_overhead.cell_summary(res, size, args.rounds)
+            aggs = [p for p in res.get("group", {}).get("procs", []) if p["role"] == "aggregator"]
+            sm["aggregator_cpu_s"] = sum((p["cpu_s"] or 0.0) for p in aggs)
+            sm["setup_s"] = (res.get("setup") or {}).get("setup_s")
+            sm["rounds_completed"] = len(sm["rounds_s"])
+            cells.append({"system": system, "collaborators": n, "summary": sm, "result": res})
+            print(f"[bench]   ok={sm['ok']} rounds={[round(t, 3) for t in sm['rounds_s']]} agg CPU={common.fmt(sm['aggregator_cpu_s'])} s", flush=True)
+    common.print_table(
+        f"Many collaborators, {limits.human(size)} no-op model, {args.rounds} rounds (shared machine)",
+        ["system", "N", "ok", "rounds done", "round 1 s", "later rounds s", "agg CPU s", "agg CPU s/round", "agg RSS MiB", "wall s", "setup s"],
+        [
+            [c["system"], c["collaborators"], c["summary"]["ok"], c["summary"]["rounds_completed"], c["summary"]["first_round_s"],
+             c["summary"]["steady_round_s"], c["summary"]["aggregator_cpu_s"], c["summary"]["aggregator_cpu_s_per_round"],
+             c["summary"]["aggregator_peak_rss_mib"], c["summary"]["wall_s"], c["summary"]["setup_s"]]
+            for c in cells
+        ],
+    )  # fmt: skip
+    path = common.write_results("many_collaborators", {"machine": common.machine_info(), "args": vars(args), "cells": cells})
+    print(f"written {path}")
+    return 0 if all(c["summary"]["ok"] for c in cells) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Every Keras template of the seed's catalogue trains a round in a real local federation.
+
+One aggregator and two collaborator processes talk gRPC over mutual TLS on 127.0.0.1. The MNIST
+templates read the real MNIST files (``$FEDRUN_MNIST_DIR``); the histology and BraTS templates
+read small data sets that the tests write in the real on-disk formats (class folders of TIFF
+tiles; subject folders of gzipped NIfTI-1 volumes), so the real loading code runs. Keras runs
+on the torch backend, except for keras/jax/mnist, which runs on JAX where jax is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+if importlib.util.find_spec("keras") is None or importlib.util.find_spec("torch") is None:
+    pytest.skip(
+        "Keras 3 and torch are needed (pip install 'fedrun[keras,torch]')", allow_module_level=True
+    )
+
+from fedrun.data.brats import write_synthetic_brats  # noqa: E402
+from fedrun.data.histology import HISTOLOGY_FOLDER, write_synthetic_histology  # noqa: E402
+from fedrun.data.mnist import default_candidates, find_mnist_dir  # noqa: E402
+from fedrun.runners.keras import _loaded_backend  # noqa: E402
+from fedrun.simulate.local import LocalFederation  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture
+def torch_backend(monkeypatch):
+    """Collaborators (and the in-process plan initialisation) run Keras on torch."""
+    loaded = _loaded_backend()
+    if loaded not in (None, "torch"):
+        pytest.skip(f"Keras already runs the {loaded} backend in this process")
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+
+
+@pytest.fixture
+def mnist_dir(monkeypatch) -> Path:
+    """The real MNIST files; exported so the collaborator processes find them too."""
+    found = find_mnist_dir(default_candidates())
+    if found is None:
+        pytest.skip("the MNIST files are not here; set FEDRUN_MNIST_DIR to their folder")
+    monkeypatch.setenv("FEDRUN_MNIST_DIR", str(found))
+    return found
+
+
+@pytest.fixture(scope="module")
+def histology_dir(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("histology-data")
+    write_synthetic_histology(base / HISTOLOGY_FOLDER, per_class=6)
+    return base
+
+
+def federate(workspace: Path, template: str, plan_set: list[str]) -> dict[str, float]:
+    result = LocalFederation(
+        workspace, template=template, collaborators=2, rounds=1, plan_set=plan_set, tls=True
+    ).run(timeout=420)
+    assert set(result.exit_codes.values()) == {0}, result.exit_codes
+    return result.final_metrics
+
+
+def collaborator_log(workspace: Path) -> str:
+    return (workspace / "logs" / "collaborator1.out").read_text(errors="replace")
+
+
+def test_keras_mnist_two_collaborators_reach_95_percent(tmp_path, torch_backend, mnist_dir):
+    """keras/mnist, full MNIST shards (30,000 images each), one round: accuracy >= 0.95."""
+    workspace = tmp_path / "ws"
+    metrics = federate(workspace, "keras/mnist", [])
+    assert metrics["aggregated_model_validation/accuracy"] >= 0.95, metrics
+    assert "backend torch" in collaborator_log(workspace)
+
+    # the trained model exports to the native .keras format and loads back
+    from fedrun.model import get_model, save_native
+
+    runner = get_model(workspace / "plan" / "plan.yaml", model_protobuf_path="save/last.pbuf")
+    written = save_native(runner, workspace / "mnist.keras")
+    assert zipfile.is_zipfile(written)
+    fresh = get_model(workspace / "plan" / "plan.yaml", model_protobuf_path="save/init.pbuf")
+    fresh.load_native(written)
+    expected = runner.get_tensor_dict()
+    for name, value in fresh.get_tensor_dict().items():
+        assert (value == expected[name]).all(), name
+
+
+JAX_FEDERATION = """
+    import json, sys
+    from pathlib import Path
+    from fedrun.simulate.local import LocalFederation
+    result = LocalFederation(
+        Path(sys.argv[1]), template="keras/jax/mnist", collaborators=2, rounds=1, tls=True,
+        plan_set=["data_loader.max_train_samples=4000", "data_loader.max_valid_samples=1000"],
+    ).run(timeout=420)
+    print(json.dumps(result.final_metrics))
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None,
+    reason="jax is not installed (pip install jax, part of fedrun[all] and fedrun[dev])",
+)
+def test_keras_jax_mnist_trains_on_jax(tmp_path, mnist_dir):
+    """keras/jax/mnist picks JAX by itself (KERAS_BACKEND unset), in a fresh process."""
+    workspace = tmp_path / "ws"
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(JAX_FEDERATION), str(workspace)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=480,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    metrics = json.loads(done.stdout.strip().splitlines()[-1])
+    assert metrics["aggregated_model_validation/accuracy"] > 0.8, metrics
+    log = collaborator_log(workspace)
+    assert "backend jax" in log and "default backend jax" in log
+
+
+@pytest.mark.parametrize("template", ["keras/histology", "tf_cnn_histology"])
+def test_histology_templates_train_on_image_folders(
+    tmp_path, torch_backend, histology_dir, template
+):
+    workspace = tmp_path / "ws"
+    metrics = federate(workspace, template, [f"data_loader.data_dir={histology_dir}"])
+    accuracy = metrics["aggregated_model_validation/accuracy"]
+    assert 0.0 <= accuracy <= 1.0, metrics
+    log = collaborator_log(workspace)
+    assert "histology: 20 training and 4 validation tiles" in log
+    assert "train done" in log
+
+
+def test_tf_2dunet_trains_on_nifti_volumes(tmp_path, torch_backend):
+    data = write_synthetic_brats(tmp_path / "brats", subjects=4, shape=(40, 40, 10))
+    workspace = tmp_path / "ws"
+    metrics = federate(
+        workspace,
+        "tf_2dunet",
+        [
+            f"data_loader.data_dir={data}",
+            "data_loader.crop_size=32",
+            "data_loader.image_size=32",
+            "task_runner.base_filters=8",
+        ],
+    )
+    dice = metrics["aggregated_model_validation/dice"]
+    assert math.isfinite(dice) and 0.0 <= dice <= 1.0, metrics
+    assert "BraTS: " in collaborator_log(workspace)
