@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -130,6 +131,9 @@ def run_collaborator(plan: Plan, name: str) -> Any:
             f"run `fx collaborator create -n {name} -d <data path or shard>`",
         )
     runner = build_task_runner(plan, name)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        log.info("collaborator %s trains with %d threads", name, torch.get_num_threads())
     client = _client(plan, name)
     if client.network.use_tls and client.network.require_client_auth:
         from fedrun.transport.diagnose import check_own_certificate, expiry_warning

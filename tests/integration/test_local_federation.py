@@ -28,6 +28,12 @@ def test_simulate_runs_to_the_end(tmp_path: Path, count: int) -> None:
     assert origins == {"aggregator", *(f"collaborator{i}" for i in range(1, count + 1))}
     line = json.loads((tmp_path / "ws" / "logs" / "metrics.jsonl").read_text().splitlines()[0])
     assert set(line) == {"round", "origin", "task", "metric", "value", "time"}
+    # the cores are shared: each collaborator process trains with cores / N threads (>= 1)
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // count)
+    log = (tmp_path / "ws" / "logs" / "collaborator_collaborator1.log").read_text()
+    assert f"trains with {threads} threads" in log
     # round 2 is the validation of the final aggregate: last.pbuf is that model
     final = [r for r in records if r.origin == "aggregator" and r.round == 2]
     assert [r.task for r in final] == ["aggregated_model_validation"]

@@ -119,3 +119,20 @@ def test_aggregator_binds_only_the_plan_address(tmp_path: Path, nodes: Nodes) ->
     addresses = _listening(port)
     loopback_v4 = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, also v4-mapped
     assert addresses and addresses <= loopback_v4, addresses  # never 0.0.0.0 or [::]
+
+
+def test_import_installs_the_requirements_and_ping_names_connectivity(tmp_path: Path) -> None:
+    fx(tmp_path, "workspace", "create", "--prefix", "ws", "--template", "no-op")
+    ws = tmp_path / "ws"
+    set_plan(ws, agg_port=free_port(), agg_addr="127.0.0.1", use_tls=False)
+    fx(ws, "plan", "initialize")
+    fx(ws, "workspace", "export")
+    node = tmp_path / "node"
+    node.mkdir()
+    out = fx(node, "workspace", "import", "--archive", str(tmp_path / "ws.zip"), timeout=300)
+    assert "imported workspace" in out.stdout
+    requirements = (node / "ws" / "requirements.txt").read_text()
+    assert "numpy==" in requirements and "grpcio==" in requirements
+    fx(node / "ws", "collaborator", "create", "-n", "one", "-d", "1")
+    ping = fx(node / "ws", "collaborator", "ping", "-n", "one", check=False)
+    assert ping.returncode == 5 and "FX-NET-013" in ping.stderr and "nothing answers" in ping.stderr
