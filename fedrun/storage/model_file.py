@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from google.protobuf.internal.decoder import _DecodeVarint
 from google.protobuf.internal.encoder import _VarintBytes
 
 from fedrun.errors import ProtocolError, StateError
 from fedrun.protocol import federation_pb2 as pb
-from fedrun.protocol.codec import TensorAssembler, encode_tensors
+from fedrun.protocol.codec import DecodedTensor, TensorAssembler, encode_tensors
 
 MAGIC = b"FEDRUN-MODEL-1\n"
 
@@ -97,25 +96,6 @@ def save_model(
     return target
 
 
-def _read_frames(data: memoryview, path: Path) -> Iterator[pb.TensorFrame]:
-    pos = len(MAGIC)
-    end = len(data)
-    while pos < end:
-        try:
-            size, pos = _DecodeVarint(data, pos)
-        except Exception as exc:  # truncated varint
-            raise _corrupt(path, "truncated frame length") from exc
-        if pos + size > end:
-            raise _corrupt(path, "file ends inside a frame (truncated?)")
-        frame = pb.TensorFrame()
-        try:
-            frame.ParseFromString(data[pos : pos + size])
-        except Exception as exc:
-            raise _corrupt(path, "unreadable frame") from exc
-        pos += size
-        yield frame
-
-
 def _corrupt(path: Path, what: str) -> StateError:
     return StateError(
         "FX-STATE-002",
@@ -174,8 +154,8 @@ class TensorFileWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-def iter_tensor_file(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, bool]]:
-    """Yield ``(name, array, delta)`` from a model file, one tensor at a time.
+def _stream(path: str | os.PathLike[str]) -> Iterator[pb.ModelInfo | DecodedTensor]:
+    """Yield a model file's header, then its tensors one at a time (never the whole file).
 
     A corrupt or truncated file raises :class:`StateError` (``FX-STATE-002``), also when it ends
     cleanly between frames but holds fewer tensors than its header announced.
@@ -206,6 +186,7 @@ def iter_tensor_file(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.nda
                 if frame.WhichOneof("body") != "model":
                     raise _corrupt(source, "missing model header")
                 expected = frame.model.tensor_count
+                yield frame.model
                 continue
             try:
                 tensor = assembler.feed(frame)
@@ -213,7 +194,7 @@ def iter_tensor_file(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.nda
                 raise _corrupt(source, exc.message) from exc
             if tensor is not None:
                 seen += 1
-                yield tensor.name, tensor.array, tensor.delta
+                yield tensor
         try:
             assembler.close()
         except ProtocolError as exc:
@@ -222,6 +203,13 @@ def iter_tensor_file(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.nda
             raise _corrupt(source, "missing model header")
         if seen != expected:
             raise _corrupt(source, f"{seen} of {expected} tensors present")
+
+
+def iter_tensor_file(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, bool]]:
+    """Yield ``(name, array, delta)`` from a model file, one tensor at a time."""
+    for item in _stream(path):
+        if isinstance(item, DecodedTensor):
+            yield item.name, item.array, item.delta
 
 
 def _read_varint(f: BinaryIO) -> int | None:
@@ -240,7 +228,7 @@ def _read_varint(f: BinaryIO) -> int | None:
 
 
 def load_model(path: str | os.PathLike[str]) -> ModelSnapshot:
-    """Read a model file written by :func:`save_model`."""
+    """Read a model file written by :func:`save_model` (streamed: about one model of memory)."""
     source = Path(path)
     if not source.is_file():
         raise StateError(
@@ -248,26 +236,8 @@ def load_model(path: str | os.PathLike[str]) -> ModelSnapshot:
             f"model file {source} does not exist",
             "run `fx plan initialize` to create save/init.pbuf",
         )
-    raw = source.read_bytes()
-    if not raw.startswith(MAGIC):
-        raise _corrupt(source, "not a fedrun model file (bad magic)")
-    frames = _read_frames(memoryview(raw), source)
-    first = next(frames, None)
-    if first is None or first.WhichOneof("body") != "model":
-        raise _corrupt(source, "missing model header")
-    info = first.model
-    assembler = TensorAssembler()
-    tensors: dict[str, np.ndarray] = {}
-    try:
-        for frame in frames:
-            tensor = assembler.feed(frame)
-            if tensor is not None:
-                tensors[tensor.name] = tensor.array
-        assembler.close()
-    except StateError:
-        raise
-    except Exception as exc:
-        raise _corrupt(source, str(exc)) from exc
-    if len(tensors) != info.tensor_count:
-        raise _corrupt(source, f"{len(tensors)} of {info.tensor_count} tensors present")
+    items = _stream(source)
+    info = next(items)
+    assert isinstance(info, pb.ModelInfo)
+    tensors = {t.name: t.array for t in items if isinstance(t, DecodedTensor)}
     return ModelSnapshot(tensors, info.round, info.plan_hash, info.kind, dict(info.metrics))
