@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fedrun.cli.common import console, handle_errors, ok, setup_logging
+from fedrun.cli.common import console, exit_now, handle_errors, ok, setup_logging
 
 
 @click.group()
@@ -61,6 +61,8 @@ def start(
 
     if agg.round_history:
         console(stderr=False).print(round_table(agg.round_history))
+    if agg.finished_event.is_set():
+        exit_now(0)
 
 
 @aggregator.command("generate-cert-request")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fedrun.cli.common import console, handle_errors, ok, plan_options, setup_logging
+from fedrun.cli.common import console, exit_now, handle_errors, ok, plan_options, setup_logging
 
 
 @click.group()
@@ -57,6 +57,7 @@ def start(
     from fedrun.nodes import run_collaborator
 
     run_collaborator(Plan.load(plan_config, cols_config, data_config), name)
+    exit_now(0)
 
 
 @collaborator.command()

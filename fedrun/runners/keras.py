@@ -288,15 +288,22 @@ class KerasTaskRunner(TaskRunner):
         self.keras = sys.modules["keras"]
         self.logger = log
         self.model: Any = None
+        self._feature_shape: tuple[int, ...] | None = None
         _limit_threads(self.backend)
 
     # ------------------------------------------------------------------ OpenFL compatibility
     @property
     def feature_shape(self) -> tuple[int, ...]:
         """Shape of one input sample, from the data loader (known even without data)."""
+        if self._feature_shape is not None:
+            return self._feature_shape
         if self.data_loader is None:
             raise PlanError(NO_MODEL_CODE, f"{type(self).__name__} has no data loader")
         return tuple(self.data_loader.get_feature_shape())
+
+    @feature_shape.setter
+    def feature_shape(self, value: Any) -> None:
+        self._feature_shape = tuple(int(d) for d in value)
 
     def initialize_tensorkeys_for_functions(self, with_opt_vars: bool = False) -> None:
         """Kept for OpenFL task runners that call it; fedrun needs no tensor-key bookkeeping."""
@@ -467,6 +474,15 @@ class KerasTaskRunner(TaskRunner):
             tensors={},
             data_size=self.get_valid_data_size(),
         )
+
+    # OpenFL 1.6 plans name the Keras tasks `train` and `validate`
+    def train(self, *args: Any, **kwargs: Any) -> TaskResult:
+        """Alias of :meth:`train_task` (the OpenFL 1.6 task name)."""
+        return self.train_task(*args, **kwargs)
+
+    def validate(self, *args: Any, **kwargs: Any) -> TaskResult:
+        """Alias of :meth:`validate_task` (the OpenFL 1.6 task name)."""
+        return self.validate_task(*args, **kwargs)
 
     # ------------------------------------------------------------------ user hooks
     def train_(
