@@ -19,8 +19,9 @@ How processes are measured
 * When a launched process exits it is reaped with :func:`os.wait4`, whose ``ru_maxrss`` is the
   exact peak RSS of that process and whose CPU times include the descendants it waited for.
 * *Idle time* of a process tree is the time, between its first and last busy sample, during
-  which the tree used less than ``IDLE_CPU_FRACTION`` of a core: time spent waiting on the network
-  or on a sleep, never computing.
+  which the tree was running or runnable (``/proc/<pid>/task/*/schedstat``: on a CPU or waiting
+  on a run queue) for less than ``IDLE_CPU_FRACTION`` of the interval: time spent blocked on the
+  network or on a sleep. Waiting for a CPU because other work loads the machine is not idle.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ MNIST_FILES = (
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 MIB = 1 << 20
-#: A tree using less than this fraction of one core in a sample interval counts as idle.
+#: A tree running or runnable for less than this fraction of a sample interval counts as idle.
 IDLE_CPU_FRACTION = 0.10
 #: Environment that pins every numeric library to one thread (one thread per collaborator).
 ONE_THREAD_ENV = {
@@ -152,6 +153,24 @@ def proc_mem_kib(pid: int) -> tuple[int, int] | None:
     return hwm, rss
 
 
+def proc_activity_ns(pid: int) -> int | None:
+    """Nanoseconds the process's threads spent running *or waiting to run* (runnable on a run
+    queue), summed over ``/proc/<pid>/task/*/schedstat``. A process starved by other load on the
+    machine is still "active" by this measure, so it does not look idle."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tids:
+        text = _read(f"/proc/{pid}/task/{tid}/schedstat")
+        if text:
+            parts = text.split()
+            with contextlib.suppress(IndexError, ValueError):
+                total += int(parts[0]) + int(parts[1])
+    return total
+
+
 def proc_cmdline(pid: int) -> str:
     text = _read(f"/proc/{pid}/cmdline")
     return " ".join(text.split("\0")).strip() if text else ""
@@ -217,6 +236,7 @@ class ProcResult:
     tree_pids: int
     idle_s: float | None
     busy_window_s: float | None
+    idle_periods: list[list[float]]  # [start (s after group start), seconds], longest first
     killed: bool
     log: str | None
     descendants: list[dict[str, Any]]
@@ -257,7 +277,9 @@ class _Tracker:
         self.ticks: dict[int, int] = {}
         self.cmd: dict[int, str] = {}
         self.tree_rss_peak_kib = 0
-        self.series: list[tuple[float, int]] = []  # (time, total tree ticks)
+        self.activity: dict[int, int] = {}  # pid -> run + run-queue wait ns (schedstat)
+        self.series: list[tuple[float, int]] = []  # (time, total tree activity ns)
+        self.idle_periods: list[tuple[float, float]] = []
 
     def sample(self, t: float, kids: Mapping[int, list[int]]) -> None:
         if self.t_exit is not None:
@@ -271,10 +293,13 @@ class _Tracker:
             if mem is not None:
                 self.hwm_kib[pid] = max(self.hwm_kib.get(pid, 0), mem[0])
                 rss_sum += mem[1]
+            act = proc_activity_ns(pid)
+            if act is not None:
+                self.activity[pid] = max(self.activity.get(pid, 0), act)
             if pid not in self.cmd:
                 self.cmd[pid] = proc_cmdline(pid)[:300]
         self.tree_rss_peak_kib = max(self.tree_rss_peak_kib, rss_sum)
-        self.series.append((t, sum(self.ticks.values())))
+        self.series.append((t, sum(self.activity.values())))
 
     def idle(self, interval: float) -> tuple[float | None, float | None]:
         """(idle seconds, busy window seconds) from the CPU series."""
@@ -286,15 +311,25 @@ class _Tracker:
             dt = t1 - t0
             if dt <= 0:
                 continue
-            rates.append((t0, t1, (c1 - c0) / CLK_TCK / dt))
+            rates.append((t0, t1, (c1 - c0) / 1e9 / dt))
         busy = [i for i, r in enumerate(rates) if r[2] >= IDLE_CPU_FRACTION]
         if not busy:
             return 0.0, 0.0
         first, last = busy[0], busy[-1]
         idle = sum(r[1] - r[0] for r in rates[first : last + 1] if r[2] < IDLE_CPU_FRACTION)
+        # contiguous idle stretches (start, seconds), to see where the waiting happens
+        self.idle_periods = []
+        run_start: float | None = None
+        for t0, t1, rate in rates[first : last + 1]:
+            if rate < IDLE_CPU_FRACTION:
+                run_start = t0 if run_start is None else run_start
+                end = t1
+            elif run_start is not None:
+                self.idle_periods.append((run_start, end - run_start))
+                run_start = None
         return idle, rates[last][1] - rates[first][0]
 
-    def result(self, interval: float) -> ProcResult:
+    def result(self, interval: float, t_group: float = 0.0) -> ProcResult:
         ru = self.rusage
         cpu_u = ru.ru_utime if ru else None
         cpu_s = ru.ru_stime if ru else None
@@ -337,6 +372,10 @@ class _Tracker:
             tree_pids=len(desc),
             idle_s=idle,
             busy_window_s=window,
+            idle_periods=[
+                [round(a - t_group, 3), round(d, 3)]
+                for a, d in sorted(self.idle_periods, key=lambda p: -p[1])[:20]
+            ],
             killed=self.killed,
             log=self.spec.log,
             descendants=desc,
@@ -470,7 +509,7 @@ def launch_group(
     wall = max(tr.t_exit for tr in waited if tr.t_exit is not None) - t0
     results = []
     for tr in trackers:
-        r = tr.result(sample_interval)
+        r = tr.result(sample_interval, t0)
         r.start_s = tr.t_start - t0
         r.exit_s = (tr.t_exit - t0) if tr.t_exit is not None else None
         results.append(r)
@@ -503,14 +542,17 @@ def launch_group_in_netns(
             }
         )
     )
-    inner = (
-        "ip link set lo up && exec "
-        + shlex.join([python, "-m", "benchmarks.common", "launch", str(spec_file), str(out_file)])
+    inner = "ip link set lo up && exec " + shlex.join(
+        [python, "-m", "benchmarks.common", "launch", str(spec_file), str(out_file)]
     )
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_DIR) + os.pathsep + env.get("PYTHONPATH", "")
     subprocess.run(
-        ["unshare", "-n", "sh", "-c", inner], cwd=REPO_DIR, env=env, check=True, timeout=timeout + 60
+        ["unshare", "-n", "sh", "-c", inner],
+        cwd=REPO_DIR,
+        env=env,
+        check=True,
+        timeout=timeout + 60,
     )
     return GroupResult.from_json(json.loads(out_file.read_text()))
 
@@ -645,7 +687,9 @@ def mnist_raw_into(dest: Path) -> Path:
 def score_model(python: str, npz: Path) -> dict[str, Any]:
     """Accuracy of a saved CNN (.npz) on the full MNIST test set, scored by ``mnist_task.py``
     with ``python`` (any venv with torch); errors are returned, not raised."""
-    res = run_timed([python, str(BENCH_DIR / "mnist_task.py"), "score", str(npz)], timeout=600, check=False)
+    res = run_timed(
+        [python, str(BENCH_DIR / "mnist_task.py"), "score", str(npz)], timeout=600, check=False
+    )
     if res.returncode != 0:
         return {"error": res.stderr[-2000:]}
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -655,7 +699,9 @@ def score_model(python: str, npz: Path) -> dict[str, Any]:
 # certificates (for peers that ship no PKI tool, and for the TLS limit measurement)
 
 
-def make_tls_files(directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost", "::1")) -> dict[str, Path]:
+def make_tls_files(
+    directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost", "::1")
+) -> dict[str, Path]:
     """A CA (``ca.crt``) and a server certificate and key signed by it (``server.crt/key``)
     valid for ``hosts`` (IP addresses and DNS names), EC P-384, one day. Needs ``cryptography``."""
     import ipaddress
@@ -683,7 +729,8 @@ def make_tls_files(directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localh
         .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
         )
         .sign(ca_key, hashes.SHA384())
     )
@@ -705,13 +752,19 @@ def make_tls_files(directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localh
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .sign(ca_key, hashes.SHA384())
     )
     pem = serialization.Encoding.PEM
-    out = {"ca": directory / "ca.crt", "cert": directory / "server.crt", "key": directory / "server.key"}
+    out = {
+        "ca": directory / "ca.crt",
+        "cert": directory / "server.crt",
+        "key": directory / "server.key",
+    }
     out["ca"].write_bytes(ca_cert.public_bytes(pem))
     out["cert"].write_bytes(cert.public_bytes(pem))
     out["key"].write_bytes(
@@ -729,12 +782,16 @@ def make_ssh_ec_keypair(private_path: Path, public_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP384R1())
     private_path.write_bytes(
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
         )
     )
     private_path.chmod(0o600)
     public_path.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
     )
 
 

@@ -25,7 +25,9 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 
 
-def worker(shard: int, count: int, rounds: int, epochs: int, final_validation: bool, threads: int) -> dict[str, Any]:
+def worker(
+    shard: int, count: int, rounds: int, epochs: int, final_validation: bool, threads: int
+) -> dict[str, Any]:
     t0 = time.time()
     sys.path.insert(0, str(_HERE))
     import mnist_task as task
@@ -84,7 +86,11 @@ def run_floor(
                 "--out", str(work / f"worker{s}.json")]  # fmt: skip
         if not final_validation:
             argv.append("--no-final-validation")
-        specs.append(ProcSpec(f"worker{s}", argv, str(work), env, str(work / f"worker{s}.log"), "collaborator"))
+        specs.append(
+            ProcSpec(
+                f"worker{s}", argv, str(work), env, str(work / f"worker{s}.log"), "collaborator"
+            )
+        )
     group = common.launch_group(specs, timeout=timeout)
     workers = []
     for s in range(1, collaborators + 1):
@@ -103,7 +109,9 @@ def run_floor(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="mode")
     w = sub.add_parser("worker")
     w.add_argument("--shard", type=int, required=True)
@@ -119,15 +127,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-final-validation", action="store_true")
     args = ap.parse_args(argv)
     if args.mode == "worker":
-        res = worker(args.shard, args.count, args.rounds, args.epochs, not args.no_final_validation, args.threads)
+        res = worker(
+            args.shard,
+            args.count,
+            args.rounds,
+            args.epochs,
+            not args.no_final_validation,
+            args.threads,
+        )
         Path(args.out).write_text(json.dumps(res, indent=1))
         return 0
     from benchmarks import common
 
-    res = run_floor(args.python, args.collaborators, args.rounds, final_validation=not args.no_final_validation)
+    res = run_floor(
+        args.python, args.collaborators, args.rounds, final_validation=not args.no_final_validation
+    )
     path = common.write_results("compute_floor", {"machine": common.machine_info(), "result": res})
     for wk in res["workers"]:
-        print(f"worker {wk['shard']}: import {wk['import_s']:.2f} s, data {wk['data_s']:.2f} s, compute {wk['compute_s']:.2f} s, total {wk['total_s']:.2f} s")
+        print(
+            f"worker {wk['shard']}: import {wk['import_s']:.2f} s, data {wk['data_s']:.2f} s, compute {wk['compute_s']:.2f} s, total {wk['total_s']:.2f} s"
+        )
     print(f"wall {res['wall_s']:.2f} s; written {path}")
     return 0 if res["ok"] else 1
 

@@ -73,7 +73,13 @@ def setup_workspace(
         data = data_paths[i - 1] if data_paths else str(i)
         call("collaborator", "create", "-n", name, "-d", data, "--silent")
         call("collaborator", "generate-cert-request", "-n", name, "--silent")
-        call("collaborator", "certify", "--request-pkg", f"col_{name}_to_agg_cert_request.zip", "--silent")
+        call(
+            "collaborator",
+            "certify",
+            "--request-pkg",
+            f"col_{name}_to_agg_cert_request.zip",
+            "--silent",
+        )
         call("collaborator", "certify", "--import", f"agg_to_col_{name}_signed_cert.zip")
     setup_s = common.now() - t0
     if template.endswith("mnist"):
@@ -132,13 +138,31 @@ def run_federation(
     else:
         env.update({k: None for k in common.ONE_THREAD_ENV})
         env["FEDRUN_NUM_THREADS"] = None
-    specs = [ProcSpec("aggregator", [fx_path(), "aggregator", "start"], str(ws), env, str(logs / "aggregator.log"), "aggregator")]
+    specs = [
+        ProcSpec(
+            "aggregator",
+            [fx_path(), "aggregator", "start"],
+            str(ws),
+            env,
+            str(logs / "aggregator.log"),
+            "aggregator",
+        )
+    ]
     for name in collaborators:
         specs.append(
-            ProcSpec(name, [fx_path(), "collaborator", "start", "-n", name], str(ws), env, str(logs / f"{name}.log"), "collaborator")
+            ProcSpec(
+                name,
+                [fx_path(), "collaborator", "start", "-n", name],
+                str(ws),
+                env,
+                str(logs / f"{name}.log"),
+                "collaborator",
+            )
         )
     if netns:
-        group = common.launch_group_in_netns(specs, timeout=timeout, work=logs, sample_interval=sample_interval)
+        group = common.launch_group_in_netns(
+            specs, timeout=timeout, work=logs, sample_interval=sample_interval
+        )
     else:
         group = common.launch_group(specs, timeout=timeout, sample_interval=sample_interval)
     out: dict[str, Any] = {
@@ -173,7 +197,9 @@ def parse_metrics(ws: Path) -> dict[str, Any]:
     by_task: dict[str, dict[int, float]] = {}
     for rec in records:
         if rec.get("origin") == "aggregator":
-            by_task.setdefault(f"{rec.get('task')}/{rec.get('metric')}", {})[int(rec["round"])] = rec["value"]
+            by_task.setdefault(f"{rec.get('task')}/{rec.get('metric')}", {})[int(rec["round"])] = (
+                rec["value"]
+            )
     # round durations as the aggregator reports them: "round N finished in X s"
     rounds = []
     log = ws / "bench-logs" / "aggregator.log"
@@ -200,21 +226,37 @@ def pbuf_to_npz(pbuf: Path, npz: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--threads", default="1")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--no-netns", action="store_true", help="run on the host's loopback instead")
     args = ap.parse_args(argv)
     work = common.new_work_dir("fedrun")
     setup = setup_workspace(work)
-    res = run_federation(Path(setup["workspace"]), args.threads, args.timeout, netns=not args.no_netns)
+    res = run_federation(
+        Path(setup["workspace"]), args.threads, args.timeout, netns=not args.no_netns
+    )
     res.update({"setup": setup, "fx_help": fx_startup()})
     if "final_model_npz" in res:
-        res["final_accuracy_full_test"] = common.score_model(sys.executable, Path(res["final_model_npz"]))
+        res["final_accuracy_full_test"] = common.score_model(
+            sys.executable, Path(res["final_model_npz"])
+        )
     path = common.write_results("fedrun_runner", {"machine": common.machine_info(), "result": res})
     print(json.dumps({k: v for k, v in res.items() if k != "group"}, indent=1, default=str))
     for p in res["group"]["procs"]:
-        print(p["name"], p["returncode"], round(p["wall_s"] or 0, 1), "s cpu", round(p["cpu_s"] or 0, 1), "rss", round(p["peak_rss_mib"] or 0), "idle", p["idle_s"])
+        print(
+            p["name"],
+            p["returncode"],
+            round(p["wall_s"] or 0, 1),
+            "s cpu",
+            round(p["cpu_s"] or 0, 1),
+            "rss",
+            round(p["peak_rss_mib"] or 0),
+            "idle",
+            p["idle_s"],
+        )
     print("written", path)
     return 0 if res["ok"] else 1
 

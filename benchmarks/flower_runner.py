@@ -51,7 +51,9 @@ def tool(name: str) -> str:
 
 def flower_env(flwr_home: Path, threads: str = "1") -> dict[str, str]:
     env = {
-        "PATH": str(common.venv_bin(ENV_NAME, "flwr").parent) + os.pathsep + os.environ.get("PATH", ""),
+        "PATH": str(common.venv_bin(ENV_NAME, "flwr").parent)
+        + os.pathsep
+        + os.environ.get("PATH", ""),
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "FLWR_TELEMETRY_ENABLED": "0",
@@ -74,9 +76,22 @@ def stage_app(work: Path) -> Path:
 
 def write_flower_config(flwr_home: Path, ca: Path | None) -> None:
     flwr_home.mkdir(parents=True, exist_ok=True)
-    lines = ['[superlink]', 'default = "sim"', "", "[superlink.sim]", f'address = "127.0.0.1:{SIM_PORT}"', "insecure = true", ""]
+    lines = [
+        "[superlink]",
+        'default = "sim"',
+        "",
+        "[superlink.sim]",
+        f'address = "127.0.0.1:{SIM_PORT}"',
+        "insecure = true",
+        "",
+    ]
     if ca is not None:
-        lines += ["[superlink.deploy]", f'address = "127.0.0.1:{DEPLOY_PORT}"', f'root-certificates = "{ca}"', ""]
+        lines += [
+            "[superlink.deploy]",
+            f'address = "127.0.0.1:{DEPLOY_PORT}"',
+            f'root-certificates = "{ca}"',
+            "",
+        ]
     (flwr_home / "config.toml").write_text("\n".join(lines))
 
 
@@ -92,20 +107,48 @@ def setup(work: Path, nodes: int = NODES) -> dict[str, Any]:
         files = common.make_tls_files(pki)
         for i in range(1, nodes + 1):
             common.make_ssh_ec_keypair(pki / f"node{i}.key", pki / f"node{i}.pub")
-    calls.append({"cmd": "certificates and node keys (python cryptography)", "s": round(sw["s"], 3)})
+    calls.append(
+        {"cmd": "certificates and node keys (python cryptography)", "s": round(sw["s"], 3)}
+    )
     write_flower_config(flwr_home, files["ca"])
     db = work / "superlink-state.db"
     # register the SuperNodes' public keys in a SuperLink whose state persists in db (inside a
     # loopback-only namespace, as every Flower process here)
     env = flower_env(flwr_home)
     env["PYTHONPATH"] = str(common.REPO_DIR)
-    specs = [ProcSpec("superlink", superlink_argv(files, db), str(work), env, str(work / "setup-superlink.log"), "aggregator")]
+    specs = [
+        ProcSpec(
+            "superlink",
+            superlink_argv(files, db),
+            str(work),
+            env,
+            str(work / "setup-superlink.log"),
+            "aggregator",
+        )
+    ]
     for i in range(1, nodes + 1):
         argv = [tool("flwr"), "supernode", "register", str(pki / f"node{i}.pub"), "deploy"]
-        specs.append(ProcSpec(f"register{i}", _waitport(DEPLOY_PORT, argv), str(work), env, str(work / f"setup-register{i}.log"), "cli"))
-    group = common.launch_group_in_netns(specs, 300, work / "setup-netns", wait_for=[s.name for s in specs[1:]])
+        specs.append(
+            ProcSpec(
+                f"register{i}",
+                _waitport(DEPLOY_PORT, argv),
+                str(work),
+                env,
+                str(work / f"setup-register{i}.log"),
+                "cli",
+            )
+        )
+    group = common.launch_group_in_netns(
+        specs, 300, work / "setup-netns", wait_for=[s.name for s in specs[1:]]
+    )
     for p in group.procs[1:]:
-        calls.append({"cmd": f"flwr supernode register (incl. wait for SuperLink) [{p.name}]", "s": round(p.wall_s or 0, 3), "rc": p.returncode})
+        calls.append(
+            {
+                "cmd": f"flwr supernode register (incl. wait for SuperLink) [{p.name}]",
+                "s": round(p.wall_s or 0, 3),
+                "rc": p.returncode,
+            }
+        )
         if p.returncode != 0:
             raise RuntimeError(f"{p.name} failed; see {p.log}")
     return {
@@ -134,7 +177,17 @@ def superlink_argv(files: dict[str, Path], db: Path) -> list[str]:
 
 
 def _waitport(port: int, argv: list[str]) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.common", "waitport", "127.0.0.1", str(port), "120", "--", *argv]
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.common",
+        "waitport",
+        "127.0.0.1",
+        str(port),
+        "120",
+        "--",
+        *argv,
+    ]
 
 
 def run_engine(
@@ -160,7 +213,11 @@ def run_engine(
     result_dir = logs / "server-results"
     env = flower_env(flwr_home, threads)
     env["PYTHONPATH"] = str(common.REPO_DIR)  # for the waitport helper only
-    cfg: dict[str, Any] = {"result-dir": str(result_dir), "threads": 1 if threads == "default" else int(threads), "num-nodes": nodes}
+    cfg: dict[str, Any] = {
+        "result-dir": str(result_dir),
+        "threads": 1 if threads == "default" else int(threads),
+        "num-nodes": nodes,
+    }
     cfg.update(run_config or {})
     run_cfg = " ".join(f"{k}={json.dumps(v)}" for k, v in cfg.items())
     specs: list[ProcSpec] = []
@@ -183,7 +240,16 @@ def run_engine(
         )  # fmt: skip
     else:
         pki = {k: Path(v) for k, v in st["pki"].items()}
-        specs.append(ProcSpec("superlink", superlink_argv(pki, Path(st["db"])), str(work), env, str(logs / "superlink.log"), "aggregator"))
+        specs.append(
+            ProcSpec(
+                "superlink",
+                superlink_argv(pki, Path(st["db"])),
+                str(work),
+                env,
+                str(logs / "superlink.log"),
+                "aggregator",
+            )
+        )
         for i in range(1, nodes + 1):
             argv = [
                 tool("flower-supernode"),
@@ -194,7 +260,16 @@ def run_engine(
                 "--port", str(SUPERNODE_PORT_BASE + i),
                 "--max-wait-time", "300",
             ]  # fmt: skip
-            specs.append(ProcSpec(f"supernode{i}", _waitport(DEPLOY_PORT, argv), str(work), env, str(logs / f"supernode{i}.log"), "collaborator"))
+            specs.append(
+                ProcSpec(
+                    f"supernode{i}",
+                    _waitport(DEPLOY_PORT, argv),
+                    str(work),
+                    env,
+                    str(logs / f"supernode{i}.log"),
+                    "collaborator",
+                )
+            )
         specs.append(
             ProcSpec(
                 "flwr-run",
@@ -213,7 +288,10 @@ def run_engine(
         "ok": (not group.timed_out)
         and driver.returncode == 0
         and (result_dir / "server_events.json").exists()
-        and (bool((run_config or {}).get("mode") == "noop") or (result_dir / "final_model.npz").exists()),
+        and (
+            bool((run_config or {}).get("mode") == "noop")
+            or (result_dir / "final_model.npz").exists()
+        ),
     }
     out.update(parse_server_events(result_dir / "server_events.json"))
     if (result_dir / "final_model.npz").exists():
@@ -226,7 +304,9 @@ def parse_server_events(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"rounds": [], "server_events_missing": str(path)}
     data = json.loads(path.read_text())
-    ev_at: dict[tuple[str, int], float] = {(ev["event"], ev["round"]): ev["time"] for ev in data.get("events", [])}
+    ev_at: dict[tuple[str, int], float] = {
+        (ev["event"], ev["round"]): ev["time"] for ev in data.get("events", [])
+    }
     rounds = []
     for (what, r), t_sent in sorted(ev_at.items(), key=lambda kv: kv[0][1]):
         if what != "train_sent":
@@ -252,7 +332,9 @@ def cli_startup(flwr_home: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--engine", choices=["sim", "deploy", "both"], default="both")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--threads", default="1")
@@ -261,17 +343,21 @@ def main(argv: list[str] | None = None) -> int:
     st = setup(work)
     results: dict[str, Any] = {"setup": st, "flwr_help": cli_startup(Path(st["flwr_home"]))}
     ok = True
-    for engine in (["sim", "deploy"] if args.engine == "both" else [args.engine]):
+    for engine in ["sim", "deploy"] if args.engine == "both" else [args.engine]:
         res = run_engine(engine, st, work, args.timeout, args.threads)
         if "final_model_npz" in res:
-            res["final_accuracy_full_test"] = common.score_model(str(common.venv_python(ENV_NAME)), Path(res["final_model_npz"]))
+            res["final_accuracy_full_test"] = common.score_model(
+                str(common.venv_python(ENV_NAME)), Path(res["final_model_npz"])
+            )
         results[engine] = res
         ok = ok and res["ok"]
         print(json.dumps({k: v for k, v in res.items() if k != "group"}, indent=1, default=str))
         for p in res["group"]["procs"]:
             print(engine, p["name"], p["returncode"], round(p["wall_s"] or 0, 1), "s cpu", round(p["cpu_s"] or 0, 1),
                   "rss", round(p["peak_rss_mib"] or 0), "tree rss", round(p["tree_peak_rss_mib"] or 0), "idle", p["idle_s"])  # fmt: skip
-    path = common.write_results("flower_runner", {"machine": common.machine_info(), "result": results})
+    path = common.write_results(
+        "flower_runner", {"machine": common.machine_info(), "result": results}
+    )
     print("written", path)
     return 0 if ok else 1
 

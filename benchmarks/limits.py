@@ -37,7 +37,15 @@ ACK = b"k"
 def parse_size(text: str) -> int:
     """'10MB' -> 10_000_000, '1GiB' -> 2**30, '4GB' -> 4_000_000_000, '123' -> 123."""
     t = text.strip().upper().replace(" ", "")
-    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    units = {
+        "KIB": 1 << 10,
+        "MIB": 1 << 20,
+        "GIB": 1 << 30,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "B": 1,
+    }
     for suffix, mult in units.items():
         if t.endswith(suffix):
             return int(float(t[: -len(suffix)]) * mult)
@@ -66,7 +74,9 @@ def _client_ctx(files: dict[str, Path]) -> ssl.SSLContext:
     return ctx
 
 
-def _receiver(files: dict[str, Path], streams: int, nbytes: int, chunk: int, port_q: Any, out_q: Any) -> None:
+def _receiver(
+    files: dict[str, Path], streams: int, nbytes: int, chunk: int, port_q: Any, out_q: Any
+) -> None:
     ctx = _server_ctx(files)
     with socket.create_server(("127.0.0.1", 0)) as lsock:
         lsock.settimeout(120)
@@ -99,12 +109,16 @@ def _receiver(files: dict[str, Path], streams: int, nbytes: int, chunk: int, por
         out_q.put(times)
 
 
-def _sender(files: dict[str, Path], port: int, nbytes: int, chunk: int, start: Any, out_q: Any) -> None:
+def _sender(
+    files: dict[str, Path], port: int, nbytes: int, chunk: int, start: Any, out_q: Any
+) -> None:
     ctx = _client_ctx(files)
     raw = socket.create_connection(("127.0.0.1", port), timeout=120)
     conn = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
     conn.do_handshake()
-    payload = memoryview(bytearray(os.urandom(min(chunk, 1 << 16)) * (chunk // min(chunk, 1 << 16) + 1))[:chunk])
+    payload = memoryview(
+        bytearray(os.urandom(min(chunk, 1 << 16)) * (chunk // min(chunk, 1 << 16) + 1))[:chunk]
+    )
     start.wait(120)
     t0 = time.perf_counter()
     sent = 0
@@ -117,18 +131,24 @@ def _sender(files: dict[str, Path], port: int, nbytes: int, chunk: int, start: A
     conn.close()
 
 
-def tls_copy(nbytes: int, streams: int = 1, chunk: int = 4 << 20, timeout: float = 600) -> dict[str, Any]:
+def tls_copy(
+    nbytes: int, streams: int = 1, chunk: int = 4 << 20, timeout: float = 600
+) -> dict[str, Any]:
     """Per-stream and total throughput of ``streams`` concurrent mutual-TLS copies of ``nbytes``."""
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         files = common.make_tls_files(Path(tmp))
         port_q, out_q, times_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
-        recv = ctx.Process(target=_receiver, args=(files, streams, nbytes, chunk, port_q, out_q), daemon=True)
+        recv = ctx.Process(
+            target=_receiver, args=(files, streams, nbytes, chunk, port_q, out_q), daemon=True
+        )
         recv.start()
         port = port_q.get(timeout=60)
         start = ctx.Event()
         senders = [
-            ctx.Process(target=_sender, args=(files, port, nbytes, chunk, start, times_q), daemon=True)
+            ctx.Process(
+                target=_sender, args=(files, port, nbytes, chunk, start, times_q), daemon=True
+            )
             for _ in range(streams)
         ]
         for s in senders:
@@ -159,13 +179,17 @@ def tls_copy(nbytes: int, streams: int = 1, chunk: int = 4 << 20, timeout: float
     }
 
 
-def weighted_sum(n: int, nbytes: int, memory_budget: int = 6 << 30, block: int = 1 << 18) -> dict[str, Any]:
+def weighted_sum(
+    n: int, nbytes: int, memory_budget: int = 6 << 30, block: int = 1 << 18
+) -> dict[str, Any]:
     """Seconds for ``out = sum(w_i * x_i)`` over ``n`` float32 arrays of ``nbytes``, one thread."""
     elements = max(1, nbytes // 4)
     k = max(1, min(n, memory_budget // max(1, nbytes) - 1))
     arrays = [np.full(elements, float(i + 1), np.float32) for i in range(k)]
     out = np.zeros(elements, np.float32)
-    out.fill(1.0)  # touch every page before the clock starts (first-touch faults are not aggregation)
+    out.fill(
+        1.0
+    )  # touch every page before the clock starts (first-touch faults are not aggregation)
     tmp = np.ones(min(block, elements), np.float32)
     weights = np.full(n, 1.0 / n, np.float32)
     t0 = time.perf_counter()
@@ -192,13 +216,18 @@ def weighted_sum(n: int, nbytes: int, memory_budget: int = 6 << 30, block: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--bytes", default="100MB")
     ap.add_argument("--streams", type=int, default=1)
     ap.add_argument("--arrays", type=int, default=2)
     args = ap.parse_args(argv)
     size = parse_size(args.bytes)
-    res = {"tls_copy": tls_copy(size, args.streams), "weighted_sum": weighted_sum(args.arrays, size)}
+    res = {
+        "tls_copy": tls_copy(size, args.streams),
+        "weighted_sum": weighted_sum(args.arrays, size),
+    }
     print(json.dumps(res, indent=1))
     return 0
 

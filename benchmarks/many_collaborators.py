@@ -25,7 +25,9 @@ from benchmarks import common, limits, round_overhead
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--systems", default="fedrun")
     ap.add_argument("--collaborators", default="8,32,64")
     ap.add_argument("--model-bytes", default="1MB")
@@ -44,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             cell_work = work / f"{system}-{n}"
             cell_work.mkdir()
             try:
-                runner = {"fedrun": round_overhead.run_fedrun, "flower": round_overhead.run_flower}[system]
+                runner = {"fedrun": round_overhead.run_fedrun, "flower": round_overhead.run_flower}[
+                    system
+                ]
                 res = runner(size, n, args.rounds, args.tensor_count, cell_work, args.timeout)
             except Exception:  # noqa: BLE001 - keep the other cells
                 res = {"ok": False, "error": traceback.format_exc()}
@@ -55,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             sm["setup_s"] = (res.get("setup") or {}).get("setup_s")
             sm["rounds_completed"] = len(sm["rounds_s"])
             cells.append({"system": system, "collaborators": n, "summary": sm, "result": res})
-            print(f"[bench]   ok={sm['ok']} rounds={[round(t, 3) for t in sm['rounds_s']]} agg CPU={common.fmt(sm['aggregator_cpu_s'])} s", flush=True)
+            print(
+                f"[bench]   ok={sm['ok']} rounds={[round(t, 3) for t in sm['rounds_s']]} agg CPU={common.fmt(sm['aggregator_cpu_s'])} s",
+                flush=True,
+            )
     common.print_table(
         f"Many collaborators, {limits.human(size)} no-op model, {args.rounds} rounds (shared machine)",
         ["system", "N", "ok", "rounds done", "round 1 s", "later rounds s", "agg CPU s", "agg CPU s/round", "agg RSS MiB", "wall s", "setup s"],
@@ -66,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             for c in cells
         ],
     )  # fmt: skip
-    path = common.write_results("many_collaborators", {"machine": common.machine_info(), "args": vars(args), "cells": cells})
+    path = common.write_results(
+        "many_collaborators", {"machine": common.machine_info(), "args": vars(args), "cells": cells}
+    )
     print(f"written {path}")
     return 0 if all(c["summary"]["ok"] for c in cells) else 1
 

@@ -148,14 +148,18 @@ def set_weights(model, arrays: list[np.ndarray]) -> None:  # type: ignore[no-unt
     import torch
 
     keys = list(model.state_dict().keys())
-    model.load_state_dict({k: torch.from_numpy(np.asarray(a).copy()) for k, a in zip(keys, arrays, strict=True)})
+    model.load_state_dict(
+        {k: torch.from_numpy(np.asarray(a).copy()) for k, a in zip(keys, arrays, strict=True)}
+    )
 
 
 def weights_from_named(named: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Pick the eight CNN parameters out of a dict whose keys may carry a prefix."""
     out = []
     for pname in PARAM_NAMES:
-        hits = [k for k in named if k == pname or k.endswith("." + pname) or k.endswith("/" + pname)]
+        hits = [
+            k for k in named if k == pname or k.endswith("." + pname) or k.endswith("/" + pname)
+        ]
         if len(hits) != 1:
             raise KeyError(f"{pname}: {len(hits)} matching keys among {sorted(named)[:20]}")
         out.append(np.asarray(named[hits[0]], dtype=np.float32))

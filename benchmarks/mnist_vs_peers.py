@@ -38,7 +38,15 @@ from typing import Any
 
 from benchmarks import common, compute_floor, fedrun_runner, flower_runner, openfl_runner
 
-ALL_SYSTEMS = ["fedrun", "openfl-1t", "openfl-default", "flower-sim", "flower-deploy", "floor", "floor-openfl-torch"]
+ALL_SYSTEMS = [
+    "fedrun",
+    "openfl-1t",
+    "openfl-default",
+    "flower-sim",
+    "flower-deploy",
+    "floor",
+    "floor-openfl-torch",
+]
 DEFAULT_SYSTEMS = ALL_SYSTEMS
 
 
@@ -47,7 +55,11 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
     procs = res.get("group", {}).get("procs", [])
     aggs = [p for p in procs if p["role"] == "aggregator"]
     cols = [p for p in procs if p["role"] == "collaborator"]
-    rounds = [r["s"] for r in res.get("rounds", []) if isinstance(r.get("round"), int) and r.get("s") is not None]
+    rounds = [
+        r["s"]
+        for r in res.get("rounds", [])
+        if isinstance(r.get("round"), int) and r.get("s") is not None
+    ]
     acc = res.get("final_accuracy_full_test") or {}
     return {
         "ok": res.get("ok"),
@@ -56,9 +68,15 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
         "collaborator_idle_s": max((p["idle_s"] or 0.0) for p in cols) if cols else None,
         "cpu_s_total": sum((p["cpu_s"] or 0.0) for p in procs),
         "aggregator_peak_rss_mib": max((p["peak_rss_mib"] or 0.0) for p in aggs) if aggs else None,
-        "aggregator_tree_peak_rss_mib": max((p["tree_peak_rss_mib"] or 0.0) for p in aggs) if aggs else None,
-        "collaborator_peak_rss_mib": max((p["peak_rss_mib"] or 0.0) for p in cols) if cols else None,
-        "collaborator_tree_peak_rss_mib": max((p["tree_peak_rss_mib"] or 0.0) for p in cols) if cols else None,
+        "aggregator_tree_peak_rss_mib": max((p["tree_peak_rss_mib"] or 0.0) for p in aggs)
+        if aggs
+        else None,
+        "collaborator_peak_rss_mib": max((p["peak_rss_mib"] or 0.0) for p in cols)
+        if cols
+        else None,
+        "collaborator_tree_peak_rss_mib": max((p["tree_peak_rss_mib"] or 0.0) for p in cols)
+        if cols
+        else None,
         "final_accuracy": acc.get("accuracy"),
         "per_process": [common.proc_summary(common.ProcResult(**p)) for p in procs],
     }
@@ -85,30 +103,42 @@ class Bench:
         if any(s.startswith("flower") for s in systems):
             (self.work / "flower").mkdir(exist_ok=True)
             self.setups["flower"] = flower_runner.setup(self.work / "flower")
-            self.cli["flower: flwr --help"] = flower_runner.cli_startup(Path(self.setups["flower"]["flwr_home"]))
+            self.cli["flower: flwr --help"] = flower_runner.cli_startup(
+                Path(self.setups["flower"]["flwr_home"])
+            )
 
     def run(self, system: str) -> dict[str, Any]:
         if system == "fedrun":
-            res = fedrun_runner.run_federation(Path(self.setups["fedrun"]["workspace"]), "1", self.timeout)
+            res = fedrun_runner.run_federation(
+                Path(self.setups["fedrun"]["workspace"]), "1", self.timeout
+            )
             return self._score(res, sys.executable)
         if system in ("openfl-1t", "openfl-default"):
             threads = "1" if system == "openfl-1t" else "default"
-            res = openfl_runner.run_federation(Path(self.setups["openfl"]["workspace"]), threads, self.timeout)
+            res = openfl_runner.run_federation(
+                Path(self.setups["openfl"]["workspace"]), threads, self.timeout
+            )
             return self._score(res, str(common.venv_python(openfl_runner.ENV_NAME)))
         if system in ("flower-sim", "flower-deploy"):
             engine = "sim" if system == "flower-sim" else "deploy"
-            res = flower_runner.run_engine(engine, self.setups["flower"], self.work / "flower", self.timeout)
+            res = flower_runner.run_engine(
+                engine, self.setups["flower"], self.work / "flower", self.timeout
+            )
             return self._score(res, str(common.venv_python(flower_runner.ENV_NAME)))
         if system == "floor":
             return compute_floor.run_floor(sys.executable, timeout=self.timeout)
         if system == "floor-openfl-torch":
-            return compute_floor.run_floor(str(common.venv_python(openfl_runner.ENV_NAME)), timeout=self.timeout)
+            return compute_floor.run_floor(
+                str(common.venv_python(openfl_runner.ENV_NAME)), timeout=self.timeout
+            )
         raise ValueError(f"unknown system {system!r}")
 
     @staticmethod
     def _score(res: dict[str, Any], python: str) -> dict[str, Any]:
         if res.get("final_model_npz"):
-            res["final_accuracy_full_test"] = common.score_model(python, Path(res["final_model_npz"]))
+            res["final_accuracy_full_test"] = common.score_model(
+                python, Path(res["final_model_npz"])
+            )
         return res
 
 
@@ -116,7 +146,9 @@ def med(runs: list[dict[str, Any]], key: str) -> float | None:
     return common.median(r["summary"].get(key) for r in runs if r["summary"].get("ok"))
 
 
-def report(systems: list[str], runs: dict[str, list[dict[str, Any]]], bench: Bench) -> dict[str, Any]:
+def report(
+    systems: list[str], runs: dict[str, list[dict[str, Any]]], bench: Bench
+) -> dict[str, Any]:
     rows = []
     medians: dict[str, dict[str, Any]] = {}
     for s in systems:
@@ -127,7 +159,9 @@ def report(systems: list[str], runs: dict[str, list[dict[str, Any]]], bench: Ben
             "ok_runs": len(ok),
             "wall_s": med(rs, "wall_s"),
             "round_s": [
-                common.median(r["summary"]["rounds_s"][i] for r in ok if len(r["summary"]["rounds_s"]) > i)
+                common.median(
+                    r["summary"]["rounds_s"][i] for r in ok if len(r["summary"]["rounds_s"]) > i
+                )
                 for i in range(max((len(r["summary"]["rounds_s"]) for r in ok), default=0))
             ],
             "collaborator_idle_s": med(rs, "collaborator_idle_s"),
@@ -154,7 +188,17 @@ def report(systems: list[str], runs: dict[str, list[dict[str, Any]]], bench: Ben
         )
     common.print_table(
         "MNIST federation, 2 collaborators x 2 rounds (medians; shared machine)",
-        ["system", "ok", "wall s", "round s", "collab idle s", "CPU s", "agg RSS MiB", "collab RSS MiB", "final acc"],
+        [
+            "system",
+            "ok",
+            "wall s",
+            "round s",
+            "collab idle s",
+            "CPU s",
+            "agg RSS MiB",
+            "collab RSS MiB",
+            "final acc",
+        ],
         rows,
     )
     setup_rows = []
@@ -162,10 +206,24 @@ def report(systems: list[str], runs: dict[str, list[dict[str, Any]]], bench: Ben
         calls = st.get("fx_calls") or st.get("calls") or []
         times = [c["s"] for c in calls]
         setup_rows.append(
-            [name, st.get("setup_s"), len(calls), min(times) if times else None, max(times) if times else None]
+            [
+                name,
+                st.get("setup_s"),
+                len(calls),
+                min(times) if times else None,
+                max(times) if times else None,
+            ]
         )
-    common.print_table("Setup (workspace + PKI through the system's CLI)", ["system", "total s", "calls", "fastest s", "slowest s"], setup_rows)
-    common.print_table("CLI start-up (--help, median of 3)", ["command", "s"], [[k, v["median_s"]] for k, v in bench.cli.items()])
+    common.print_table(
+        "Setup (workspace + PKI through the system's CLI)",
+        ["system", "total s", "calls", "fastest s", "slowest s"],
+        setup_rows,
+    )
+    common.print_table(
+        "CLI start-up (--help, median of 3)",
+        ["command", "s"],
+        [[k, v["median_s"]] for k, v in bench.cli.items()],
+    )
 
     def r(a: str, b: str) -> float | None:
         return common.ratio(medians.get(a, {}).get("wall_s"), medians.get(b, {}).get("wall_s"))
@@ -182,7 +240,8 @@ def report(systems: list[str], runs: dict[str, list[dict[str, Any]]], bench: Ben
             medians.get("openfl-1t", {}).get("aggregator_peak_rss_mib"),
         ),
         "fedrun/openfl setup": common.ratio(
-            bench.setups.get("fedrun", {}).get("setup_s"), bench.setups.get("openfl", {}).get("setup_s")
+            bench.setups.get("fedrun", {}).get("setup_s"),
+            bench.setups.get("openfl", {}).get("setup_s"),
         ),
     }
     targets = [
@@ -190,8 +249,16 @@ def report(systems: list[str], runs: dict[str, list[dict[str, Any]]], bench: Ben
         ("fedrun wall <= 0.4x OpenFL default", ratios["fedrun/openfl-default wall"], 0.4),
         ("fedrun wall <= 0.6x Flower simulation", ratios["fedrun/flower-sim wall"], 0.6),
         ("fedrun wall <= 1.15x compute floor", ratios["fedrun/floor wall"], 1.15),
-        ("fedrun collaborator idle <= 0.1 s", medians.get("fedrun", {}).get("collaborator_idle_s"), 0.1),
-        ("fedrun aggregator RSS <= 150 MiB", medians.get("fedrun", {}).get("aggregator_peak_rss_mib"), 150),
+        (
+            "fedrun collaborator idle <= 0.1 s",
+            medians.get("fedrun", {}).get("collaborator_idle_s"),
+            0.1,
+        ),
+        (
+            "fedrun aggregator RSS <= 150 MiB",
+            medians.get("fedrun", {}).get("aggregator_peak_rss_mib"),
+            150,
+        ),
         ("fedrun fx --help <= 0.5 s", bench.cli.get("fedrun: fx --help", {}).get("median_s"), 0.5),
     ]
     common.print_table(
@@ -200,7 +267,11 @@ def report(systems: list[str], runs: dict[str, list[dict[str, Any]]], bench: Ben
         [[t, v, lim, None if v is None else v <= lim] for t, v, lim in targets],
     )
     common.print_table("Ratios", ["ratio", "value"], [[k, v] for k, v in ratios.items()])
-    return {"medians": medians, "ratios": ratios, "targets": [{"target": t, "value": v, "limit": lim} for t, v, lim in targets]}
+    return {
+        "medians": medians,
+        "ratios": ratios,
+        "targets": [{"target": t, "value": v, "limit": lim} for t, v, lim in targets],
+    }
 
 
 def _rss(own: float | None, tree: float | None) -> str:
@@ -212,7 +283,9 @@ def _rss(own: float | None, tree: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repetitions", type=int, default=3)
     ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS))
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per federation run")
@@ -263,9 +336,13 @@ def main(argv: list[str] | None = None) -> int:
 def _versions(systems: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"fedrun-venv": _own_versions()}
     if any(s.startswith("openfl") for s in systems):
-        out["openfl-venv"] = common.pip_versions(openfl_runner.ENV_NAME, ["openfl", "torch", "torchvision", "numpy", "grpcio"])
+        out["openfl-venv"] = common.pip_versions(
+            openfl_runner.ENV_NAME, ["openfl", "torch", "torchvision", "numpy", "grpcio"]
+        )
     if any(s.startswith("flower") for s in systems):
-        out["flower-venv"] = common.pip_versions(flower_runner.ENV_NAME, ["flwr", "torch", "numpy", "ray"])
+        out["flower-venv"] = common.pip_versions(
+            flower_runner.ENV_NAME, ["flwr", "torch", "numpy", "ray"]
+        )
     return out
 
 

@@ -82,7 +82,10 @@ def setup_workspace(
             plan,
             {
                 "task_runner.template": "src.noop.NoOpTaskRunner",
-                "task_runner.settings": {"model_bytes": int(noop["model_bytes"]), "tensor_count": int(noop["tensor_count"])},
+                "task_runner.settings": {
+                    "model_bytes": int(noop["model_bytes"]),
+                    "tensor_count": int(noop["tensor_count"]),
+                },
                 "data_loader.template": "src.noop.NoOpDataLoader",
                 "data_loader.settings": {"batch_size": 1},
                 "aggregator.settings.rounds_to_train": int(noop["rounds"]),
@@ -95,7 +98,13 @@ def setup_workspace(
     for i, name in enumerate(collaborators, start=1):
         call("collaborator", "create", "-n", name, "-d", str(i), "--silent")
         call("collaborator", "generate-cert-request", "-n", name, "--silent")
-        call("collaborator", "certify", "--request-pkg", f"col_{name}_to_agg_cert_request.zip", "--silent")
+        call(
+            "collaborator",
+            "certify",
+            "--request-pkg",
+            f"col_{name}_to_agg_cert_request.zip",
+            "--silent",
+        )
         call("collaborator", "certify", "--import", f"agg_to_col_{name}_signed_cert.zip")
     setup_s = common.now() - t0
     common.mnist_raw_into(ws / "data" / "MNIST" / "raw")
@@ -138,10 +147,26 @@ def run_federation(
         env.update({k: threads for k in common.ONE_THREAD_ENV})
     else:
         env.update({k: None for k in common.ONE_THREAD_ENV})
-    specs = [ProcSpec("aggregator", [fx(), "aggregator", "start"], str(ws), env, str(logs / "aggregator.log"), "aggregator")]
+    specs = [
+        ProcSpec(
+            "aggregator",
+            [fx(), "aggregator", "start"],
+            str(ws),
+            env,
+            str(logs / "aggregator.log"),
+            "aggregator",
+        )
+    ]
     for name in collaborators:
         specs.append(
-            ProcSpec(name, [fx(), "collaborator", "start", "-n", name], str(ws), env, str(logs / f"{name}.log"), "collaborator")
+            ProcSpec(
+                name,
+                [fx(), "collaborator", "start", "-n", name],
+                str(ws),
+                env,
+                str(logs / f"{name}.log"),
+                "collaborator",
+            )
         )
     group = common.launch_group_in_netns(specs, timeout=timeout, work=logs)
     parsed = parse_logs(logs)
@@ -187,7 +212,9 @@ def _timestamps(text: str) -> list[tuple[float | None, str]]:
     for line in text.splitlines():
         m = _TS.search(line)
         if m:
-            last = dt.datetime.strptime(f"{m.group(1)} {m.group(2)}", "%m/%d/%y %H:%M:%S").timestamp()
+            last = dt.datetime.strptime(
+                f"{m.group(1)} {m.group(2)}", "%m/%d/%y %H:%M:%S"
+            ).timestamp()
         else:
             m2 = _TS_ISO.search(line)
             if m2:
@@ -266,17 +293,25 @@ print(sorted((k[0], k[2]) for k in keys))
 
 def db_to_npz(db: Path, npz: Path) -> None:
     """The final aggregate (next-round model tensors) from OpenFL's persistent DB, via its code."""
-    common.run_timed([str(common.venv_python(ENV_NAME)), "-c", _DB_TO_NPZ, str(db), str(npz)], timeout=300)
+    common.run_timed(
+        [str(common.venv_python(ENV_NAME)), "-c", _DB_TO_NPZ, str(db), str(npz)], timeout=300
+    )
 
 
 def pbuf_to_npz(pbuf: Path, npz: Path) -> None:
     """Convert OpenFL's saved model to an .npz with its own code (in its venv)."""
-    common.run_timed([str(common.venv_python(ENV_NAME)), "-c", _PBUF_TO_NPZ, str(pbuf), str(npz)], timeout=300)
+    common.run_timed(
+        [str(common.venv_python(ENV_NAME)), "-c", _PBUF_TO_NPZ, str(pbuf), str(npz)], timeout=300
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS for every process, or 'default'")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--threads", default="1", help="OMP_NUM_THREADS for every process, or 'default'"
+    )
     ap.add_argument("--timeout", type=float, default=1200)
     args = ap.parse_args(argv)
     work = common.new_work_dir("openfl")
@@ -295,7 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     path = common.write_results("openfl_runner", {"machine": common.machine_info(), "result": res})
     print(json.dumps({k: v for k, v in res.items() if k != "group"}, indent=1, default=str))
     for p in res["group"]["procs"]:
-        print(p["name"], p["returncode"], round(p["wall_s"] or 0, 1), "s cpu", round(p["cpu_s"] or 0, 1), "rss", round(p["peak_rss_mib"] or 0), "idle", p["idle_s"])
+        print(
+            p["name"],
+            p["returncode"],
+            round(p["wall_s"] or 0, 1),
+            "s cpu",
+            round(p["cpu_s"] or 0, 1),
+            "rss",
+            round(p["peak_rss_mib"] or 0),
+            "idle",
+            p["idle_s"],
+        )
     print("written", path)
     return 0 if res["ok"] else 1
 

@@ -55,7 +55,9 @@ def estimate_bytes(system: str, size: int, n: int) -> int:
     return 2 * n * size + 3 * size
 
 
-def run_fedrun(size: int, n: int, rounds: int, tensor_count: int, work: Path, timeout: float) -> dict[str, Any]:
+def run_fedrun(
+    size: int, n: int, rounds: int, tensor_count: int, work: Path, timeout: float
+) -> dict[str, Any]:
     names = tuple(f"collaborator{i}" for i in range(1, n + 1))
     st = fedrun_runner.setup_workspace(
         work,
@@ -67,23 +69,36 @@ def run_fedrun(size: int, n: int, rounds: int, tensor_count: int, work: Path, ti
             "aggregator.settings.rounds_to_train": rounds,
         },
     )
-    res = fedrun_runner.run_federation(Path(st["workspace"]), "1", timeout, collaborators=names, export_model=False)
+    res = fedrun_runner.run_federation(
+        Path(st["workspace"]), "1", timeout, collaborators=names, export_model=False
+    )
     res["setup"] = {"setup_s": st["setup_s"], "fx_calls": len(st["fx_calls"])}
     return res
 
 
-def run_openfl(size: int, n: int, rounds: int, tensor_count: int, work: Path, timeout: float) -> dict[str, Any]:
+def run_openfl(
+    size: int, n: int, rounds: int, tensor_count: int, work: Path, timeout: float
+) -> dict[str, Any]:
     names = tuple(f"collaborator{i}" for i in range(1, n + 1))
     noop = {"model_bytes": size, "tensor_count": tensor_count, "rounds": rounds}
     st = openfl_runner.setup_workspace(work, collaborators=names, noop=noop)
-    res = openfl_runner.run_federation(Path(st["workspace"]), "1", timeout, collaborators=names, export_model=False)
+    res = openfl_runner.run_federation(
+        Path(st["workspace"]), "1", timeout, collaborators=names, export_model=False
+    )
     res["setup"] = {"setup_s": st["setup_s"], "fx_calls": len(st["fx_calls"])}
     return res
 
 
-def run_flower(size: int, n: int, rounds: int, tensor_count: int, work: Path, timeout: float) -> dict[str, Any]:
+def run_flower(
+    size: int, n: int, rounds: int, tensor_count: int, work: Path, timeout: float
+) -> dict[str, Any]:
     st = flower_runner.setup(work, nodes=n)
-    cfg = {"mode": "noop", "model-bytes": size, "tensor-count": tensor_count, "num-server-rounds": rounds}
+    cfg = {
+        "mode": "noop",
+        "model-bytes": size,
+        "tensor-count": tensor_count,
+        "num-server-rounds": rounds,
+    }
     res = flower_runner.run_engine("deploy", st, work, timeout, run_config=cfg, tag="-noop")
     res["setup"] = {"setup_s": st["setup_s"]}
     return res
@@ -93,10 +108,16 @@ def cell_summary(res: dict[str, Any], size: int, rounds: int) -> dict[str, Any]:
     procs = res.get("group", {}).get("procs", [])
     aggs = [p for p in procs if p["role"] == "aggregator"]
     cols = [p for p in procs if p["role"] == "collaborator"]
-    times = [r["s"] for r in res.get("rounds", []) if isinstance(r.get("round"), int) and r.get("s") is not None]
+    times = [
+        r["s"]
+        for r in res.get("rounds", [])
+        if isinstance(r.get("round"), int) and r.get("s") is not None
+    ]
     later = times[1:] if len(times) > 1 else times
     steady = common.median(later)
-    agg_times = [r["aggregation_s"] for r in res.get("rounds", []) if r.get("aggregation_s") is not None]
+    agg_times = [
+        r["aggregation_s"] for r in res.get("rounds", []) if r.get("aggregation_s") is not None
+    ]
     agg_cpu = sum((p["cpu_s"] or 0.0) for p in aggs)
     return {
         "ok": res.get("ok"),
@@ -107,15 +128,23 @@ def cell_summary(res: dict[str, Any], size: int, rounds: int) -> dict[str, Any]:
         "per_stream_gbps": (2 * size / steady / 1e9) if steady else None,
         "aggregation_s": common.median(agg_times[1:] or agg_times) if agg_times else None,
         "aggregator_peak_rss_mib": max((p["peak_rss_mib"] or 0.0) for p in aggs) if aggs else None,
-        "aggregator_tree_peak_rss_mib": max((p["tree_peak_rss_mib"] or 0.0) for p in aggs) if aggs else None,
-        "collaborator_peak_rss_mib": max((p["tree_peak_rss_mib"] or p["peak_rss_mib"] or 0.0) for p in cols) if cols else None,
+        "aggregator_tree_peak_rss_mib": max((p["tree_peak_rss_mib"] or 0.0) for p in aggs)
+        if aggs
+        else None,
+        "collaborator_peak_rss_mib": max(
+            (p["tree_peak_rss_mib"] or p["peak_rss_mib"] or 0.0) for p in cols
+        )
+        if cols
+        else None,
         "aggregator_cpu_s_per_round": agg_cpu / rounds if rounds else None,
         "model_mib": size / common.MIB,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--systems", default="fedrun", help="comma separated: fedrun, openfl, flower")
     ap.add_argument("--sizes", default=DEFAULT_SIZES)
     ap.add_argument("--collaborators", default=DEFAULT_COLLABORATORS)
@@ -123,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tensor-count", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per federation")
     ap.add_argument("--openfl-max-bytes", type=int, default=1 << 30, help="OpenFL's message cap")
-    ap.add_argument("--memory-fraction", type=float, default=0.8, help="of MemAvailable a cell may use")
+    ap.add_argument(
+        "--memory-fraction", type=float, default=0.8, help="of MemAvailable a cell may use"
+    )
     ap.add_argument("--no-limits", action="store_true", help="skip the TLS copy and numpy limits")
     args = ap.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -141,8 +172,12 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     if size * 3 <= budget:
                         lim[key]["tls_1_stream"] = limits.tls_copy(size, 1)
-                        lim[key]["tls_n_streams"] = limits.tls_copy(size, n) if n > 1 else lim[key]["tls_1_stream"]
-                        lim[key]["weighted_sum"] = limits.weighted_sum(n, size, memory_budget=budget // 2)
+                        lim[key]["tls_n_streams"] = (
+                            limits.tls_copy(size, n) if n > 1 else lim[key]["tls_1_stream"]
+                        )
+                        lim[key]["weighted_sum"] = limits.weighted_sum(
+                            n, size, memory_budget=budget // 2
+                        )
                     else:
                         lim[key]["skipped"] = "model too large for the memory budget"
                 except Exception:  # noqa: BLE001
@@ -155,15 +190,22 @@ def main(argv: list[str] | None = None) -> int:
                     cells.append(cell)
                     continue
                 if need > budget:
-                    cell["skipped"] = f"needs about {need / 2**30:.1f} GiB, budget {budget / 2**30:.1f} GiB"
-                    print(f"[bench] {system} {limits.human(size)} x{n}: skipped ({cell['skipped']})", flush=True)
+                    cell["skipped"] = (
+                        f"needs about {need / 2**30:.1f} GiB, budget {budget / 2**30:.1f} GiB"
+                    )
+                    print(
+                        f"[bench] {system} {limits.human(size)} x{n}: skipped ({cell['skipped']})",
+                        flush=True,
+                    )
                     cells.append(cell)
                     continue
                 print(f"[bench] {system} {limits.human(size)} x{n} collaborators", flush=True)
                 cell_work = work / f"{system}-{size}-{n}"
                 cell_work.mkdir()
                 try:
-                    runner = {"fedrun": run_fedrun, "openfl": run_openfl, "flower": run_flower}[system]
+                    runner = {"fedrun": run_fedrun, "openfl": run_openfl, "flower": run_flower}[
+                        system
+                    ]
                     res = runner(size, n, args.rounds, args.tensor_count, cell_work, args.timeout)
                 except Exception:  # noqa: BLE001 - keep the other cells
                     res = {"ok": False, "error": traceback.format_exc()}
@@ -195,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                 sm.get("aggregation_s"),
                 (li.get("weighted_sum") or {}).get("seconds"),
                 sm.get("aggregator_peak_rss_mib"),
-                None if not sm.get("aggregator_peak_rss_mib") else sm["aggregator_peak_rss_mib"] / sm["model_mib"],
+                None
+                if not sm.get("aggregator_peak_rss_mib")
+                else sm["aggregator_peak_rss_mib"] / sm["model_mib"],
                 sm.get("collaborator_peak_rss_mib"),
                 sm.get("aggregator_cpu_s_per_round"),
             ]
@@ -209,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     path = common.write_results(
         "round_overhead",
-        {"machine": common.machine_info(), "args": vars(args), "memory_budget": budget, "limits": lim, "cells": cells},
+        {
+            "machine": common.machine_info(),
+            "args": vars(args),
+            "memory_budget": budget,
+            "limits": lim,
+            "cells": cells,
+        },
     )
     print(f"written {path}")
     return 0 if all(c.get("summary", {}).get("ok", True) for c in cells) else 1

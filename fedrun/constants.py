@@ -22,6 +22,9 @@ RECONNECT_TIMEOUT_SECONDS = 600.0  # give up after 10 minutes without the aggreg
 
 # A collaborator that has not called for this long is reported as gone
 COLLABORATOR_TIMEOUT_SECONDS = 300.0
+# After the experiment ends, how long the aggregator stays up for collaborators it never saw
+# (started late, e.g. after a straggler policy closed every round without them) to learn it
+END_GRACE_SECONDS = 30.0
 
 # Unary RPC deadline (ping, small calls)
 UNARY_DEADLINE_SECONDS = 30.0

@@ -31,7 +31,8 @@ class _Blob(torch.nn.Module):
         per = max(1, int(model_bytes) // 4 // count)
         gen = torch.Generator().manual_seed(0)
         self.layers = torch.nn.ParameterList(
-            torch.nn.Parameter(torch.randn(per, generator=gen), requires_grad=False) for _ in range(count)
+            torch.nn.Parameter(torch.randn(per, generator=gen), requires_grad=False)
+            for _ in range(count)
         )
 
 

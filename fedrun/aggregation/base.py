@@ -118,6 +118,29 @@ def cast_like(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.asarray(value, dtype=dtype)
 
 
+#: elements per slice when folding or scanning big tensors (bounded temporary memory)
+FOLD_CHUNK = 1 << 20
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """True when no element is NaN or infinite; scans in slices, allocating no full-size temp."""
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "fc" or arr.size == 0:
+        return True
+    flat = arr.reshape(-1)
+    for start in range(0, flat.size, FOLD_CHUNK):
+        part = flat[start : start + FOLD_CHUNK]
+        # NaN and inf propagate through a sum; only a (rare) overflow needs the exact check
+        if (
+            not np.isfinite(
+                np.sum(part, dtype=np.complex128 if arr.dtype.kind == "c" else np.float64)
+            )
+            and not np.isfinite(part).all()
+        ):
+            return False
+    return True
+
+
 def check_update(
     name: str, tensor: np.ndarray, weight: float, origin: str
 ) -> tuple[np.ndarray, float]:
@@ -148,7 +171,7 @@ def check_update(
             f"tensor {name!r} from {origin!r} has non-numeric dtype {array.dtype}; "
             "only bool, integer, float and complex tensors can be aggregated"
         )
-    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+    if array.dtype.kind in "fc" and not all_finite(array):
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         raise ValueError(
             f"tensor {name!r} from {origin!r} holds {bad} non-finite value(s) (NaN or inf); "

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedrun.aggregation.base import (
+    FOLD_CHUNK,
     Accumulator,
     AggregationFunction,
     CollectingAccumulator,
@@ -22,6 +23,22 @@ from fedrun.aggregation.base import (
     finish_like,
     normalized_weights,
 )
+
+
+def _fold(total: Any, array: np.ndarray, weight: float) -> Any:
+    """Return ``total + weight * array``, added in place in slices for arrays so no full-size
+    float64 temporary is made (0-d totals are numpy scalars and are replaced)."""
+    if np.ndim(total) == 0:
+        return total + np.multiply(array, weight, dtype=np.result_type(total))
+    dst = total.reshape(-1)
+    src = np.asarray(array).reshape(-1)
+    buffer = np.empty(min(FOLD_CHUNK, dst.size), dtype=dst.dtype)
+    for start in range(0, dst.size, FOLD_CHUNK):
+        end = min(start + FOLD_CHUNK, dst.size)
+        part = buffer[: end - start]
+        np.multiply(src[start:end], weight, out=part, dtype=dst.dtype)
+        dst[start:end] += part
+    return total
 
 
 def accumulation_dtype(dtype: np.dtype) -> np.dtype:
@@ -74,11 +91,11 @@ class StreamingAverageAccumulator(Accumulator):
             else:
                 state.total += array
         elif weight_value > 0:
-            contribution = np.multiply(array, weight_value, dtype=acc_dtype)
             if state.weight == 0.0:
-                state.total = contribution  # drop any zero-weight (equal-weight) sum so far
+                # the first weighted tensor starts the sum (dropping any zero-weight sum so far)
+                state.total = np.multiply(array, weight_value, dtype=acc_dtype)
             else:
-                state.total += contribution
+                state.total = _fold(state.total, array, weight_value)
             state.weight += weight_value
         elif state.weight == 0.0:
             if state.total is None:

@@ -63,6 +63,11 @@ def start(
         console(stderr=False).print(round_table(agg.round_history))
     if agg.finished_event.is_set():
         exit_now(0)
+    console().print(
+        "[yellow]aggregator stopped before the experiment finished[/]; run the same command "
+        "again to resume (persist_checkpoint keeps its progress)"
+    )
+    exit_now(143)
 
 
 @aggregator.command("generate-cert-request")

@@ -114,6 +114,10 @@ def simulate(
 
         fed.wait(on_progress, timeout)
     elapsed = time.monotonic() - started
+    if fed.late:
+        con.print(
+            f"[yellow]warning:[/] {', '.join(fed.late)} never joined before the experiment ended"
+        )
     from fedrun.metrics.records import read_metrics
 
     records = list(read_metrics(fed.workspace / "logs" / "metrics.jsonl"))

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from fedrun import failpoints
-from fedrun.aggregation.base import Accumulator, AggregationFunction
+from fedrun.aggregation.base import Accumulator, AggregationFunction, all_finite
+from fedrun.constants import END_GRACE_SECONDS
 from fedrun.errors import ProtocolError
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.stragglers import StragglerPolicy, WaitForAllPolicy
@@ -194,6 +195,7 @@ class Aggregator:
         }
         self.round_num = int(initial_round)
         self.done = False
+        self.done_at: float | None = None
         self.finished_event = threading.Event()
         self.quit_sent: set[str] = set()
         self.last_seen: dict[str, float] = {}
@@ -430,7 +432,7 @@ class Aggregator:
             raise ProtocolError(
                 "FX-DATA-016", f"delta for {name!r} from {where} has no base tensor"
             )
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if array.dtype.kind == "f" and not all_finite(array):
             raise ProtocolError(
                 "FX-DATA-010",
                 f"tensor {name!r} from {where} holds NaN or infinite values",
@@ -654,6 +656,7 @@ class Aggregator:
         self.round_num = state.number + 1
         if finished_experiment:
             self.done = True
+            self.done_at = self.clock()
             self.model_sink.finish(self.best_round)
             log.info("experiment finished after %d rounds", self.rounds_to_train)
         else:
@@ -697,11 +700,15 @@ class Aggregator:
             self.finished_event.set()
 
     def _gone_after_done(self) -> set[str]:
+        """Collaborators the end no longer waits for: silent too long, or never seen at all
+        within END_GRACE_SECONDS of the end."""
         now = self.clock()
+        grace_over = now - (self.done_at or now) >= END_GRACE_SECONDS
         return {
             c
             for c in self.collaborators
-            if c not in self.last_seen or now - self.last_seen[c] > self.collaborator_timeout
+            if (c not in self.last_seen and grace_over)
+            or (c in self.last_seen and now - self.last_seen[c] > self.collaborator_timeout)
         }
 
     def _spool_path(self, round_num: int, collaborator: str, task: str) -> Path:

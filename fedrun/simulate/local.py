@@ -25,6 +25,8 @@ from fedrun.metrics.records import MetricRecord, read_metrics
 from fedrun.plan.loader import Plan, load_yaml, parse_override, set_by_path
 
 AGG_HOST = "localhost"
+#: after the aggregator finished, how long collaborators may take to notice before being stopped
+LATE_COLLABORATOR_SECONDS = 15.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -105,6 +107,7 @@ class LocalFederation:
         self.python = python
         self.names = collaborator_names(collaborators)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.late: list[str] = []  # collaborators stopped because they never joined in time
         self.port = 0
 
     # ------------------------------------------------------------------ preparation
@@ -239,6 +242,7 @@ class LocalFederation:
     ) -> dict[str, int]:
         """Wait for every process; stop all if one fails. Returns exit codes."""
         started = time.monotonic()
+        ended: float | None = None
         metrics = self.workspace / "logs" / "metrics.jsonl"
         try:
             while True:
@@ -252,6 +256,15 @@ class LocalFederation:
                     raise SimulationFailed(name, code, self.log_tail(name))
                 if all(c is not None for c in codes.values()):
                     return {n: int(c or 0) for n, c in codes.items()}
+                if codes.get("aggregator") == 0:
+                    # the experiment ended; a collaborator still running never took part
+                    # (it started after the aggregator's end-of-experiment grace period)
+                    ended = ended or time.monotonic()
+                    if time.monotonic() - ended > LATE_COLLABORATOR_SECONDS:
+                        late = [n for n, c in codes.items() if c is None]
+                        self.stop()
+                        self.late = late
+                        return {n: int(c or 0) for n, c in codes.items() if c is not None}
                 if timeout is not None and time.monotonic() - started > timeout:
                     self.stop()
                     raise WorkspaceError(

@@ -21,9 +21,9 @@ from google.protobuf.internal.encoder import _VarintBytes
 
 from fedrun.errors import ProtocolError, StateError
 from fedrun.protocol import federation_pb2 as pb
-from fedrun.protocol.codec import DecodedTensor, TensorAssembler, encode_tensors
+from fedrun.protocol.codec import DecodedTensor, check_header, raw_bytes, wire_dtype
 
-MAGIC = b"FEDRUN-MODEL-1\n"
+MAGIC = b"FEDRUN-MODEL-2\n"
 
 
 def _umask() -> int:
@@ -51,6 +51,22 @@ def _write_frame(out: BinaryIO, frame: pb.TensorFrame) -> None:
     data = frame.SerializeToString()
     out.write(_VarintBytes(len(data)))
     out.write(data)
+
+
+def _write_tensor(out: BinaryIO, name: str, array: np.ndarray, delta: bool = False) -> None:
+    """A tensor header frame, then the tensor's raw little-endian bytes (no copy, no chunks)."""
+    arr = np.asarray(array)
+    payload = raw_bytes(arr)
+    header = pb.TensorHeader(
+        name=name,
+        dtype=wire_dtype(arr.dtype),
+        shape=list(arr.shape),
+        payload_bytes=len(payload),
+        encoding="none",
+        delta=delta,
+    )
+    _write_frame(out, pb.TensorFrame(header=header))
+    out.write(payload)
 
 
 def save_model(
@@ -84,8 +100,8 @@ def save_model(
                 metrics=dict(metrics or {}),
             )
             _write_frame(out, pb.TensorFrame(model=info))
-            for frame in encode_tensors(tensors):
-                _write_frame(out, frame)
+            for name, array in tensors.items():
+                _write_tensor(out, name, array)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, FILE_MODE)
@@ -135,8 +151,7 @@ class TensorFileWriter:
         self.count = 0
 
     def write(self, name: str, array: np.ndarray, *, delta: bool = False) -> None:
-        for frame in encode_tensors({name: array}, delta=delta):
-            _write_frame(self._out, frame)
+        _write_tensor(self._out, name, array, delta)
         self.count += 1
 
     def commit(self) -> Path:
@@ -157,52 +172,63 @@ class TensorFileWriter:
 def _stream(path: str | os.PathLike[str]) -> Iterator[pb.ModelInfo | DecodedTensor]:
     """Yield a model file's header, then its tensors one at a time (never the whole file).
 
-    A corrupt or truncated file raises :class:`StateError` (``FX-STATE-002``), also when it ends
-    cleanly between frames but holds fewer tensors than its header announced.
+    Each tensor's payload is read straight into its array's memory. A corrupt or truncated file
+    raises :class:`StateError` (``FX-STATE-002``), also when it ends cleanly between tensors but
+    holds fewer than its header announced.
     """
     source = Path(path)
     with open(source, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
-            raise _corrupt(source, "not a fedrun model file (bad magic)")
-        assembler = TensorAssembler()
+            raise _corrupt(source, "not a fedrun model file (bad magic or an older format)")
         expected: int | None = None
         seen = 0
         while True:
-            try:
-                size = _read_varint(f)
-            except ValueError as exc:
-                raise _corrupt(source, "truncated frame length") from exc
-            if size is None:
+            frame = _read_frame(f, source)
+            if frame is None:
                 break
-            data = f.read(size)
-            if len(data) != size:
-                raise _corrupt(source, "file ends inside a frame (truncated?)")
-            frame = pb.TensorFrame()
-            try:
-                frame.ParseFromString(data)
-            except Exception as exc:
-                raise _corrupt(source, "unreadable frame") from exc
+            kind = frame.WhichOneof("body")
             if expected is None:
-                if frame.WhichOneof("body") != "model":
+                if kind != "model":
                     raise _corrupt(source, "missing model header")
                 expected = frame.model.tensor_count
                 yield frame.model
                 continue
+            if kind != "header" or frame.header.encoding not in ("", "none"):
+                raise _corrupt(source, f"unexpected {kind!r} frame")
+            header = frame.header
             try:
-                tensor = assembler.feed(frame)
+                dtype = check_header(header)
             except ProtocolError as exc:
                 raise _corrupt(source, exc.message) from exc
-            if tensor is not None:
-                seen += 1
-                yield tensor
-        try:
-            assembler.close()
-        except ProtocolError as exc:
-            raise _corrupt(source, exc.message) from exc
+            array = np.empty(tuple(int(d) for d in header.shape), dtype=dtype)
+            view = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+            got = f.readinto(view) if array.size else 0
+            if got != header.payload_bytes:
+                raise _corrupt(source, f"tensor {header.name!r} is truncated")
+            seen += 1
+            yield DecodedTensor(header.name, array, header.delta, int(header.payload_bytes))
         if expected is None:
             raise _corrupt(source, "missing model header")
         if seen != expected:
             raise _corrupt(source, f"{seen} of {expected} tensors present")
+
+
+def _read_frame(f: BinaryIO, source: Path) -> pb.TensorFrame | None:
+    try:
+        size = _read_varint(f)
+    except ValueError as exc:
+        raise _corrupt(source, "truncated frame length") from exc
+    if size is None:
+        return None
+    data = f.read(size)
+    if len(data) != size:
+        raise _corrupt(source, "file ends inside a frame (truncated?)")
+    frame = pb.TensorFrame()
+    try:
+        frame.ParseFromString(data)
+    except Exception as exc:
+        raise _corrupt(source, "unreadable frame") from exc
+    return frame
 
 
 def iter_tensor_file(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, bool]]:

@@ -280,7 +280,7 @@ class AggregatorServer:
             if stop is not None and stop.is_set():
                 break
             deadline = agg.tick()
-            wait = 1.0
+            wait = 1.0 if not agg.done else 0.5
             if deadline is not None:
                 wait = max(0.05, min(wait, deadline - agg.clock()))
             agg.finished_event.wait(wait)

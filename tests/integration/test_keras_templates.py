@@ -46,7 +46,7 @@ def torch_backend(monkeypatch):
 
 
 @pytest.fixture
-def mnist_dir(monkeypatch) -> Path:
+def mnist_files(monkeypatch) -> Path:
     """The real MNIST files; exported so the collaborator processes find them too."""
     found = find_mnist_dir(default_candidates())
     if found is None:
@@ -74,7 +74,7 @@ def collaborator_log(workspace: Path) -> str:
     return (workspace / "logs" / "collaborator1.out").read_text(errors="replace")
 
 
-def test_keras_mnist_two_collaborators_reach_95_percent(tmp_path, torch_backend, mnist_dir):
+def test_keras_mnist_two_collaborators_reach_95_percent(tmp_path, torch_backend, mnist_files):
     """keras/mnist, full MNIST shards (30,000 images each), one round: accuracy >= 0.95."""
     workspace = tmp_path / "ws"
     metrics = federate(workspace, "keras/mnist", [])
@@ -110,7 +110,7 @@ JAX_FEDERATION = """
     importlib.util.find_spec("jax") is None,
     reason="jax is not installed (pip install jax, part of fedrun[all] and fedrun[dev])",
 )
-def test_keras_jax_mnist_trains_on_jax(tmp_path, mnist_dir):
+def test_keras_jax_mnist_trains_on_jax(tmp_path, mnist_files):
     """keras/jax/mnist picks JAX by itself (KERAS_BACKEND unset), in a fresh process.
 
     The plan initialisation and both collaborators compile the same XLA programs; JAX's

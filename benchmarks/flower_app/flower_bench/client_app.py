@@ -51,7 +51,9 @@ def train(msg: Message, context: Context) -> Message:
     if str(context.run_config.get("mode", "mnist")) == "noop":
         # the round-overhead benchmark: return the received arrays unchanged
         metrics = MetricRecord({"num-examples": 1, "client_task_s": time.time() - t0})
-        return Message(content=RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg)
+        return Message(
+            content=RecordDict({"arrays": msg.content["arrays"], "metrics": metrics}), reply_to=msg
+        )
     x_tr, y_tr, x_te, y_te = _shard(context)
     model = _model_from(msg, context)
     opt = torch.optim.Adam(model.parameters(), lr=float(context.run_config.get("lr", 1e-4)))
@@ -78,5 +80,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, _, x_te, y_te = _shard(context)
     model = _model_from(msg, context)
     acc = task.validate(model, x_te, y_te, int(context.run_config.get("batch-size", 64)))
-    metrics = MetricRecord({"accuracy": float(acc), "num-examples": len(x_te), "client_task_s": time.time() - t0})
+    metrics = MetricRecord(
+        {"accuracy": float(acc), "num-examples": len(x_te), "client_task_s": time.time() - t0}
+    )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -33,7 +33,9 @@ class TimedFedAvg(FedAvg):
     def _note(self, what: str, rnd: int, **extra: Any) -> None:
         self.events.append({"event": what, "round": rnd, "time": time.time(), **extra})
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._note("train_sent", server_round)
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -44,7 +46,9 @@ class TimedFedAvg(FedAvg):
         self._note("train_aggregated", server_round, metrics=_metrics(out[1]))
         return out
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._note("evaluate_sent", server_round)
         return super().configure_evaluate(server_round, arrays, config, grid)
 
@@ -65,7 +69,9 @@ def noop_arrays(model_bytes: int, tensor_count: int) -> ArrayRecord:
     count = max(1, tensor_count)
     per = max(1, model_bytes // 4 // count)
     rng = np.random.default_rng(0)
-    return ArrayRecord({f"layer{i}": Array(rng.standard_normal(per, dtype=np.float32)) for i in range(count)})
+    return ArrayRecord(
+        {f"layer{i}": Array(rng.standard_normal(per, dtype=np.float32)) for i in range(count)}
+    )
 
 
 @app.main()
@@ -85,7 +91,9 @@ def main(grid: Grid, context: Context) -> None:
         initial = noop_arrays(int(cfg.get("model-bytes", 1 << 20)), int(cfg.get("tensor-count", 4)))
     else:
         initial = ArrayRecord(task.build_model().state_dict())
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=int(cfg["num-server-rounds"]))
+    result = strategy.start(
+        grid=grid, initial_arrays=initial, num_rounds=int(cfg["num-server-rounds"])
+    )
     out_dir = str(cfg.get("result-dir", ""))
     if out_dir:
         out = Path(out_dir)
@@ -97,7 +105,11 @@ def main(grid: Grid, context: Context) -> None:
             "serverapp_start": t_start,
             "serverapp_end": time.time(),
             "events": strategy.events,
-            "evaluate_metrics_clientapp": {str(k): _metrics(v) for k, v in result.evaluate_metrics_clientapp.items()},
-            "train_metrics_clientapp": {str(k): _metrics(v) for k, v in result.train_metrics_clientapp.items()},
+            "evaluate_metrics_clientapp": {
+                str(k): _metrics(v) for k, v in result.evaluate_metrics_clientapp.items()
+            },
+            "train_metrics_clientapp": {
+                str(k): _metrics(v) for k, v in result.train_metrics_clientapp.items()
+            },
         }
         (out / "server_events.json").write_text(json.dumps(summary, indent=1))

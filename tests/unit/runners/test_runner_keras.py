@@ -190,6 +190,18 @@ def test_training_improves_the_model(keras):
     assert after >= 0.75 and after > before
 
 
+def test_openfl_16_task_names_and_feature_shape_work(keras):
+    runner = make_runner(keras, treatment="CONTINUE_LOCAL")
+    tensors = runner.get_tensor_dict()
+    trained = runner.train("col1", 0, tensors, metrics=["loss"], epochs=1)
+    assert "loss" in trained.metrics and trained.data_size == 64
+    checked = runner.validate("col1", 0, trained.tensors, apply="local", metrics=["acc"])
+    assert "acc" in checked.metrics
+    assert runner.feature_shape == (6,)
+    runner.feature_shape = [6]  # OpenFL runners may assign it
+    assert runner.feature_shape == (6,)
+
+
 def test_unknown_metric_names_what_the_model_reports(keras):
     runner = make_runner(keras)
     with pytest.raises(PlanError) as err:

@@ -32,13 +32,20 @@ def tensors() -> dict[str, np.ndarray]:
 
 
 def frame_ends(path) -> list[int]:
-    """Byte offsets at which each length-delimited frame of a model file ends."""
+    """Byte offsets at which each part of a model file ends: the model header frame, then for
+    every tensor its header frame and its raw payload."""
+    from fedrun.protocol import federation_pb2 as pb
+
     ends = []
     with open(path, "rb") as f:
         assert f.read(len(MAGIC)) == MAGIC
         while (size := _read_varint(f)) is not None:
-            f.seek(size, 1)
+            frame = pb.TensorFrame()
+            frame.ParseFromString(f.read(size))
             ends.append(f.tell())
+            if frame.WhichOneof("body") == "header" and frame.header.payload_bytes:
+                f.seek(frame.header.payload_bytes, 1)
+                ends.append(f.tell())
     return ends
 
 
