@@ -136,3 +136,42 @@ def test_import_installs_the_requirements_and_ping_names_connectivity(tmp_path: 
     fx(node / "ws", "collaborator", "create", "-n", "one", "-d", "1")
     ping = fx(node / "ws", "collaborator", "ping", "-n", "one", check=False)
     assert ping.returncode == 5 and "FX-NET-013" in ping.stderr and "nothing answers" in ping.stderr
+
+
+def test_initialize_from_a_given_model(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fedrun.storage.model_file import load_model, save_model
+
+    fx(tmp_path, "workspace", "create", "--prefix", "ws", "--template", "no-op")
+    ws = tmp_path / "ws"
+    fx(ws, "plan", "initialize", "-a", "localhost")
+    start = load_model(ws / "save" / "init.pbuf").tensors
+    given = {k: np.full_like(v, 7.0) for k, v in start.items()}
+    save_model(tmp_path / "pretrained.pbuf", given, round_num=0)
+    fx(ws, "plan", "initialize", "-i", str(tmp_path / "pretrained.pbuf"))
+    loaded = load_model(ws / "save" / "init.pbuf").tensors
+    assert all(np.array_equal(loaded[k], given[k]) for k in given)
+
+
+def test_unwritable_save_folder_fails_before_the_first_round(tmp_path: Path) -> None:
+    import shutil
+
+    fx(tmp_path, "workspace", "create", "--prefix", "ws", "--template", "no-op")
+    ws = tmp_path / "ws"
+    set_plan(ws, agg_addr="127.0.0.1", agg_port=free_port(), use_tls=False)
+    (ws / "plan" / "cols.yaml").write_text("collaborators: [one]\n")
+    fx(ws, "plan", "initialize")
+    plan = (
+        (ws / "plan" / "plan.yaml")
+        .read_text()
+        .replace("best_state_path: save/best.pbuf", "best_state_path: blocked/best.pbuf")
+    )
+    (ws / "plan" / "plan.yaml").write_text(plan)
+    (ws / "blocked").write_text("a file where a folder should be\n")  # root ignores chmod
+    out = fx(ws, "aggregator", "start", check=False)
+    assert out.returncode == 8, out.stderr
+    assert (
+        "FX-STATE-004" in out.stderr and "blocked" in out.stderr and "Traceback" not in out.stderr
+    )
+    shutil.rmtree(ws / "local_state", ignore_errors=True)
