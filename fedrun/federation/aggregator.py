@@ -91,7 +91,9 @@ class RoundSummary:
 class ModelSink:
     """Where the aggregator's models go; the default keeps nothing (tests)."""
 
-    def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> None: ...
+    def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> Path | None:
+        """Save the newest aggregate; returns the file written, if any."""
+        return None
 
     def save_best(
         self, tensors: Mapping[str, np.ndarray], round_num: int, score: float, metric: str
@@ -612,10 +614,11 @@ class Aggregator:
                 log.info(
                     "round %d: new best model saved (%s = %.4f)", state.number, score_key, score
                 )
+        last_file: Path | None = None
         if updated:
             self.global_model = new_model
             if self.save_models:
-                self.model_sink.save_last(new_model, state.number + 1)
+                last_file = self.model_sink.save_last(new_model, state.number + 1)
         finished_experiment = state.final_validation or (
             state.number + 1 >= self.rounds_to_train
             and not (self.final_validation_enabled and updated and self._global_validation_tasks())
@@ -628,6 +631,7 @@ class Aggregator:
             finished_experiment,
             next_model=self.global_model,
             aggregation_state=flatten_rule_states(self.rule_states()),
+            next_model_file=last_file,
         )
         failpoints.hit("round_end_committed")
         for spool in self.spool_dir.glob(f"r{state.number}_*.result"):

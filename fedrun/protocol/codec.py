@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+from google.protobuf.internal.decoder import _DecodeVarint
+from google.protobuf.internal.encoder import _VarintBytes
 
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import CHUNK_BYTES, MAX_TENSOR_BYTES
@@ -95,6 +98,9 @@ def encode_tensor(
         delta=delta,
     )
     yield pb.TensorFrame(header=header)
+    if chunk_bytes <= 0:  # internal: hand the payload view to encode_tensor_wire
+        yield view  # type: ignore[misc]
+        return
     for start in range(0, len(view), chunk_bytes):
         yield pb.TensorFrame(data=bytes(view[start : start + chunk_bytes]))
 
@@ -111,6 +117,58 @@ def encode_tensors(
         yield from encode_tensor(
             name, array, pipeline=pipeline, delta=delta, chunk_bytes=chunk_bytes
         )
+
+
+# ---------------------------------------------------------------------- wire fast path
+#: first byte of a serialized ``TensorFrame`` whose body is ``data`` (field 2, length-delimited)
+DATA_TAG = 0x12
+
+
+class DataChunk(NamedTuple):
+    """A data frame decoded without building a protobuf message (a view on the received bytes)."""
+
+    view: memoryview
+
+
+def data_frame_bytes(chunk: memoryview) -> bytes:
+    """The serialized ``TensorFrame(data=chunk)``, built with one copy of the chunk.
+
+    Byte for byte what protobuf would produce, without the three copies of building a message and
+    serializing it; the receiver may still parse it as an ordinary ``TensorFrame``.
+    """
+    return b"".join((bytes((DATA_TAG,)), _VarintBytes(len(chunk)), chunk))
+
+
+def serialize_frame(frame: pb.TensorFrame | bytes) -> bytes:
+    """gRPC serializer for tensor streams: pre-serialized frames pass through untouched."""
+    return frame if isinstance(frame, bytes) else frame.SerializeToString()
+
+
+def parse_frame(raw: bytes) -> pb.TensorFrame | DataChunk:
+    """gRPC deserializer for tensor streams: data frames become views, others messages."""
+    if raw and raw[0] == DATA_TAG:
+        length, pos = _DecodeVarint(raw, 1)
+        if pos + length == len(raw):
+            return DataChunk(memoryview(raw)[pos:])
+    return pb.TensorFrame.FromString(raw)
+
+
+def encode_tensor_wire(
+    name: str,
+    array: np.ndarray,
+    *,
+    pipeline: CompressionPipeline | None = None,
+    delta: bool = False,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[pb.TensorFrame | bytes]:
+    """:func:`encode_tensor`, with data frames already serialized (for :func:`serialize_frame`)."""
+    frames = encode_tensor(name, array, pipeline=pipeline, delta=delta, chunk_bytes=0)
+    header_frame = next(frames)
+    yield header_frame
+    view = next(frames)  # with chunk_bytes=0 the encoder hands back the whole payload view
+    assert isinstance(view, memoryview)
+    for start in range(0, len(view), chunk_bytes):
+        yield data_frame_bytes(view[start : start + chunk_bytes])
 
 
 def check_header(header: pb.TensorHeader, max_bytes: int = MAX_TENSOR_BYTES) -> np.dtype:
@@ -160,8 +218,10 @@ class TensorAssembler:
         """True while a tensor is partly received."""
         return self._header is not None
 
-    def feed(self, frame: pb.TensorFrame) -> DecodedTensor | None:
+    def feed(self, frame: pb.TensorFrame | DataChunk) -> DecodedTensor | None:
         """Consume one frame; return a tensor when this frame completed it."""
+        if isinstance(frame, DataChunk):
+            return self._data(frame.view)
         kind = frame.WhichOneof("body")
         if kind == "header":
             if self._header is not None:
@@ -178,22 +238,24 @@ class TensorAssembler:
                 return self._finish()
             return None
         if kind == "data":
-            if self._header is None or self._buffer is None:
-                raise ProtocolError("FX-WIRE-008", "tensor data frame without a header")
-            chunk = frame.data
-            end = self._filled + len(chunk)
-            if end > len(self._buffer):
-                raise ProtocolError(
-                    "FX-WIRE-007",
-                    f"tensor {self._header.name!r} sent more than its declared "
-                    f"{self._header.payload_bytes} bytes",
-                )
-            self._buffer[self._filled : end] = chunk
-            self._filled = end
-            if end == len(self._buffer):
-                return self._finish()
-            return None
+            return self._data(memoryview(frame.data))
         raise ProtocolError("FX-WIRE-009", f"unexpected frame {kind!r} inside a tensor stream")
+
+    def _data(self, chunk: memoryview) -> DecodedTensor | None:
+        if self._header is None or self._buffer is None:
+            raise ProtocolError("FX-WIRE-008", "tensor data frame without a header")
+        end = self._filled + len(chunk)
+        if end > len(self._buffer):
+            raise ProtocolError(
+                "FX-WIRE-007",
+                f"tensor {self._header.name!r} sent more than its declared "
+                f"{self._header.payload_bytes} bytes",
+            )
+        self._buffer[self._filled : end] = chunk
+        self._filled = end
+        if end == len(self._buffer):
+            return self._finish()
+        return None
 
     def _finish(self) -> DecodedTensor:
         assert self._header is not None and self._dtype is not None and self._buffer is not None

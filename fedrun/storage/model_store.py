@@ -39,11 +39,12 @@ class ModelStore(ModelSink):
         self.plan_hash = plan_hash
         self.on_finish = on_finish
 
-    def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> None:
+    def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> Path:
         save_model(
             self.last_path, tensors, round_num=round_num, plan_hash=self.plan_hash, kind="last"
         )
         log.info("saved %s (model for round %d)", self.last_path.name, round_num)
+        return self.last_path
 
     def save_best(
         self, tensors: Mapping[str, np.ndarray], round_num: int, score: float, metric: str

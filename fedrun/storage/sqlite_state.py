@@ -11,6 +11,7 @@ its accepted results, replayed on restart) or the new round (with its checkpoint
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -177,11 +178,12 @@ class SqliteStateStore(StateStore):
         experiment_done: bool,
         next_model: Mapping[str, np.ndarray] | None = None,
         aggregation_state: Mapping[str, np.ndarray] | None = None,
+        next_model_file: Path | None = None,
     ) -> None:
         next_round = finished_round + 1
         if experiment_done:
             next_model = aggregation_state = None  # nothing will resume from them
-        if next_model is not None:
+        if next_model is not None and not self._link_checkpoint(next_model_file, next_round):
             save_model(
                 self.checkpoint_path(next_round),
                 next_model,
@@ -209,6 +211,22 @@ class SqliteStateStore(StateStore):
             self._db.execute("COMMIT")
         for old in (self.checkpoint_path(finished_round), self.state_path(finished_round)):
             old.unlink(missing_ok=True)
+
+    def _link_checkpoint(self, source: Path | None, round_num: int) -> bool:
+        """Make the checkpoint a hard link to a just-written model file of that round (no second
+        write); the caller replaces that file by rename, so the link keeps this content."""
+        if source is None or not source.is_file():
+            return False
+        target = self.checkpoint_path(round_num)
+        staging = target.with_name(f".{target.name}.link")
+        try:
+            staging.unlink(missing_ok=True)
+            os.link(source, staging)
+            os.replace(staging, target)
+        except OSError:
+            staging.unlink(missing_ok=True)
+            return False
+        return True
 
     def load_checkpoint(
         self, round_num: int

@@ -13,6 +13,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -66,6 +67,7 @@ class StateStore(ABC):
         experiment_done: bool,
         next_model: Mapping[str, np.ndarray] | None = None,
         aggregation_state: Mapping[str, np.ndarray] | None = None,
+        next_model_file: Path | None = None,
     ) -> None:
         """Atomically mark a round finished, with the model (and rule state) the next round
         starts from; the finished round's results are no longer needed afterwards."""
@@ -120,6 +122,7 @@ class InMemoryStateStore(StateStore):
         experiment_done: bool,
         next_model: Mapping[str, np.ndarray] | None = None,
         aggregation_state: Mapping[str, np.ndarray] | None = None,
+        next_model_file: Path | None = None,
     ) -> None:
         with self._lock:
             self._state.round = finished_round + 1

@@ -25,9 +25,9 @@ from fedrun.errors import CertificateError, ConnectionFailure, ProtocolError, Ro
 from fedrun.federation.aggregator import TaskAssignment
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
-from fedrun.protocol.codec import decode_frames, encode_tensor
+from fedrun.protocol.codec import decode_frames, encode_tensor_wire, parse_frame, serialize_frame
 from fedrun.transport.network import Network
-from fedrun.transport.server import CHANNEL_OPTIONS
+from fedrun.transport.server import CHANNEL_OPTIONS, SERVICE
 
 log = logging.getLogger("fedrun.client")
 
@@ -107,6 +107,17 @@ class AggregatorClient:
         else:
             self.channel = grpc.secure_channel(self.target, credentials, options=options)
         self.stub = pb_grpc.FederationStub(self.channel)
+        # tensor streams use the fast frame (de)serializers; same bytes on the wire
+        self._get_tensors = self.channel.unary_stream(
+            f"/{SERVICE}/GetTensors",
+            request_serializer=pb.GetTensorsRequest.SerializeToString,
+            response_deserializer=parse_frame,
+        )
+        self._submit_results = self.channel.stream_unary(
+            f"/{SERVICE}/SubmitResults",
+            request_serializer=serialize_frame,
+            response_deserializer=pb.SubmitResultsResponse.FromString,
+        )
         self.bytes_sent = 0
         self.bytes_received = 0
         self._was_down = False
@@ -200,7 +211,7 @@ class AggregatorClient:
 
     def get_global_model(self, round_num: int) -> dict[str, np.ndarray]:
         def call() -> dict[str, np.ndarray]:
-            frames = self.stub.GetTensors(pb.GetTensorsRequest(header=self.header, round=round_num))
+            frames = self._get_tensors(pb.GetTensorsRequest(header=self.header, round=round_num))
             out: dict[str, np.ndarray] = {}
             received = 0
             for tensor in decode_frames(frames, self.pipelines):
@@ -232,20 +243,20 @@ class AggregatorClient:
 
         failure: list[BaseException] = []
 
-        def frames() -> Iterator[pb.TensorFrame]:
+        def frames() -> Iterator[pb.TensorFrame | bytes]:
             try:
                 yield pb.TensorFrame(result=header)
                 for name, array in tensors.items():
                     is_delta = name in deltas
-                    for frame in encode_tensor(
+                    for frame in encode_tensor_wire(
                         name,
                         array,
                         pipeline=self.pipeline if is_delta else None,
                         delta=is_delta,
                         chunk_bytes=self.network.chunk_bytes,
                     ):
-                        if frame.WhichOneof("body") == "data":
-                            sent[0] += len(frame.data)
+                        if isinstance(frame, bytes):
+                            sent[0] += len(frame)
                         yield frame
             except Exception as exc:  # gRPC would only say "Exception iterating requests"
                 failure.append(exc)
@@ -255,7 +266,7 @@ class AggregatorClient:
             sent[0] = 0
             failure.clear()
             try:
-                self.stub.SubmitResults(frames())
+                self._submit_results(frames())
             except grpc.RpcError:
                 if failure:
                     raise failure[0] from None  # our own encoding failed, not the aggregator

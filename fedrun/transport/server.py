@@ -20,7 +20,12 @@ from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError
 from fedrun.federation.aggregator import Aggregator
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
-from fedrun.protocol.codec import TensorAssembler, encode_tensors
+from fedrun.protocol.codec import (
+    TensorAssembler,
+    encode_tensor_wire,
+    parse_frame,
+    serialize_frame,
+)
 from fedrun.transport.network import Network
 from fedrun.transport.tls import peer_common_name
 
@@ -171,13 +176,18 @@ class FederationServicer(pb_grpc.FederationServicer):
                     name,
                 )
             model = {n: model[n] for n in request.names}
-        yield from encode_tensors(model, chunk_bytes=self.chunk_bytes)
+        for tensor_name, array in model.items():
+            yield from encode_tensor_wire(tensor_name, array, chunk_bytes=self.chunk_bytes)
 
     def SubmitResults(
         self, request_iterator: Iterator[pb.TensorFrame], context: grpc.ServicerContext
     ) -> pb.SubmitResultsResponse:
         first = next(request_iterator, None)
-        if first is None or first.WhichOneof("body") != "result":
+        if (
+            first is None
+            or not isinstance(first, pb.TensorFrame)
+            or first.WhichOneof("body") != "result"
+        ):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "FX-WIRE-012: upload must start with a result header",
@@ -214,6 +224,37 @@ class FederationServicer(pb_grpc.FederationServicer):
         return pb.SubmitResultsResponse(accepted=True, message="ok")
 
 
+SERVICE = "fedrun.v1.Federation"
+
+
+def register_servicer(servicer: FederationServicer, server: grpc.Server) -> None:
+    """Register the service; the tensor streams use the fast frame (de)serializers, whose
+    bytes on the wire are exactly the generated protobuf code's (see fedrun.protocol.codec)."""
+    handlers = {
+        "Ping": grpc.unary_unary_rpc_method_handler(
+            servicer.Ping,
+            request_deserializer=pb.PingRequest.FromString,
+            response_serializer=pb.PingResponse.SerializeToString,
+        ),
+        "GetTasks": grpc.unary_unary_rpc_method_handler(
+            servicer.GetTasks,
+            request_deserializer=pb.GetTasksRequest.FromString,
+            response_serializer=pb.GetTasksResponse.SerializeToString,
+        ),
+        "GetTensors": grpc.unary_stream_rpc_method_handler(
+            servicer.GetTensors,
+            request_deserializer=pb.GetTensorsRequest.FromString,
+            response_serializer=serialize_frame,
+        ),
+        "SubmitResults": grpc.stream_unary_rpc_method_handler(
+            servicer.SubmitResults,
+            request_deserializer=parse_frame,
+            response_serializer=pb.SubmitResultsResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
 class AggregatorServer:
     """Serves an Aggregator over gRPC until the experiment ends."""
 
@@ -242,7 +283,7 @@ class AggregatorServer:
             long_poll_seconds=network.long_poll_seconds,
             name=network.agg_addr,
         )
-        pb_grpc.add_FederationServicer_to_server(self.servicer, self.server)
+        register_servicer(self.servicer, self.server)
         target = network.bind_target
         try:
             if credentials is None:
