@@ -23,6 +23,7 @@ from fedrun.aggregation.base import (
     finish_like,
     normalized_weights,
 )
+from fedrun.buffers import POOL
 
 
 def _fold(total: Any, array: np.ndarray, weight: float) -> Any:
@@ -78,6 +79,7 @@ class StreamingAverageAccumulator(Accumulator):
         self._summed = summed
         self._log = UpdateLog()
         self._sums: dict[str, _RunningSum] = {}
+        self._result: dict[str, np.ndarray] | None = None
 
     def add(self, name: str, tensor: np.ndarray, weight: float, origin: str) -> None:
         array, weight_value = self._log.check(name, tensor, weight, origin)
@@ -93,7 +95,12 @@ class StreamingAverageAccumulator(Accumulator):
         elif weight_value > 0:
             if state.weight == 0.0:
                 # the first weighted tensor starts the sum (dropping any zero-weight sum so far)
-                state.total = np.multiply(array, weight_value, dtype=acc_dtype)
+                state.total = np.multiply(
+                    array,
+                    weight_value,
+                    out=POOL.take_array(array.shape, acc_dtype),
+                    dtype=acc_dtype,
+                )
             else:
                 state.total = _fold(state.total, array, weight_value)
             state.weight += weight_value
@@ -122,10 +129,28 @@ class StreamingAverageAccumulator(Accumulator):
         return out
 
     def result(self) -> dict[str, np.ndarray]:
+        """The aggregates in the inputs' dtypes; the float64 sums are divided in place and their
+        memory goes back to the buffer pool (call once; later calls return the same dict)."""
+        if self._result is not None:
+            return self._result
         dtypes = self.dtypes()
-        return {
-            name: finish_like(value, dtypes[name]) for name, value in self.exact_result().items()
-        }
+        out: dict[str, np.ndarray] = {}
+        for name, state in self._sums.items():
+            total = state.total
+            owned = isinstance(total, np.ndarray) and total.ndim > 0
+            if self._summed is not None and self._summed(name):
+                value = total
+            else:
+                divisor = state.weight if state.weight > 0 else state.count
+                value = (
+                    np.divide(total, divisor, out=total) if owned else np.asarray(total / divisor)
+                )
+            out[name] = finish_like(np.asarray(value), dtypes[name])
+            if owned and out[name] is not total:
+                POOL.give(total)
+            state.total = None
+        self._result = out
+        return out
 
 
 def overrides_call(rule: AggregationFunction, base: type[AggregationFunction]) -> bool:

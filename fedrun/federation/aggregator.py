@@ -21,6 +21,7 @@ import numpy as np
 
 from fedrun import failpoints
 from fedrun.aggregation.base import Accumulator, AggregationFunction, all_finite
+from fedrun.buffers import POOL
 from fedrun.constants import END_GRACE_SECONDS
 from fedrun.errors import ProtocolError
 from fedrun.federation.assigner import Assigner
@@ -486,12 +487,22 @@ class Aggregator:
             return
         acc = state.accumulators.get(result.task)
         if result.spool_path and acc is not None:
+            # streaming rules copy what they need, so the read buffer can serve the next tensor
+            retains = getattr(
+                self.aggregation_functions.get(result.task), "needs_all_updates", True
+            )
+            pool = None if retains else POOL
             with self._fold_lock:
-                for name, array, delta in iter_tensor_file(result.spool_path):
+                for name, array, delta in iter_tensor_file(result.spool_path, pool):
                     if delta:
                         base = self.global_model[name]
-                        array = (base.astype(np.float64) + array).astype(base.dtype)
+                        if array.dtype == base.dtype and array.dtype.kind == "f":
+                            np.add(array, base, out=array)  # the inverse of trained - global
+                        else:
+                            array = (base.astype(np.float64) + array).astype(base.dtype)
                     acc.add(name, array, float(result.data_size), result.collaborator)
+                    if pool is not None:
+                        pool.give(array)
         for metric, value in result.metrics.items():
             self.metrics.emit(state.number, result.collaborator, result.task, metric, value)
             sums = state.metric_sums.setdefault((result.task, metric), [0.0, 0.0, 0.0])

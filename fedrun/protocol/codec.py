@@ -16,6 +16,7 @@ import numpy as np
 from google.protobuf.internal.decoder import _DecodeVarint
 from google.protobuf.internal.encoder import _VarintBytes
 
+from fedrun.buffers import BufferPool
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import CHUNK_BYTES, MAX_TENSOR_BYTES
 from fedrun.errors import ProtocolError
@@ -27,12 +28,17 @@ ALLOWED_KINDS = frozenset("biuf")
 
 @dataclass
 class DecodedTensor:
-    """A tensor as received: its array and whether it is a delta against the global model."""
+    """A tensor as received: its array and whether it is a delta against the global model.
+
+    ``buffer`` is the pooled memory behind ``array`` when the receiver uses a buffer pool; hand it
+    back with ``pool.give(tensor.buffer)`` once the array is no longer needed.
+    """
 
     name: str
     array: np.ndarray
     delta: bool = False
     payload_bytes: int = 0
+    buffer: np.ndarray | None = None
 
 
 def wire_dtype(dtype: np.dtype) -> str:
@@ -205,12 +211,14 @@ class TensorAssembler:
         self,
         pipelines: Mapping[str, CompressionPipeline] | None = None,
         max_bytes: int = MAX_TENSOR_BYTES,
+        pool: BufferPool | None = None,
     ) -> None:
         self.pipelines = dict(pipelines or {})
         self.max_bytes = max_bytes
+        self.pool = pool
         self._header: pb.TensorHeader | None = None
         self._dtype: np.dtype | None = None
-        self._buffer: bytearray | None = None
+        self._buffer: np.ndarray | None = None
         self._filled = 0
 
     @property
@@ -232,7 +240,10 @@ class TensorAssembler:
                 )
             self._dtype = check_header(frame.header, self.max_bytes)
             self._header = frame.header
-            self._buffer = bytearray(frame.header.payload_bytes)
+            size = int(frame.header.payload_bytes)
+            self._buffer = (
+                self.pool.take(size) if self.pool is not None else np.empty(size, np.uint8)
+            )
             self._filled = 0
             if frame.header.payload_bytes == 0:
                 return self._finish()
@@ -251,7 +262,7 @@ class TensorAssembler:
                 f"tensor {self._header.name!r} sent more than its declared "
                 f"{self._header.payload_bytes} bytes",
             )
-        self._buffer[self._filled : end] = chunk
+        self._buffer[self._filled : end] = np.frombuffer(chunk, dtype=np.uint8)
         self._filled = end
         if end == len(self._buffer):
             return self._finish()
@@ -263,22 +274,27 @@ class TensorAssembler:
         self._header = self._dtype = self._buffer = None
         shape = tuple(int(d) for d in header.shape)
         if header.encoding in ("", "none"):
-            array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
-        else:
-            pipeline = self.pipelines.get(header.encoding)
-            if pipeline is None:
-                raise ProtocolError(
-                    "FX-WIRE-010",
-                    f"tensor {header.name!r} uses encoding {header.encoding!r}, "
-                    "which this side's plan does not use",
-                    "use the same compression_pipeline on every node",
-                )
-            try:
-                array = pipeline.decode(memoryview(buffer), header.encoding_meta, dtype, shape)
-            except ValueError as exc:
-                raise ProtocolError(
-                    "FX-WIRE-011", f"tensor {header.name!r} could not be decoded: {exc}"
-                ) from exc
+            array = buffer.view(dtype).reshape(shape) if buffer.size else np.empty(shape, dtype)
+            pooled = buffer if self.pool is not None else None
+            return DecodedTensor(
+                header.name, array, header.delta, int(header.payload_bytes), pooled
+            )
+        pipeline = self.pipelines.get(header.encoding)
+        if pipeline is None:
+            raise ProtocolError(
+                "FX-WIRE-010",
+                f"tensor {header.name!r} uses encoding {header.encoding!r}, "
+                "which this side's plan does not use",
+                "use the same compression_pipeline on every node",
+            )
+        try:
+            array = pipeline.decode(memoryview(buffer), header.encoding_meta, dtype, shape)
+        except ValueError as exc:
+            raise ProtocolError(
+                "FX-WIRE-011", f"tensor {header.name!r} could not be decoded: {exc}"
+            ) from exc
+        if self.pool is not None and not np.shares_memory(array, buffer):
+            self.pool.give(buffer)  # the decoded array is new memory; the payload is done
         return DecodedTensor(header.name, array, header.delta, int(header.payload_bytes))
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 from google.protobuf.internal.encoder import _VarintBytes
 
+from fedrun.buffers import BufferPool
 from fedrun.errors import ProtocolError, StateError
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol.codec import DecodedTensor, check_header, raw_bytes, wire_dtype
@@ -169,7 +170,9 @@ class TensorFileWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-def _stream(path: str | os.PathLike[str]) -> Iterator[pb.ModelInfo | DecodedTensor]:
+def _stream(
+    path: str | os.PathLike[str], pool: BufferPool | None = None
+) -> Iterator[pb.ModelInfo | DecodedTensor]:
     """Yield a model file's header, then its tensors one at a time (never the whole file).
 
     Each tensor's payload is read straight into its array's memory. A corrupt or truncated file
@@ -200,7 +203,10 @@ def _stream(path: str | os.PathLike[str]) -> Iterator[pb.ModelInfo | DecodedTens
                 dtype = check_header(header)
             except ProtocolError as exc:
                 raise _corrupt(source, exc.message) from exc
-            array = np.empty(tuple(int(d) for d in header.shape), dtype=dtype)
+            shape = tuple(int(d) for d in header.shape)
+            array = (
+                pool.take_array(shape, dtype) if pool is not None else np.empty(shape, dtype=dtype)
+            )
             view = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
             got = f.readinto(view) if array.size else 0
             if got != header.payload_bytes:
@@ -231,9 +237,12 @@ def _read_frame(f: BinaryIO, source: Path) -> pb.TensorFrame | None:
     return frame
 
 
-def iter_tensor_file(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray, bool]]:
-    """Yield ``(name, array, delta)`` from a model file, one tensor at a time."""
-    for item in _stream(path):
+def iter_tensor_file(
+    path: str | os.PathLike[str], pool: BufferPool | None = None
+) -> Iterator[tuple[str, np.ndarray, bool]]:
+    """Yield ``(name, array, delta)`` from a model file, one tensor at a time; with a ``pool``
+    the arrays live in pooled buffers the caller may give back once done with them."""
+    for item in _stream(path, pool):
         if isinstance(item, DecodedTensor):
             yield item.name, item.array, item.delta
 

@@ -14,6 +14,7 @@ from concurrent import futures
 
 import grpc
 
+from fedrun.buffers import POOL
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import GRPC_MAX_MESSAGE_BYTES
 from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError
@@ -206,12 +207,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         except ProtocolError as error:
             self._refuse(context, error, name)
             raise  # unreachable: abort raises
-        assembler = TensorAssembler(self.pipelines)
+        assembler = TensorAssembler(self.pipelines, pool=POOL)
         try:
             for frame in request_iterator:
                 tensor = assembler.feed(frame)
                 if tensor is not None:
                     upload.add(tensor.name, tensor.array, tensor.delta, tensor.payload_bytes)
+                    POOL.give(tensor.buffer)  # spooled to disk: the memory serves the next one
             assembler.close()
             upload.commit()
         except ProtocolError as error:
