@@ -66,6 +66,9 @@ class RoundState:
     bytes_received: int = 0
     raw_bytes: int = 0
     shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
+    accepted: list[AcceptedResult] = field(default_factory=list)
+    #: tasks whose sums hold parts of a failed upload: rebuilt from the spool before closing
+    dirty: set[str] = field(default_factory=set)
 
     def finished(self, collaborator: str) -> bool:
         tasks = self.assigned.get(collaborator, [])
@@ -460,6 +463,8 @@ class Aggregator:
             if self.done or state.number != upload.round or upload.collaborator in state.stragglers:
                 if spool:
                     spool.unlink(missing_ok=True)
+                if upload.folded and state.number == upload.round:
+                    state.dirty.add(upload.task)
                 raise ProtocolError(
                     "FX-ROUND-002",
                     f"result of {upload.collaborator!r} for round {upload.round} arrived after the "
@@ -467,6 +472,8 @@ class Aggregator:
                     "nothing to do: the collaborator joins the next round",
                 )
             if not self.state_store.record_result(result):
+                if upload.folded:
+                    state.dirty.add(upload.task)
                 raise ProtocolError(
                     "FX-ROUND-005",
                     f"duplicate result from {upload.collaborator!r} for task {upload.task!r}",
@@ -477,8 +484,72 @@ class Aggregator:
 
     def _abort_result(self, upload: ResultUpload) -> None:
         with self._lock:
-            self.round.in_progress.discard((upload.collaborator, upload.task))
+            state = self.round
+            state.in_progress.discard((upload.collaborator, upload.task))
+            if upload.folded and state.number == upload.round:
+                state.dirty.add(upload.task)
             self._changed.notify_all()
+
+    def _retains(self, task: str) -> bool:
+        return bool(getattr(self.aggregation_functions.get(task), "needs_all_updates", True))
+
+    def _fold_tensor(self, upload: ResultUpload, name: str, array: np.ndarray, delta: bool) -> None:
+        """Fold one checked (and already spooled) tensor of a live upload into the round."""
+        acc = self.round.accumulators.get(upload.task)
+        if acc is None or self.round.number != upload.round:
+            return
+        array = self._reconstruct(name, array, delta)
+        if self._retains(upload.task):
+            array = np.array(array, copy=True)  # the receive buffer is reused afterwards
+        # a task that saw a failed upload is re-aggregated from accepted results at the end of
+        # the round; until then a retry must not collide with the failed attempt's partial sums
+        origin = upload.collaborator
+        if upload.task in self.round.dirty:
+            origin = f"{upload.collaborator}@retry{id(upload)}"
+        with self._fold_lock:
+            try:
+                acc.add(name, array, float(upload.data_size), origin)
+            except ValueError as exc:
+                raise ProtocolError(
+                    "FX-DATA-020",
+                    f"tensor {name!r} from {upload.collaborator!r} cannot be aggregated: {exc}",
+                    "the collaborator's model must match the plan's initial model",
+                ) from exc
+        upload.folded = True
+
+    def _reconstruct(self, name: str, array: np.ndarray, delta: bool) -> np.ndarray:
+        """``global + delta`` for a delta tensor (in place when the types allow), else as is."""
+        if not delta:
+            return array
+        base = self.global_model[name]
+        if array.dtype == base.dtype and array.dtype.kind == "f" and array.flags.writeable:
+            return np.add(array, base, out=array)  # the inverse of trained - global
+        return (base.astype(np.float64) + array).astype(base.dtype)
+
+    def _fold_spool(self, acc: Accumulator, result: AcceptedResult) -> None:
+        """Fold an accepted result from its spool file (replay after a restart, or a rebuild)."""
+        if not result.spool_path:
+            return
+        pool = None if self._retains(result.task) else POOL
+        with self._fold_lock:
+            for name, array, delta in iter_tensor_file(result.spool_path, pool):
+                value = self._reconstruct(name, array, delta)
+                acc.add(name, value, float(result.data_size), result.collaborator)
+                if pool is not None:
+                    pool.give(array)
+
+    def _rebuild_dirty(self, state: RoundState) -> None:
+        """Recompute the sums of tasks that saw a failed upload, from accepted results only."""
+        for task in sorted(state.dirty):
+            fn = self.aggregation_functions.get(task)
+            if fn is None or task not in state.accumulators:
+                continue
+            log.info("round %d: re-aggregating %s without a failed upload", state.number, task)
+            acc = state.accumulators[task] = fn.begin_round(state.number, self.global_model)
+            for result in state.accepted:
+                if result.task == task:
+                    self._fold_spool(acc, result)
+        state.dirty.clear()
 
     def _apply_result(self, result: AcceptedResult, replay: bool) -> None:
         """Fold an accepted result into the round (lock held)."""
@@ -486,23 +557,9 @@ class Aggregator:
         if result.task in state.done.get(result.collaborator, set()):
             return
         acc = state.accumulators.get(result.task)
-        if result.spool_path and acc is not None:
-            # streaming rules copy what they need, so the read buffer can serve the next tensor
-            retains = getattr(
-                self.aggregation_functions.get(result.task), "needs_all_updates", True
-            )
-            pool = None if retains else POOL
-            with self._fold_lock:
-                for name, array, delta in iter_tensor_file(result.spool_path, pool):
-                    if delta:
-                        base = self.global_model[name]
-                        if array.dtype == base.dtype and array.dtype.kind == "f":
-                            np.add(array, base, out=array)  # the inverse of trained - global
-                        else:
-                            array = (base.astype(np.float64) + array).astype(base.dtype)
-                    acc.add(name, array, float(result.data_size), result.collaborator)
-                    if pool is not None:
-                        pool.give(array)
+        if replay and acc is not None:
+            self._fold_spool(acc, result)  # a live result was folded as its tensors arrived
+        state.accepted.append(result)
         for metric, value in result.metrics.items():
             self.metrics.emit(state.number, result.collaborator, result.task, metric, value)
             sums = state.metric_sums.setdefault((result.task, metric), [0.0, 0.0, 0.0])
@@ -602,6 +659,7 @@ class Aggregator:
                 self.metrics.emit(
                     state.number, "aggregator", "communication", "compression_ratio", ratio
                 )
+        self._rebuild_dirty(state)
         model_in = self.global_model
         new_model = dict(model_in)
         updated = False
@@ -758,6 +816,7 @@ class ResultUpload:
         self.raw_bytes = 0
         self._writer: TensorFileWriter | None = None
         self._closed = False
+        self.folded = False  # some of its tensors are already in the round's sums
 
     def add(self, name: str, array: np.ndarray, delta: bool = False, wire_bytes: int = 0) -> None:
         """Check one tensor and spool it."""
@@ -782,6 +841,7 @@ class ResultUpload:
                 durable=self.aggregator.durable,
             )
         self._writer.write(name, array, delta=delta)
+        self.aggregator._fold_tensor(self, name, array, delta)
         self.names.add(name)
         self.nbytes += wire_bytes or array.nbytes
         self.raw_bytes += array.nbytes
