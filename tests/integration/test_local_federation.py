@@ -87,13 +87,17 @@ def test_collaborator_started_first_waits_and_joins(tmp_path: Path, nodes: Nodes
 
 def test_aggregator_process_imports_no_ml_framework(tmp_path: Path, nodes: Nodes) -> None:
     ws = _workspace(tmp_path, ["one", "two"])
+    # the aggregator leaves through os._exit once finished: report the modules right there
     probe = (
-        "import sys\n"
-        "from fedrun.cli.main import main\n"
-        "try:\n    main(['aggregator', 'start'])\n"
-        "finally:\n"
+        "import os, sys\n"
+        "real_exit = os._exit\n"
+        "def report(code):\n"
         "    heavy = sorted(m for m in ('torch', 'keras', 'tensorflow', 'jax', 'sklearn') if m in sys.modules)\n"
         "    print('HEAVY_MODULES', heavy, flush=True)\n"
+        "    real_exit(code)\n"
+        "os._exit = report\n"
+        "from fedrun.cli.main import main\n"
+        "main(['aggregator', 'start'])\n"
     )
     out = open(tmp_path / "agg.out", "w")  # noqa: SIM115 - handed to the child process
     agg = subprocess.Popen(
