@@ -66,6 +66,18 @@ class TaskRunner:
             )
         self.opt_treatment = treatment
 
+    def load_for_training(self, input_tensor_dict: Mapping[str, np.ndarray]) -> bool:
+        """Load the round's global model as ``opt_treatment`` says; True when optimizer state
+        is federated (CONTINUE_GLOBAL: loaded now and sent back after training)."""
+        global_opt = self.opt_treatment == "CONTINUE_GLOBAL"
+        self.set_tensor_dict(input_tensor_dict, with_opt_vars=global_opt)
+        if self.opt_treatment == "RESET":
+            self.reset_opt_vars()
+        return global_opt
+
+    def reset_opt_vars(self) -> None:
+        """Give the optimizer a fresh state (RESET); runners override this."""
+
     def get_train_data_size(self) -> int:
         """Number of training samples in this collaborator's shard."""
         return int(self.data_loader.get_train_data_size()) if self.data_loader else 0

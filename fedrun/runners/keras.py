@@ -430,10 +430,7 @@ class KerasTaskRunner(TaskRunner):
         **kwargs: Any,
     ) -> TaskResult:
         """Load the global model, train ``epochs`` epochs, return metrics and trained weights."""
-        global_opt = self.opt_treatment == "CONTINUE_GLOBAL"
-        self.set_tensor_dict(input_tensor_dict, with_opt_vars=global_opt)
-        if self.opt_treatment == "RESET":
-            self.reset_opt_vars()
+        global_opt = self.load_for_training(input_tensor_dict)
         loader = self._loader()
         wanted = _names(metrics)
         values: dict[str, float] = {}

@@ -160,10 +160,7 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
         **kwargs: Any,
     ) -> TaskResult:
         """Load the global model, train ``epochs`` epochs, return loss and trained weights."""
-        global_opt = self.opt_treatment == "CONTINUE_GLOBAL"
-        self.set_tensor_dict(input_tensor_dict, with_opt_vars=global_opt)
-        if self.opt_treatment == "RESET":
-            self.reset_opt_vars()
+        global_opt = self.load_for_training(input_tensor_dict)
         anchor = getattr(self.optimizer, "set_old_weights", None)
         if callable(anchor):  # FedProx: the proximal term pulls towards this round's global model
             anchor(None)
