@@ -931,3 +931,23 @@ def _main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
+
+
+def report_run(name: str, res: dict[str, Any]) -> int:
+    """Write a single-system run's JSON, print it and one line per process; exit status."""
+    path = write_results(name, {"machine": machine_info(), "result": res})
+    print(json.dumps({k: v for k, v in res.items() if k != "group"}, indent=1, default=str))
+    for p in res["group"]["procs"]:
+        print(
+            p["name"],
+            p["returncode"],
+            round(p["wall_s"] or 0, 1),
+            "s cpu",
+            round(p["cpu_s"] or 0, 1),
+            "rss",
+            round(p["peak_rss_mib"] or 0),
+            "idle",
+            p["idle_s"],
+        )
+    print("written", path)
+    return 0 if res["ok"] else 1

@@ -243,22 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         res["final_accuracy_full_test"] = common.score_model(
             sys.executable, Path(res["final_model_npz"])
         )
-    path = common.write_results("fedrun_runner", {"machine": common.machine_info(), "result": res})
-    print(json.dumps({k: v for k, v in res.items() if k != "group"}, indent=1, default=str))
-    for p in res["group"]["procs"]:
-        print(
-            p["name"],
-            p["returncode"],
-            round(p["wall_s"] or 0, 1),
-            "s cpu",
-            round(p["cpu_s"] or 0, 1),
-            "rss",
-            round(p["peak_rss_mib"] or 0),
-            "idle",
-            p["idle_s"],
-        )
-    print("written", path)
-    return 0 if res["ok"] else 1
+    return common.report_run("fedrun_runner", res)
 
 
 if __name__ == "__main__":
