@@ -151,6 +151,8 @@ def run_collaborator(plan: Plan, name: str) -> Any:
             reply.rounds_to_train,
             plan.hash[:12],
         )
+        timeout = float(plan.settings("aggregator").get("collaborator_timeout") or 300)
+        client.start_heartbeat(min(30.0, timeout / 3))
         collaborator = build_collaborator(plan, name, client, runner)
         while True:
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TypeVar
@@ -120,10 +121,30 @@ class AggregatorClient:
         )
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
         self._was_down = False
 
     def close(self) -> None:
+        self._heartbeat_stop.set()
         self.channel.close()
+
+    def start_heartbeat(self, interval: float) -> None:
+        """Ping every ``interval`` seconds in the background, so a collaborator busy with a long
+        task is not mistaken for a gone one (the aggregator only sees calls)."""
+        if self._heartbeat is not None or interval <= 0:
+            return
+
+        def beat() -> None:
+            while not self._heartbeat_stop.wait(interval):
+                # failures are not ours to report: the task loop sees real connection problems
+                with contextlib.suppress(grpc.RpcError):
+                    self.stub.Ping(
+                        pb.PingRequest(header=self.header), timeout=UNARY_DEADLINE_SECONDS
+                    )
+
+        self._heartbeat = threading.Thread(target=beat, name="fedrun-heartbeat", daemon=True)
+        self._heartbeat.start()
 
     # ------------------------------------------------------------------ retry
     def _retry(self, what: str, call: Callable[[], T]) -> T:

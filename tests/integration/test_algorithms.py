@@ -154,3 +154,23 @@ def test_evaluation_task_group_runs_one_round_and_saves_nothing(
     tasks = {(r["round"], r["task"]) for r in records if r["origin"] == "aggregator"}
     assert tasks == {(0, "aggregated_model_validation")}
     assert not (ws / "save" / "best.pbuf").exists() and not (ws / "save" / "last.pbuf").exists()
+
+
+def test_a_long_task_is_not_mistaken_for_a_gone_collaborator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = _slow_workspace(tmp_path, monkeypatch, seconds=7)
+    monkeypatch.setenv("FEDRUN_TEST_SLOW", "collaborator2")
+    LocalFederation(
+        ws,
+        collaborators=2,
+        rounds=1,
+        plan_set=[
+            "task_runner.template=src.slow.SlowDigitsCNN",
+            "aggregator.collaborator_timeout=3",
+            "tasks.train.kwargs.epochs=1",
+        ],
+    ).run(timeout=300)
+    log = (ws / "logs" / "aggregator.log").read_text()
+    assert "round 0: collaborator2 finished its tasks" in log
+    assert "is gone" not in log, "the heartbeat keeps a busy collaborator alive"
