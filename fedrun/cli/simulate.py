@@ -25,7 +25,14 @@ from fedrun.cli.common import console, handle_errors
     type=click.Path(path_type=Path),
     help="where to create the workspace (default ./fedrun-workspaces/<template>-<time>)",
 )
-@click.option("-n", "--collaborators", default=2, show_default=True, type=click.IntRange(1, 512))
+@click.option(
+    "-n",
+    "--collaborators",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 512),
+    help="collaborator processes",
+)
 @click.option("-r", "--rounds", default=None, type=click.IntRange(1), help="rounds to train")
 @click.option(
     "--plan-set",
