@@ -495,8 +495,9 @@ class Aggregator:
 
     def _fold_tensor(self, upload: ResultUpload, name: str, array: np.ndarray, delta: bool) -> None:
         """Fold one checked (and already spooled) tensor of a live upload into the round."""
-        acc = self.round.accumulators.get(upload.task)
-        if acc is None or self.round.number != upload.round:
+        state = self.round  # read once: the round may switch while this upload streams
+        acc = state.accumulators.get(upload.task)
+        if acc is None or state.number != upload.round:
             return
         array = self._reconstruct(name, array, delta)
         if self._retains(upload.task):
@@ -504,7 +505,7 @@ class Aggregator:
         # a task that saw a failed upload is re-aggregated from accepted results at the end of
         # the round; until then a retry must not collide with the failed attempt's partial sums
         origin = upload.collaborator
-        if upload.task in self.round.dirty:
+        if upload.task in state.dirty:
             origin = f"{upload.collaborator}@retry{id(upload)}"
         with self._fold_lock:
             try:
