@@ -671,9 +671,9 @@ class Aggregator:
                 except ValueError as exc:
                     log.error("round %d: aggregation of %s failed: %s", state.number, task, exc)
                     continue
-                for name, value in result.items():
+                for name, tensor in result.items():
                     if name in new_model or name.startswith(OPTIMIZER_PREFIX):
-                        new_model[name] = value
+                        new_model[name] = tensor
                         updated = True
         score_key = self._score_key(summary_metrics)
         if score_key is not None and self.save_models:

@@ -31,12 +31,12 @@ DEFAULT_DAYS = 365
 CLOCK_SKEW = timedelta(minutes=10)
 
 
-def signature_hash() -> hashes.HashAlgorithm:
+def signature_hash() -> hashes.SHA384:
     """Return the hash used for every fedrun signature (SHA-384, as OpenFL).
 
     Returns
     -------
-    hashes.HashAlgorithm
+    hashes.SHA384
         A new :class:`~cryptography.hazmat.primitives.hashes.SHA384`.
     """
     return hashes.SHA384()

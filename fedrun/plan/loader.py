@@ -583,7 +583,7 @@ class Plan:
             if agg is not None:
                 if isinstance(agg, str):
                     agg = {"template": agg}
-                    entry["aggregation_type"] = agg
+                    tasks[task_name]["aggregation_type"] = agg
                 if not isinstance(agg, Mapping) or "template" not in agg:
                     raise PlanError(
                         "FX-PLAN-011",

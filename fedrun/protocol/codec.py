@@ -70,7 +70,7 @@ def raw_bytes(array: np.ndarray) -> memoryview:
     if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not np.little_endian):
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     arr = np.ascontiguousarray(arr)
-    return memoryview(arr).cast("B") if arr.size else memoryview(b"")
+    return arr.data.cast("B") if arr.size else memoryview(b"")
 
 
 def encode_tensor(
@@ -288,7 +288,7 @@ class TensorAssembler:
                 "use the same compression_pipeline on every node",
             )
         try:
-            array = pipeline.decode(memoryview(buffer), header.encoding_meta, dtype, shape)
+            array = pipeline.decode(buffer.data, header.encoding_meta, dtype, shape)
         except ValueError as exc:
             raise ProtocolError(
                 "FX-WIRE-011", f"tensor {header.name!r} could not be decoded: {exc}"

@@ -207,7 +207,7 @@ def _stream(
             array = (
                 pool.take_array(shape, dtype) if pool is not None else np.empty(shape, dtype=dtype)
             )
-            view = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+            view = array.reshape(-1).view(np.uint8).data if array.size else memoryview(b"")
             got = f.readinto(view) if array.size else 0
             if got != header.payload_bytes:
                 raise _corrupt(source, f"tensor {header.name!r} is truncated")

@@ -156,7 +156,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def GetTensors(
         self, request: pb.GetTensorsRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.TensorFrame]:
+    ) -> Iterator[pb.TensorFrame | bytes]:
         name = self._authenticate(request.header, context)
         try:
             model = self.aggregator.get_global_model(name, request.round)
@@ -193,6 +193,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "FX-WIRE-012: upload must start with a result header",
             )
+        assert isinstance(first, pb.TensorFrame)  # context.abort above raised otherwise
         result = first.result
         name = self._authenticate(result.header, context)
         try:
