@@ -10,7 +10,7 @@ import yaml
 
 from fedrun.errors import WorkspaceError
 from fedrun.plan.loader import Plan
-from fedrun.workspace.templates_catalog import template_dir
+from fedrun.workspace.templates_catalog import EXTENDS_FILE, template_layers
 
 WORKSPACE_DIRS = ("cert", "data", "logs", "save", "local_state", "src", "plan", "plan/defaults")
 
@@ -23,7 +23,7 @@ def dump_plan(config: dict[str, Any], path: Path, header: str = "") -> None:
 
 def create_workspace(prefix: str | Path, template: str) -> Path:
     """Copy ``template`` into ``prefix`` and write its expanded plan; returns the folder."""
-    source = template_dir(template)
+    layers = template_layers(template)
     target = Path(prefix).expanduser().resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise WorkspaceError(
@@ -32,12 +32,13 @@ def create_workspace(prefix: str | Path, template: str) -> Path:
             "choose another --prefix, or remove that folder first",
         )
     try:
-        shutil.copytree(
-            source,
-            target,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-            dirs_exist_ok=True,
-        )
+        for layer in layers:  # base template first, the variant's own files on top
+            shutil.copytree(
+                layer,
+                target,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", EXTENDS_FILE),
+                dirs_exist_ok=True,
+            )
         for name in WORKSPACE_DIRS:
             (target / name).mkdir(exist_ok=True)
     except OSError as exc:

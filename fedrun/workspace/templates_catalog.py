@@ -31,6 +31,27 @@ def available_templates() -> list[str]:
     return sorted(names)
 
 
+#: a template folder may hold this file naming a base template: the base's files are copied
+#: first and the template's own files on top, so variants keep only what differs
+EXTENDS_FILE = ".extends"
+
+
+def template_layers(name: str) -> list[Path]:
+    """Folders to copy for template ``name``, base first (follows ``.extends``)."""
+    layers: list[Path] = []
+    current: str | None = name
+    while current is not None:
+        folder = template_dir(current)
+        if folder in layers:
+            raise WorkspaceError(
+                "FX-WS-005", f"template {name!r} extends itself through {current!r}"
+            )
+        layers.insert(0, folder)
+        base = folder / EXTENDS_FILE
+        current = base.read_text().strip() if base.is_file() else None
+    return layers
+
+
 def template_dir(name: str) -> Path:
     """Folder of template ``name``; unknown names get the list of known ones."""
     names = available_templates()
