@@ -951,3 +951,38 @@ def report_run(name: str, res: dict[str, Any]) -> int:
         )
     print("written", path)
     return 0 if res["ok"] else 1
+
+
+def thread_env(env: dict[str, str | None], threads: str) -> dict[str, str | None]:
+    """Pin BLAS/OpenMP threads to ``threads``, or unset them for ``"default"``."""
+    value = None if threads == "default" else threads
+    env.update({k: value for k in ONE_THREAD_ENV})
+    return env
+
+
+def fx_federation_specs(
+    fx_exe: str, workspace: Path, collaborators: list[str], env: dict[str, str | None], logs: Path
+) -> list[ProcSpec]:
+    """The processes of an ``fx``-driven federation (OpenFL's and fedrun's CLIs agree here)."""
+    specs = [
+        ProcSpec(
+            "aggregator",
+            [fx_exe, "aggregator", "start"],
+            str(workspace),
+            env,
+            str(logs / "aggregator.log"),
+            "aggregator",
+        )
+    ]
+    for name in collaborators:
+        specs.append(
+            ProcSpec(
+                name,
+                [fx_exe, "collaborator", "start", "-n", name],
+                str(workspace),
+                env,
+                str(logs / f"{name}.log"),
+                "collaborator",
+            )
+        )
+    return specs

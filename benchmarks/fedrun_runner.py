@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.common import ProcSpec
 
 COLLABORATORS = ("collaborator1", "collaborator2")
 FQDN = "localhost"
@@ -132,33 +131,9 @@ def run_federation(
     logs = ws / "bench-logs"
     logs.mkdir(parents=True)
     env: dict[str, str | None] = dict(fx_env())
-    if threads != "default":
-        env.update({k: threads for k in common.ONE_THREAD_ENV})
-        env["FEDRUN_NUM_THREADS"] = threads
-    else:
-        env.update({k: None for k in common.ONE_THREAD_ENV})
-        env["FEDRUN_NUM_THREADS"] = None
-    specs = [
-        ProcSpec(
-            "aggregator",
-            [fx_path(), "aggregator", "start"],
-            str(ws),
-            env,
-            str(logs / "aggregator.log"),
-            "aggregator",
-        )
-    ]
-    for name in collaborators:
-        specs.append(
-            ProcSpec(
-                name,
-                [fx_path(), "collaborator", "start", "-n", name],
-                str(ws),
-                env,
-                str(logs / f"{name}.log"),
-                "collaborator",
-            )
-        )
+    common.thread_env(env, threads)
+    env["FEDRUN_NUM_THREADS"] = None if threads == "default" else threads
+    specs = common.fx_federation_specs(fx_path(), ws, collaborators, env, logs)
     if netns:
         group = common.launch_group_in_netns(
             specs, timeout=timeout, work=logs, sample_interval=sample_interval

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.common import ProcSpec
 
 ENV_NAME = "openfl"
 REQUIREMENTS = ["openfl==1.9.*", "torch==2.14.1", "torchvision==0.29.1", "numpy<2.4"]
@@ -143,31 +142,8 @@ def run_federation(
     reset_workspace(ws)
     logs = ws / "bench-logs"
     env: dict[str, str | None] = dict(env_vars())
-    if threads != "default":
-        env.update({k: threads for k in common.ONE_THREAD_ENV})
-    else:
-        env.update({k: None for k in common.ONE_THREAD_ENV})
-    specs = [
-        ProcSpec(
-            "aggregator",
-            [fx(), "aggregator", "start"],
-            str(ws),
-            env,
-            str(logs / "aggregator.log"),
-            "aggregator",
-        )
-    ]
-    for name in collaborators:
-        specs.append(
-            ProcSpec(
-                name,
-                [fx(), "collaborator", "start", "-n", name],
-                str(ws),
-                env,
-                str(logs / f"{name}.log"),
-                "collaborator",
-            )
-        )
+    common.thread_env(env, threads)
+    specs = common.fx_federation_specs(fx(), ws, collaborators, env, logs)
     group = common.launch_group_in_netns(specs, timeout=timeout, work=logs)
     parsed = parse_logs(logs)
     out: dict[str, Any] = {
