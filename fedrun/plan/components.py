@@ -335,7 +335,3 @@ def build_collaborator(
         opt_treatment=str(settings.get("opt_treatment") or "RESET"),
         db_store_rounds=int(settings.get("db_store_rounds") or 1),
     )
-
-
-def workspace_path(plan: Plan, relative: str) -> Path:
-    return plan.resolve_path(relative)

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 from fedrun.errors import WorkspaceError
+from fedrun.pki.names import default_fqdn
 from fedrun.plan.components import build_task_runner
-from fedrun.plan.loader import Plan, default_fqdn, load_yaml
+from fedrun.plan.loader import Plan, load_yaml
 from fedrun.storage.model_file import load_model, save_model
 
 

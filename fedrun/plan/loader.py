@@ -16,7 +16,6 @@ import importlib.util
 import inspect
 import json
 import os
-import socket
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from fedrun.constants import AUTO_PORT_MAX, AUTO_PORT_MIN, ENV_FQDN
+from fedrun.constants import AUTO_PORT_MAX, AUTO_PORT_MIN
 from fedrun.errors import PlanError
 from fedrun.federation.tasks import TaskSpec
 from fedrun.plan import schema
@@ -196,11 +195,6 @@ def diff_plans(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> 
     return out
 
 
-def default_fqdn() -> str:
-    """``$FQDN`` when set, else this host's fully qualified domain name (lower case)."""
-    return (os.environ.get(ENV_FQDN) or socket.getfqdn()).strip().lower()
-
-
 @dataclass
 class Plan:
     """A loaded, merged, validated FL plan and the files that come with it.
@@ -323,7 +317,11 @@ class Plan:
     @property
     def agg_addr(self) -> str:
         addr = str(self.network.get("agg_addr") or "auto")
-        return default_fqdn() if addr == "auto" else addr
+        if addr != "auto":
+            return addr
+        from fedrun.pki.names import default_fqdn  # one definition of the FQDN default
+
+        return default_fqdn()
 
     @property
     def agg_port(self) -> int:
@@ -826,7 +824,6 @@ __all__ = [
     "PlanError",
     "canonical_json",
     "deep_merge",
-    "default_fqdn",
     "did_you_mean",
     "diff_plans",
     "load_yaml",
