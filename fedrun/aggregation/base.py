@@ -13,7 +13,7 @@ signature; the default accumulator collects the tensors and calls it once per na
 
 from __future__ import annotations
 
-from abc import ABC
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,6 +40,38 @@ class Accumulator(ABC):  # noqa: B024 - methods raise NotImplementedError instea
     def result(self) -> dict[str, np.ndarray]:
         """Return the aggregate of every name added, in the dtype of the inputs."""
         raise NotImplementedError
+
+    def open_stream(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype, weight: float, origin: str
+    ) -> TensorStream | None:
+        """Fold tensor ``name`` slice by slice as it arrives, or None when this rule needs the
+        whole tensor (then it comes through :meth:`add`). The default needs it whole."""
+        return None
+
+    def release(self) -> None:
+        """The caller no longer uses :meth:`result`'s arrays; their memory may be reused."""
+        return None
+
+
+class TensorStream(ABC):
+    """One tensor being folded slice by slice (see :meth:`Accumulator.open_stream`).
+
+    Slices may come in any order but each element exactly once. :meth:`fold` refuses a slice
+    holding NaN or infinity with ``ValueError`` before adding any of that slice; slices folded
+    earlier stay in the sums, so the caller must drop or rebuild the accumulator on any error.
+    """
+
+    @abstractmethod
+    def fold(self, start: int, values: np.ndarray) -> None:
+        """Add the flat elements ``values`` at flat offset ``start``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Every element arrived: the tensor counts."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """The tensor will not complete."""
 
 
 class AggregationFunction:
@@ -198,26 +230,30 @@ class UpdateLog:
     ) -> tuple[np.ndarray, float]:
         """Validate and record one update; return ``(tensor as ndarray, weight as float)``."""
         array, weight_value = check_update(name, tensor, weight, origin)
+        self.check_layout(name, array.shape, array.dtype, origin)
+        return array, weight_value
+
+    def check_layout(self, name: str, shape: tuple[int, ...], dtype: np.dtype, origin: str) -> None:
+        """Record one update's shape and dtype before its values are seen (a streamed tensor)."""
         seen = self.layout.get(name)
         if seen is not None:
-            shape, dtype = seen
-            if array.shape != shape:
+            ref_shape, ref_dtype = seen
+            if tuple(shape) != ref_shape:
                 raise ValueError(
-                    f"tensor {name!r} from {origin!r} has shape {array.shape}, but earlier "
-                    f"updates of {name!r} have shape {shape}"
+                    f"tensor {name!r} from {origin!r} has shape {tuple(shape)}, but earlier "
+                    f"updates of {name!r} have shape {ref_shape}"
                 )
-            if array.dtype != dtype:
+            if np.dtype(dtype) != ref_dtype:
                 raise ValueError(
-                    f"tensor {name!r} from {origin!r} has dtype {array.dtype}, but earlier "
-                    f"updates of {name!r} have dtype {dtype}"
+                    f"tensor {name!r} from {origin!r} has dtype {np.dtype(dtype)}, but earlier "
+                    f"updates of {name!r} have dtype {ref_dtype}"
                 )
         origins = self.origins.setdefault(name, set())
         if origin in origins:
             raise ValueError(f"{origin!r} already sent tensor {name!r} in this round")
         if seen is None:
-            self.layout[name] = (array.shape, array.dtype)
+            self.layout[name] = (tuple(shape), np.dtype(dtype))
         origins.add(origin)
-        return array, weight_value
 
 
 def normalized_weights(weights: Sequence[float]) -> np.ndarray:

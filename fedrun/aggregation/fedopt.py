@@ -31,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from fedrun.aggregation.base import Accumulator, AggregationFunction, LocalTensor, finish_like
+from fedrun.aggregation.base import (
+    Accumulator,
+    AggregationFunction,
+    LocalTensor,
+    TensorStream,
+    finish_like,
+)
 from fedrun.aggregation.weighted_average import StreamingAverageAccumulator, WeightedAverage
 
 
@@ -191,6 +197,16 @@ class _AdaptiveAccumulator(Accumulator):
                 f"model's {name!r} has shape {np.shape(reference)}"
             )
         self.inner.add(name, tensor, weight, origin)
+
+    def open_stream(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype, weight: float, origin: str
+    ) -> TensorStream | None:
+        if self._result is not None:
+            return None
+        reference = self.global_model.get(name)
+        if reference is not None and np.shape(reference) != tuple(shape):
+            return None  # refused with the full message by add()
+        return self.inner.open_stream(name, shape, dtype, weight, origin)
 
     def result(self) -> dict[str, np.ndarray]:
         if self._result is None:

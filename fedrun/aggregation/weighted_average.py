@@ -19,6 +19,7 @@ from fedrun.aggregation.base import (
     AggregationFunction,
     CollectingAccumulator,
     LocalTensor,
+    TensorStream,
     UpdateLog,
     finish_like,
     normalized_weights,
@@ -50,12 +51,77 @@ def accumulation_dtype(dtype: np.dtype) -> np.dtype:
 class _RunningSum:
     """Running state of one tensor name."""
 
-    __slots__ = ("total", "weight", "count")
+    __slots__ = ("total", "weight", "count", "pending")
 
     def __init__(self) -> None:
         self.total: Any = None  # ndarray (or numpy scalar for 0-d tensors)
         self.weight = 0.0  # sum of the positive weights folded in
         self.count = 0  # number of tensors folded in
+        self.pending = 0.0  # weights of streams still arriving (their slices are in total)
+
+    @property
+    def weighted(self) -> bool:
+        """True once a positively weighted tensor was folded in, or is being."""
+        return self.weight > 0 or self.pending > 0
+
+
+#: elements per block when a streamed slice is weighted, checked and added (fits in cache)
+STREAM_BLOCK = 1 << 17
+
+
+class _WeightedStream(TensorStream):
+    """Folds one positively weighted float tensor into a running sum, slice by slice."""
+
+    def __init__(
+        self,
+        owner: StreamingAverageAccumulator,
+        state: _RunningSum,
+        weight: float,
+        name: str,
+        origin: str,
+    ) -> None:
+        self.owner = owner
+        self.state = state
+        self.weight = weight
+        self.name = name
+        self.origin = origin
+        self.flat = state.total.reshape(-1)
+        self.scratch = np.empty(min(STREAM_BLOCK, self.flat.size), dtype=self.flat.dtype)
+        self.open = True
+
+    def fold(self, start: int, values: np.ndarray) -> None:
+        if self.owner._result is not None or not self.open:
+            raise RuntimeError(f"tensor {self.name!r}: the sums were already finished")
+        src = values.reshape(-1)
+        end = start + src.size
+        if start < 0 or end > self.flat.size:
+            raise ValueError(
+                f"slice [{start}, {end}) of tensor {self.name!r} from {self.origin!r} lies "
+                f"outside its {self.flat.size} elements"
+            )
+        for lo in range(0, src.size, STREAM_BLOCK):
+            hi = min(lo + STREAM_BLOCK, src.size)
+            part = self.scratch[: hi - lo]
+            np.multiply(src[lo:hi], self.weight, out=part, dtype=part.dtype)
+            # NaN and inf propagate through the sum; float64 sums of float32 inputs cannot overflow
+            if not np.isfinite(part.sum()) and not np.isfinite(part).all():
+                raise ValueError(
+                    f"tensor {self.name!r} from {self.origin!r} holds non-finite value(s) "
+                    "(NaN or inf); the update was refused"
+                )
+            self.flat[start + lo : start + hi] += part
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            self.state.pending -= self.weight
+            self.state.weight += self.weight
+            self.state.count += 1
+
+    def abort(self) -> None:
+        if self.open:
+            self.open = False
+            self.state.pending -= self.weight
 
 
 class StreamingAverageAccumulator(Accumulator):
@@ -80,6 +146,41 @@ class StreamingAverageAccumulator(Accumulator):
         self._log = UpdateLog()
         self._sums: dict[str, _RunningSum] = {}
         self._result: dict[str, np.ndarray] | None = None
+        self._lent: list[np.ndarray] = []  # pooled sums that result()'s arrays live in
+
+    def open_stream(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype, weight: float, origin: str
+    ) -> TensorStream | None:
+        """Stream positively weighted float tensors (the common case); others come whole."""
+        dt = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64))
+        if (
+            self._result is not None
+            or dt.kind != "f"
+            or dt.itemsize > 8
+            or size == 0
+            or len(shape) == 0
+            or not (np.isfinite(weight) and weight > 0)
+            or (self._summed is not None and self._summed(name))
+        ):
+            return None
+        state = self._sums.get(name)
+        if (
+            state is not None
+            and state.total is not None
+            and not isinstance(state.total, np.ndarray)
+        ):
+            return None
+        self._log.check_layout(name, tuple(shape), dt, origin)
+        if state is None:
+            state = self._sums[name] = _RunningSum()
+        if not state.weighted:
+            # the first weighted tensor starts the sum (dropping any zero-weight sum so far)
+            total = POOL.take_array(tuple(shape), accumulation_dtype(dt))
+            total.fill(0)
+            state.total = total
+        state.pending += float(weight)
+        return _WeightedStream(self, state, float(weight), name, origin)
 
     def add(self, name: str, tensor: np.ndarray, weight: float, origin: str) -> None:
         array, weight_value = self._log.check(name, tensor, weight, origin)
@@ -93,7 +194,7 @@ class StreamingAverageAccumulator(Accumulator):
             else:
                 state.total += array
         elif weight_value > 0:
-            if state.weight == 0.0:
+            if not state.weighted:
                 # the first weighted tensor starts the sum (dropping any zero-weight sum so far)
                 state.total = np.multiply(
                     array,
@@ -104,7 +205,7 @@ class StreamingAverageAccumulator(Accumulator):
             else:
                 state.total = _fold(state.total, array, weight_value)
             state.weight += weight_value
-        elif state.weight == 0.0:
+        elif not state.weighted:
             if state.total is None:
                 state.total = np.array(array, dtype=acc_dtype, copy=True)
             else:
@@ -129,8 +230,12 @@ class StreamingAverageAccumulator(Accumulator):
         return out
 
     def result(self) -> dict[str, np.ndarray]:
-        """The aggregates in the inputs' dtypes; the float64 sums are divided in place and their
-        memory goes back to the buffer pool (call once; later calls return the same dict)."""
+        """The aggregates in the inputs' dtypes (call once; later calls return the same dict).
+
+        The float64 sums are divided in place and float32 results are written into the first
+        half of their own sum's memory, so finishing a round allocates nothing model-sized.
+        Call :meth:`release` once the results are no longer used, to recycle that memory.
+        """
         if self._result is not None:
             return self._result
         dtypes = self.dtypes()
@@ -145,12 +250,38 @@ class StreamingAverageAccumulator(Accumulator):
                 value = (
                     np.divide(total, divisor, out=total) if owned else np.asarray(total / divisor)
                 )
-            out[name] = finish_like(np.asarray(value), dtypes[name])
-            if owned and out[name] is not total:
-                POOL.give(total)
+            dtype = np.dtype(dtypes[name])
+            if owned and value is total and total.dtype == np.float64 and dtype == np.float32:
+                out[name] = _narrow_in_place(total)
+                self._lent.append(total)
+            elif owned and value is total and total.dtype == dtype:
+                out[name] = total
+                self._lent.append(total)
+            else:
+                out[name] = finish_like(np.asarray(value), dtype)
+                if owned and out[name] is not total:
+                    POOL.give(total)
             state.total = None
         self._result = out
         return out
+
+    def release(self) -> None:
+        """Give the sums that :meth:`result`'s arrays live in back to the buffer pool."""
+        lent, self._lent = self._lent, []
+        for buffer in lent:
+            POOL.give(buffer)
+
+
+def _narrow_in_place(total: np.ndarray) -> np.ndarray:
+    """Cast a float64 array to float32 into the first half of its own memory, block by block
+    (each block's float32 bytes end before the float64 bytes still to be read)."""
+    flat = total.reshape(-1)
+    narrow = flat.view(np.float32)[: flat.size]
+    for lo in range(0, flat.size, FOLD_CHUNK):
+        hi = min(lo + FOLD_CHUNK, flat.size)
+        # source and target overlap only inside the first block; numpy buffers that one safely
+        np.copyto(narrow[lo:hi], flat[lo:hi], casting="same_kind")
+    return narrow.reshape(total.shape)
 
 
 def overrides_call(rule: AggregationFunction, base: type[AggregationFunction]) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrun import failpoints
-from fedrun.aggregation.base import Accumulator, AggregationFunction, all_finite
+from fedrun.aggregation.base import Accumulator, AggregationFunction, TensorStream, all_finite
 from fedrun.buffers import POOL
 from fedrun.constants import END_GRACE_SECONDS
 from fedrun.errors import ProtocolError
@@ -28,7 +28,8 @@ from fedrun.federation.assigner import Assigner
 from fedrun.federation.stragglers import StragglerPolicy, WaitForAllPolicy
 from fedrun.federation.tasks import TaskSpec
 from fedrun.metrics.records import MetricHub
-from fedrun.storage.model_file import TensorFileWriter, iter_tensor_file
+from fedrun.protocol import federation_pb2 as pb
+from fedrun.storage.model_file import TensorFileWriter, iter_tensor_file, open_model_view
 from fedrun.storage.sqlite_state import flatten_rule_states
 from fedrun.storage.state_store import AcceptedResult, InMemoryStateStore, StateStore
 from fedrun.units import human_bytes
@@ -342,7 +343,7 @@ class Aggregator:
                     + (" (experiment finished)" if self.done else ""),
                     "the collaborator will ask for new tasks",
                 )
-            return self.global_model
+            return dict(self.global_model)  # the round may close (and replace it) while sent
 
     # ------------------------------------------------------------------ results
     def open_result(
@@ -405,9 +406,15 @@ class Aggregator:
             self, state.number, collaborator, task, int(data_size), dict(metrics), tensor_count
         )
 
-    def _check_tensor(
-        self, upload: ResultUpload, name: str, array: np.ndarray, delta: bool
+    def _check_layout(
+        self,
+        upload: ResultUpload,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        delta: bool,
     ) -> None:
+        """Refuse a tensor the global model has not, or of another shape or dtype."""
         where = f"{upload.collaborator!r}, task {upload.task!r}, round {upload.round}"
         reference = self.global_model.get(name)
         if reference is None:
@@ -418,26 +425,32 @@ class Aggregator:
                     "the collaborator's model must have the same layers as the aggregator's",
                 )
             with self._lock:
-                seen = self.round.shapes.setdefault(name, (array.shape, array.dtype))
+                seen = self.round.shapes.setdefault(name, (shape, np.dtype(dtype)))
             ref_shape, ref_dtype = seen
         else:
             ref_shape, ref_dtype = reference.shape, reference.dtype
-        if array.shape != ref_shape:
+        if shape != ref_shape:
             raise ProtocolError(
                 "FX-DATA-014",
-                f"tensor {name!r} from {where} has shape {array.shape}, expected {ref_shape}",
+                f"tensor {name!r} from {where} has shape {shape}, expected {ref_shape}",
                 "the collaborator's model must match the plan's initial model",
             )
-        if array.dtype != ref_dtype:
+        if dtype != ref_dtype:
             raise ProtocolError(
                 "FX-DATA-015",
-                f"tensor {name!r} from {where} has dtype {array.dtype}, expected {ref_dtype}",
+                f"tensor {name!r} from {where} has dtype {dtype}, expected {ref_dtype}",
                 "the collaborator's model must match the plan's initial model",
             )
         if delta and reference is None:
             raise ProtocolError(
                 "FX-DATA-016", f"delta for {name!r} from {where} has no base tensor"
             )
+
+    def _check_tensor(
+        self, upload: ResultUpload, name: str, array: np.ndarray, delta: bool
+    ) -> None:
+        self._check_layout(upload, name, array.shape, array.dtype, delta)
+        where = f"{upload.collaborator!r}, task {upload.task!r}, round {upload.round}"
         if array.dtype.kind == "f" and not all_finite(array):
             raise ProtocolError(
                 "FX-DATA-010",
@@ -689,6 +702,14 @@ class Aggregator:
             self.global_model = new_model
             if self.save_models:
                 last_file = self.model_sink.save_last(new_model, state.number + 1)
+            if last_file is not None:
+                # serve the new model from its file: the aggregator keeps no resident copy, and
+                # the memory the results were finished in goes back to the pool for next round
+                self.global_model = open_model_view(last_file).tensors
+                del new_model
+                with self._fold_lock:
+                    for acc in state.accumulators.values():
+                        acc.release()
         finished_experiment = state.final_validation or (
             state.number + 1 >= self.rounds_to_train
             and not (self.final_validation_enabled and updated and self._global_validation_tasks())
@@ -816,21 +837,22 @@ class ResultUpload:
         self.nbytes = 0
         self.raw_bytes = 0
         self._writer: TensorFileWriter | None = None
+        self._streaming: dict[str, IncomingTensor] = {}
         self._closed = False
         self.folded = False  # some of its tensors are already in the round's sums
 
-    def add(self, name: str, array: np.ndarray, delta: bool = False, wire_bytes: int = 0) -> None:
-        """Check one tensor and spool it."""
-        if name in self.names:
+    def _check_new(self, name: str) -> None:
+        if name in self.names or name in self._streaming:
             raise ProtocolError(
                 "FX-DATA-017", f"tensor {name!r} sent twice by {self.collaborator!r}"
             )
-        if len(self.names) >= self.tensor_count:
+        if len(self.names) + len(self._streaming) >= self.tensor_count:
             raise ProtocolError(
                 "FX-DATA-018",
                 f"{self.collaborator!r} sent more tensors than the {self.tensor_count} it announced",
             )
-        self.aggregator._check_tensor(self, name, array, delta)
+
+    def _spool(self) -> TensorFileWriter:
         if self._writer is None:
             path = self.aggregator._spool_path(self.round, self.collaborator, self.task)
             self._writer = TensorFileWriter(
@@ -841,7 +863,48 @@ class ResultUpload:
                 kind="result",
                 durable=self.aggregator.durable,
             )
-        self._writer.write(name, array, delta=delta)
+        return self._writer
+
+    def open_tensor(self, header: pb.TensorHeader, dtype: np.dtype) -> IncomingTensor | None:
+        """Receive a raw tensor slice by slice straight into the spool and the round's sums
+        (no tensor-sized buffer), or None when it must arrive whole through :meth:`add`:
+        compressed or delta tensors, and rules that need every update at once."""
+        if header.encoding not in ("", "none") or header.delta or header.payload_bytes == 0:
+            return None
+        agg = self.aggregator
+        state = agg.round
+        acc = state.accumulators.get(self.task)
+        if acc is None or state.number != self.round or self.task in state.dirty:
+            return None
+        name = header.name
+        shape = tuple(int(d) for d in header.shape)
+        self._check_new(name)
+        agg._check_layout(self, name, shape, np.dtype(dtype), False)
+        with agg._fold_lock:
+            try:
+                stream = acc.open_stream(
+                    name, shape, np.dtype(dtype), float(self.data_size), self.collaborator
+                )
+            except ValueError as exc:
+                raise ProtocolError(
+                    "FX-DATA-020",
+                    f"tensor {name!r} from {self.collaborator!r} cannot be aggregated: {exc}",
+                    "the collaborator's model must match the plan's initial model",
+                ) from exc
+        if stream is None:
+            return None
+        # from here the round's sums know of this upload: a failure makes them be rebuilt
+        self.folded = True
+        incoming = IncomingTensor(self, acc, stream, header, np.dtype(dtype))
+        self._streaming[name] = incoming
+        self._spool().begin_tensor(header)
+        return incoming
+
+    def add(self, name: str, array: np.ndarray, delta: bool = False, wire_bytes: int = 0) -> None:
+        """Check one whole tensor, spool it and fold it in."""
+        self._check_new(name)
+        self.aggregator._check_tensor(self, name, array, delta)
+        self._spool().write(name, array, delta=delta)
         self.aggregator._fold_tensor(self, name, array, delta)
         self.names.add(name)
         self.nbytes += wire_bytes or array.nbytes
@@ -869,6 +932,86 @@ class ResultUpload:
         if self._closed:
             return
         self._closed = True
+        for incoming in self._streaming.values():
+            incoming.abort()
+        self._streaming.clear()
         if self._writer is not None:
             self._writer.abort()
         self.aggregator._abort_result(self)
+
+
+class IncomingTensor:
+    """A raw tensor arriving chunk by chunk: each chunk is spooled, checked and folded into
+    the round's sums while it is still in cache, then dropped."""
+
+    def __init__(
+        self,
+        upload: ResultUpload,
+        accumulator: Accumulator,
+        stream: TensorStream,
+        header: pb.TensorHeader,
+        dtype: np.dtype,
+    ) -> None:
+        self.upload = upload
+        self.accumulator = accumulator
+        self.stream = stream
+        self.name = header.name
+        self.dtype = dtype
+        self.expected = int(header.payload_bytes)
+        self.received = 0
+        self.elements = 0
+        self._carry = b""  # a chunk that ended inside an element
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.expected
+
+    def write(self, chunk: memoryview) -> bool:
+        """Take the next payload chunk; True when it was the last one (the tensor counts)."""
+        upload = self.upload
+        agg = upload.aggregator
+        end = self.received + len(chunk)
+        if end > self.expected:
+            raise ProtocolError(
+                "FX-WIRE-007",
+                f"tensor {self.name!r} sent more than its declared {self.expected} bytes",
+            )
+        assert upload._writer is not None
+        upload._writer.write_payload(chunk)
+        data: memoryview | bytes = chunk
+        if self._carry:
+            data = self._carry + bytes(chunk)
+        usable = len(data) - len(data) % self.dtype.itemsize
+        self._carry = bytes(data[usable:])
+        values = np.frombuffer(data, dtype=self.dtype, count=usable // self.dtype.itemsize)
+        with agg._fold_lock:
+            if agg.round.accumulators.get(upload.task) is not self.accumulator:
+                raise ProtocolError(
+                    "FX-ROUND-002",
+                    f"result of {upload.collaborator!r} for round {upload.round} arrived after "
+                    "the round closed",
+                    "nothing to do: the collaborator joins the next round",
+                )
+            try:
+                self.stream.fold(self.elements, values)
+            except (ValueError, RuntimeError) as exc:
+                raise ProtocolError(
+                    "FX-DATA-010",
+                    f"tensor {self.name!r} from {upload.collaborator!r}, task {upload.task!r}, "
+                    f"round {upload.round}: {exc}",
+                    "the collaborator's training diverged; lower its learning rate",
+                ) from exc
+            self.elements += values.size
+            self.received = end
+            if not self.complete:
+                return False
+            self.stream.close()
+        del upload._streaming[self.name]
+        upload.names.add(self.name)
+        upload.nbytes += self.expected
+        upload.raw_bytes += self.expected
+        return True
+
+    def abort(self) -> None:
+        with self.upload.aggregator._fold_lock:
+            self.stream.abort()

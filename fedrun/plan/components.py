@@ -27,7 +27,7 @@ from fedrun.metrics.records import (
     read_metrics,
 )
 from fedrun.plan.loader import Plan
-from fedrun.storage.model_file import load_model
+from fedrun.storage.model_file import open_model_view
 from fedrun.storage.model_store import ModelStore
 from fedrun.storage.sqlite_state import SqliteStateStore, unflatten_rule_states
 from fedrun.storage.state_store import InMemoryStateStore, StateStore
@@ -173,7 +173,7 @@ def build_aggregator(
             len(saved.results),
         )
     else:
-        tensors = load_model(init_path).tensors
+        tensors = open_model_view(init_path).tensors
         if saved.results:
             log.info("resuming round 0 (%d accepted results restored)", len(saved.results))
     rounds = 1 if evaluation else plan.rounds_to_train

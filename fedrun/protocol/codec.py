@@ -8,6 +8,8 @@ dtype and shape), copies each chunk into place, and decodes. Nothing here knows 
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -150,6 +152,17 @@ def serialize_frame(frame: pb.TensorFrame | bytes) -> bytes:
     return frame if isinstance(frame, bytes) else frame.SerializeToString()
 
 
+def data_view(frame: pb.TensorFrame, tensor: str) -> memoryview:
+    """The payload of a frame that must be a data frame (inside a tensor's stream)."""
+    if frame.WhichOneof("body") != "data":
+        raise ProtocolError(
+            "FX-WIRE-007",
+            f"tensor {tensor!r} ended before its declared size "
+            f"(a {frame.WhichOneof('body')!r} frame came inside it)",
+        )
+    return memoryview(frame.data)
+
+
 def parse_frame(raw: bytes) -> pb.TensorFrame | DataChunk:
     """gRPC deserializer for tensor streams: data frames become views, others messages."""
     if raw and raw[0] == DATA_TAG:
@@ -157,6 +170,60 @@ def parse_frame(raw: bytes) -> pb.TensorFrame | DataChunk:
         if pos + length == len(raw):
             return DataChunk(memoryview(raw)[pos:])
     return pb.TensorFrame.FromString(raw)
+
+
+def mapped_file_range(array: np.ndarray) -> tuple[str, int, int] | None:
+    """``(file, offset, length)`` when ``array`` is a whole read-only memory map of a file region
+    in wire byte order (as the aggregator keeps its global model), else None."""
+    if (
+        isinstance(array, np.memmap)
+        and isinstance(array.base, mmap.mmap)
+        and array.filename
+        and array.flags.c_contiguous
+        and not (
+            array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian)
+        )
+        and array.size
+    ):
+        return str(array.filename), int(array.offset), int(array.nbytes)
+    return None
+
+
+#: attribute a memory-mapped model tensor carries: ``(st_dev, st_ino)`` of the file it maps
+FILE_IDENTITY = "fedrun_file_identity"
+
+
+def _open_same_file(array: np.ndarray, path: str) -> int | None:
+    """A descriptor of the file ``array`` maps, or None when that path now names another file
+    (``last.pbuf`` replaced by the next round while a late download still reads the old one)."""
+    identity = getattr(array, FILE_IDENTITY, None)
+    if identity is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != identity:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _file_data_frames(fd: int, offset: int, length: int, chunk_bytes: int) -> Iterator[bytes]:
+    """Data frames read straight from the file (page cache), never mapped into this process:
+    a served model costs no resident memory. Closes ``fd``."""
+    try:
+        end = offset + length
+        while offset < end:
+            n = min(chunk_bytes, end - offset)
+            chunk = os.pread(fd, n, offset)
+            if len(chunk) != n:
+                raise ProtocolError("FX-WIRE-013", "a model file ended while being sent")
+            yield data_frame_bytes(memoryview(chunk))
+            offset += n
+    finally:
+        os.close(fd)
 
 
 def encode_tensor_wire(
@@ -167,7 +234,25 @@ def encode_tensor_wire(
     delta: bool = False,
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[pb.TensorFrame | bytes]:
-    """:func:`encode_tensor`, with data frames already serialized (for :func:`serialize_frame`)."""
+    """:func:`encode_tensor`, with data frames already serialized (for :func:`serialize_frame`).
+
+    A tensor memory-mapped from a model file is read from the file chunk by chunk instead."""
+    mapped = mapped_file_range(array) if pipeline is None else None
+    fd = _open_same_file(array, mapped[0]) if mapped is not None else None
+    if mapped is not None and fd is not None:
+        _, offset, length = mapped
+        yield pb.TensorFrame(
+            header=pb.TensorHeader(
+                name=name,
+                dtype=wire_dtype(array.dtype),
+                shape=list(array.shape),
+                payload_bytes=length,
+                encoding="none",
+                delta=delta,
+            )
+        )
+        yield from _file_data_frames(fd, offset, length, chunk_bytes)
+        return
     frames = encode_tensor(name, array, pipeline=pipeline, delta=delta, chunk_bytes=0)
     header_frame = next(frames)
     yield header_frame

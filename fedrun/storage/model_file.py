@@ -10,6 +10,7 @@ never leaves a half-written model behind.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,9 +21,17 @@ import numpy as np
 from google.protobuf.internal.encoder import _VarintBytes
 
 from fedrun.buffers import BufferPool
+from fedrun.constants import CHUNK_BYTES
 from fedrun.errors import ProtocolError, StateError
 from fedrun.protocol import federation_pb2 as pb
-from fedrun.protocol.codec import DecodedTensor, check_header, raw_bytes, wire_dtype
+from fedrun.protocol.codec import (
+    FILE_IDENTITY,
+    DecodedTensor,
+    check_header,
+    mapped_file_range,
+    raw_bytes,
+    wire_dtype,
+)
 
 MAGIC = b"FEDRUN-MODEL-2\n"
 
@@ -155,6 +164,15 @@ class TensorFileWriter:
         _write_tensor(self._out, name, array, delta)
         self.count += 1
 
+    def begin_tensor(self, header: pb.TensorHeader) -> None:
+        """Start a tensor whose raw payload follows in :meth:`write_payload` calls (as it
+        arrives from the network); the caller writes exactly ``header.payload_bytes``."""
+        _write_frame(self._out, pb.TensorFrame(header=header))
+        self.count += 1
+
+    def write_payload(self, chunk: memoryview | bytes) -> None:
+        self._out.write(chunk)
+
     def commit(self) -> Path:
         self._out.flush()
         if self.durable:
@@ -262,15 +280,153 @@ def _read_varint(f: BinaryIO) -> int | None:
         shift += 7
 
 
-def load_model(path: str | os.PathLike[str]) -> ModelSnapshot:
-    """Read a model file written by :func:`save_model` (streamed: about one model of memory)."""
-    source = Path(path)
+def _check_exists(source: Path) -> None:
     if not source.is_file():
         raise StateError(
             "FX-STATE-003",
             f"model file {source} does not exist",
             "run `fx plan initialize` to create save/init.pbuf",
         )
+
+
+def _scan(source: Path) -> tuple[pb.ModelInfo, list[tuple[pb.TensorHeader, int]], int]:
+    """The header, each tensor's header with the file offset of its payload, and the offset
+    where the first tensor starts; payloads are skipped, not read."""
+    size = source.stat().st_size
+    with open(source, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise _corrupt(source, "not a fedrun model file (bad magic or an older format)")
+        first = _read_frame(f, source)
+        if first is None or first.WhichOneof("body") != "model":
+            raise _corrupt(source, "missing model header")
+        info = first.model
+        body_start = f.tell()
+        tensors: list[tuple[pb.TensorHeader, int]] = []
+        for _ in range(info.tensor_count):
+            frame = _read_frame(f, source)
+            if frame is None:
+                raise _corrupt(source, f"{len(tensors)} of {info.tensor_count} tensors present")
+            if frame.WhichOneof("body") != "header" or frame.header.encoding not in ("", "none"):
+                raise _corrupt(source, f"unexpected {frame.WhichOneof('body')!r} frame")
+            try:
+                check_header(frame.header)
+            except ProtocolError as exc:
+                raise _corrupt(source, exc.message) from exc
+            offset = f.tell()
+            end = offset + int(frame.header.payload_bytes)
+            if end > size:
+                raise _corrupt(source, f"tensor {frame.header.name!r} is truncated")
+            tensors.append((frame.header, offset))
+            f.seek(end)
+    return info, tensors, body_start
+
+
+def open_model_view(path: str | os.PathLike[str]) -> ModelSnapshot:
+    """A model file's tensors as read-only memory maps: nothing is read until used.
+
+    The aggregator keeps its global model this way, so serving it costs page-cache reads (see
+    :func:`fedrun.protocol.codec.mapped_file_range`) instead of a resident copy. A file replaced by rename later stays
+    valid for the maps already open (they hold the old inode).
+    """
+    source = Path(path)
+    _check_exists(source)
+    info, tensors, _ = _scan(source)
+    st = source.stat()
+    arrays: dict[str, np.ndarray] = {}
+    for header, offset in tensors:
+        dtype = check_header(header)
+        shape = tuple(int(d) for d in header.shape)
+        if header.payload_bytes == 0:
+            arrays[header.name] = np.zeros(shape, dtype=dtype)
+        else:
+            mapped = np.memmap(source, dtype=dtype, mode="r", offset=offset, shape=shape)
+            setattr(mapped, FILE_IDENTITY, (st.st_dev, st.st_ino))
+            arrays[header.name] = mapped
+    return ModelSnapshot(arrays, info.round, info.plan_hash, info.kind, dict(info.metrics))
+
+
+def mapped_model_file(tensors: Mapping[str, np.ndarray]) -> Path | None:
+    """The model file ``tensors`` are exactly the mapped contents of (see
+    :func:`open_model_view`), or None: then they must be written out, not copied."""
+    ranges = {name: mapped_file_range(array) for name, array in tensors.items()}
+    files = {r[0] for r in ranges.values() if r is not None}
+    unmapped = [n for n, r in ranges.items() if r is None and np.asarray(tensors[n]).size]
+    if len(files) != 1 or unmapped:
+        return None
+    source = Path(files.pop())
+    try:
+        st = source.stat()
+        _, stored, _ = _scan(source)
+    except (OSError, StateError):
+        return None
+    identities = {getattr(a, FILE_IDENTITY, None) for a in tensors.values() if np.size(a)}
+    if identities != {(st.st_dev, st.st_ino)}:
+        return None  # the path names another file by now
+    if [header.name for header, _ in stored] != list(tensors):
+        return None
+    for header, offset in stored:
+        mapped = ranges[header.name]
+        if header.payload_bytes and (mapped is None or mapped[1] != offset):
+            return None
+    return source
+
+
+def copy_model(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    round_num: int,
+    plan_hash: str = "",
+    kind: str = "",
+    metrics: Mapping[str, float] | None = None,
+) -> Path:
+    """Copy a model file under a new header (round, kind, metrics), atomically; the tensors are
+    copied by the kernel (``copy_file_range``), never through this process's memory."""
+    src = Path(source)
+    _check_exists(src)
+    info, _, body_start = _scan(src)
+    dst = Path(target)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            out.write(MAGIC)
+            header = pb.ModelInfo(
+                round=round_num,
+                plan_hash=plan_hash or info.plan_hash,
+                tensor_count=info.tensor_count,
+                kind=kind,
+                metrics=dict(metrics or {}),
+            )
+            _write_frame(out, pb.TensorFrame(model=header))
+            out.flush()
+            remaining = src.stat().st_size - body_start
+            offset = body_start
+            while remaining > 0:
+                try:
+                    n = os.copy_file_range(inp.fileno(), out.fileno(), remaining, offset)
+                except OSError:
+                    n = 0
+                if n <= 0:  # not supported here (or across file systems): copy by hand
+                    inp.seek(offset)
+                    shutil.copyfileobj(inp, out, length=CHUNK_BYTES)
+                    out.flush()
+                    break
+                offset += n
+                remaining -= n
+            os.fsync(out.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def load_model(path: str | os.PathLike[str]) -> ModelSnapshot:
+    """Read a model file written by :func:`save_model` (streamed: about one model of memory)."""
+    source = Path(path)
+    _check_exists(source)
     items = _stream(source)
     info = next(items)
     assert isinstance(info, pb.ModelInfo)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrun.federation.aggregator import ModelSink
-from fedrun.storage.model_file import save_model
+from fedrun.storage.model_file import copy_model, mapped_model_file, save_model
 
 log = logging.getLogger("fedrun.aggregator")
 
@@ -49,14 +49,15 @@ class ModelStore(ModelSink):
     def save_best(
         self, tensors: Mapping[str, np.ndarray], round_num: int, score: float, metric: str
     ) -> None:
-        save_model(
-            self.best_path,
-            tensors,
-            round_num=round_num,
-            plan_hash=self.plan_hash,
-            kind="best",
-            metrics={metric: score},
-        )
+        common = dict(round_num=round_num, plan_hash=self.plan_hash, kind="best")
+        source = mapped_model_file(tensors)
+        try:
+            if source is None:
+                raise FileNotFoundError
+            # the model is the file it is mapped from: let the kernel copy it
+            copy_model(source, self.best_path, metrics={metric: score}, **common)
+        except FileNotFoundError:
+            save_model(self.best_path, tensors, metrics={metric: score}, **common)
         log.debug("saved %s (%s = %.4f)", self.best_path.name, metric, score)
 
     def finish(self, best_round: int | None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrun.errors import StateError
-from fedrun.storage.model_file import load_model, save_model
+from fedrun.storage.model_file import load_model, open_model_view, save_model
 from fedrun.storage.state_store import AcceptedResult, SavedState, StateStore
 
 SCHEMA_VERSION = 1
@@ -239,7 +239,7 @@ class SqliteStateStore(StateStore):
                 f"the checkpoint of round {round_num} ({path}) is missing",
                 "do not delete local_state/ while an experiment runs; start over with --reset-state",
             )
-        model = load_model(path).tensors
+        model = open_model_view(path).tensors
         state_file = self.state_path(round_num)
         agg_state = load_model(state_file).tensors if state_file.is_file() else {}
         return model, agg_state

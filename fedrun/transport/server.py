@@ -18,11 +18,14 @@ from fedrun.buffers import POOL
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import GRPC_MAX_MESSAGE_BYTES
 from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError
-from fedrun.federation.aggregator import Aggregator
+from fedrun.federation.aggregator import Aggregator, IncomingTensor
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
 from fedrun.protocol.codec import (
+    DataChunk,
     TensorAssembler,
+    check_header,
+    data_view,
     encode_tensor_wire,
     parse_frame,
     serialize_frame,
@@ -209,12 +212,37 @@ class FederationServicer(pb_grpc.FederationServicer):
             self._refuse(context, error, name)
             raise  # unreachable: abort raises
         assembler = TensorAssembler(self.pipelines, pool=POOL)
+        incoming: IncomingTensor | None = None
         try:
             for frame in request_iterator:
+                if incoming is not None:
+                    view = (
+                        frame.view
+                        if isinstance(frame, DataChunk)
+                        else data_view(frame, incoming.name)
+                    )
+                    if incoming.write(view):
+                        incoming = None
+                    continue
+                if (
+                    not isinstance(frame, DataChunk)
+                    and not assembler.busy
+                    and frame.WhichOneof("body") == "header"
+                ):
+                    dtype = check_header(frame.header, assembler.max_bytes)
+                    incoming = upload.open_tensor(frame.header, dtype)
+                    if incoming is not None:
+                        continue
                 tensor = assembler.feed(frame)
                 if tensor is not None:
                     upload.add(tensor.name, tensor.array, tensor.delta, tensor.payload_bytes)
                     POOL.give(tensor.buffer)  # spooled to disk: the memory serves the next one
+            if incoming is not None:
+                raise ProtocolError(
+                    "FX-WIRE-007",
+                    f"tensor {incoming.name!r} ended after {incoming.received} of "
+                    f"{incoming.expected} bytes",
+                )
             assembler.close()
             upload.commit()
         except ProtocolError as error:

@@ -298,3 +298,79 @@ def test_one_collaborator_alone(aggregate, rng, rule_name):
         assert np.all(result["w"] < tensor + 1.0)  # stepped from the global model towards it
     else:
         np.testing.assert_allclose(result["w"], tensor, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------- streamed folding
+def _stream_in(acc: Any, name: str, array: np.ndarray, weight: float, origin: str, step: int):
+    stream = acc.open_stream(name, array.shape, array.dtype, weight, origin)
+    assert stream is not None
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, step):
+        stream.fold(start, flat[start : start + step])
+    stream.close()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_streamed_tensors_sum_exactly_like_whole_ones(dtype):
+    rng = np.random.default_rng(11)
+    updates = make_updates(rng, 3, dtype)
+    whole = WeightedAverage().begin_round(0, {})
+    streamed = WeightedAverage().begin_round(0, {})
+    for origin, weight, tensors in updates:
+        for name, array in tensors.items():
+            whole.add(name, array, weight, origin)
+            _stream_in(streamed, name, array, weight, origin, step=5)
+    expected, got = whole.result(), streamed.result()
+    for name in expected:
+        assert got[name].dtype == np.dtype(dtype)
+        assert got[name].tobytes() == expected[name].tobytes()
+    streamed.release()
+
+
+def test_streams_and_whole_tensors_mix_and_zero_weights_count_for_nothing():
+    a = np.full((4, 2), 2.0, dtype=np.float32)
+    b = np.full((4, 2), 8.0, dtype=np.float32)
+    junk = np.full((4, 2), 1000.0, dtype=np.float32)
+    acc = WeightedAverage().begin_round(0, {})
+    acc.add("w", junk, 0.0, "zero")  # a zero-weight sum, dropped by the first weighted tensor
+    assert acc.open_stream("w", junk.shape, junk.dtype, 0.0, "zero2") is None  # must come whole
+    _stream_in(acc, "w", a, 1.0, "a", step=3)
+    acc.add("w", b, 3.0, "b")
+    acc.add("w", junk, 0.0, "zero3")
+    np.testing.assert_array_equal(acc.result()["w"], np.full((4, 2), 6.5, dtype=np.float32))
+
+
+def test_a_non_finite_slice_is_refused_before_it_is_added():
+    acc = WeightedAverage().begin_round(0, {})
+    stream = acc.open_stream("w", (6,), np.dtype(np.float32), 1.0, "a")
+    stream.fold(0, np.ones(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        stream.fold(3, np.array([1.0, np.inf, 1.0], dtype=np.float32))
+    with pytest.raises(ValueError, match="outside"):
+        stream.fold(5, np.ones(3, dtype=np.float32))
+
+
+def test_result_finishes_float32_inside_the_sums_memory_and_release_recycles_it():
+    from fedrun.buffers import POOL
+
+    shape = (1 << 19,)  # 4 MiB of float64: pooled
+    acc = WeightedAverage().begin_round(0, {})
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    _stream_in(acc, "w", x, 2.0, "a", step=1 << 16)
+    out = acc.result()["w"]
+    np.testing.assert_array_equal(out, x)
+    assert out.dtype == np.float32 and not out.flags.owndata  # a view on the pooled sum
+    idle = POOL.idle_bytes
+    acc.release()
+    assert POOL.idle_bytes == idle + 8 * x.size
+
+
+def test_a_stream_on_a_finished_round_is_refused():
+    acc = WeightedAverage().begin_round(0, {})
+    stream = acc.open_stream("w", (2,), np.dtype(np.float32), 1.0, "a")
+    stream.fold(0, np.ones(2, dtype=np.float32))
+    stream.close()
+    acc.result()
+    with pytest.raises(RuntimeError):
+        stream.fold(0, np.ones(2, dtype=np.float32))
+    assert acc.open_stream("w2", (2,), np.dtype(np.float32), 1.0, "b") is None

@@ -242,3 +242,66 @@ def test_tensor_file_with_fewer_tensors_than_announced_is_refused(tmp_path):
     # Assert
     assert caught.value.code == "FX-STATE-002"
     assert "1 of 2 tensors" in caught.value.message
+
+
+def test_model_view_maps_tensors_without_reading_them(tmp_path, tensors):
+    from fedrun.protocol.codec import mapped_file_range
+    from fedrun.storage.model_file import open_model_view
+
+    path = save_model(tmp_path / "m.pbuf", tensors, round_num=4, kind="last")
+    view = open_model_view(path)
+    assert (view.round, view.kind) == (4, "last")
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(view.tensors[name], array)
+        if array.size:
+            assert mapped_file_range(view.tensors[name])[0] == str(path)
+            assert not view.tensors[name].flags.writeable
+
+
+def test_model_view_refuses_a_truncated_file(tmp_path, tensors):
+    from fedrun.storage.model_file import open_model_view
+
+    path = save_model(tmp_path / "m.pbuf", tensors, round_num=0)
+    data = path.read_bytes()
+    path.write_bytes(data[:-5])
+    with pytest.raises(StateError) as info:
+        open_model_view(path)
+    assert info.value.code == "FX-STATE-002"
+
+
+def test_copy_model_rewrites_only_the_header(tmp_path, tensors):
+    from fedrun.storage.model_file import copy_model, mapped_model_file, open_model_view
+
+    src = save_model(tmp_path / "last.pbuf", tensors, round_num=3, kind="last")
+    view = open_model_view(src).tensors
+    assert mapped_model_file(view) == src
+    assert mapped_model_file(dict(list(view.items())[:1])) is None  # not the whole file
+    assert mapped_model_file(tensors) is None  # in memory
+    copy_model(src, tmp_path / "best.pbuf", round_num=2, kind="best", metrics={"acc": 0.9})
+    best = load_model(tmp_path / "best.pbuf")
+    assert (best.round, best.kind, best.metrics) == (2, "best", {"acc": 0.9})
+    assert list(best.tensors) == list(tensors)
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(best.tensors[name], array)
+
+
+def test_a_mapped_model_is_still_served_correctly_after_its_file_is_replaced(tmp_path, tensors):
+    from fedrun.protocol.codec import encode_tensor_wire
+    from fedrun.storage.model_file import mapped_model_file, open_model_view
+
+    path = save_model(tmp_path / "last.pbuf", tensors, round_num=1)
+    view = open_model_view(path).tensors
+    save_model(path, {k: np.zeros_like(v) for k, v in tensors.items()}, round_num=2)
+    assert mapped_model_file(view) is None  # last.pbuf is another file now: write, not copy
+    for name, array in tensors.items():
+        frames = [
+            f if isinstance(f, bytes) else f.SerializeToString()
+            for f in encode_tensor_wire(name, view[name], chunk_bytes=16)
+        ]
+        expected = [
+            f if isinstance(f, bytes) else f.SerializeToString()
+            for f in encode_tensor_wire(
+                name, array.astype(array.dtype.newbyteorder("<")), chunk_bytes=16
+            )
+        ]
+        assert frames == expected

@@ -1,0 +1,204 @@
+"""Results folded chunk by chunk as they stream in (``ResultUpload.open_tensor``), and the
+global model kept as a memory map of ``last.pbuf`` instead of a resident copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrun.aggregation import WeightedAverage
+from fedrun.errors import ProtocolError
+from fedrun.federation.aggregator import Aggregator, ModelSink
+from fedrun.federation.assigner import RandomGroupedAssigner
+from fedrun.federation.tasks import TaskSpec
+from fedrun.protocol import federation_pb2 as pb
+from fedrun.protocol.codec import encode_tensor_wire, mapped_file_range, wire_dtype
+from fedrun.storage.model_file import load_model, open_model_view, save_model
+from fedrun.storage.model_store import ModelStore
+
+ORDER = ["train", "validate"]
+TASKS = {
+    "train": TaskSpec("train", "train", {}),
+    "validate": TaskSpec("validate", "validate", {"apply": "global"}),
+}
+RNG = np.random.default_rng(7)
+INITIAL = {
+    "conv": RNG.standard_normal((3, 5, 7)).astype(np.float32),
+    "bias": RNG.standard_normal(11).astype(np.float32),
+    "steps": np.array([3], dtype=np.int64),
+}
+
+
+def make(tmp_path: Path, sink: ModelSink | None = None, model=None) -> Aggregator:
+    cols = ["a", "b"]
+    groups = [{"name": "g", "percentage": 1.0, "tasks": ORDER}]
+    return Aggregator(
+        plan_hash="h" * 64,
+        federation_id="fed",
+        collaborators=cols,
+        tasks=TASKS,
+        assigner=RandomGroupedAssigner(groups, cols, rounds_to_train=2),
+        rounds_to_train=2,
+        initial_model=model if model is not None else INITIAL,
+        aggregation_functions={"train": WeightedAverage()},
+        spool_dir=tmp_path / "spool",
+        model_sink=sink,
+    )
+
+
+def header(name: str, array: np.ndarray) -> pb.TensorHeader:
+    return pb.TensorHeader(
+        name=name,
+        dtype=wire_dtype(array.dtype),
+        shape=list(array.shape),
+        payload_bytes=array.nbytes,
+        encoding="none",
+    )
+
+
+def send(agg: Aggregator, who: str, tensors: dict, data_size: int, chunk: int | None) -> int:
+    """Upload ``train``; ``chunk`` bytes per data frame streams it, None sends tensors whole.
+    Returns how many tensors went through the streamed path."""
+    upload = agg.open_result(who, agg.round_num, "train", data_size, {"loss": 1.0}, len(tensors))
+    streamed = 0
+    try:
+        for name, array in tensors.items():
+            incoming = None
+            if chunk is not None:
+                incoming = upload.open_tensor(header(name, array), array.dtype)
+            if incoming is None:
+                upload.add(name, array)
+                continue
+            streamed += 1
+            payload = memoryview(array.tobytes())
+            done = False
+            for start in range(0, len(payload), chunk):
+                done = incoming.write(payload[start : start + chunk])
+            assert done
+        upload.commit()
+    except BaseException:
+        upload.abort()
+        raise
+    return streamed
+
+
+def trained(offset: float) -> dict[str, np.ndarray]:
+    return {
+        k: (v + np.asarray(offset, dtype=v.dtype)) if v.dtype.kind == "f" else v + 1
+        for k, v in INITIAL.items()
+    }
+
+
+def validate(agg: Aggregator, who: str) -> None:
+    upload = agg.open_result(who, agg.round_num, "validate", 5, {"acc": 0.5}, 0)
+    upload.commit()
+
+
+def run_round(agg: Aggregator, chunk: int | None, a_tensors=None) -> int:
+    streamed = send(agg, "a", a_tensors or trained(0.25), 10, chunk)
+    streamed += send(agg, "b", trained(-1.5), 30, chunk)
+    validate(agg, "a")
+    validate(agg, "b")
+    return streamed
+
+
+@pytest.mark.parametrize("chunk", [4 << 20, 64, 7])  # 7: chunks end inside float32 elements
+def test_streamed_results_give_the_same_model_bit_for_bit(tmp_path, chunk):
+    whole = make(tmp_path / "whole")
+    streamed = make(tmp_path / "streamed")
+    run_round(whole, None)
+    # float tensors stream; the int64 counter needs the whole-tensor path (rounded average)
+    assert run_round(streamed, chunk) == 4
+    for name in INITIAL:
+        assert streamed.global_model[name].dtype == whole.global_model[name].dtype
+        assert streamed.global_model[name].tobytes() == whole.global_model[name].tobytes()
+
+
+def test_nan_in_a_late_chunk_is_refused_and_the_sums_are_rebuilt(tmp_path):
+    agg = make(tmp_path)
+    reference = make(tmp_path / "ref")
+    run_round(reference, None)
+    bad = trained(0.25)
+    bad["conv"] = bad["conv"].copy()
+    bad["conv"].reshape(-1)[-1] = np.nan  # the last chunk: earlier chunks are already folded
+    with pytest.raises(ProtocolError) as info:
+        send(agg, "a", bad, 10, 16)
+    assert info.value.code == "FX-DATA-010"
+    assert agg.round.dirty == {"train"}
+    # the collaborator resends a good result; the round is rebuilt from accepted results only
+    run_round(agg, 16)
+    for name in INITIAL:
+        assert agg.global_model[name].tobytes() == reference.global_model[name].tobytes()
+
+
+def test_a_stream_cut_short_leaves_nothing_and_can_be_resent(tmp_path):
+    agg = make(tmp_path)
+    upload = agg.open_result("a", 0, "train", 10, {"loss": 1.0}, len(INITIAL))
+    conv = trained(0.25)["conv"]
+    incoming = upload.open_tensor(header("conv", conv), conv.dtype)
+    assert incoming is not None
+    assert not incoming.write(memoryview(conv.tobytes())[:100])
+    upload.abort()
+    assert not list((tmp_path / "spool").glob("*.result"))
+    reference = make(tmp_path / "ref")
+    run_round(reference, None)
+    run_round(agg, 1 << 10)
+    for name in INITIAL:
+        assert agg.global_model[name].tobytes() == reference.global_model[name].tobytes()
+
+
+def test_too_many_bytes_for_a_streamed_tensor_are_refused(tmp_path):
+    agg = make(tmp_path)
+    upload = agg.open_result("a", 0, "train", 10, {"loss": 1.0}, len(INITIAL))
+    bias = trained(0.25)["bias"]
+    incoming = upload.open_tensor(header("bias", bias), bias.dtype)
+    with pytest.raises(ProtocolError) as info:
+        incoming.write(memoryview(bias.tobytes() + b"\0\0\0\0"))
+    assert info.value.code == "FX-WIRE-007"
+    upload.abort()
+
+
+def test_unknown_or_misshaped_streamed_tensor_is_refused_at_its_header(tmp_path):
+    agg = make(tmp_path)
+    upload = agg.open_result("a", 0, "train", 10, {"loss": 1.0}, len(INITIAL))
+    wrong = np.zeros((5, 3, 7), dtype=np.float32)
+    with pytest.raises(ProtocolError) as info:
+        upload.open_tensor(header("conv", wrong), wrong.dtype)
+    assert info.value.code == "FX-DATA-014"
+    with pytest.raises(ProtocolError) as info:
+        upload.open_tensor(header("extra", wrong), wrong.dtype)
+    assert info.value.code == "FX-DATA-013"
+    upload.abort()
+
+
+def test_global_model_is_served_from_last_pbuf_not_kept_in_memory(tmp_path):
+    init = save_model(tmp_path / "init.pbuf", INITIAL, round_num=0)
+    model = open_model_view(init).tensors
+    store = ModelStore(tmp_path / "best.pbuf", tmp_path / "last.pbuf", "h" * 64)
+    agg = make(tmp_path, sink=store, model=model)
+    whole = make(tmp_path / "whole")
+    run_round(agg, 4 << 20)
+    run_round(whole, None)
+    assert agg.round_num == 1
+    for name, array in agg.global_model.items():
+        mapped = mapped_file_range(array)
+        assert mapped is not None and Path(mapped[0]) == tmp_path / "last.pbuf"
+        assert array.tobytes() == whole.global_model[name].tobytes()
+        # what collaborators receive is byte for byte what an in-memory model would send
+        served = [
+            f if isinstance(f, bytes) else f.SerializeToString()
+            for f in encode_tensor_wire(name, array, chunk_bytes=64)
+        ]
+        expected = [
+            f if isinstance(f, bytes) else f.SerializeToString()
+            for f in encode_tensor_wire(name, np.array(array), chunk_bytes=64)
+        ]
+        assert served == expected
+    # round 0 validated the initial model (a map of init.pbuf): best.pbuf is a kernel copy of
+    # it under a new header
+    best = load_model(tmp_path / "best.pbuf")
+    assert (best.kind, best.round, best.metrics) == ("best", 0, {"validate/acc": 0.5})
+    for name, array in best.tensors.items():
+        assert array.tobytes() == INITIAL[name].tobytes()
