@@ -30,6 +30,7 @@ from fedrun.federation.tasks import TaskSpec
 from fedrun.metrics.records import MetricHub
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.storage.model_file import TensorFileWriter, iter_tensor_file, open_model_view
+from fedrun.storage.spool import Spool
 from fedrun.storage.sqlite_state import flatten_rule_states
 from fedrun.storage.state_store import AcceptedResult, InMemoryStateStore, StateStore
 from fedrun.units import human_bytes
@@ -175,6 +176,7 @@ class Aggregator:
         self.rounds_to_train = int(rounds_to_train)
         self.aggregation_functions = dict(aggregation_functions)
         self.spool_dir = Path(spool_dir)
+        self.spool = Spool(self.spool_dir)
         self.policy = straggler_policy or WaitForAllPolicy()
         self.model_sink = model_sink or ModelSink()
         self.metrics = metrics or MetricHub()
@@ -198,7 +200,7 @@ class Aggregator:
         self._changed = threading.Condition(self._lock)
         self._fold_lock = threading.Lock()
         self.global_model: dict[str, np.ndarray] = {
-            k: np.asarray(v) for k, v in initial_model.items()
+            k: v if isinstance(v, np.ndarray) else np.asarray(v) for k, v in initial_model.items()
         }
         self.round_num = int(initial_round)
         self.done = False
@@ -725,8 +727,7 @@ class Aggregator:
             next_model_file=last_file,
         )
         failpoints.hit("round_end_committed")
-        for spool in self.spool_dir.glob(f"r{state.number}_*.result"):
-            spool.unlink(missing_ok=True)
+        self.spool.retire_round(state.number)
         summary = RoundSummary(
             number=state.number,
             metrics=summary_metrics,
@@ -752,6 +753,7 @@ class Aggregator:
         if finished_experiment:
             self.done = True
             self.done_at = self.clock()
+            self.spool.drop_free()
             self.model_sink.finish(self.best_round)
             log.info("experiment finished after %d rounds", self.rounds_to_train)
         else:
@@ -806,9 +808,6 @@ class Aggregator:
             or (c in self.last_seen and now - self.last_seen[c] > self.collaborator_timeout)
         }
 
-    def _spool_path(self, round_num: int, collaborator: str, task: str) -> Path:
-        return self.spool_dir / f"r{round_num}_{collaborator}_{task}.result"
-
     def wait_finished(self, timeout: float | None = None) -> bool:
         return self.finished_event.wait(timeout)
 
@@ -854,13 +853,12 @@ class ResultUpload:
 
     def _spool(self) -> TensorFileWriter:
         if self._writer is None:
-            path = self.aggregator._spool_path(self.round, self.collaborator, self.task)
-            self._writer = TensorFileWriter(
-                path,
-                round_num=self.round,
+            self._writer = self.aggregator.spool.writer(
+                self.round,
+                self.collaborator,
+                self.task,
                 tensor_count=self.tensor_count,
                 plan_hash=self.aggregator.plan_hash,
-                kind="result",
                 durable=self.aggregator.durable,
             )
         return self._writer

@@ -49,15 +49,30 @@ class ModelStore(ModelSink):
     def save_best(
         self, tensors: Mapping[str, np.ndarray], round_num: int, score: float, metric: str
     ) -> None:
-        common = dict(round_num=round_num, plan_hash=self.plan_hash, kind="best")
+        metrics = {metric: score}
         source = mapped_model_file(tensors)
-        try:
-            if source is None:
-                raise FileNotFoundError
+        if source is not None:
             # the model is the file it is mapped from: let the kernel copy it
-            copy_model(source, self.best_path, metrics={metric: score}, **common)
-        except FileNotFoundError:
-            save_model(self.best_path, tensors, metrics={metric: score}, **common)
+            try:
+                copy_model(
+                    source,
+                    self.best_path,
+                    round_num=round_num,
+                    plan_hash=self.plan_hash,
+                    kind="best",
+                    metrics=metrics,
+                )
+                return
+            except FileNotFoundError:
+                pass  # the file went away meanwhile: write the tensors out instead
+        save_model(
+            self.best_path,
+            tensors,
+            round_num=round_num,
+            plan_hash=self.plan_hash,
+            kind="best",
+            metrics=metrics,
+        )
         log.debug("saved %s (%s = %.4f)", self.best_path.name, metric, score)
 
     def finish(self, best_round: int | None) -> None:

@@ -461,8 +461,11 @@ def round_snapshot(aggregator: Aggregator) -> tuple:
 
 
 def spool_files(tmp_path: Path) -> list[str]:
+    """Result files (kept free-*.spool files are empty slots for the next round's results)."""
     folder = tmp_path / "spool"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("free-"))
 
 
 def good_train(**changes) -> dict[str, np.ndarray]:

@@ -178,6 +178,7 @@ def test_global_model_is_served_from_last_pbuf_not_kept_in_memory(tmp_path):
     model = open_model_view(init).tensors
     store = ModelStore(tmp_path / "best.pbuf", tmp_path / "last.pbuf", "h" * 64)
     agg = make(tmp_path, sink=store, model=model)
+    assert all(mapped_file_range(a) for a in agg.get_global_model("a", 0).values())
     whole = make(tmp_path / "whole")
     run_round(agg, 4 << 20)
     run_round(whole, None)

@@ -1,0 +1,84 @@
+"""Spool: the folder where the aggregator writes incoming results while they stream in.
+
+A result is spooled as ``r<round>_<collaborator>_<task>.result`` (a model file) and made durable
+before it is acknowledged, so an accepted result survives a crash; the round's files are
+dropped once the round is committed. Dropped files are kept as a few ``free-<n>.spool`` files
+and overwritten by the next round's results: rewriting pages already in the page cache costs a
+fraction of allocating new ones, and results are the bulk of what the aggregator writes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+
+from fedrun.storage.model_file import TensorFileWriter
+
+#: most finished result files kept for reuse (disk space: that many results)
+MAX_FREE_FILES = 8
+
+
+class Spool:
+    """Result files of the running round, and a small free list of old ones to overwrite."""
+
+    def __init__(self, folder: str | Path, max_free: int = MAX_FREE_FILES) -> None:
+        self.folder = Path(folder)
+        self.max_free = max_free
+        self._free: list[Path] = []
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        for stale in self.folder.glob("free-*.spool"):  # left by an earlier run
+            stale.unlink(missing_ok=True)
+
+    def path(self, round_num: int, collaborator: str, task: str) -> Path:
+        """Where the accepted result of ``collaborator``'s ``task`` in ``round_num`` lives."""
+        return self.folder / f"r{round_num}_{collaborator}_{task}.result"
+
+    def writer(
+        self,
+        round_num: int,
+        collaborator: str,
+        task: str,
+        *,
+        tensor_count: int,
+        plan_hash: str,
+        durable: bool,
+    ) -> TensorFileWriter:
+        """A writer for one result, overwriting a free file when there is one."""
+        with self._lock:
+            reuse = self._free.pop() if self._free else None
+        return TensorFileWriter(
+            self.path(round_num, collaborator, task),
+            round_num=round_num,
+            tensor_count=tensor_count,
+            plan_hash=plan_hash,
+            kind="result",
+            durable=durable,
+            reuse=reuse,
+        )
+
+    def retire_round(self, round_num: int) -> None:
+        """The round is committed: its result files are no longer needed."""
+        for done in sorted(self.folder.glob(f"r{round_num}_*.result")):
+            with self._lock:
+                keep = len(self._free) < self.max_free
+                if keep:
+                    free = self.folder / f"free-{next(self._ids)}.spool"
+            if keep:
+                try:
+                    done.rename(free)
+                except OSError:
+                    done.unlink(missing_ok=True)
+                    continue
+                with self._lock:
+                    self._free.append(free)
+            else:
+                done.unlink(missing_ok=True)
+
+    def drop_free(self) -> None:
+        """Delete the files kept for reuse (the experiment is over)."""
+        with self._lock:
+            free, self._free = self._free, []
+        for path in free:
+            path.unlink(missing_ok=True)

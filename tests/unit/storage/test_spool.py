@@ -1,0 +1,44 @@
+"""Spool: result files, and finished ones overwritten in place by the next round."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedrun.storage.model_file import load_model
+from fedrun.storage.spool import Spool
+
+
+def write(spool: Spool, round_num: int, who: str, array: np.ndarray):
+    writer = spool.writer(round_num, who, "train", tensor_count=1, plan_hash="p", durable=True)
+    writer.write("w", array)
+    return writer.commit()
+
+
+def test_a_retired_result_file_is_overwritten_by_the_next_round(tmp_path):
+    spool = Spool(tmp_path)
+    first = write(spool, 0, "a", np.arange(1000, dtype=np.float32))
+    inode = first.stat().st_ino
+    spool.retire_round(0)
+    assert not first.exists() and [p.name for p in tmp_path.iterdir()] == ["free-0.spool"]
+    # a shorter result in the same file: the old tail is cut off
+    second = write(spool, 1, "a", np.arange(10, dtype=np.float32))
+    assert second.name == "r1_a_train.result" and second.stat().st_ino == inode
+    np.testing.assert_array_equal(load_model(second).tensors["w"], np.arange(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1_a_train.result"]
+
+
+def test_the_free_list_is_bounded_and_dropped_at_the_end(tmp_path):
+    spool = Spool(tmp_path, max_free=2)
+    for who in "abc":
+        write(spool, 0, who, np.ones(4, dtype=np.float32))
+    spool.retire_round(0)
+    assert len(list(tmp_path.glob("free-*.spool"))) == 2
+    assert not list(tmp_path.glob("*.result"))
+    spool.drop_free()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_free_files_of_an_earlier_run_are_removed(tmp_path):
+    (tmp_path / "free-3.spool").write_bytes(b"old")
+    Spool(tmp_path)
+    assert list(tmp_path.iterdir()) == []
