@@ -8,6 +8,7 @@ released buffers per size and hands them out again.
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -67,6 +68,30 @@ class BufferPool:
                 return
             free.append(base)
             self._idle += base.nbytes
+
+    def recycle(self, arrays: list[np.ndarray | None]) -> int:
+        """Give back those of ``arrays`` (emptied by this call) that nothing else references:
+        no other name, no view, no framework tensor sharing their memory. Returns bytes
+        recycled. Relies on CPython reference counts, so an array still used anywhere is
+        never handed out again."""
+        recycled = 0
+        for i in range(len(arrays)):
+            array = arrays[i]
+            arrays[i] = None
+            # references now: `array` here and getrefcount's argument; likewise its base buffer
+            # is held by `array` alone
+            if (
+                array is not None
+                and sys.getrefcount(array) == 2
+                and isinstance(array.base, np.ndarray)
+                and array.base.base is None
+                and sys.getrefcount(array.base) == 2
+            ):
+                before = self._idle
+                self.give(array)
+                recycled += self._idle - before
+            del array
+        return recycled
 
     @property
     def idle_bytes(self) -> int:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedrun.buffers import POOL
 from fedrun.errors import PlanError
 from fedrun.federation.aggregator import OPTIMIZER_PREFIX, TaskAssignment
 from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult, TaskRunnerInterface, TaskSpec
@@ -149,6 +150,9 @@ class Collaborator:
     def _global_model(self, round_num: int) -> dict[str, np.ndarray]:
         model = self.store.get(round_num, "global")
         if model is None:
+            # the previous round's tensors would be dropped after this one anyway: drop them
+            # now and let the download reuse their memory instead of faulting in fresh pages
+            self.store.make_room(round_num, POOL)
             model = self.connection.get_global_model(round_num)
             self.store.put(round_num, "global", model)
         return model

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from fedrun.buffers import BufferPool
+
 
 class TensorStore:
     """Holds tensor dicts keyed by ``(round, kind)``; e.g. ``(3, "global")`` or ``(3, "trained")``.
@@ -37,6 +39,23 @@ class TensorStore:
         cutoff = rounds[-self.keep_rounds]
         for key in [k for k in self._data if k[0] < cutoff]:
             del self._data[key]
+
+    def make_room(self, round_num: int, pool: BufferPool | None = None) -> None:
+        """Before round ``round_num``'s tensors arrive: drop what :meth:`clean_up` will drop
+        once they are in (of the earlier rounds, keep the newest ``keep_rounds - 1``), so their
+        memory can hold the new ones; arrays nobody else uses go back to ``pool``."""
+        earlier = [r for r in self.rounds() if r < round_num]
+        keep = (
+            set(earlier[len(earlier) - (self.keep_rounds - 1) :]) if self.keep_rounds > 1 else set()
+        )
+        dropped = [k for k in self._data if k[0] < round_num and k[0] not in keep]
+        unique: dict[int, np.ndarray] = {}
+        for key in dropped:
+            unique.update((id(a), a) for a in self._data.pop(key).values())
+        items: list[np.ndarray | None] = list(unique.values())
+        unique.clear()  # `items` must hold the only references left for recycle() to see
+        if pool is not None:
+            pool.recycle(items)
 
     def nbytes(self) -> int:
         return sum(a.nbytes for d in self._data.values() for a in d.values())

@@ -395,9 +395,10 @@ class TensorAssembler:
 def decode_frames(
     frames: Iterable[pb.TensorFrame],
     pipelines: Mapping[str, CompressionPipeline] | None = None,
+    pool: BufferPool | None = None,
 ) -> Iterator[DecodedTensor]:
-    """Yield every tensor of a pure tensor stream."""
-    assembler = TensorAssembler(pipelines)
+    """Yield every tensor of a pure tensor stream (raw tensors in ``pool`` memory if given)."""
+    assembler = TensorAssembler(pipelines, pool=pool)
     for frame in frames:
         tensor = assembler.feed(frame)
         if tensor is not None:

@@ -20,6 +20,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
+from fedrun.buffers import POOL
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import RECONNECT_INITIAL_SECONDS, UNARY_DEADLINE_SECONDS
 from fedrun.errors import CertificateError, ConnectionFailure, ProtocolError, RoundClosed
@@ -235,7 +236,7 @@ class AggregatorClient:
             frames = self._get_tensors(pb.GetTensorsRequest(header=self.header, round=round_num))
             out: dict[str, np.ndarray] = {}
             received = 0
-            for tensor in decode_frames(frames, self.pipelines):
+            for tensor in decode_frames(frames, self.pipelines, pool=POOL):
                 out[tensor.name] = tensor.array
                 received += tensor.payload_bytes
             self.bytes_received += received
