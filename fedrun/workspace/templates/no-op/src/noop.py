@@ -49,7 +49,14 @@ class NoOpTaskRunner(TaskRunner):
     def set_tensor_dict(
         self, tensor_dict: Mapping[str, np.ndarray], with_opt_vars: bool = False
     ) -> None:
-        self.tensors = {k: np.asarray(v) for k, v in tensor_dict.items() if k in self.tensors}
+        # copied into the runner's own arrays, as a framework loads a state dict into its
+        # parameters: the received arrays are free again once the task is done
+        for name, value in tensor_dict.items():
+            mine = self.tensors.get(name)
+            if mine is not None and mine.shape == np.shape(value):
+                np.copyto(mine, value, casting="same_kind")
+            elif mine is not None:
+                self.tensors[name] = np.array(value, dtype=mine.dtype)
 
     def train_task(
         self,
@@ -59,7 +66,7 @@ class NoOpTaskRunner(TaskRunner):
         **kwargs: Any,
     ) -> TaskResult:
         self.set_tensor_dict(input_tensor_dict)
-        return TaskResult({"loss": 0.0}, dict(self.tensors), self.get_train_data_size())
+        return TaskResult({"loss": 0.0}, self.get_tensor_dict(), self.get_train_data_size())
 
     def validate_task(
         self,
