@@ -100,3 +100,27 @@ class BufferPool:
 
 #: the process-wide pool used on the aggregator's receive / spool / fold path
 POOL = BufferPool()
+
+#: glibc's mallopt parameter for the number of malloc arenas
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(count: int = 2) -> bool:
+    """Let threads share ``count`` malloc arenas (glibc only; call before threads start).
+
+    Each gRPC thread allocates and frees megabyte-sized messages; with glibc's default of up
+    to eight arenas per core, every thread's arena keeps its own freed chunks, which added
+    0.4-0.8 GB of idle memory to a node moving a 1 GB model. Two shared arenas keep that near
+    zero at no measurable cost (a few hundred allocations per second). Returns True if set.
+    """
+    try:
+        import ctypes
+        import ctypes.util
+
+        name = ctypes.util.find_library("c")
+        if not name:
+            return False
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_ARENA_MAX, int(count)))
+    except (OSError, AttributeError):
+        return False

@@ -43,9 +43,11 @@ def start_aggregator(
     plan: Plan, *, task_group: str | None = None, reset_state: bool = False
 ) -> tuple[Aggregator, Any]:
     """Build the aggregator and start serving; returns (aggregator, server)."""
+    from fedrun.buffers import limit_malloc_arenas
     from fedrun.plan.components import build_aggregator
     from fedrun.transport.server import AggregatorServer
 
+    limit_malloc_arenas()
     network = Network.from_plan(plan)
     credentials = _server_credentials(plan, network)
     if credentials is not None:
@@ -120,7 +122,10 @@ def _client(plan: Plan, name: str) -> Any:
 
 def run_collaborator(plan: Plan, name: str) -> Any:
     """Build the task runner, connect, and run tasks until the experiment ends."""
+    from fedrun.buffers import limit_malloc_arenas
     from fedrun.plan.components import build_collaborator, build_task_runner
+
+    limit_malloc_arenas()
 
     if name not in plan.data_paths:
         from fedrun.errors import PlanError

@@ -53,3 +53,13 @@ def test_make_room_drops_earlier_rounds_and_recycles_their_memory():
         two.put(r, "global", {"w": np.zeros(3)})
     two.make_room(3, pool)
     assert two.rounds() == [2]  # with round 3 that makes the two newest
+
+
+def test_malloc_arenas_can_be_limited_on_glibc():
+    import platform
+
+    from fedrun.buffers import limit_malloc_arenas
+
+    ok = limit_malloc_arenas(8)  # the glibc default on most machines: harmless in tests
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert ok

@@ -26,7 +26,8 @@ class NoOpDataLoader(DataLoader):
 
 
 class NoOpTaskRunner(TaskRunner):
-    """Holds ``tensor_count`` float32 tensors of ``model_bytes`` bytes in all."""
+    """``tensor_count`` float32 tensors of ``model_bytes`` bytes in all; training returns its
+    input unchanged and keeps nothing, so a collaborator holds about one model."""
 
     def __init__(
         self,
@@ -36,27 +37,23 @@ class NoOpTaskRunner(TaskRunner):
         **kwargs: Any,
     ) -> None:
         super().__init__(data_loader=data_loader, **kwargs)
-        count = max(1, int(tensor_count))
-        per = max(1, int(model_bytes) // 4 // count)
-        rng = np.random.default_rng(0)
-        self.tensors = {
-            f"layer{i}": rng.standard_normal(per, dtype=np.float32) for i in range(count)
-        }
+        self.count = max(1, int(tensor_count))
+        self.per = max(1, int(model_bytes) // 4 // self.count)
+        self.tensors: dict[str, np.ndarray] | None = None  # made when first asked for
 
     def get_tensor_dict(self, with_opt_vars: bool = False) -> dict[str, np.ndarray]:
+        if self.tensors is None:
+            rng = np.random.default_rng(0)
+            self.tensors = {
+                f"layer{i}": rng.standard_normal(self.per, dtype=np.float32)
+                for i in range(self.count)
+            }
         return dict(self.tensors)
 
     def set_tensor_dict(
         self, tensor_dict: Mapping[str, np.ndarray], with_opt_vars: bool = False
     ) -> None:
-        # copied into the runner's own arrays, as a framework loads a state dict into its
-        # parameters: the received arrays are free again once the task is done
-        for name, value in tensor_dict.items():
-            mine = self.tensors.get(name)
-            if mine is not None and mine.shape == np.shape(value):
-                np.copyto(mine, value, casting="same_kind")
-            elif mine is not None:
-                self.tensors[name] = np.array(value, dtype=mine.dtype)
+        self.tensors = {k: np.asarray(v) for k, v in tensor_dict.items()}
 
     def train_task(
         self,
@@ -65,8 +62,7 @@ class NoOpTaskRunner(TaskRunner):
         input_tensor_dict: Mapping[str, np.ndarray],
         **kwargs: Any,
     ) -> TaskResult:
-        self.set_tensor_dict(input_tensor_dict)
-        return TaskResult({"loss": 0.0}, self.get_tensor_dict(), self.get_train_data_size())
+        return TaskResult({"loss": 0.0}, dict(input_tensor_dict), self.get_train_data_size())
 
     def validate_task(
         self,
@@ -78,4 +74,4 @@ class NoOpTaskRunner(TaskRunner):
         return TaskResult({"accuracy": 1.0}, {}, self.get_valid_data_size())
 
     def save_native(self, filepath: Any, **kwargs: Any) -> None:
-        np.savez(filepath, **self.tensors)
+        np.savez(filepath, **self.get_tensor_dict())
