@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -38,11 +40,37 @@ class ModelStore(ModelSink):
         self.last_path = Path(last_path)
         self.plan_hash = plan_hash
         self.on_finish = on_finish
+        # a spare left by an earlier process may be the model a resumed run starts from
+        self._spare.unlink(missing_ok=True)
+        self._spare.with_name(self._spare.name + ".next").unlink(missing_ok=True)
+
+    @property
+    def _spare(self) -> Path:
+        return self.last_path.with_name(f".{self.last_path.name}.spare")
 
     def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> Path:
+        """Replace ``last.pbuf`` atomically.
+
+        The file before the current one is kept as a hidden spare and overwritten by the next
+        save (nothing maps it any more: the aggregator serves the current file, the state store
+        links the current one as its checkpoint), so each round rewrites pages that are already
+        in the page cache instead of allocating a model's worth of new ones.
+        """
+        spare = self._spare
+        previous = spare.with_name(spare.name + ".next")
+        previous.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.link(self.last_path, previous)  # the current model becomes the next spare
         save_model(
-            self.last_path, tensors, round_num=round_num, plan_hash=self.plan_hash, kind="last"
+            self.last_path,
+            tensors,
+            round_num=round_num,
+            plan_hash=self.plan_hash,
+            kind="last",
+            reuse=spare if spare.exists() else None,
         )
+        if previous.exists():
+            os.replace(previous, spare)
         log.info("saved %s (model for round %d)", self.last_path.name, round_num)
         return self.last_path
 
@@ -76,5 +104,6 @@ class ModelStore(ModelSink):
         log.debug("saved %s (%s = %.4f)", self.best_path.name, metric, score)
 
     def finish(self, best_round: int | None) -> None:
+        self._spare.unlink(missing_ok=True)
         if self.on_finish is not None:
             self.on_finish(self.best_path, self.last_path)
