@@ -8,6 +8,8 @@ from __future__ import annotations
 # Wire format
 CHUNK_BYTES = 4 << 20  # 4 MiB of tensor payload per stream message
 GRPC_MAX_MESSAGE_BYTES = 16 << 20  # 16 MiB: a chunk plus headers, far below gRPC's caps
+#: largest network.settings.chunk_bytes: a data frame adds a few bytes of framing to its chunk
+MAX_CHUNK_BYTES = GRPC_MAX_MESSAGE_BYTES - 64
 MAX_TENSOR_BYTES = 1 << 40  # 1 TiB declared size: anything larger is refused as nonsense
 
 # Long poll: how long the aggregator holds a GetTasks call open before answering "ask again"

@@ -714,6 +714,10 @@ def set_by_path(config: dict[str, Any], keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 def check_settings(known: Mapping[str, Setting], settings: Mapping[str, Any], where: str) -> None:
     """Check keys, types and choices of settings against a schema."""
     for key, value in settings.items():
@@ -741,6 +745,23 @@ def check_settings(known: Mapping[str, Setting], settings: Mapping[str, Any], wh
                 "FX-PLAN-012",
                 f"{where}.{key} is {value!r}",
                 f"use one of {', '.join(map(str, spec.choices))}",
+            )
+        low, high = spec.minimum, spec.maximum
+        if isinstance(value, int | float) and (
+            (low is not None and value < low) or (high is not None and value > high)
+        ):
+            bounds = " and ".join(
+                text
+                for text in (
+                    f"at least {_number(low)}" if low is not None else "",
+                    f"at most {_number(high)}" if high is not None else "",
+                )
+                if text
+            )
+            raise PlanError(
+                "FX-PLAN-027",
+                f"{where}.{key} is {value!r}, out of range",
+                f"{key} must be {bounds} ({spec.help})",
             )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fedrun.constants import MAX_CHUNK_BYTES
+
 SECTIONS = (
     "aggregator",
     "collaborator",
@@ -36,6 +38,8 @@ class Setting:
     choices: tuple[Any, ...] = ()
     nullable: bool = False
     ignored: bool = False  # accepted for OpenFL compatibility, has no effect
+    minimum: float | None = None
+    maximum: float | None = None
 
 
 _STR = (str,)
@@ -120,8 +124,16 @@ NETWORK: dict[str, Setting] = {
     ),
     "cert_folder": Setting(_STR, "cert", "folder holding certificates"),
     "hash_salt": Setting((str, int), "auto", "ignored (OpenFL compatibility)", ignored=True),
-    "chunk_bytes": Setting(_INT, 4 << 20, "tensor payload bytes per stream message"),
-    "long_poll_seconds": Setting(_NUM, 20.0, "longest the aggregator holds a task request"),
+    "chunk_bytes": Setting(
+        _INT,
+        4 << 20,
+        "tensor payload bytes per stream message",
+        minimum=4 << 10,
+        maximum=MAX_CHUNK_BYTES,
+    ),
+    "long_poll_seconds": Setting(
+        _NUM, 20.0, "longest the aggregator holds a task request", minimum=0
+    ),
 }
 
 ASSIGNER_RANDOM: dict[str, Setting] = {

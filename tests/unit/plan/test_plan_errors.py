@@ -80,6 +80,24 @@ def test_wrong_type(edit_plan, section, key, value, expected):
     assert error.fix.startswith(f"{key}: ")
 
 
+@pytest.mark.parametrize(
+    ("value", "bound"),
+    [(16 << 20, "at most 16777152"), (100, "at least 4096")],
+)
+def test_chunk_bytes_out_of_range(edit_plan, value, bound):
+    # a chunk bigger than the message limit once framed used to fail only at the first
+    # upload, as a misleading "cannot reach the aggregator"
+    path = edit_plan(
+        lambda c: c["network"].setdefault("settings", {}).__setitem__("chunk_bytes", value)
+    )
+
+    error = load_error(path)
+
+    assert error.code == "FX-PLAN-027"
+    assert f"network.settings.chunk_bytes is {value}, out of range" in error.message
+    assert bound in error.fix
+
+
 def test_bad_choice(edit_plan):
     # Prepare
     path = edit_plan(lambda c: c["collaborator"]["settings"].__setitem__("opt_treatment", "FOO"))

@@ -389,7 +389,7 @@ def test_hash_ignores_the_aggregator_address(plan_path, override):
         "aggregator.best_model_mode=min",
         "collaborator.opt_treatment=CONTINUE_LOCAL",
         "network.use_tls=false",
-        "network.chunk_bytes=1024",
+        "network.chunk_bytes=65536",
         "tasks.train.kwargs.epochs=6",
         "data_loader.settings.batch_size=8",
         "straggler_handling_policy.template=PercentagePolicy",
