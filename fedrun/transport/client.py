@@ -58,6 +58,12 @@ def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
         return RoundClosed("FX-ROUND-010", details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ProtocolError("FX-WIRE-020", f"the aggregator rejected our data: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ProtocolError(
+            "FX-WIRE-021",
+            f"a message to or from the aggregator at {target} was too large: {details}",
+            "use the same fedrun version and plan (network.settings.chunk_bytes) on every node",
+        )
     if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
         return ProtocolError(
             "FX-NET-012",
