@@ -883,6 +883,21 @@ def new_work_dir(tag: str) -> Path:
     return path
 
 
+def drop_large_files(folder: Path, min_bytes: int = 16 << 20) -> int:
+    """Delete files of at least ``min_bytes`` under ``folder`` (models, spools, datasets copied
+    for a run), keeping logs and small files; returns bytes freed. Cells of a model-size sweep
+    would otherwise leave tens of gigabytes behind."""
+    freed = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_size >= min_bytes:
+                freed += path.stat().st_size
+                path.unlink()
+        except OSError:
+            continue
+    return freed
+
+
 def proc_summary(r: ProcResult) -> dict[str, Any]:
     """The fields of one process worth a table cell, rounded."""
     return {

@@ -24,6 +24,22 @@ from typing import Any
 from benchmarks import common, limits, round_overhead
 
 
+def marginal_cpu_ms(cells: list[dict[str, Any]], rounds: int) -> dict[str, float]:
+    """Aggregator CPU that one more collaborator adds per round: the slope between the smallest
+    and the largest N that completed (start-up cost cancels out)."""
+    out: dict[str, float] = {}
+    for system in sorted({c["system"] for c in cells}):
+        done = sorted(
+            (c["collaborators"], c["summary"]["aggregator_cpu_s"])
+            for c in cells
+            if c["system"] == system and c["summary"]["ok"]
+        )
+        if len(done) >= 2 and done[-1][0] > done[0][0]:
+            (n0, cpu0), (n1, cpu1) = done[0], done[-1]
+            out[system] = 1000 * (cpu1 - cpu0) / ((n1 - n0) * (rounds + 1))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # noqa: BLE001 - keep the other cells
                 res = {"ok": False, "error": traceback.format_exc()}
                 print(res["error"], file=sys.stderr)
+            common.drop_large_files(cell_work)
             sm = round_overhead.cell_summary(res, size, args.rounds)
             aggs = [p for p in res.get("group", {}).get("procs", []) if p["role"] == "aggregator"]
             sm["aggregator_cpu_s"] = sum((p["cpu_s"] or 0.0) for p in aggs)
@@ -73,8 +90,20 @@ def main(argv: list[str] | None = None) -> int:
             for c in cells
         ],
     )  # fmt: skip
+    marginal = marginal_cpu_ms(cells, args.rounds)
+    for system, ms in marginal.items():
+        print(
+            f"[bench] {system}: aggregator CPU per extra collaborator per round (incl. the final "
+            f"validation round, handshake and start-up shared out): {common.fmt(ms)} ms"
+        )
     path = common.write_results(
-        "many_collaborators", {"machine": common.machine_info(), "args": vars(args), "cells": cells}
+        "many_collaborators",
+        {
+            "machine": common.machine_info(),
+            "args": vars(args),
+            "marginal_cpu_ms_per_collaborator_round": marginal,
+            "cells": cells,
+        },
     )
     print(f"written {path}")
     return 0 if all(c["summary"]["ok"] for c in cells) else 1

@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-fraction", type=float, default=0.8, help="of MemAvailable a cell may use"
     )
     ap.add_argument("--no-limits", action="store_true", help="skip the TLS copy and numpy limits")
+    ap.add_argument(
+        "--keep-work", action="store_true", help="keep each cell's model and spool files"
+    )
     args = ap.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     sizes = [limits.parse_size(s) for s in args.sizes.split(",")]
@@ -215,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                 cell["summary"] = cell_summary(res, size, args.rounds)
                 cell["result"] = res
                 cells.append(cell)
+                if not args.keep_work:
+                    common.drop_large_files(cell_work)
                 sm = cell["summary"]
                 print(
                     f"[bench]   ok={sm['ok']} rounds={[round(t, 3) for t in sm['rounds_s']]} "

@@ -9,6 +9,7 @@ never leaves a half-written model behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -130,10 +131,23 @@ def save_model(
             os.fsync(out.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failure(target, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_failure(path: Path, exc: OSError) -> StateError:
+    """A model or result file could not be written (disk full, permissions, I/O error)."""
+    return StateError(
+        "FX-STATE-005",
+        f"cannot write {path}: {exc.strerror or exc}",
+        f"free space on (or fix the permissions of) {path.parent}; work already acknowledged "
+        "is on disk, and a restarted aggregator resumes from it",
+    )
 
 
 def _corrupt(path: Path, what: str) -> StateError:
@@ -186,31 +200,44 @@ class TensorFileWriter:
         self.count = 0
 
     def write(self, name: str, array: np.ndarray, *, delta: bool = False) -> None:
-        _write_tensor(self._out, name, array, delta)
+        try:
+            _write_tensor(self._out, name, array, delta)
+        except OSError as exc:
+            raise write_failure(self.path, exc) from exc
         self.count += 1
 
     def begin_tensor(self, header: pb.TensorHeader) -> None:
         """Start a tensor whose raw payload follows in :meth:`write_payload` calls (as it
         arrives from the network); the caller writes exactly ``header.payload_bytes``."""
-        _write_frame(self._out, pb.TensorFrame(header=header))
+        try:
+            _write_frame(self._out, pb.TensorFrame(header=header))
+        except OSError as exc:
+            raise write_failure(self.path, exc) from exc
         self.count += 1
 
     def write_payload(self, chunk: memoryview | bytes) -> None:
-        self._out.write(chunk)
+        try:
+            self._out.write(chunk)
+        except OSError as exc:
+            raise write_failure(self.path, exc) from exc
 
     def commit(self) -> Path:
-        self._out.flush()
-        self._out.truncate()  # a reused file may have been longer
-        if self.durable:
-            os.fsync(self._out.fileno())
-        self._out.close()
-        os.chmod(self._tmp, FILE_MODE)
-        os.replace(self._tmp, self.path)
+        try:
+            self._out.flush()
+            self._out.truncate()  # a reused file may have been longer
+            if self.durable:
+                os.fsync(self._out.fileno())
+            self._out.close()
+            os.chmod(self._tmp, FILE_MODE)
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            raise write_failure(self.path, exc) from exc
         return self.path
 
     def abort(self) -> None:
         if not self._out.closed:
-            self._out.close()
+            with contextlib.suppress(OSError):  # e.g. the disk is full: flushing fails too
+                self._out.close()
         self._tmp.unlink(missing_ok=True)
 
 
@@ -443,6 +470,9 @@ def copy_model(
             os.fsync(out.fileno())
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, dst)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failure(dst, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedrun.errors import StateError
 from fedrun.federation.aggregator import ModelSink
 from fedrun.storage.model_file import copy_model, mapped_model_file, save_model
 
@@ -91,8 +92,8 @@ class ModelStore(ModelSink):
                     metrics=metrics,
                 )
                 return
-            except FileNotFoundError:
-                pass  # the file went away meanwhile: write the tensors out instead
+            except StateError:
+                pass  # e.g. the file went away meanwhile: write the tensors out instead
         save_model(
             self.best_path,
             tensors,

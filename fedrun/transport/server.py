@@ -17,7 +17,7 @@ import grpc
 from fedrun.buffers import POOL
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import GRPC_MAX_MESSAGE_BYTES
-from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError
+from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError, StateError
 from fedrun.federation.aggregator import Aggregator, IncomingTensor
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
@@ -249,6 +249,11 @@ class FederationServicer(pb_grpc.FederationServicer):
             upload.abort()
             log.warning("result of %s for %s refused: %s", name, result.task, error.message)
             context.abort(status_for(error), error.render())
+        except StateError as error:
+            # the aggregator cannot store the result (disk full...): the collaborator retries
+            upload.abort()
+            log.error("result of %s for %s not stored: %s", name, result.task, error.render())
+            context.abort(grpc.StatusCode.UNAVAILABLE, error.render())
         except BaseException:
             upload.abort()
             raise

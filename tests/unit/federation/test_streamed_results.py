@@ -203,3 +203,24 @@ def test_global_model_is_served_from_last_pbuf_not_kept_in_memory(tmp_path):
     assert (best.kind, best.round, best.metrics) == ("best", 0, {"validate/acc": 0.5})
     for name, array in best.tensors.items():
         assert array.tobytes() == INITIAL[name].tobytes()
+
+
+def test_a_result_that_cannot_be_spooled_is_refused_and_can_be_resent(tmp_path):
+    import os
+
+    from fedrun.errors import StateError
+
+    agg = make(tmp_path)
+    reference = make(tmp_path / "ref")
+    run_round(reference, None)
+    # the spool's next file is a full disk (a link to /dev/full: every write fails with ENOSPC)
+    os.makedirs(tmp_path / "spool", exist_ok=True)
+    os.symlink("/dev/full", tmp_path / "spool" / "free-9.spool")
+    agg.spool._free.append(tmp_path / "spool" / "free-9.spool")
+    with pytest.raises(StateError) as info:
+        send(agg, "a", trained(0.25), 10, 1 << 20)
+    assert info.value.code == "FX-STATE-005"
+    assert os.path.exists("/dev/full") and not agg.round.done["a"]
+    run_round(agg, 1 << 20)  # space is back: the collaborator's retry goes through
+    for name in INITIAL:
+        assert agg.global_model[name].tobytes() == reference.global_model[name].tobytes()

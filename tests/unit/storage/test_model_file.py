@@ -305,3 +305,17 @@ def test_a_mapped_model_is_still_served_correctly_after_its_file_is_replaced(tmp
             )
         ]
         assert frames == expected
+
+
+def test_a_full_disk_is_a_clear_state_error_and_leaves_no_file(tmp_path, tensors):
+    import os
+
+    # /dev/full fails every write with ENOSPC, like a full disk; reached through a symlink so
+    # that the clean-up removes only the link
+    os.symlink("/dev/full", tmp_path / "spare")
+    with pytest.raises(StateError) as info:
+        save_model(tmp_path / "last.pbuf", tensors, round_num=1, reuse=tmp_path / "spare")
+    assert info.value.code == "FX-STATE-005"
+    assert "No space left on device" in info.value.message
+    assert "resumes" in info.value.fix
+    assert not (tmp_path / "last.pbuf").exists() and os.path.exists("/dev/full")
