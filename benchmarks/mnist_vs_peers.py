@@ -228,7 +228,28 @@ def report(
     def r(a: str, b: str) -> float | None:
         return common.ratio(medians.get(a, {}).get("wall_s"), medians.get(b, {}).get("wall_s"))
 
+    # the wall time is set-up + federation: the PKI flow through each system's CLI
+    # (Flower's simulation engine needs none; its deployment engine needs certificates and keys)
+    setup_of = {
+        "fedrun": bench.setups.get("fedrun", {}).get("setup_s"),
+        "openfl-1t": bench.setups.get("openfl", {}).get("setup_s"),
+        "openfl-default": bench.setups.get("openfl", {}).get("setup_s"),
+        "flower-sim": 0.0,
+        "flower-deploy": bench.setups.get("flower", {}).get("setup_s"),
+    }
+
+    def total(system: str) -> float | None:
+        wall, setup = medians.get(system, {}).get("wall_s"), setup_of.get(system)
+        return None if wall is None or setup is None else wall + setup
+
+    def rt(a: str, b: str) -> float | None:
+        return common.ratio(total(a), total(b))
+
     ratios = {
+        "fedrun/openfl-1t setup+wall": rt("fedrun", "openfl-1t"),
+        "fedrun/openfl-default setup+wall": rt("fedrun", "openfl-default"),
+        "fedrun/flower-sim setup+wall": rt("fedrun", "flower-sim"),
+        "fedrun/flower-deploy setup+wall": rt("fedrun", "flower-deploy"),
         "fedrun/openfl-1t wall": r("fedrun", "openfl-1t"),
         "fedrun/openfl-default wall": r("fedrun", "openfl-default"),
         "fedrun/flower-sim wall": r("fedrun", "flower-sim"),
@@ -245,9 +266,21 @@ def report(
         ),
     }
     targets = [
-        ("fedrun wall <= 0.6x OpenFL best config", ratios["fedrun/openfl-1t wall"], 0.6),
-        ("fedrun wall <= 0.4x OpenFL default", ratios["fedrun/openfl-default wall"], 0.4),
-        ("fedrun wall <= 0.6x Flower simulation", ratios["fedrun/flower-sim wall"], 0.6),
+        (
+            "fedrun setup+wall <= 0.6x OpenFL best config",
+            ratios["fedrun/openfl-1t setup+wall"],
+            0.6,
+        ),
+        (
+            "fedrun setup+wall <= 0.4x OpenFL default",
+            ratios["fedrun/openfl-default setup+wall"],
+            0.4,
+        ),
+        (
+            "fedrun setup+wall <= 0.6x Flower simulation",
+            ratios["fedrun/flower-sim setup+wall"],
+            0.6,
+        ),
         ("fedrun wall <= 1.15x compute floor", ratios["fedrun/floor wall"], 1.15),
         (
             "fedrun collaborator idle <= 0.1 s",
