@@ -80,6 +80,70 @@ def _write_tensor(out: BinaryIO, name: str, array: np.ndarray, delta: bool = Fal
     out.write(payload)
 
 
+class AtomicFile:
+    """A file written under a temporary name and renamed over ``target`` on :meth:`commit`, so
+    a crash while writing never leaves a half-written file behind.
+
+    ``reuse`` names a file nothing needs any more (in the same folder) to overwrite instead of
+    creating a new one: its pages are still in the page cache, which on a virtual machine makes
+    writing a gigabyte several times cheaper. Write failures (a full disk...) raise
+    ``StateError`` FX-STATE-005; failing to create the file raises FX-STATE-001.
+    """
+
+    def __init__(self, target: str | os.PathLike[str], reuse: Path | None = None) -> None:
+        self.target = Path(target)
+        fd = -1
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            if reuse is not None:
+                with contextlib.suppress(OSError):
+                    fd = os.open(reuse, os.O_WRONLY)
+                    self.tmp = Path(reuse)
+            if fd < 0:
+                fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", dir=self.target.parent)
+                self.tmp = Path(name)
+        except OSError as exc:
+            raise StateError(
+                "FX-STATE-001",
+                f"cannot write the model file {self.target}: {exc.strerror}",
+                f"make {self.target.parent} writable, or point the plan's *_state_path elsewhere",
+            ) from exc
+        self.out = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self.out.write(data)
+        except OSError as exc:
+            raise write_failure(self.target, exc) from exc
+
+    def commit(self, durable: bool = True) -> Path:
+        """Cut what a reused file had beyond the new end, sync, and rename into place."""
+        try:
+            self.out.flush()
+            self.out.truncate()
+            if durable:
+                os.fsync(self.out.fileno())
+            self.out.close()
+            os.chmod(self.tmp, FILE_MODE)
+            os.replace(self.tmp, self.target)
+        except OSError as exc:
+            self.abort()
+            raise write_failure(self.target, exc) from exc
+        return self.target
+
+    def abort(self) -> None:
+        if not self.out.closed:
+            with contextlib.suppress(OSError):  # e.g. the disk is full: flushing fails too
+                self.out.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _write_model_header(out: AtomicFile, info: pb.ModelInfo) -> None:
+    out.write(MAGIC)
+    data = pb.TensorFrame(model=info).SerializeToString()
+    out.write(_VarintBytes(len(data)) + data)
+
+
 def save_model(
     path: str | os.PathLike[str],
     tensors: Mapping[str, np.ndarray],
@@ -90,54 +154,27 @@ def save_model(
     metrics: Mapping[str, float] | None = None,
     reuse: Path | None = None,
 ) -> Path:
-    """Write ``tensors`` atomically to ``path`` and return the path.
-
-    ``reuse`` names a file nothing needs any more (in the same folder) to overwrite and rename
-    into place instead of creating a new one: its pages are still in the page cache, which on
-    a virtual machine makes writing a gigabyte several times cheaper."""
-    target = Path(path)
+    """Write ``tensors`` atomically to ``path`` and return the path (see :class:`AtomicFile`
+    for ``reuse``)."""
+    out = AtomicFile(path, reuse)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = -1
-        if reuse is not None:
+        info = pb.ModelInfo(
+            round=round_num,
+            plan_hash=plan_hash,
+            tensor_count=len(tensors),
+            kind=kind,
+            metrics=dict(metrics or {}),
+        )
+        _write_model_header(out, info)
+        for name, array in tensors.items():
             try:
-                fd = os.open(reuse, os.O_WRONLY)
-                tmp = str(reuse)
-            except OSError:
-                fd = -1
-        if fd < 0:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    except OSError as exc:
-        raise StateError(
-            "FX-STATE-001",
-            f"cannot write the model file {target}: {exc.strerror}",
-            f"make {target.parent} writable, or point the plan's *_state_path elsewhere",
-        ) from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(MAGIC)
-            info = pb.ModelInfo(
-                round=round_num,
-                plan_hash=plan_hash,
-                tensor_count=len(tensors),
-                kind=kind,
-                metrics=dict(metrics or {}),
-            )
-            _write_frame(out, pb.TensorFrame(model=info))
-            for name, array in tensors.items():
-                _write_tensor(out, name, array)
-            out.flush()
-            out.truncate()  # a reused file may have been longer
-            os.fsync(out.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise write_failure(target, exc) from exc
+                _write_tensor(out.out, name, array)
+            except OSError as exc:
+                raise write_failure(out.target, exc) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        out.abort()
         raise
-    return target
+    return out.commit()
 
 
 def write_failure(path: Path, exc: OSError) -> StateError:
@@ -178,30 +215,20 @@ class TensorFileWriter:
     ) -> None:
         self.path = Path(path)
         self.durable = durable
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = -1
-        if reuse is not None:
-            # overwrite a finished file in place: its pages are still in the page cache, which
-            # is several times cheaper than faulting in fresh ones on a virtual machine
-            try:
-                fd = os.open(reuse, os.O_WRONLY)
-                self._tmp = reuse
-            except OSError:
-                fd = -1
-        if fd < 0:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            self._tmp = Path(tmp)
-        self._out = os.fdopen(fd, "wb")
-        self._out.write(MAGIC)
+        self._file = AtomicFile(self.path, reuse)
         info = pb.ModelInfo(
             round=round_num, plan_hash=plan_hash, tensor_count=tensor_count, kind=kind
         )
-        _write_frame(self._out, pb.TensorFrame(model=info))
+        try:
+            _write_model_header(self._file, info)
+        except BaseException:
+            self._file.abort()
+            raise
         self.count = 0
 
     def write(self, name: str, array: np.ndarray, *, delta: bool = False) -> None:
         try:
-            _write_tensor(self._out, name, array, delta)
+            _write_tensor(self._file.out, name, array, delta)
         except OSError as exc:
             raise write_failure(self.path, exc) from exc
         self.count += 1
@@ -209,36 +236,18 @@ class TensorFileWriter:
     def begin_tensor(self, header: pb.TensorHeader) -> None:
         """Start a tensor whose raw payload follows in :meth:`write_payload` calls (as it
         arrives from the network); the caller writes exactly ``header.payload_bytes``."""
-        try:
-            _write_frame(self._out, pb.TensorFrame(header=header))
-        except OSError as exc:
-            raise write_failure(self.path, exc) from exc
+        data = pb.TensorFrame(header=header).SerializeToString()
+        self._file.write(_VarintBytes(len(data)) + data)
         self.count += 1
 
     def write_payload(self, chunk: memoryview | bytes) -> None:
-        try:
-            self._out.write(chunk)
-        except OSError as exc:
-            raise write_failure(self.path, exc) from exc
+        self._file.write(chunk)
 
     def commit(self) -> Path:
-        try:
-            self._out.flush()
-            self._out.truncate()  # a reused file may have been longer
-            if self.durable:
-                os.fsync(self._out.fileno())
-            self._out.close()
-            os.chmod(self._tmp, FILE_MODE)
-            os.replace(self._tmp, self.path)
-        except OSError as exc:
-            raise write_failure(self.path, exc) from exc
-        return self.path
+        return self._file.commit(self.durable)
 
     def abort(self) -> None:
-        if not self._out.closed:
-            with contextlib.suppress(OSError):  # e.g. the disk is full: flushing fails too
-                self._out.close()
-        self._tmp.unlink(missing_ok=True)
+        self._file.abort()
 
 
 def _stream(
@@ -438,12 +447,9 @@ def copy_model(
     src = Path(source)
     _check_exists(src)
     info, _, body_start = _scan(src)
-    dst = Path(target)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            out.write(MAGIC)
+    with open(src, "rb") as inp:
+        out = AtomicFile(target)
+        try:
             header = pb.ModelInfo(
                 round=round_num,
                 plan_hash=plan_hash or info.plan_hash,
@@ -451,32 +457,28 @@ def copy_model(
                 kind=kind,
                 metrics=dict(metrics or {}),
             )
-            _write_frame(out, pb.TensorFrame(model=header))
-            out.flush()
+            _write_model_header(out, header)
+            out.out.flush()
             remaining = src.stat().st_size - body_start
             offset = body_start
             while remaining > 0:
                 try:
-                    n = os.copy_file_range(inp.fileno(), out.fileno(), remaining, offset)
+                    n = os.copy_file_range(inp.fileno(), out.out.fileno(), remaining, offset)
                 except OSError:
                     n = 0
                 if n <= 0:  # not supported here (or across file systems): copy by hand
                     inp.seek(offset)
-                    shutil.copyfileobj(inp, out, length=CHUNK_BYTES)
-                    out.flush()
+                    shutil.copyfileobj(inp, out.out, length=CHUNK_BYTES)
                     break
                 offset += n
                 remaining -= n
-            os.fsync(out.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, dst)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise write_failure(dst, exc) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+        except OSError as exc:
+            out.abort()
+            raise write_failure(out.target, exc) from exc
+        except BaseException:
+            out.abort()
+            raise
+    return out.commit()
 
 
 def load_model(path: str | os.PathLike[str]) -> ModelSnapshot:

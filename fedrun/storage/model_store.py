@@ -92,7 +92,7 @@ class ModelStore(ModelSink):
                     metrics=metrics,
                 )
                 return
-            except StateError:
+            except (StateError, FileNotFoundError):
                 pass  # e.g. the file went away meanwhile: write the tensors out instead
         save_model(
             self.best_path,
