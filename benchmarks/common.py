@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -973,6 +973,21 @@ def thread_env(env: dict[str, str | None], threads: str) -> dict[str, str | None
     value = None if threads == "default" else threads
     env.update({k: value for k in ONE_THREAD_ENV})
     return env
+
+
+def certify_collaborator(call: Callable[..., Any], name: str, data_path: str) -> None:
+    """The collaborator half of the ``fx`` PKI flow (OpenFL's and fedrun's CLIs agree here):
+    create it, make its request, sign it on the aggregator side, import the signed package."""
+    call("collaborator", "create", "-n", name, "-d", data_path, "--silent")
+    call("collaborator", "generate-cert-request", "-n", name, "--silent")
+    call(
+        "collaborator",
+        "certify",
+        "--request-pkg",
+        f"col_{name}_to_agg_cert_request.zip",
+        "--silent",
+    )
+    call("collaborator", "certify", "--import", f"agg_to_col_{name}_signed_cert.zip")
 
 
 def fx_federation_specs(

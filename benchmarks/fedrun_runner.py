@@ -69,17 +69,7 @@ def setup_workspace(
     call("aggregator", "certify", "--fqdn", FQDN, "--silent")
     call("plan", "initialize", "-a", FQDN)
     for i, name in enumerate(collaborators, start=1):
-        data = data_paths[i - 1] if data_paths else str(i)
-        call("collaborator", "create", "-n", name, "-d", data, "--silent")
-        call("collaborator", "generate-cert-request", "-n", name, "--silent")
-        call(
-            "collaborator",
-            "certify",
-            "--request-pkg",
-            f"col_{name}_to_agg_cert_request.zip",
-            "--silent",
-        )
-        call("collaborator", "certify", "--import", f"agg_to_col_{name}_signed_cert.zip")
+        common.certify_collaborator(call, name, data_paths[i - 1] if data_paths else str(i))
     setup_s = common.now() - t0
     if template.endswith("mnist"):
         common.mnist_raw_into(ws / "data" / "mnist")

@@ -95,16 +95,7 @@ def setup_workspace(
     call("aggregator", "certify", "--fqdn", FQDN, "--silent")
     call("plan", "initialize", "-a", FQDN)
     for i, name in enumerate(collaborators, start=1):
-        call("collaborator", "create", "-n", name, "-d", str(i), "--silent")
-        call("collaborator", "generate-cert-request", "-n", name, "--silent")
-        call(
-            "collaborator",
-            "certify",
-            "--request-pkg",
-            f"col_{name}_to_agg_cert_request.zip",
-            "--silent",
-        )
-        call("collaborator", "certify", "--import", f"agg_to_col_{name}_signed_cert.zip")
+        common.certify_collaborator(call, name, str(i))
     setup_s = common.now() - t0
     common.mnist_raw_into(ws / "data" / "MNIST" / "raw")
     return {"workspace": str(ws), "setup_s": setup_s, "fx_calls": calls}

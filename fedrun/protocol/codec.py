@@ -69,10 +69,27 @@ def parse_dtype(text: str) -> np.dtype:
 def raw_bytes(array: np.ndarray) -> memoryview:
     """The array's C-order little-endian bytes, without a copy when it already is."""
     arr = np.asarray(array)
-    if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and not np.little_endian):
+    if not in_wire_order(arr.dtype):
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     arr = np.ascontiguousarray(arr)
     return arr.data.cast("B") if arr.size else memoryview(b"")
+
+
+def in_wire_order(dtype: np.dtype) -> bool:
+    """True when the dtype's bytes are already little-endian (or have no byte order)."""
+    return not (dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian))
+
+
+def raw_header(name: str, array: np.ndarray, *, delta: bool = False) -> pb.TensorHeader:
+    """The header of an uncompressed tensor: its raw little-endian bytes follow."""
+    return pb.TensorHeader(
+        name=name,
+        dtype=wire_dtype(array.dtype),
+        shape=list(array.shape),
+        payload_bytes=int(array.nbytes),
+        encoding="none",
+        delta=delta,
+    )
 
 
 def encode_tensor(
@@ -180,9 +197,7 @@ def mapped_file_range(array: np.ndarray) -> tuple[str, int, int] | None:
         and isinstance(array.base, mmap.mmap)
         and array.filename
         and array.flags.c_contiguous
-        and not (
-            array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and not np.little_endian)
-        )
+        and in_wire_order(array.dtype)
         and array.size
     ):
         return str(array.filename), int(array.offset), int(array.nbytes)
@@ -241,16 +256,7 @@ def encode_tensor_wire(
     fd = _open_same_file(array, mapped[0]) if mapped is not None else None
     if mapped is not None and fd is not None:
         _, offset, length = mapped
-        yield pb.TensorFrame(
-            header=pb.TensorHeader(
-                name=name,
-                dtype=wire_dtype(array.dtype),
-                shape=list(array.shape),
-                payload_bytes=length,
-                encoding="none",
-                delta=delta,
-            )
-        )
+        yield pb.TensorFrame(header=raw_header(name, array, delta=delta))
         yield from _file_data_frames(fd, offset, length, chunk_bytes)
         return
     frames = encode_tensor(name, array, pipeline=pipeline, delta=delta, chunk_bytes=0)

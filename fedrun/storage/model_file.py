@@ -31,7 +31,7 @@ from fedrun.protocol.codec import (
     check_header,
     mapped_file_range,
     raw_bytes,
-    wire_dtype,
+    raw_header,
 )
 
 MAGIC = b"FEDRUN-MODEL-2\n"
@@ -67,17 +67,8 @@ def _write_frame(out: BinaryIO, frame: pb.TensorFrame) -> None:
 def _write_tensor(out: BinaryIO, name: str, array: np.ndarray, delta: bool = False) -> None:
     """A tensor header frame, then the tensor's raw little-endian bytes (no copy, no chunks)."""
     arr = np.asarray(array)
-    payload = raw_bytes(arr)
-    header = pb.TensorHeader(
-        name=name,
-        dtype=wire_dtype(arr.dtype),
-        shape=list(arr.shape),
-        payload_bytes=len(payload),
-        encoding="none",
-        delta=delta,
-    )
-    _write_frame(out, pb.TensorFrame(header=header))
-    out.write(payload)
+    _write_frame(out, pb.TensorFrame(header=raw_header(name, arr, delta=delta)))
+    out.write(raw_bytes(arr))
 
 
 class AtomicFile:

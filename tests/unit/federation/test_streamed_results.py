@@ -14,7 +14,7 @@ from fedrun.federation.aggregator import Aggregator, ModelSink
 from fedrun.federation.assigner import RandomGroupedAssigner
 from fedrun.federation.tasks import TaskSpec
 from fedrun.protocol import federation_pb2 as pb
-from fedrun.protocol.codec import encode_tensor_wire, mapped_file_range, wire_dtype
+from fedrun.protocol.codec import encode_tensor_wire, mapped_file_range, raw_header
 from fedrun.storage.model_file import load_model, open_model_view, save_model
 from fedrun.storage.model_store import ModelStore
 
@@ -49,13 +49,12 @@ def make(tmp_path: Path, sink: ModelSink | None = None, model=None) -> Aggregato
 
 
 def header(name: str, array: np.ndarray) -> pb.TensorHeader:
-    return pb.TensorHeader(
-        name=name,
-        dtype=wire_dtype(array.dtype),
-        shape=list(array.shape),
-        payload_bytes=array.nbytes,
-        encoding="none",
-    )
+    return raw_header(name, array)
+
+
+def assert_same_model(actual: Aggregator, expected: Aggregator) -> None:
+    for name in INITIAL:
+        assert actual.global_model[name].tobytes() == expected.global_model[name].tobytes()
 
 
 def send(agg: Aggregator, who: str, tensors: dict, data_size: int, chunk: int | None) -> int:
@@ -129,8 +128,7 @@ def test_nan_in_a_late_chunk_is_refused_and_the_sums_are_rebuilt(tmp_path):
     assert agg.round.dirty == {"train"}
     # the collaborator resends a good result; the round is rebuilt from accepted results only
     run_round(agg, 16)
-    for name in INITIAL:
-        assert agg.global_model[name].tobytes() == reference.global_model[name].tobytes()
+    assert_same_model(agg, reference)
 
 
 def test_a_stream_cut_short_leaves_nothing_and_can_be_resent(tmp_path):
@@ -145,8 +143,7 @@ def test_a_stream_cut_short_leaves_nothing_and_can_be_resent(tmp_path):
     reference = make(tmp_path / "ref")
     run_round(reference, None)
     run_round(agg, 1 << 10)
-    for name in INITIAL:
-        assert agg.global_model[name].tobytes() == reference.global_model[name].tobytes()
+    assert_same_model(agg, reference)
 
 
 def test_too_many_bytes_for_a_streamed_tensor_are_refused(tmp_path):
@@ -222,5 +219,4 @@ def test_a_result_that_cannot_be_spooled_is_refused_and_can_be_resent(tmp_path):
     assert info.value.code == "FX-STATE-005"
     assert os.path.exists("/dev/full") and not agg.round.done["a"]
     run_round(agg, 1 << 20)  # space is back: the collaborator's retry goes through
-    for name in INITIAL:
-        assert agg.global_model[name].tobytes() == reference.global_model[name].tobytes()
+    assert_same_model(agg, reference)
