@@ -248,6 +248,8 @@ class GroupResult:
     timed_out: bool
     procs: list[ProcResult]
     started_at: str
+    #: ``time.time()`` at the group's start: turns log timestamps into group-relative seconds
+    started_epoch: float | None = None
 
     def by_role(self, role: str) -> list[ProcResult]:
         return [p for p in self.procs if p.role == role]
@@ -258,7 +260,9 @@ class GroupResult:
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> GroupResult:
         procs = [ProcResult(**p) for p in data["procs"]]
-        return GroupResult(data["wall_s"], data["timed_out"], procs, data["started_at"])
+        return GroupResult(
+            data["wall_s"], data["timed_out"], procs, data["started_at"], data.get("started_epoch")
+        )
 
 
 class _Tracker:
@@ -404,6 +408,7 @@ def launch_group(
     (e.g. a server that never exits by itself) are then stopped with SIGTERM, then SIGKILL.
     """
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started_epoch = time.time()
     t0 = now()
     trackers: list[_Tracker] = []
     pending = sorted(specs, key=lambda s: s.delay_s)
@@ -513,7 +518,13 @@ def launch_group(
         r.start_s = tr.t_start - t0
         r.exit_s = (tr.t_exit - t0) if tr.t_exit is not None else None
         results.append(r)
-    return GroupResult(wall_s=wall, timed_out=timed_out, procs=results, started_at=started_at)
+    return GroupResult(
+        wall_s=wall,
+        timed_out=timed_out,
+        procs=results,
+        started_at=started_at,
+        started_epoch=started_epoch,
+    )
 
 
 def launch_group_in_netns(

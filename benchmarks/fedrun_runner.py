@@ -13,6 +13,7 @@ with fedrun's own reader and scored on the full test set.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import os
 import re
@@ -138,6 +139,7 @@ def run_federation(
         "ok": (not group.timed_out) and all(p.returncode == 0 for p in group.procs),
     }
     out.update(parse_metrics(ws))
+    split_idle(out["group"], ws / "logs" / "aggregator.log")
     last = ws / "save" / "last.pbuf"
     if export_model and last.exists():
         npz = logs / "last.npz"
@@ -176,6 +178,48 @@ def parse_metrics(ws: Path) -> dict[str, Any]:
         if m:
             rounds.append({"round": "final validation", "s": float(m.group(1))})
     return {"rounds": rounds, "metrics_by_task": by_task, "metrics_records": len(records)}
+
+
+_FINISHED_TASKS = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ round (\d+): (\S+) finished its tasks",
+    re.MULTILINE,
+)
+
+
+def peer_waits(log_text: str, started_epoch: float) -> dict[str, list[tuple[float, float]]]:
+    """Per collaborator, the stretches (group-relative start, end) from its last result of a
+    round to the last result of that round from anyone: waiting for a slower peer, which a
+    synchronous round cannot avoid. Read from the aggregator's log (millisecond timestamps)."""
+    by_round: dict[int, list[tuple[float, str]]] = {}
+    for m in _FINISHED_TASKS.finditer(log_text):
+        when = _dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        by_round.setdefault(int(m.group(2)), []).append((when - started_epoch, m.group(3)))
+    waits: dict[str, list[tuple[float, float]]] = {}
+    for entries in by_round.values():
+        closes = max(t for t, _ in entries)
+        for t, name in entries:
+            waits.setdefault(name, []).append((t, closes))
+    return waits
+
+
+def split_idle(group: dict[str, Any], aggregator_log: Path) -> None:
+    """Add ``peer_wait_s`` and ``idle_excl_peer_wait_s`` to each collaborator of ``group``: the
+    part of its idle time spent waiting for a slower peer to finish the round, and the rest
+    (start-up, model download, the round change: what the framework itself costs)."""
+    epoch = group.get("started_epoch")
+    if epoch is None or not aggregator_log.exists():
+        return
+    waits = peer_waits(aggregator_log.read_text(errors="replace"), epoch)
+    for proc in group["procs"]:
+        if proc["role"] != "collaborator" or proc.get("idle_s") is None:
+            continue
+        name = proc["name"]
+        overlap = 0.0
+        for start, seconds in proc.get("idle_periods") or []:
+            for a, b in waits.get(name, []):
+                overlap += max(0.0, min(start + seconds, b) - max(start, a))
+        proc["peer_wait_s"] = round(overlap, 3)
+        proc["idle_excl_peer_wait_s"] = round(max(0.0, proc["idle_s"] - overlap), 3)
 
 
 _PBUF_TO_NPZ = r"""

@@ -49,6 +49,8 @@ class TaskAssignment:
     tasks: list[str]
     quit: bool = False
     final_validation: bool = False
+    #: the collaborator has no work after these tasks: it may leave once they are acknowledged
+    last: bool = False
 
 
 @dataclass
@@ -207,6 +209,8 @@ class Aggregator:
         self.done_at: float | None = None
         self.finished_event = threading.Event()
         self.quit_sent: set[str] = set()
+        #: collaborators whose tasks of the last round are all in: they leave without asking
+        self.released: set[str] = set()
         self.last_seen: dict[str, float] = {}
         self.reported_gone: set[str] = set()
         self.listeners: list[Callable[[RoundSummary], None]] = []
@@ -326,7 +330,10 @@ class Aggregator:
                         if state.started_at is None:
                             state.started_at = self.clock()
                         return TaskAssignment(
-                            state.number, pending, final_validation=state.final_validation
+                            state.number,
+                            pending,
+                            final_validation=state.final_validation,
+                            last=self._is_last_round(state),
                         )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -603,6 +610,8 @@ class Aggregator:
                 sum(state.finished(c) for c in state.participants),
                 len(state.participants),
             )
+            if self._is_last_round(state):
+                self.released.add(result.collaborator)
         self._changed.notify_all()
 
     # ------------------------------------------------------------------ round end
@@ -756,6 +765,7 @@ class Aggregator:
             self.spool.drop_free()
             self.model_sink.finish(self.best_round)
             log.info("experiment finished after %d rounds", self.rounds_to_train)
+            self._check_finished()
         else:
             self.round = self._open_round(self.round_num)
             if self.round.final_validation:
@@ -792,8 +802,19 @@ class Aggregator:
             return True
         return score < self.best_score if self.best_model_mode == "min" else score > self.best_score
 
+    def _is_last_round(self, state: RoundState) -> bool:
+        """No round can follow this one: the final validation, or the last training round when
+        no final validation is planned. (When the final validation is planned but the round
+        leaves the model unchanged, the experiment ends anyway and collaborators are told so.)"""
+        if state.final_validation:
+            return True
+        return state.number + 1 >= self.rounds_to_train and not (
+            self.final_validation_enabled and self._global_validation_tasks()
+        )
+
     def _check_finished(self) -> None:
-        if self.done and set(self.collaborators) <= self.quit_sent | self._gone_after_done():
+        left = self.quit_sent | self.released | self._gone_after_done()
+        if self.done and set(self.collaborators) <= left:
             self.finished_event.set()
 
     def _gone_after_done(self) -> set[str]:

@@ -120,6 +120,11 @@ class Collaborator:
                 continue
             self.idle_seconds += time.monotonic() - asked
             self.run_tasks(assignment)
+            if assignment.last:
+                # every result is acknowledged (kept on the aggregator's disk): waiting for the
+                # slowest peer to hear "quit" would only keep this machine busy for nothing
+                log.info("collaborator %s: its last tasks are in, stopping", self.name)
+                return
 
     def run_tasks(self, assignment: TaskAssignment) -> None:
         """Run one round's tasks in order."""

@@ -49,16 +49,18 @@ class GetTasksRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class GetTasksResponse(_message.Message):
-    __slots__ = ("round", "tasks", "quit", "final_validation")
+    __slots__ = ("round", "tasks", "quit", "final_validation", "last")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     QUIT_FIELD_NUMBER: _ClassVar[int]
     FINAL_VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     round: int
     tasks: _containers.RepeatedScalarFieldContainer[str]
     quit: bool
     final_validation: bool
-    def __init__(self, round: _Optional[int] = ..., tasks: _Optional[_Iterable[str]] = ..., quit: _Optional[bool] = ..., final_validation: _Optional[bool] = ...) -> None: ...
+    last: bool
+    def __init__(self, round: _Optional[int] = ..., tasks: _Optional[_Iterable[str]] = ..., quit: _Optional[bool] = ..., final_validation: _Optional[bool] = ..., last: _Optional[bool] = ...) -> None: ...
 
 class GetTensorsRequest(_message.Message):
     __slots__ = ("header", "round", "names")

@@ -235,7 +235,9 @@ class AggregatorClient:
             )
 
         reply = self._retry("get tasks", call)
-        return TaskAssignment(reply.round, list(reply.tasks), reply.quit, reply.final_validation)
+        return TaskAssignment(
+            reply.round, list(reply.tasks), reply.quit, reply.final_validation, reply.last
+        )
 
     def get_global_model(self, round_num: int) -> dict[str, np.ndarray]:
         def call() -> dict[str, np.ndarray]:

@@ -155,6 +155,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             tasks=assignment.tasks,
             quit=assignment.quit,
             final_validation=assignment.final_validation,
+            last=assignment.last,
         )
 
     def GetTensors(

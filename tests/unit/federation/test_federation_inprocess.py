@@ -765,21 +765,93 @@ def test_long_poll_without_work_returns_empty_after_the_wait(tmp_path):
     assert 0.45 <= elapsed < 2.0
 
 
-def test_finished_experiment_tells_everyone_to_quit(tmp_path):
+def test_a_collaborator_asking_after_the_end_is_told_to_quit(tmp_path):
     # Prepare
     aggregator = make_aggregator(tmp_path, ["one", "two"], rounds=1, final_validation=False)
-    for name in ("one", "two"):
-        aggregator.get_tasks(name)
     complete_round(aggregator, ["one", "two"])
 
     # Execute
-    first = aggregator.get_tasks("one", wait=5)
-    finished_after_one = aggregator.finished_event.is_set()
-    second = aggregator.get_tasks("two", wait=5)
+    late = aggregator.get_tasks("one", wait=5)
 
     # Assert
-    assert first.quit and second.quit
-    assert not finished_after_one
+    assert late.quit and not late.tasks
+    assert aggregator.finished_event.is_set()
+
+
+@pytest.mark.parametrize(
+    ("final_validation", "rounds", "expected"),
+    [
+        (False, 2, [False, True]),  # the last training round is the last
+        (True, 2, [False, False, True]),  # the final validation round is
+        (True, 1, [False, True]),
+    ],
+)
+def test_only_the_round_nothing_follows_is_marked_last(
+    tmp_path, final_validation, rounds, expected
+):
+    # Prepare
+    aggregator = make_aggregator(
+        tmp_path, ["one", "two"], rounds=rounds, final_validation=final_validation
+    )
+    marks = []
+
+    # Execute
+    while not aggregator.done:
+        number = aggregator.round_num
+        assignments = [aggregator.get_tasks(name) for name in ("one", "two")]
+        assert {a.last for a in assignments} in ({True}, {False})
+        marks.append(assignments[0].last)
+        if aggregator.round.final_validation:
+            for name in ("one", "two"):
+                submit(aggregator, name, number, "aggregated_model_validation", 10, {"acc": 1}, {})
+        else:
+            complete_round(aggregator, ["one", "two"], number)
+
+    # Assert
+    assert marks == expected
+
+
+def test_collaborators_done_with_the_last_round_are_released_without_asking(tmp_path):
+    # Prepare
+    aggregator = make_aggregator(tmp_path, ["one", "two"], rounds=1, final_validation=False)
+    for name in ("one", "two"):
+        assert aggregator.get_tasks(name).last
+
+    # Execute
+    complete_round(aggregator, ["one"])
+    after_one = aggregator.finished_event.is_set()
+    complete_round(aggregator, ["two"])
+
+    # Assert: the experiment ends as the last result lands, with no "quit" sent to anyone
+    assert aggregator.released == {"one", "two"}
+    assert not after_one
+    assert aggregator.done and aggregator.finished_event.is_set()
+    assert aggregator.quit_sent == set()
+
+
+def test_a_straggler_cut_off_in_the_last_round_is_not_released(tmp_path):
+    # Prepare
+    clock = FakeClock(1000.0)
+    aggregator = make_aggregator(
+        tmp_path,
+        ["fast", "slow"],
+        rounds=1,
+        policy=CutoffTimePolicy(straggler_cutoff_time=10, minimum_reporting=1),
+        clock=clock,
+        final_validation=False,
+    )
+    for name in ("fast", "slow"):
+        assert aggregator.get_tasks(name, wait=0).last
+    complete_round(aggregator, ["fast"])
+
+    # Execute
+    clock.now += 11
+    aggregator.tick()
+
+    # Assert: the round closed without "slow"; the end waits until it hears "quit"
+    assert aggregator.done and aggregator.released == {"fast"}
+    assert not aggregator.finished_event.is_set()
+    assert aggregator.get_tasks("slow").quit
     assert aggregator.finished_event.is_set()
 
 
