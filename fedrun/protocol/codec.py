@@ -147,6 +147,8 @@ def encode_tensors(
 # ---------------------------------------------------------------------- wire fast path
 #: first byte of a serialized ``TensorFrame`` whose body is ``data`` (field 2, length-delimited)
 DATA_TAG = 0x12
+#: first byte of a serialized ``TensorFrame`` whose body is ``batch`` (field 5, length-delimited)
+BATCH_TAG = 0x2A
 
 
 class DataChunk(NamedTuple):
@@ -180,13 +182,98 @@ def data_view(frame: pb.TensorFrame, tensor: str) -> memoryview:
     return memoryview(frame.data)
 
 
-def parse_frame(raw: bytes) -> pb.TensorFrame | DataChunk:
-    """gRPC deserializer for tensor streams: data frames become views, others messages."""
-    if raw and raw[0] == DATA_TAG:
+class FrameBatch(NamedTuple):
+    """A received ``batch`` frame, split into its frames by :func:`expand_frames`."""
+
+    view: memoryview
+
+
+def parse_frame(raw: bytes) -> pb.TensorFrame | DataChunk | FrameBatch:
+    """gRPC deserializer for tensor streams: data frames become views, batches are kept whole
+    (split by :func:`expand_frames`, where a malformed one is refused), others messages."""
+    if raw and raw[0] in (DATA_TAG, BATCH_TAG):
         length, pos = _DecodeVarint(raw, 1)
         if pos + length == len(raw):
-            return DataChunk(memoryview(raw)[pos:])
+            view = memoryview(raw)[pos:]
+            return DataChunk(view) if raw[0] == DATA_TAG else FrameBatch(view)
     return pb.TensorFrame.FromString(raw)
+
+
+def batch_frames(
+    frames: Iterable[pb.TensorFrame | bytes], limit: int = CHUNK_BYTES
+) -> Iterator[bytes]:
+    """Serialized frames for a tensor stream, runs of small ones packed into ``batch`` frames of
+    at most ``limit`` bytes.
+
+    Every gRPC message costs both ends a fixed amount of work (HTTP/2 and TLS framing, completion
+    events, a Python wake-up); a model of small tensors otherwise needs two messages per tensor.
+    Frames of ``limit // 2`` bytes or more (full data chunks) go alone and are never copied.
+    """
+    pending: list[bytes] = []
+    size = 0
+
+    def flush() -> Iterator[bytes]:
+        if len(pending) == 1:
+            yield pending[0]
+        elif pending:
+            parts = [bytes((BATCH_TAG,)), _VarintBytes(size)]
+            for raw in pending:
+                parts += (_VarintBytes(len(raw)), raw)
+            yield b"".join(parts)
+
+    for frame in frames:
+        raw = serialize_frame(frame)
+        if len(raw) >= limit // 2:
+            yield from flush()
+            pending, size = [], 0
+            yield raw
+            continue
+        item = len(raw) + len(_VarintBytes(len(raw)))
+        if pending and size + item + 16 > limit:
+            yield from flush()
+            pending, size = [], 0
+        pending.append(raw)
+        size += item
+    yield from flush()
+
+
+def expand_frames(
+    messages: Iterable[pb.TensorFrame | DataChunk | FrameBatch],
+) -> Iterator[pb.TensorFrame | DataChunk]:
+    """The frames of a tensor stream, with ``batch`` frames opened (ProtocolError if malformed)."""
+    for message in messages:
+        if not isinstance(message, FrameBatch):
+            if isinstance(message, pb.TensorFrame) and message.WhichOneof("body") == "batch":
+                raise ProtocolError("FX-WIRE-014", "a batch frame's length does not match")
+            yield message
+            continue
+        yield from _split_batch(message.view)
+
+
+def _split_batch(view: memoryview) -> Iterator[pb.TensorFrame | DataChunk]:
+    pos, end = 0, len(view)
+    while pos < end:
+        try:
+            length, start = _DecodeVarint(view, pos)
+        except Exception:  # noqa: BLE001 - a varint running past the end
+            length, start = end + 1, end
+        pos = start + length
+        if pos > end or length == 0:
+            raise ProtocolError("FX-WIRE-014", "a batch frame is cut short or holds an empty frame")
+        sub = view[start:pos]
+        if sub[0] == DATA_TAG:
+            n, offset = _DecodeVarint(sub, 1)
+            if offset + n == len(sub):
+                yield DataChunk(sub[offset:])
+                continue
+        if sub[0] == BATCH_TAG:
+            raise ProtocolError("FX-WIRE-014", "a batch frame holds another batch frame")
+        try:
+            yield pb.TensorFrame.FromString(bytes(sub))
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+            raise ProtocolError(
+                "FX-WIRE-014", f"a frame inside a batch is not a TensorFrame ({exc})"
+            ) from None
 
 
 def mapped_file_range(array: np.ndarray) -> tuple[str, int, int] | None:
@@ -399,7 +486,7 @@ class TensorAssembler:
 
 
 def decode_frames(
-    frames: Iterable[pb.TensorFrame],
+    frames: Iterable[pb.TensorFrame | DataChunk],
     pipelines: Mapping[str, CompressionPipeline] | None = None,
     pool: BufferPool | None = None,
 ) -> Iterator[DecodedTensor]:

@@ -91,16 +91,18 @@ class TensorHeader(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., payload_bytes: _Optional[int] = ..., encoding: _Optional[str] = ..., encoding_meta: _Optional[bytes] = ..., delta: _Optional[bool] = ...) -> None: ...
 
 class TensorFrame(_message.Message):
-    __slots__ = ("header", "data", "result", "model")
+    __slots__ = ("header", "data", "result", "model", "batch")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     header: TensorHeader
     data: bytes
     result: ResultHeader
     model: ModelInfo
-    def __init__(self, header: _Optional[_Union[TensorHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., result: _Optional[_Union[ResultHeader, _Mapping]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+    batch: bytes
+    def __init__(self, header: _Optional[_Union[TensorHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., result: _Optional[_Union[ResultHeader, _Mapping]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., batch: _Optional[bytes] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("round", "plan_hash", "tensor_count", "kind", "metrics")

@@ -27,7 +27,14 @@ from fedrun.errors import CertificateError, ConnectionFailure, ProtocolError, Ro
 from fedrun.federation.aggregator import TaskAssignment
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
-from fedrun.protocol.codec import decode_frames, encode_tensor_wire, parse_frame, serialize_frame
+from fedrun.protocol.codec import (
+    batch_frames,
+    decode_frames,
+    encode_tensor_wire,
+    expand_frames,
+    parse_frame,
+    serialize_frame,
+)
 from fedrun.transport.network import Network
 from fedrun.transport.server import CHANNEL_OPTIONS, SERVICE
 
@@ -244,7 +251,7 @@ class AggregatorClient:
             frames = self._get_tensors(pb.GetTensorsRequest(header=self.header, round=round_num))
             out: dict[str, np.ndarray] = {}
             received = 0
-            for tensor in decode_frames(frames, self.pipelines, pool=POOL):
+            for tensor in decode_frames(expand_frames(frames), self.pipelines, pool=POOL):
                 out[tensor.name] = tensor.array
                 received += tensor.payload_bytes
             self.bytes_received += received
@@ -296,7 +303,7 @@ class AggregatorClient:
             sent[0] = 0
             failure.clear()
             try:
-                self._submit_results(frames())
+                self._submit_results(batch_frames(frames(), self.network.chunk_bytes))
             except grpc.RpcError:
                 if failure:
                     raise failure[0] from None  # our own encoding failed, not the aggregator

@@ -23,10 +23,13 @@ from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
 from fedrun.protocol.codec import (
     DataChunk,
+    FrameBatch,
     TensorAssembler,
+    batch_frames,
     check_header,
     data_view,
     encode_tensor_wire,
+    expand_frames,
     parse_frame,
     serialize_frame,
 )
@@ -48,6 +51,25 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),
 ]
+#: the smallest per-stream receive window the aggregator grants an upload
+MIN_RECEIVE_WINDOW_BYTES = 8 << 20
+
+
+def server_options(chunk_bytes: int) -> list[tuple[str, int]]:
+    """gRPC server options for uploads sent in ``chunk_bytes`` frames.
+
+    Each upload gets a fixed receive window of two chunks (at least 8 MiB) instead of gRPC's
+    bandwidth-probed one: probing grows the window of every concurrent upload toward what the
+    socket could carry, and the aggregator buffers it all. Measured with 1 GB models and 8
+    collaborators (benchmarks/round_overhead, two runs each): aggregator peak RSS 3.6-5.3x the
+    model with probing, 2.4x with the fixed window, round time within 3 %.
+    """
+    window = max(MIN_RECEIVE_WINDOW_BYTES, 2 * int(chunk_bytes))
+    return [
+        *SERVER_OPTIONS,
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", window),
+    ]
 
 
 def status_for(error: FedrunError) -> grpc.StatusCode:
@@ -181,13 +203,23 @@ class FederationServicer(pb_grpc.FederationServicer):
                     name,
                 )
             model = {n: model[n] for n in request.names}
-        for tensor_name, array in model.items():
-            yield from encode_tensor_wire(tensor_name, array, chunk_bytes=self.chunk_bytes)
+        frames = (
+            frame
+            for tensor_name, array in model.items()
+            for frame in encode_tensor_wire(tensor_name, array, chunk_bytes=self.chunk_bytes)
+        )
+        yield from batch_frames(frames, self.chunk_bytes)
 
     def SubmitResults(
-        self, request_iterator: Iterator[pb.TensorFrame], context: grpc.ServicerContext
+        self,
+        request_iterator: Iterator[pb.TensorFrame | DataChunk | FrameBatch],
+        context: grpc.ServicerContext,
     ) -> pb.SubmitResultsResponse:
-        first = next(request_iterator, None)
+        frames = expand_frames(request_iterator)
+        try:
+            first = next(frames, None)
+        except ProtocolError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.render())
         if (
             first is None
             or not isinstance(first, pb.TensorFrame)
@@ -215,7 +247,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         assembler = TensorAssembler(self.pipelines, pool=POOL)
         incoming: IncomingTensor | None = None
         try:
-            for frame in request_iterator:
+            for frame in frames:
                 if incoming is not None:
                     view = (
                         frame.view
@@ -309,7 +341,7 @@ class AggregatorServer:
         workers = max_workers or max(16, 2 * len(aggregator.collaborators) + 8)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedrun-rpc"),
-            options=SERVER_OPTIONS,
+            options=server_options(network.chunk_bytes),
             maximum_concurrent_rpcs=None,
         )
         self.servicer = FederationServicer(

@@ -12,6 +12,7 @@ from fedrun.plan.components import build_aggregator, compression_pipeline
 from fedrun.plan.loader import Plan
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
+from fedrun.protocol.codec import expand_frames, parse_frame
 from fedrun.transport.client import AggregatorClient
 from fedrun.transport.network import Network
 from fedrun.transport.server import AggregatorServer
@@ -53,6 +54,12 @@ def test_global_model_is_lossless_and_updates_are_compressed(tmp_path: Path) -> 
                 pb.GetTensorsRequest(header=header, round=0)
             )
         )
+        # small frames come packed in batch frames: open them as any receiver does
+        frames = [
+            f
+            for f in expand_frames(parse_frame(m.SerializeToString()) for m in frames)
+            if isinstance(f, pb.TensorFrame)
+        ]
         encodings = {f.header.encoding for f in frames if f.WhichOneof("body") == "header"}
         assert encodings == {"none"}
         received = client.get_global_model(0)

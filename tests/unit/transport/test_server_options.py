@@ -1,0 +1,27 @@
+"""The aggregator's gRPC options: a fixed receive window per upload, sized from the chunks."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedrun.constants import MAX_CHUNK_BYTES
+from fedrun.transport.server import MIN_RECEIVE_WINDOW_BYTES, SERVER_OPTIONS, server_options
+
+
+@pytest.mark.parametrize(
+    ("chunk", "window"),
+    [
+        (4 << 10, MIN_RECEIVE_WINDOW_BYTES),
+        (4 << 20, MIN_RECEIVE_WINDOW_BYTES),
+        (MAX_CHUNK_BYTES, 2 * MAX_CHUNK_BYTES),
+    ],
+)
+def test_window_holds_two_chunks_and_never_less_than_8_mib(chunk, window):
+    options = dict(server_options(chunk))
+    assert options["grpc.http2.lookahead_bytes"] == window
+    assert options["grpc.http2.bdp_probe"] == 0  # probing would grow it with the socket
+
+
+def test_every_common_option_is_kept():
+    options = server_options(4 << 20)
+    assert all(pair in options for pair in SERVER_OPTIONS)
