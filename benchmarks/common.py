@@ -240,6 +240,9 @@ class ProcResult:
     killed: bool
     log: str | None
     descendants: list[dict[str, Any]]
+    #: fedrun only (``fedrun_runner.split_idle``): idle spent waiting for a slower peer, and the rest
+    peer_wait_s: float | None = None
+    idle_excl_peer_wait_s: float | None = None
 
 
 @dataclasses.dataclass
