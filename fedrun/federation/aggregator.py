@@ -634,13 +634,10 @@ class Aggregator:
         # (or an aborted upload, whose task is pending again) does
 
     # ------------------------------------------------------------------ round end
-    def _finished_count(self) -> int:
-        return self.round.finished_count
-
     def _maybe_close_round(self) -> None:
         state = self.round
         total = len(state.participants)
-        done = self._finished_count()
+        done = state.finished_count
         if done >= total or self.policy.round_may_close(
             done, total, state.started_at, self.clock()
         ):

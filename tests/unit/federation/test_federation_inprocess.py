@@ -829,19 +829,26 @@ def test_collaborators_done_with_the_last_round_are_released_without_asking(tmp_
     assert aggregator.quit_sent == set()
 
 
-def test_a_straggler_cut_off_in_the_last_round_is_not_released(tmp_path):
-    # Prepare
+# ---------------------------------------------------------------------- cut-off with a fake clock
+def cutoff_federation(tmp_path: Path, rounds: int = 2) -> tuple[Aggregator, FakeClock]:
     clock = FakeClock(1000.0)
     aggregator = make_aggregator(
         tmp_path,
         ["fast", "slow"],
-        rounds=1,
+        rounds=rounds,
         policy=CutoffTimePolicy(straggler_cutoff_time=10, minimum_reporting=1),
         clock=clock,
         final_validation=False,
     )
     for name in ("fast", "slow"):
-        assert aggregator.get_tasks(name, wait=0).last
+        assert aggregator.get_tasks(name, wait=0).tasks == ORDER
+    return aggregator, clock
+
+
+def test_a_straggler_cut_off_in_the_last_round_is_not_released(tmp_path):
+    # Prepare
+    aggregator, clock = cutoff_federation(tmp_path, rounds=1)
+    assert aggregator.round.number == 0 and aggregator._is_last_round(aggregator.round)
     complete_round(aggregator, ["fast"])
 
     # Execute
@@ -853,22 +860,6 @@ def test_a_straggler_cut_off_in_the_last_round_is_not_released(tmp_path):
     assert not aggregator.finished_event.is_set()
     assert aggregator.get_tasks("slow").quit
     assert aggregator.finished_event.is_set()
-
-
-# ---------------------------------------------------------------------- cut-off with a fake clock
-def cutoff_federation(tmp_path: Path) -> tuple[Aggregator, FakeClock]:
-    clock = FakeClock(1000.0)
-    aggregator = make_aggregator(
-        tmp_path,
-        ["fast", "slow"],
-        rounds=2,
-        policy=CutoffTimePolicy(straggler_cutoff_time=10, minimum_reporting=1),
-        clock=clock,
-        final_validation=False,
-    )
-    for name in ("fast", "slow"):
-        assert aggregator.get_tasks(name, wait=0).tasks == ORDER
-    return aggregator, clock
 
 
 def test_cutoff_closes_the_round_on_tick_without_the_straggler(tmp_path):
