@@ -77,3 +77,7 @@ def test_seed_walkthrough_three_nodes(tmp_path: Path, nodes: Nodes) -> None:
     last = load_model(ws / "save" / "last.pbuf")
     assert last.round == 3 and last.kind == "last"
     assert "mutual TLS" in nodes.log("aggregator")
+    # each collaborator left once its final validation was acknowledged, without a "quit"
+    for name in names:
+        assert "its last tasks are in, stopping" in nodes.log(name)
+    assert "told to stop" not in nodes.log("aggregator")
