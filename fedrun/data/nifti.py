@@ -17,6 +17,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -80,10 +81,14 @@ def _raw_bytes(path: Path) -> bytes:
     return raw
 
 
-def _byte_order(raw: bytes, path: str) -> tuple[str, int]:
+ByteOrder = Literal["<", ">"]
+
+
+def _byte_order(raw: bytes, path: str) -> tuple[ByteOrder, int]:
     if len(raw) < 4:
         raise _bad(path, f"only {len(raw)} bytes long")
-    for order in ("<", ">"):
+    orders: tuple[ByteOrder, ...] = ("<", ">")
+    for order in orders:
         size = struct.unpack(order + "i", raw[:4])[0]
         if size in (_N1_SIZE, _N2_SIZE):
             return order, size
@@ -170,8 +175,10 @@ def read_nifti(path: str | os.PathLike[str]) -> NiftiVolume:
     flat = np.frombuffer(raw, dtype=dtype.newbyteorder(order), count=count, offset=offset)
     data = flat.reshape(shape, order="F").astype(dtype, copy=True)
     if slope and math.isfinite(slope) and (slope != 1.0 or inter != 0.0):
-        kind = np.float64 if dtype.itemsize >= 8 else np.float32
-        data = data.astype(kind) * kind(slope) + kind(inter if math.isfinite(inter) else 0.0)
+        kind = np.dtype(np.float64 if dtype.itemsize >= 8 else np.float32)
+        data = data.astype(kind)
+        data *= kind.type(slope)
+        data += kind.type(inter if math.isfinite(inter) else 0.0)
     spacing = tuple(float(p) for p in pixdim[1 : ndim + 1])
     return NiftiVolume(
         data=data,

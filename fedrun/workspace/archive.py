@@ -29,7 +29,7 @@ def environment_requirements() -> str:
     """``name==version`` lines for the packages installed in this environment."""
     lines = set()
     for dist in metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.name
         if not name or name.lower() in UNPINNED:
             continue
         lines.add(f"{name}=={dist.version}")

@@ -74,4 +74,5 @@ class NoOpTaskRunner(TaskRunner):
         return TaskResult({"accuracy": 1.0}, {}, self.get_valid_data_size())
 
     def save_native(self, filepath: Any, **kwargs: Any) -> None:
-        np.savez(filepath, **self.get_tensor_dict())
+        arrays: dict[str, Any] = self.get_tensor_dict()
+        np.savez(filepath, **arrays)
