@@ -68,10 +68,13 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
         "collaborator_idle_s": max((p["idle_s"] or 0.0) for p in cols) if cols else None,
         # fedrun only (read from its aggregator log): idle not spent waiting for a slower peer
         "collaborator_idle_excl_peer_wait_s": max(
-            p["idle_excl_peer_wait_s"] for p in cols if p.get("idle_excl_peer_wait_s") is not None
-        )
-        if any(p.get("idle_excl_peer_wait_s") is not None for p in cols)
-        else None,
+            (
+                p["idle_excl_peer_wait_s"]
+                for p in cols
+                if p.get("idle_excl_peer_wait_s") is not None
+            ),
+            default=None,
+        ),
         "cpu_s_total": sum((p["cpu_s"] or 0.0) for p in procs),
         "aggregator_peak_rss_mib": max((p["peak_rss_mib"] or 0.0) for p in aggs) if aggs else None,
         "aggregator_tree_peak_rss_mib": max((p["tree_peak_rss_mib"] or 0.0) for p in aggs)

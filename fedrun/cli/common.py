@@ -74,12 +74,13 @@ class ConsoleLogHandler(logging.Handler):
     def __init__(self, stream: Any = None) -> None:
         super().__init__()
         self._stream = stream
+        self.colour = self._wants_colour()  # decided once, not per line
 
     @property
     def stream(self) -> Any:
         return self._stream if self._stream is not None else sys.stderr
 
-    def colour(self) -> bool:
+    def _wants_colour(self) -> bool:
         if os.environ.get("NO_COLOR"):
             return False
         if os.environ.get("FORCE_COLOR"):
@@ -91,7 +92,7 @@ class ConsoleLogHandler(logging.Handler):
         try:
             when = time.strftime("%H:%M:%S", time.localtime(record.created))
             level = f"{record.levelname:<8}"
-            if self.colour():
+            if self.colour:
                 level = f"{self._COLOURS.get(record.levelname, '')}{level}\x1b[0m"
             stream = self.stream
             stream.write(f"[{when}] {level} {self.format(record)}\n")

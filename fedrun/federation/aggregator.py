@@ -77,6 +77,8 @@ class RoundState:
     #: participants whose every assigned task is done (kept as results land: with many
     #: collaborators, recounting at each result made a round cost O(N^2))
     finished_names: set[str] = field(default_factory=set)
+    #: no round can follow this one: collaborators may leave once its results are acknowledged
+    last: bool = False
 
     def finished(self, collaborator: str) -> bool:
         return collaborator in self.finished_names or not self.assigned.get(collaborator)
@@ -264,7 +266,14 @@ class Aggregator:
             }
         else:
             assigned = {c: self.assigner.tasks_for(c, number) for c in self.collaborators}
-        state = RoundState(number=number, assigned=assigned, final_validation=final)
+        # the final validation, or the last training round when no final validation is planned
+        # (if one is planned but the round leaves the model unchanged, the experiment still ends
+        # there, and collaborators hear "quit" when they ask)
+        last = final or (
+            number + 1 >= self.rounds_to_train
+            and not (self.final_validation_enabled and self._global_validation_tasks())
+        )
+        state = RoundState(number=number, assigned=assigned, final_validation=final, last=last)
         for col in self.collaborators:
             state.done[col] = set()
         assigned_tasks = {t for ts in assigned.values() for t in ts}
@@ -352,7 +361,7 @@ class Aggregator:
                             state.number,
                             pending,
                             final_validation=state.final_validation,
-                            last=self._is_last_round(state),
+                            last=state.last,
                         )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -628,7 +637,7 @@ class Aggregator:
                 state.finished_count,
                 len(state.participants),
             )
-            if self._is_last_round(state):
+            if state.last:
                 self.released.add(result.collaborator)
         # no wake-up for the long polls here: a result gives no one new tasks; the round's end
         # (or an aborted upload, whose task is pending again) does
@@ -737,9 +746,9 @@ class Aggregator:
                 with self._fold_lock:
                     for acc in state.accumulators.values():
                         acc.release()
-        finished_experiment = state.final_validation or (
-            state.number + 1 >= self.rounds_to_train
-            and not (self.final_validation_enabled and updated and self._global_validation_tasks())
+        # a round that changed nothing needs no final validation
+        finished_experiment = state.last or (
+            state.number + 1 >= self.rounds_to_train and not updated
         )
         failpoints.hit("round_end_models_saved")
         self.state_store.finish_round(
@@ -817,16 +826,6 @@ class Aggregator:
         if self.best_score is None:
             return True
         return score < self.best_score if self.best_model_mode == "min" else score > self.best_score
-
-    def _is_last_round(self, state: RoundState) -> bool:
-        """No round can follow this one: the final validation, or the last training round when
-        no final validation is planned. (When the final validation is planned but the round
-        leaves the model unchanged, the experiment ends anyway and collaborators are told so.)"""
-        if state.final_validation:
-            return True
-        return state.number + 1 >= self.rounds_to_train and not (
-            self.final_validation_enabled and self._global_validation_tasks()
-        )
 
     def _check_finished(self) -> None:
         left = self.quit_sent | self.released | self._gone_after_done()

@@ -188,7 +188,7 @@ class FrameBatch(NamedTuple):
     view: memoryview
 
 
-def parse_frame(raw: bytes) -> pb.TensorFrame | DataChunk | FrameBatch:
+def parse_frame(raw: bytes | memoryview) -> pb.TensorFrame | DataChunk | FrameBatch:
     """gRPC deserializer for tensor streams: data frames become views, batches are kept whole
     (split by :func:`expand_frames`, where a malformed one is refused), others messages."""
     if raw and raw[0] in (DATA_TAG, BATCH_TAG):
@@ -196,7 +196,7 @@ def parse_frame(raw: bytes) -> pb.TensorFrame | DataChunk | FrameBatch:
         if pos + length == len(raw):
             view = memoryview(raw)[pos:]
             return DataChunk(view) if raw[0] == DATA_TAG else FrameBatch(view)
-    return pb.TensorFrame.FromString(raw)
+    return pb.TensorFrame.FromString(bytes(raw))  # no copy when ``raw`` is bytes
 
 
 def batch_frames(
@@ -260,20 +260,16 @@ def _split_batch(view: memoryview) -> Iterator[pb.TensorFrame | DataChunk]:
         pos = start + length
         if pos > end or length == 0:
             raise ProtocolError("FX-WIRE-014", "a batch frame is cut short or holds an empty frame")
-        sub = view[start:pos]
-        if sub[0] == DATA_TAG:
-            n, offset = _DecodeVarint(sub, 1)
-            if offset + n == len(sub):
-                yield DataChunk(sub[offset:])
-                continue
-        if sub[0] == BATCH_TAG:
+        if view[start] == BATCH_TAG:
             raise ProtocolError("FX-WIRE-014", "a batch frame holds another batch frame")
         try:
-            yield pb.TensorFrame.FromString(bytes(sub))
+            frame = parse_frame(view[start:pos])
         except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
             raise ProtocolError(
                 "FX-WIRE-014", f"a frame inside a batch is not a TensorFrame ({exc})"
             ) from None
+        assert not isinstance(frame, FrameBatch)  # its tag was checked above
+        yield frame
 
 
 def mapped_file_range(array: np.ndarray) -> tuple[str, int, int] | None:

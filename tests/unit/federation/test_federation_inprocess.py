@@ -848,7 +848,7 @@ def cutoff_federation(tmp_path: Path, rounds: int = 2) -> tuple[Aggregator, Fake
 def test_a_straggler_cut_off_in_the_last_round_is_not_released(tmp_path):
     # Prepare
     aggregator, clock = cutoff_federation(tmp_path, rounds=1)
-    assert aggregator.round.number == 0 and aggregator._is_last_round(aggregator.round)
+    assert aggregator.round.number == 0 and aggregator.round.last
     complete_round(aggregator, ["fast"])
 
     # Execute
