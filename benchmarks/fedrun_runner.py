@@ -172,13 +172,18 @@ def parse_metrics(ws: Path) -> dict[str, Any]:
     log = ws / "bench-logs" / "aggregator.log"
     if log.exists():
         text = log.read_text(errors="replace")
-        for m in re.finditer(r"round (\d+) finished in ([0-9.]+) s", text):
-            rounds.append({"round": int(m.group(1)), "s": float(m.group(2))})
-        m = re.search(r"final validation finished in ([0-9.]+) s", text)
-        if m:
-            rounds.append({"round": "final validation", "s": float(m.group(1))})
+        for m in _ROUND_FINISHED.finditer(text):
+            label = "final validation" if m.group(1) == "final validation" else int(m.group(2))
+            cpu = float(m.group(4)) if m.group(4) else None
+            rounds.append({"round": label, "s": float(m.group(3)), "aggregator_cpu_s": cpu})
     return {"rounds": rounds, "metrics_by_task": by_task, "metrics_records": len(records)}
 
+
+#: "round N finished in X s (... received, aggregator CPU Y s)" (the CPU part since session 4)
+_ROUND_FINISHED = re.compile(
+    r"(round (\d+)|final validation) finished in ([0-9.]+) s \([^)]*?"
+    r"(?:, aggregator CPU ([0-9.]+) s)?\)"
+)
 
 _FINISHED_TASKS = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ round (\d+): (\S+) finished its tasks",

@@ -12,6 +12,13 @@ authentication) in a loopback-only network namespace. The task runner is the no-
 ``round_overhead`` (it returns the model it receives). Reported: whether every round completed,
 round times (first round, later rounds), aggregator CPU seconds in all and per round, aggregator
 peak RSS, setup time (the PKI flow through the CLI for every collaborator).
+
+Aggregator CPU per collaborator-round, steady state: fedrun's aggregator logs the CPU its process
+spent in each round; the median over the training rounds after the first (which carries the
+connections and TLS handshakes), divided by N. In the same run, :mod:`benchmarks.grpc_floor`
+measures a bare gRPC server (mutual TLS, the same N clients, the same five calls and bytes per
+collaborator-round, handlers that only touch the bytes) the same way: fedrun's figure minus the
+floor is what fedrun itself adds to what the transport must do (``--no-floor`` skips it).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import sys
 import traceback
 from typing import Any
 
-from benchmarks import common, limits, round_overhead
+from benchmarks import common, grpc_floor, limits, round_overhead
 
 
 def marginal_cpu_ms(cells: list[dict[str, Any]], rounds: int) -> dict[str, float]:
@@ -50,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tensor-count", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare gRPC floor")
     args = ap.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     size = limits.parse_size(args.model_bytes)
@@ -75,9 +83,24 @@ def main(argv: list[str] | None = None) -> int:
             sm["aggregator_cpu_s"] = sum((p["cpu_s"] or 0.0) for p in aggs)
             sm["setup_s"] = (res.get("setup") or {}).get("setup_s")
             sm["rounds_completed"] = len(sm["rounds_s"])
+            steady = sm.get("steady_aggregator_round_cpu_s")
+            sm["cpu_ms_per_collaborator_round"] = 1000 * steady / n if steady is not None else None
+            if system == "fedrun" and not args.no_floor:
+                try:
+                    floor = grpc_floor.collaborator_round_cpu(n, size, args.tensor_count)
+                except Exception:  # noqa: BLE001 - the federation's figures still count
+                    floor = {"error": traceback.format_exc()}
+                    print(floor["error"], file=sys.stderr)
+                sm["grpc_floor"] = floor
+                floor_ms = floor.get("cpu_ms_per_collaborator_round")
+                sm["grpc_floor_ms"] = floor_ms
+                if floor_ms is not None and sm["cpu_ms_per_collaborator_round"] is not None:
+                    sm["beyond_floor_ms"] = sm["cpu_ms_per_collaborator_round"] - floor_ms
             cells.append({"system": system, "collaborators": n, "summary": sm, "result": res})
             print(
-                f"[bench]   ok={sm['ok']} rounds={[round(t, 3) for t in sm['rounds_s']]} agg CPU={common.fmt(sm['aggregator_cpu_s'])} s",
+                f"[bench]   ok={sm['ok']} rounds={[round(t, 3) for t in sm['rounds_s']]} agg CPU={common.fmt(sm['aggregator_cpu_s'])} s"
+                f" per collaborator-round={common.fmt(sm['cpu_ms_per_collaborator_round'])} ms"
+                f" (bare gRPC {common.fmt(sm.get('grpc_floor_ms'))} ms)",
                 flush=True,
             )
     common.print_table(
@@ -87,6 +110,16 @@ def main(argv: list[str] | None = None) -> int:
             [c["system"], c["collaborators"], c["summary"]["ok"], c["summary"]["rounds_completed"], c["summary"]["first_round_s"],
              c["summary"]["steady_round_s"], c["summary"]["aggregator_cpu_s"], c["summary"]["aggregator_cpu_s_per_round"],
              c["summary"]["aggregator_peak_rss_mib"], c["summary"]["wall_s"], c["summary"]["setup_s"]]
+            for c in cells
+        ],
+    )  # fmt: skip
+    common.print_table(
+        "Aggregator CPU per collaborator-round, steady state (training rounds after the first)",
+        ["system", "N", "agg CPU s/round", "ms per collaborator-round", "bare gRPC ms", "beyond bare gRPC ms"],
+        [
+            [c["system"], c["collaborators"], c["summary"].get("steady_aggregator_round_cpu_s"),
+             c["summary"].get("cpu_ms_per_collaborator_round"), c["summary"].get("grpc_floor_ms"),
+             c["summary"].get("beyond_floor_ms")]
             for c in cells
         ],
     )  # fmt: skip

@@ -121,6 +121,12 @@ def cell_summary(res: dict[str, Any], size: int, rounds: int) -> dict[str, Any]:
         r["aggregation_s"] for r in res.get("rounds", []) if r.get("aggregation_s") is not None
     ]
     agg_cpu = sum((p["cpu_s"] or 0.0) for p in aggs)
+    # the aggregator's own figure per training round (fedrun logs it); round 0 carries start-up
+    round_cpu = [
+        r["aggregator_cpu_s"]
+        for r in res.get("rounds", [])
+        if isinstance(r.get("round"), int) and r.get("aggregator_cpu_s") is not None
+    ]
     return {
         "ok": res.get("ok"),
         "wall_s": res.get("wall_s"),
@@ -139,6 +145,10 @@ def cell_summary(res: dict[str, Any], size: int, rounds: int) -> dict[str, Any]:
         if cols
         else None,
         "aggregator_cpu_s_per_round": agg_cpu / rounds if rounds else None,
+        "aggregator_round_cpu_s": round_cpu,
+        "steady_aggregator_round_cpu_s": common.median(round_cpu[1:] or round_cpu)
+        if round_cpu
+        else None,
         "model_mib": size / common.MIB,
     }
 

@@ -68,6 +68,8 @@ class RoundState:
     stragglers: set[str] = field(default_factory=set)
     started_at: float | None = None
     opened_at: float = field(default_factory=time.monotonic)
+    #: the aggregator process's CPU seconds when the round opened (None: not measured)
+    cpu_at_open: float | None = None
     bytes_received: int = 0
     raw_bytes: int = 0
     shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
@@ -115,6 +117,8 @@ class RoundSummary:
     stragglers: list[str]
     bytes_received: int
     final_validation: bool
+    #: CPU seconds the aggregator's process spent during the round (None: not measured)
+    cpu_seconds: float | None = None
 
 
 class ModelSink:
@@ -182,6 +186,7 @@ class Aggregator:
         collaborator_timeout: float = 300.0,
         durable: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        cpu_clock: Callable[[], float] | None = None,
     ) -> None:
         if not collaborators:
             from fedrun.errors import PlanError
@@ -211,6 +216,7 @@ class Aggregator:
         self.collaborator_timeout = float(collaborator_timeout)
         self.durable = durable
         self.clock = clock
+        self.cpu_clock = cpu_clock
         self.best_metric = best_model_metric or self._default_best_metric()
         self.best_score: float | None = best_score
         self.best_round: int | None = best_round
@@ -273,7 +279,13 @@ class Aggregator:
             number + 1 >= self.rounds_to_train
             and not (self.final_validation_enabled and self._global_validation_tasks())
         )
-        state = RoundState(number=number, assigned=assigned, final_validation=final, last=last)
+        state = RoundState(
+            number=number,
+            assigned=assigned,
+            final_validation=final,
+            last=last,
+            cpu_at_open=self.cpu_clock() if self.cpu_clock is not None else None,
+        )
         for col in self.collaborators:
             state.done[col] = set()
         assigned_tasks = {t for ts in assigned.values() for t in ts}
@@ -770,15 +782,22 @@ class Aggregator:
             stragglers=stragglers,
             bytes_received=state.bytes_received,
             final_validation=state.final_validation,
+            cpu_seconds=(
+                self.cpu_clock() - state.cpu_at_open
+                if self.cpu_clock is not None and state.cpu_at_open is not None
+                else None
+            ),
         )
         self.round_history.append(summary)
         label = "final validation" if state.final_validation else f"round {state.number}"
         shown = ", ".join(f"{k}={v:.4f}" for k, v in summary_metrics.items())
+        cpu = "" if summary.cpu_seconds is None else f", aggregator CPU {summary.cpu_seconds:.2f} s"
         log.info(
-            "%s finished in %.2f s (%s received): %s",
+            "%s finished in %.2f s (%s received%s): %s",
             label,
             summary.duration,
             human_bytes(summary.bytes_received),
+            cpu,
             shown or "no metrics",
         )
         for listener in self.listeners:

@@ -23,11 +23,18 @@ def round_table(history: Sequence[Any]) -> Any:
     for key in columns:
         table.add_column(_header(key), justify="right")
     table.add_column("seconds", justify="right")
+    cpu = any(getattr(summary, "cpu_seconds", None) is not None for summary in history)
+    if cpu:
+        table.add_column("aggregator\nCPU s", justify="right")
     table.add_column("received", justify="right")
     for summary in history:
         label = "final" if summary.final_validation else str(summary.number)
         cells = [_fmt(summary.metrics.get(k)) for k in columns]
-        table.add_row(label, *cells, f"{summary.duration:.1f}", human_bytes(summary.bytes_received))
+        cells.append(f"{summary.duration:.1f}")
+        if cpu:
+            seconds = getattr(summary, "cpu_seconds", None)
+            cells.append("" if seconds is None else f"{seconds:.2f}")
+        table.add_row(label, *cells, human_bytes(summary.bytes_received))
     return table
 
 

@@ -379,6 +379,65 @@ def test_metrics_are_weighted_by_data_size_not_by_collaborator(tmp_path):
     assert summary.metrics["train/loss"] != pytest.approx(2.5)  # not the plain mean
 
 
+def _one_round(aggregator: Aggregator, names: list[str], during=None) -> None:
+    for name in names:
+        aggregator.get_tasks(name)
+    for name in names:
+        submit(aggregator, name, 0, "aggregated_model_validation", 5, {"acc": 0.5}, {})
+        if during is not None:
+            during()
+        trained = {k: trained_value(v, 1.0) for k, v in INITIAL.items()}
+        submit(aggregator, name, 0, "train", 10, {"loss": 1.0}, trained)
+        submit(aggregator, name, 0, "locally_tuned_model_validation", 5, {"acc": 0.5}, {})
+
+
+def test_round_reports_the_aggregator_cpu_it_took(tmp_path, caplog):
+    # Prepare: a CPU clock that the round's work advances by 0.25 s per collaborator
+    cpu = FakeClock(now=7.0)
+    groups = [{"name": "train_and_validate", "percentage": 1.0, "tasks": ORDER}]
+    aggregator = Aggregator(
+        plan_hash=PLAN_HASH,
+        federation_id=FEDERATION_ID,
+        collaborators=["one", "two"],
+        tasks=TASKS,
+        assigner=RandomGroupedAssigner(groups, ["one", "two"], rounds_to_train=1),
+        rounds_to_train=1,
+        initial_model=INITIAL,
+        aggregation_functions={name: WeightedAverage() for name in TASKS},
+        spool_dir=tmp_path / "spool",
+        final_validation=False,
+        cpu_clock=cpu,
+    )
+
+    def work() -> None:
+        cpu.now += 0.25
+
+    # Execute
+    with caplog.at_level("INFO", logger="fedrun.aggregator"):
+        _one_round(aggregator, ["one", "two"], during=work)
+
+    # Assert
+    (summary,) = aggregator.round_history
+    assert summary.cpu_seconds == pytest.approx(0.5)
+    assert "round 0 finished in" in caplog.text
+    assert "aggregator CPU 0.50 s" in caplog.text
+
+
+def test_round_without_a_cpu_clock_reports_none(tmp_path, caplog):
+    # Prepare: in-process federations share the process: no CPU figure for the aggregator
+    aggregator = make_aggregator(tmp_path, ["one"], rounds=1, final_validation=False)
+
+    # Execute
+    with caplog.at_level("INFO", logger="fedrun.aggregator"):
+        _one_round(aggregator, ["one"])
+
+    # Assert
+    (summary,) = aggregator.round_history
+    assert summary.cpu_seconds is None
+    assert "round 0 finished in" in caplog.text
+    assert "aggregator CPU" not in caplog.text
+
+
 def test_without_final_validation_last_is_the_final_aggregate(tmp_path):
     # Prepare
     names = ["one", "two"]
