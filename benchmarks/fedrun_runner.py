@@ -41,6 +41,18 @@ def fx_env() -> dict[str, str]:
     }
 
 
+def compile_package() -> None:
+    """Byte-compile fedrun once, as ``pip install`` does for an installed package: this checkout
+    is an editable install, and with PYTHONDONTWRITEBYTECODE set (as on these machines) every
+    ``fx`` process would otherwise compile fedrun's modules from source, which no user's
+    installed fedrun does (the peers' venvs were compiled by pip)."""
+    import compileall
+
+    import fedrun
+
+    compileall.compile_dir(Path(fedrun.__file__).parent, quiet=1)
+
+
 def setup_workspace(
     work: Path,
     template: str = "torch/mnist",
@@ -56,6 +68,7 @@ def setup_workspace(
     ws = work / "fedrun_ws"
     env = fx_env()
     calls: list[dict[str, Any]] = []
+    compile_package()
 
     def call(*args: str, cwd: Path = ws) -> None:
         res = common.run_timed([fx_path(), *args], cwd=cwd, env=env, timeout=600)

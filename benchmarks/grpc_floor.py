@@ -6,7 +6,8 @@ compared with ("a few milliseconds beyond the bytes it must move").
 One collaborator-round of the no-op plan is five calls: ask for tasks (unary), fetch the model
 (server stream, one message per tensor), and send three results (client streams): the global
 model's validation (a few bytes), the trained model (one message per tensor) and the local model's
-validation. The server runs in this process with Python gRPC's thread-pool server and mutual TLS
+validation. Asks for tasks are held until all ``n`` collaborators asked, as an aggregator holds
+its long polls until the next round opens. The server runs in this process with Python gRPC's thread-pool server and mutual TLS
 (certificates from :func:`benchmarks.common.make_tls_files`); ``n`` clients, each with its own
 connection, run in ``min(n, 16)`` client processes. Handlers only touch the bytes (a length sum),
 so the server's CPU is gRPC, TLS, the kernel and the Python call dispatch.
@@ -44,10 +45,24 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _handlers(model: list[bytes]) -> Any:
+def _handlers(model: list[bytes], n: int) -> Any:
     import grpc
 
+    arrived = threading.Condition()
+    state = {"asked": 0, "round": 0}
+
     def tasks(request: bytes, context: Any) -> bytes:
+        # a synchronous round: every ask is held until all n collaborators asked (as an
+        # aggregator holds a long poll until the round opens), then all are answered
+        with arrived:
+            mine = state["round"]
+            state["asked"] += 1
+            if state["asked"] == n:
+                state["asked"] = 0
+                state["round"] += 1
+                arrived.notify_all()
+            while state["round"] == mine:
+                arrived.wait()
         return b"round 1: aggregated_model_validation, train, locally_tuned_model_validation"
 
     def tensors(request: bytes, context: Any) -> Any:
@@ -113,7 +128,7 @@ def _serve_once(n: int, rounds: int, model_bytes: int, tensor_count: int, tls: P
     tensor_bytes = max(1, model_bytes // tensor_count)
     model = [b"g" * tensor_bytes for _ in range(tensor_count)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 * n + 8), options=OPTIONS)
-    server.add_generic_rpc_handlers((_handlers(model),))
+    server.add_generic_rpc_handlers((_handlers(model, n),))
     credentials = grpc.ssl_server_credentials(
         [((tls / "server.key").read_bytes(), (tls / "server.crt").read_bytes())],
         root_certificates=(tls / "ca.crt").read_bytes(),

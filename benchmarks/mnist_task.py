@@ -96,7 +96,9 @@ def build_model():  # type: ignore[no-untyped-def]
             x = F.relu(self.fc1(x.reshape(-1, 800)))
             return self.fc2(x)
 
-    return DigitCNN()
+    # channels-last, as fedrun's torch/mnist template: the same compute for every system we
+    # write the code of (the floor, Flower's ClientApp); OpenFL runs its own template as shipped
+    return DigitCNN().to(memory_format=torch.channels_last)
 
 
 def make_optimizer(model):  # type: ignore[no-untyped-def]
