@@ -7,10 +7,11 @@ One collaborator-round of the no-op plan is five calls: ask for tasks (unary), f
 (server stream, one message per tensor), and send three results (client streams): the global
 model's validation (a few bytes), the trained model (one message per tensor) and the local model's
 validation. Asks for tasks are held until all ``n`` collaborators asked, as an aggregator holds
-its long polls until the next round opens. The server runs in this process with Python gRPC's thread-pool server and mutual TLS
-(certificates from :func:`benchmarks.common.make_tls_files`); ``n`` clients, each with its own
-connection, run in ``min(n, 16)`` client processes. Handlers only touch the bytes (a length sum),
-so the server's CPU is gRPC, TLS, the kernel and the Python call dispatch.
+its long polls until the next round opens. The server runs in this process with Python gRPC's
+thread-pool server and mutual TLS (certificates from :func:`benchmarks.common.make_tls_files`);
+``n`` clients, each with its own connection, run in ``min(n, 16)`` client processes. Handlers
+only touch the bytes (a length sum), so the server's CPU is gRPC, TLS, the kernel and the Python
+call dispatch.
 
 The start-up (connections, TLS handshakes) is taken out by running once with one round and once
 with ``1 + rounds`` rounds: the difference divided by ``n * rounds`` is the steady cost.
@@ -82,8 +83,9 @@ def _handlers(model: list[bytes], n: int) -> Any:
     return grpc.method_handlers_generic_handler(SERVICE, kinds)
 
 
-def _client(port: int, connections: int, rounds: int, tensor_bytes: int, tensor_count: int,
-            tls: Path) -> None:  # fmt: skip
+def _client(
+    port: int, connections: int, rounds: int, tensor_bytes: int, tensor_count: int, tls: Path
+) -> None:
     import grpc
 
     credentials = grpc.ssl_channel_credentials(
@@ -122,7 +124,9 @@ def _client(port: int, connections: int, rounds: int, tensor_bytes: int, tensor_
         raise SystemExit(f"grpc_floor client failed: {failures[0]!r}")
 
 
-def _serve_once(n: int, rounds: int, model_bytes: int, tensor_count: int, tls: Path) -> dict[str, float]:  # fmt: skip
+def _serve_once(
+    n: int, rounds: int, model_bytes: int, tensor_count: int, tls: Path
+) -> dict[str, float]:
     import grpc
 
     tensor_bytes = max(1, model_bytes // tensor_count)
@@ -154,7 +158,7 @@ def _serve_once(n: int, rounds: int, model_bytes: int, tensor_count: int, tls: P
                 str(tls),
             ],
             cwd=Path(__file__).resolve().parent.parent,
-        )  # fmt: skip
+        )
         for share in shares
     ]
     codes = [c.wait() for c in clients]

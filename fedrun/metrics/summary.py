@@ -23,7 +23,7 @@ def round_table(history: Sequence[Any]) -> Any:
     for key in columns:
         table.add_column(_header(key), justify="right")
     table.add_column("seconds", justify="right")
-    cpu = any(getattr(summary, "cpu_seconds", None) is not None for summary in history)
+    cpu = any(summary.cpu_seconds is not None for summary in history)
     if cpu:
         table.add_column("aggregator\nCPU s", justify="right")
     table.add_column("received", justify="right")
@@ -32,7 +32,7 @@ def round_table(history: Sequence[Any]) -> Any:
         cells = [_fmt(summary.metrics.get(k)) for k in columns]
         cells.append(f"{summary.duration:.1f}")
         if cpu:
-            seconds = getattr(summary, "cpu_seconds", None)
+            seconds = summary.cpu_seconds
             cells.append("" if seconds is None else f"{seconds:.2f}")
         table.add_row(label, *cells, human_bytes(summary.bytes_received))
     return table

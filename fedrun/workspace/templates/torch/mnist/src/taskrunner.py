@@ -33,8 +33,8 @@ class TemplateTaskRunner(PyTorchTaskRunner):
         super().__init__(device=device, **kwargs)
         # channels-last weights: oneDNN's CPU convolutions then skip a layout conversion on every
         # call (validation ~40 % faster on one thread, training unchanged, same weights and
-        # results); the wire format is unaffected (tensors are sent in C order)
-        # (torch's type stubs for Module.to lack memory_format, which it documents and accepts)
+        # results); tensors still go on the wire in C order. torch's type stubs for Module.to
+        # lack the memory_format it documents and accepts, hence the ignore.
         self.model = DigitRecognizerCNN().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
