@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -36,6 +37,9 @@ from fedrun.protocol.codec import (
 from fedrun.transport.network import Network
 from fedrun.transport.tls import peer_common_name
 
+if TYPE_CHECKING:
+    import numpy as np
+
 log = logging.getLogger("fedrun.server")
 
 CHANNEL_OPTIONS = [
@@ -53,6 +57,9 @@ SERVER_OPTIONS = [
 ]
 #: the smallest per-stream receive window the aggregator grants an upload
 MIN_RECEIVE_WINDOW_BYTES = 8 << 20
+#: a global model of at most this many bytes is framed once per round and the same messages go to
+#: every collaborator (this much memory at most); a larger one is read from its file per download
+FRAMED_MODEL_MAX_BYTES = 64 << 20
 
 
 def server_options(chunk_bytes: int) -> list[tuple[str, int]]:
@@ -106,6 +113,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._refusals: set[tuple[str, str]] = set()
         self._refusal_lock = threading.Lock()
         self.bytes_sent = 0
+        #: (round, serialized messages) of the last small global model framed for download
+        self._framed: tuple[int, list[bytes]] | None = None
+        self._framed_lock = threading.Lock()
 
     # ------------------------------------------------------------------ auth
     def _refuse(self, context: grpc.ServicerContext, error: FedrunError, peer: str) -> None:
@@ -202,13 +212,30 @@ class FederationServicer(pb_grpc.FederationServicer):
                     ),
                     name,
                 )
-            model = {n: model[n] for n in request.names}
+            yield from self._frames({n: model[n] for n in request.names})
+            return
+        yield from self._framed_model(request.round, model)
+
+    def _frames(self, model: Mapping[str, np.ndarray]) -> Iterator[pb.TensorFrame | bytes]:
         frames = (
             frame
             for tensor_name, array in model.items()
             for frame in encode_tensor_wire(tensor_name, array, chunk_bytes=self.chunk_bytes)
         )
-        yield from batch_frames(frames, self.chunk_bytes)
+        return batch_frames(frames, self.chunk_bytes)
+
+    def _framed_model(
+        self, round_num: int, model: Mapping[str, np.ndarray]
+    ) -> Iterator[pb.TensorFrame | bytes]:
+        """The whole global model of ``round_num`` as wire messages. A small model is framed by
+        the round's first download and the same bytes serve every other collaborator (a round's
+        global model never changes), instead of reading and framing it again each time."""
+        if sum(int(a.nbytes) for a in model.values()) > FRAMED_MODEL_MAX_BYTES:
+            return self._frames(model)
+        with self._framed_lock:
+            if self._framed is None or self._framed[0] != round_num:
+                self._framed = (round_num, [serialize_frame(f) for f in self._frames(model)])
+            return iter(self._framed[1])
 
     def SubmitResults(
         self,
