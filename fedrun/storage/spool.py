@@ -15,17 +15,27 @@ from pathlib import Path
 
 from fedrun.storage.model_file import TensorFileWriter
 
-#: most finished result files kept for reuse (disk space: that many results)
+#: finished result files always kept for reuse (disk space: that many results)...
 MAX_FREE_FILES = 8
+#: ...and more while the kept files total at most this: small results (many collaborators) are
+#: all overwritten next round instead of each being created and deleted again
+MAX_FREE_BYTES = 256 << 20
 
 
 class Spool:
     """Result files of the running round, and a small free list of old ones to overwrite."""
 
-    def __init__(self, folder: str | Path, max_free: int = MAX_FREE_FILES) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        max_free: int = MAX_FREE_FILES,
+        max_free_bytes: int = MAX_FREE_BYTES,
+    ) -> None:
         self.folder = Path(folder)
         self.max_free = max_free
-        self._free: list[Path] = []
+        self.max_free_bytes = max_free_bytes
+        self._free: list[tuple[Path, int]] = []  # (file, size)
+        self._free_bytes = 0
         self._ids = itertools.count()
         self._lock = threading.Lock()
         for stale in self.folder.glob("free-*.spool"):  # left by an earlier run
@@ -46,8 +56,11 @@ class Spool:
         durable: bool,
     ) -> TensorFileWriter:
         """A writer for one result, overwriting a free file when there is one."""
+        reuse = None
         with self._lock:
-            reuse = self._free.pop() if self._free else None
+            if self._free:
+                reuse, size = self._free.pop()
+                self._free_bytes -= size
         return TensorFileWriter(
             self.path(round_num, collaborator, task),
             round_num=round_num,
@@ -61,8 +74,15 @@ class Spool:
     def retire_round(self, round_num: int) -> None:
         """The round is committed: its result files are no longer needed."""
         for done in sorted(self.folder.glob(f"r{round_num}_*.result")):
+            try:
+                size = done.stat().st_size
+            except OSError:
+                continue
             with self._lock:
-                keep = len(self._free) < self.max_free
+                keep = (
+                    len(self._free) < self.max_free
+                    or self._free_bytes + size <= self.max_free_bytes
+                )
                 if keep:
                     free = self.folder / f"free-{next(self._ids)}.spool"
             if keep:
@@ -72,13 +92,14 @@ class Spool:
                     done.unlink(missing_ok=True)
                     continue
                 with self._lock:
-                    self._free.append(free)
+                    self._free.append((free, size))
+                    self._free_bytes += size
             else:
                 done.unlink(missing_ok=True)
 
     def drop_free(self) -> None:
         """Delete the files kept for reuse (the experiment is over)."""
         with self._lock:
-            free, self._free = self._free, []
-        for path in free:
+            free, self._free, self._free_bytes = self._free, [], 0
+        for path, _ in free:
             path.unlink(missing_ok=True)
