@@ -213,7 +213,7 @@ def test_a_result_that_cannot_be_spooled_is_refused_and_can_be_resent(tmp_path):
     # the spool's next file is a full disk (a link to /dev/full: every write fails with ENOSPC)
     os.makedirs(tmp_path / "spool", exist_ok=True)
     os.symlink("/dev/full", tmp_path / "spool" / "free-9.spool")
-    agg.spool._free.append(tmp_path / "spool" / "free-9.spool")
+    agg.spool._free.append((tmp_path / "spool" / "free-9.spool", 0))
     with pytest.raises(StateError) as info:
         send(agg, "a", trained(0.25), 10, 1 << 20)
     assert info.value.code == "FX-STATE-005"
