@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import os
 import re
@@ -41,6 +42,7 @@ def fx_env() -> dict[str, str]:
     }
 
 
+@functools.cache
 def compile_package() -> None:
     """Byte-compile fedrun once, as ``pip install`` does for an installed package: this checkout
     is an editable install, and with PYTHONDONTWRITEBYTECODE set (as on these machines) every

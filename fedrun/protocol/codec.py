@@ -211,30 +211,30 @@ def batch_frames(
     """
     pending: list[bytes] = []
     size = 0
-
-    def flush() -> Iterator[bytes]:
-        if len(pending) == 1:
-            yield pending[0]
-        elif pending:
-            parts = [bytes((BATCH_TAG,)), _VarintBytes(size)]
-            for raw in pending:
-                parts += (_VarintBytes(len(raw)), raw)
-            yield b"".join(parts)
-
     for frame in frames:
         raw = serialize_frame(frame)
-        if len(raw) >= limit // 2:
-            yield from flush()
-            pending, size = [], 0
-            yield raw
-            continue
+        alone = len(raw) >= limit // 2
         item = len(raw) + len(_VarintBytes(len(raw)))
-        if pending and size + item + 16 > limit:
-            yield from flush()
+        if pending and (alone or size + item + 16 > limit):
+            yield _pack(pending, size)
             pending, size = [], 0
-        pending.append(raw)
-        size += item
-    yield from flush()
+        if alone:
+            yield raw
+        else:
+            pending.append(raw)
+            size += item
+    if pending:
+        yield _pack(pending, size)
+
+
+def _pack(frames: list[bytes], size: int) -> bytes:
+    """One serialized frame as it is, several as a ``batch`` frame of ``size`` payload bytes."""
+    if len(frames) == 1:
+        return frames[0]
+    parts = [bytes((BATCH_TAG,)), _VarintBytes(size)]
+    for raw in frames:
+        parts += (_VarintBytes(len(raw)), raw)
+    return b"".join(parts)
 
 
 def expand_frames(

@@ -192,7 +192,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def GetTensors(
         self, request: pb.GetTensorsRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.TensorFrame | bytes]:
+    ) -> Iterator[bytes]:
         name = self._authenticate(request.header, context)
         try:
             model = self.aggregator.get_global_model(name, request.round)
@@ -216,7 +216,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             return
         yield from self._framed_model(request.round, model)
 
-    def _frames(self, model: Mapping[str, np.ndarray]) -> Iterator[pb.TensorFrame | bytes]:
+    def _frames(self, model: Mapping[str, np.ndarray]) -> Iterator[bytes]:
         frames = (
             frame
             for tensor_name, array in model.items()
@@ -224,9 +224,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         )
         return batch_frames(frames, self.chunk_bytes)
 
-    def _framed_model(
-        self, round_num: int, model: Mapping[str, np.ndarray]
-    ) -> Iterator[pb.TensorFrame | bytes]:
+    def _framed_model(self, round_num: int, model: Mapping[str, np.ndarray]) -> Iterator[bytes]:
         """The whole global model of ``round_num`` as wire messages. A small model is framed by
         the round's first download and the same bytes serve every other collaborator (a round's
         global model never changes), instead of reading and framing it again each time."""
@@ -234,7 +232,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             return self._frames(model)
         with self._framed_lock:
             if self._framed is None or self._framed[0] != round_num:
-                self._framed = (round_num, [serialize_frame(f) for f in self._frames(model)])
+                self._framed = (round_num, list(self._frames(model)))
             return iter(self._framed[1])
 
     def SubmitResults(
