@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fedrun.constants import MAX_CHUNK_BYTES
+from fedrun.constants import CHUNK_BYTES, MAX_CHUNK_BYTES
 
 SECTIONS = (
     "aggregator",
@@ -126,7 +126,7 @@ NETWORK: dict[str, Setting] = {
     "hash_salt": Setting((str, int), "auto", "ignored (OpenFL compatibility)", ignored=True),
     "chunk_bytes": Setting(
         _INT,
-        4 << 20,
+        CHUNK_BYTES,
         "tensor payload bytes per stream message",
         minimum=4 << 10,
         maximum=MAX_CHUNK_BYTES,

@@ -12,11 +12,13 @@ from fedrun.transport.server import MIN_RECEIVE_WINDOW_BYTES, SERVER_OPTIONS, se
     ("chunk", "window"),
     [
         (4 << 10, MIN_RECEIVE_WINDOW_BYTES),
-        (4 << 20, MIN_RECEIVE_WINDOW_BYTES),
+        (2 << 20, MIN_RECEIVE_WINDOW_BYTES),
+        (4 << 20, 8 << 20),
         (MAX_CHUNK_BYTES, 2 * MAX_CHUNK_BYTES),
     ],
 )
-def test_window_holds_two_chunks_and_never_less_than_8_mib(chunk, window):
+def test_window_holds_two_chunks_and_never_less_than_4_mib(chunk, window):
+    assert MIN_RECEIVE_WINDOW_BYTES == 4 << 20
     options = dict(server_options(chunk))
     assert options["grpc.http2.lookahead_bytes"] == window
     assert options["grpc.http2.bdp_probe"] == 0  # probing would grow it with the socket
