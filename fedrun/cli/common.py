@@ -125,10 +125,13 @@ def exit_now(code: int = 0) -> None:
     A node that finished its experiment has nothing left to clean up, but unloading torch and
     gRPC takes about a second; peers and scripts waiting for the process should not.
     """
+    from fedrun.transport.grpc_log import release_stderr
+
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
+    release_stderr()  # stderr may go through a pipe whose reader dies with the process
     os._exit(code)
 
 

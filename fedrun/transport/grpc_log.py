@@ -5,14 +5,20 @@ on the process's standard error ("Handshake failed with error ... certificate ha
 module routes file descriptor 2 through a pipe, echoes everything unchanged, and logs each
 handshake refusal as one warning (at most one line per reason every few seconds, so a flood of
 bad connections cannot flood the log).
+
+Whatever is still in the pipe when the process ends would be lost with the reader thread, so
+:func:`release_stderr` gives fd 2 back and waits for the echo; it runs at interpreter exit and
+from ``exit_now`` (which skips the interpreter's exit handlers).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import re
+import sys
 import threading
 import time
 
@@ -27,7 +33,8 @@ _EXPLAIN = {
     "WRONG_VERSION_NUMBER": "client does not speak TLS (plaintext connection)",
     "PEER_DID_NOT_RETURN_A_CERTIFICATE": "client presented no certificate",
 }
-_started = False
+_pump: threading.Thread | None = None
+_original_fd: int | None = None
 
 
 def _explain(reason: str) -> str:
@@ -39,8 +46,8 @@ def _explain(reason: str) -> str:
 
 def capture_handshake_failures(min_interval: float = 5.0) -> None:
     """Start echoing fd 2 through a reader thread that logs TLS refusals (idempotent)."""
-    global _started
-    if _started:
+    global _pump, _original_fd
+    if _pump is not None:
         return
     try:
         read_fd, write_fd = os.pipe()
@@ -49,7 +56,6 @@ def capture_handshake_failures(min_interval: float = 5.0) -> None:
         os.close(write_fd)
     except OSError:
         return
-    _started = True
     last: dict[str, float] = {}
 
     def pump() -> None:
@@ -73,4 +79,27 @@ def capture_handshake_failures(min_interval: float = 5.0) -> None:
                         last[reason] = now
                         log.warning("refused a TLS connection: %s", reason)
 
-    threading.Thread(target=pump, name="fedrun-grpc-stderr", daemon=True).start()
+    _original_fd = original
+    _pump = threading.Thread(target=pump, name="fedrun-grpc-stderr", daemon=True)
+    _pump.start()
+    atexit.register(release_stderr)
+
+
+def release_stderr(timeout: float = 2.0) -> None:
+    """Point fd 2 at the real standard error again and wait (at most ``timeout`` seconds) until
+    everything written before is echoed, so no last message or traceback is lost at exit."""
+    global _pump, _original_fd
+    pump, original = _pump, _original_fd
+    if pump is None or original is None:
+        return
+    _pump = _original_fd = None
+    for stream in (sys.stderr, sys.__stderr__):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()  # type: ignore[union-attr]
+    with contextlib.suppress(OSError):
+        # the pipe's last writer closes here; the reader drains it and sees end-of-file
+        os.dup2(original, 2)
+    pump.join(timeout)
+    if not pump.is_alive():  # else a child still holds the pipe: leave the reader its target
+        with contextlib.suppress(OSError):
+            os.close(original)

@@ -129,3 +129,18 @@ def test_state_from_another_plan_and_corrupt_state_are_refused(tmp_path: Path) -
     corrupt = fx(ws, "aggregator", "start", check=False)
     assert corrupt.returncode == 8 and "FX-STATE-011" in corrupt.stderr, corrupt.stderr
     assert "Traceback" not in corrupt.stderr
+
+
+def test_errors_of_a_tls_aggregator_reach_the_terminal(tmp_path: Path) -> None:
+    """With TLS, the aggregator routes its stderr through a pipe to log gRPC's handshake
+    refusals; a message printed just before it exits must still arrive (it once got lost)."""
+    from fxnodes import fx
+
+    fed = LocalFederation(tmp_path / "ws", template="torch/digits", collaborators=1, rounds=1)
+    fed.prepare()
+    fed.start()
+    assert set(fed.wait(timeout=300).values()) == {0}
+    for _ in range(3):  # the loss depended on timing: ask more than once
+        again = fx(fed.workspace, "aggregator", "start", check=False)
+        assert again.returncode == 0
+        assert "FX-STATE-021" in again.stderr and "--reset-state" in again.stderr
