@@ -132,9 +132,22 @@ def _sender(
 
 
 def tls_copy(
-    nbytes: int, streams: int = 1, chunk: int = 4 << 20, timeout: float = 600
+    nbytes: int, streams: int = 1, chunk: int = 4 << 20, timeout: float = 600, repeats: int = 1
 ) -> dict[str, Any]:
-    """Per-stream and total throughput of ``streams`` concurrent mutual-TLS copies of ``nbytes``."""
+    """Per-stream and total throughput of ``streams`` concurrent mutual-TLS copies of ``nbytes``,
+    the fastest of ``repeats`` runs (a copy of a few MB lasts a few ms, so one late scheduling of
+    one sender can halve its figure; the limit is what the machine allows, so the best run counts).
+    """
+    runs = [_tls_copy_once(nbytes, streams, chunk, timeout) for _ in range(max(1, repeats))]
+    best = min(runs, key=lambda run: max(run["seconds_per_stream"]))
+    return {
+        **best,
+        "repeats": len(runs),
+        "per_stream_gbps_all_runs": [run["per_stream_gbps"] for run in runs],
+    }
+
+
+def _tls_copy_once(nbytes: int, streams: int, chunk: int, timeout: float) -> dict[str, Any]:
     ctx = mp.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         files = common.make_tls_files(Path(tmp))
