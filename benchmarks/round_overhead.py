@@ -134,22 +134,23 @@ def round_limit_s(size: int, per_stream_gbps: float | None) -> float | None:
 def target_rows(cells: list[dict[str, Any]]) -> list[list[Any]]:
     """``[target, cell, value, limit, met]`` for every target the issue sets and every cell."""
     rows: list[list[Any]] = []
+
+    def judge(target: str, where: str, value: Any, limit: float, at_least: bool = False) -> None:
+        met = None if value is None else (value >= limit if at_least else value <= limit)
+        rows.append([target, where, value, limit, met])
+
     for c in cells:
         sm = c.get("summary")
         if not sm or c.get("system") != "fedrun":
             continue
         where = f"{limits.human(c['bytes'])} x{c['collaborators']}"
-        ratio = sm.get("round_to_limit")
-        rows.append(["round <= 2x the TLS copy", where, ratio, ROUND_LIMIT_FACTOR,
-                     None if ratio is None else ratio <= ROUND_LIMIT_FACTOR])  # fmt: skip
+        judge("round <= 2x the TLS copy", where, sm.get("round_to_limit"), ROUND_LIMIT_FACTOR)
         rss = sm.get("aggregator_peak_rss_mib")
-        times_model = rss / sm["model_mib"] if rss else None
-        rows.append(["aggregator RSS <= 3x model", where, times_model, RSS_MODEL_FACTOR,
-                     None if times_model is None else times_model <= RSS_MODEL_FACTOR])  # fmt: skip
+        judge("aggregator RSS <= 3x model", where, rss / sm["model_mib"] if rss else None,
+              RSS_MODEL_FACTOR)  # fmt: skip
         if c["bytes"] == 10**9:
-            gbps = sm.get("per_stream_gbps")
-            rows.append(["GB/s per stream at 1 GB >= 1", where, gbps, STREAM_GBPS_AT_1GB,
-                         None if gbps is None else gbps >= STREAM_GBPS_AT_1GB])  # fmt: skip
+            judge("GB/s per stream at 1 GB >= 1", where, sm.get("per_stream_gbps"),
+                  STREAM_GBPS_AT_1GB, at_least=True)  # fmt: skip
         if c["bytes"] >= 4 * 10**9:
             rows.append(["4 GB model completes", where, sm.get("ok"), True, bool(sm.get("ok"))])
     return rows
