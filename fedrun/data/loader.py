@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from fedrun.plan.schema import checked_batch_size
+
 
 class DataLoader:
     """Holds ``X_train, y_train, X_valid, y_valid`` and serves shuffled batches.
@@ -23,7 +25,7 @@ class DataLoader:
     """
 
     def __init__(self, batch_size: int = 32, random_seed: int | None = None, **kwargs: Any) -> None:
-        self.batch_size = int(batch_size)
+        self.batch_size = checked_batch_size(batch_size, "data_loader.settings.batch_size")
         self.random_seed = random_seed
         self.settings = dict(kwargs)
         # unseeded loaders draw their seed from numpy's global state, so seeding the process
@@ -51,7 +53,11 @@ class DataLoader:
         self, X: Any, y: Any, batch_size: int | None, shuffle: bool, num_batches: int | None = None
     ) -> Iterator[tuple[Any, Any]]:
         n = 0 if X is None else len(X)
-        bs = int(batch_size or self.batch_size)
+        bs = (
+            self.batch_size
+            if batch_size is None
+            else checked_batch_size(batch_size, "the task's batch_size (tasks.<task>.kwargs)")
+        )
         order = self._rng.permutation(n) if shuffle else np.arange(n)
         for count, start in enumerate(range(0, n, bs)):
             if num_batches is not None and count >= num_batches:

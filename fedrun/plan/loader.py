@@ -444,6 +444,11 @@ class Plan:
             if name != "tasks":
                 self._validate_section(name)
         self._validate_port()
+        loader_settings = self.section("data_loader").get("settings") or {}
+        if "batch_size" in loader_settings:
+            schema.checked_batch_size(
+                loader_settings["batch_size"], f"{where}: data_loader.settings.batch_size"
+            )
         self._validate_tasks()
         self._validate_groups()
 
@@ -570,7 +575,12 @@ class Plan:
                 )
             if not isinstance(entry.get("kwargs", {}) or {}, Mapping):
                 raise PlanError("FX-PLAN-011", f"{where}.{task_name}.kwargs must be a mapping")
-            apply = (entry.get("kwargs") or {}).get("apply")
+            kwargs = entry.get("kwargs") or {}
+            if "batch_size" in kwargs and kwargs["batch_size"] is not None:
+                schema.checked_batch_size(
+                    kwargs["batch_size"], f"{where}.{task_name}.kwargs.batch_size"
+                )
+            apply = kwargs.get("apply")
             if apply is not None and apply not in ("global", "local"):
                 raise PlanError(
                     "FX-PLAN-017",

@@ -7,10 +7,12 @@ before anything starts, so a typo fails fast with a did-you-mean.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from fedrun.constants import CHUNK_BYTES, MAX_CHUNK_BYTES
+from fedrun.errors import PlanError
 
 SECTIONS = (
     "aggregator",
@@ -168,3 +170,26 @@ CLASS_SCHEMAS: dict[str, dict[str, Setting]] = {
 }
 
 TASK_KEYS = ("function", "kwargs", "aggregation_type", "description")
+
+
+def checked_batch_size(value: Any, where: str) -> int:
+    """``value`` as a batch size: a whole number of at least 1 (numpy scalars included).
+
+    Raises
+    ------
+    PlanError
+        Naming ``where`` (the plan key) and the value: a zero or negative size would otherwise
+        train on nothing without a word, and a fractional one be cut silently.
+    """
+    size = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+        if number.is_integer() and number >= 1:
+            size = int(number)
+    if size is None:
+        raise PlanError(
+            "FX-PLAN-028",
+            f"{where} must be a whole number of at least 1, got {value!r}",
+            "set it in plan/plan.yaml to a positive integer such as 32",
+        )
+    return size

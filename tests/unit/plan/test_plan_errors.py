@@ -384,3 +384,34 @@ def test_numeric_aggregator_port(plan_path, port, expected):
 
     # Assert
     assert plan.agg_port == expected
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "64"])
+def test_a_batch_size_that_would_train_on_nothing_is_refused(edit_plan, bad):
+    # Prepare
+    path = edit_plan(lambda c: c["data_loader"].setdefault("settings", {}).update(batch_size=bad))
+
+    # Execute
+    error = load_error(path)
+
+    # Assert
+    assert error.code == "FX-PLAN-028"
+    assert f"data_loader.settings.batch_size must be a whole number of at least 1, got {bad!r}" in (
+        error.message
+    )
+
+
+def test_a_task_batch_size_is_checked_too_and_null_means_the_default(edit_plan):
+    # Prepare
+    def edit(config, value):
+        config["tasks"]["train"].setdefault("kwargs", {})["batch_size"] = value
+
+    bad = edit_plan(lambda c: edit(c, -1))
+
+    # Execute
+    error = load_error(bad)
+
+    # Assert
+    assert error.code == "FX-PLAN-028"
+    assert "tasks.train.kwargs.batch_size" in error.message
+    Plan.load(edit_plan(lambda c: edit(c, None)))  # null: the loader's own batch size
