@@ -124,12 +124,24 @@ def read_data_paths(path: Path) -> dict[str, str]:
                 "write one `collaborator_name,data_path` line per collaborator",
             )
         name, value = text.split(",", 1)
+        if not value.strip():
+            raise PlanError(
+                "FX-PLAN-005",
+                f"{path} line {number}: collaborator {name.strip()!r} has an empty data path",
+                f"run `fx collaborator create -n {name.strip()} -d <data path or shard>`",
+            )
         out[name.strip()] = value.strip()
     return out
 
 
 def write_data_path(path: Path, name: str, data_path: str) -> None:
     """Set ``name``'s data path in data.yaml, keeping every other line (comments too)."""
+    if not data_path.strip() or "\n" in data_path or "\r" in data_path:
+        raise PlanError(
+            "FX-PLAN-005",
+            f"data path {data_path!r} for collaborator {name!r} is empty or spans lines",
+            "pass the folder (or, for the MNIST templates, the shard number) with -d",
+        )
     lines = path.read_text().splitlines() if path.is_file() else []
     entry = f"{name},{data_path}"
     for i, line in enumerate(lines):

@@ -85,6 +85,36 @@ def test_read_data_paths_names_the_bad_line(tmp_path):
     assert caught.value.fix
 
 
+def test_read_data_paths_refuses_an_empty_path(tmp_path):
+    # Prepare
+    path = tmp_path / "data.yaml"
+    path.write_text("one,1\ntwo,  \n")
+
+    # Execute
+    with pytest.raises(PlanError) as caught:
+        read_data_paths(path)
+
+    # Assert
+    assert caught.value.code == "FX-PLAN-005"
+    assert f"{path} line 2: collaborator 'two' has an empty data path" in caught.value.message
+    assert "fx collaborator create -n two -d" in caught.value.fix
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "data/a\nthree,3"])
+def test_write_data_path_refuses_an_empty_or_multi_line_path_and_writes_nothing(tmp_path, bad):
+    # Prepare
+    path = tmp_path / "data.yaml"
+    path.write_text("one,1\n")
+
+    # Execute
+    with pytest.raises(PlanError) as caught:
+        write_data_path(path, "two", bad)
+
+    # Assert
+    assert caught.value.code == "FX-PLAN-005"
+    assert path.read_text() == "one,1\n"
+
+
 def test_write_data_path_replaces_the_entry_and_keeps_every_other_line(tmp_path):
     # Prepare
     path = tmp_path / "plan" / "data.yaml"
