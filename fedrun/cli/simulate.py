@@ -43,7 +43,12 @@ from fedrun.cli.common import console, handle_errors
 )
 @click.option("--seed", default=None, type=int, help="seed for reproducible training")
 @click.option("--no-tls", is_flag=True, help="run without TLS (explicitly insecure; for debugging)")
-@click.option("--timeout", default=None, type=float, help="give up after this many seconds")
+@click.option(
+    "--timeout",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="give up after this many seconds",
+)
 @handle_errors
 def simulate(
     template: str | None,

@@ -225,3 +225,15 @@ def test_unknown_command_is_a_usage_error(runner):
     # Assert
     assert result.exit_code == 2
     assert "No such command 'planz'" in result.output
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5"])
+def test_simulate_refuses_a_timeout_that_is_not_positive_before_creating_anything(
+    runner, tmp_path, timeout
+):
+    result = runner.invoke(
+        cli, ["simulate", "--prefix", str(tmp_path / "ws"), "--timeout", timeout]
+    )
+    assert result.exit_code == 2
+    assert "--timeout" in result.output and "x>0" in result.output
+    assert not (tmp_path / "ws").exists()
