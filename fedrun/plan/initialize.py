@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fedrun.errors import WorkspaceError
-from fedrun.pki.names import default_fqdn
+from fedrun.errors import CertificateError, PlanError, WorkspaceError
+from fedrun.pki.names import default_fqdn, validate_fqdn
 from fedrun.plan.components import build_task_runner
 from fedrun.plan.loader import Plan, load_yaml
 from fedrun.storage.model_file import load_model, save_model
@@ -24,6 +24,16 @@ def initialize_plan(
 
     Returns the reloaded plan and the path of the initial model.
     """
+    if agg_addr is not None:
+        try:
+            validate_fqdn(agg_addr)
+        except CertificateError:
+            raise PlanError(
+                "FX-PLAN-029",
+                f"aggregator address {agg_addr!r} is neither a host name nor an IP address",
+                "pass the name collaborators will reach the aggregator by with -a, e.g. "
+                "agg.example.org, localhost or 10.0.0.5 (its certificate must carry the same name)",
+            ) from None
     plan = Plan.load(plan_path, cols_path, data_path)
     current = str(plan.network.get("agg_addr") or "auto")
     address = agg_addr or (default_fqdn() if current == "auto" else None)

@@ -237,3 +237,15 @@ def test_simulate_refuses_a_timeout_that_is_not_positive_before_creating_anythin
     assert result.exit_code == 2
     assert "--timeout" in result.output and "x>0" in result.output
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize("address", ["bad host name!", "agg.example.org:50051", "1.2.3", ""])
+def test_plan_initialize_refuses_an_address_collaborators_could_never_reach(
+    runner, workspace, address
+):
+    before = (workspace / "plan" / "plan.yaml").read_text()
+    result = runner.invoke(cli, ["plan", "initialize", "-a", address])
+    assert_clean_failure(result, 2, "FX-PLAN-029")
+    assert repr(address) in result.output
+    assert (workspace / "plan" / "plan.yaml").read_text() == before
+    assert not (workspace / "save" / "init.pbuf").exists()
