@@ -123,14 +123,14 @@ def read_data_paths(path: Path) -> dict[str, str]:
                 f"{path} line {number}: {text!r} is not `name,data_path`",
                 "write one `collaborator_name,data_path` line per collaborator",
             )
-        name, value = text.split(",", 1)
-        if not value.strip():
+        name, value = (part.strip() for part in text.split(",", 1))
+        if not value:
             raise PlanError(
                 "FX-PLAN-005",
-                f"{path} line {number}: collaborator {name.strip()!r} has an empty data path",
-                f"run `fx collaborator create -n {name.strip()} -d <data path or shard>`",
+                f"{path} line {number}: collaborator {name!r} has an empty data path",
+                f"run `fx collaborator create -n {name} -d <data path or shard>`",
             )
-        out[name.strip()] = value.strip()
+        out[name] = value
     return out
 
 
@@ -588,7 +588,7 @@ class Plan:
             if not isinstance(entry.get("kwargs", {}) or {}, Mapping):
                 raise PlanError("FX-PLAN-011", f"{where}.{task_name}.kwargs must be a mapping")
             kwargs = entry.get("kwargs") or {}
-            if "batch_size" in kwargs and kwargs["batch_size"] is not None:
+            if kwargs.get("batch_size") is not None:
                 schema.checked_batch_size(
                     kwargs["batch_size"], f"{where}.{task_name}.kwargs.batch_size"
                 )
