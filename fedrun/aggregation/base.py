@@ -1,11 +1,15 @@
 """The aggregation contract: how a round's tensors for one task become one tensor per name.
 
 The aggregator opens one :class:`Accumulator` per task and round with
-:meth:`AggregationFunction.begin_round`, hands it every collaborator's tensors one at a time with
-:meth:`Accumulator.add` as they arrive off the wire, and asks for :meth:`Accumulator.result` when
-the round closes. Streaming rules (weighted average, FedOpt) fold each tensor into a running sum,
-so memory stays near one model whatever the number of collaborators. Rules that need every
-update at once (median, Krum...) set ``needs_all_updates = True`` and keep what they need.
+:meth:`AggregationFunction.begin_round`. Results are spooled to disk as they arrive; when the
+round closes the aggregator reads them back name by name, collaborators in name order, hands each
+tensor to :meth:`Accumulator.add` (or slice by slice to a :class:`TensorStream`) and asks for the
+aggregate, name by name with :meth:`Accumulator.finish` where the rule can, else all at once with
+:meth:`Accumulator.result`. The fixed order makes the aggregate bit-for-bit independent of the
+order results arrived in. Streaming rules (weighted average, FedOpt) fold each tensor into a
+running sum, so memory stays near one tensor (finishing by name) or one model, whatever the
+number of collaborators. Rules that need every update at once (median, Krum...) set
+``needs_all_updates = True`` and keep what they need.
 
 A user rule in ``src/`` only has to implement :meth:`AggregationFunction.call`, OpenFL's
 signature; the default accumulator collects the tensors and calls it once per name.
@@ -33,6 +37,9 @@ class LocalTensor:
 class Accumulator(ABC):  # noqa: B024 - methods raise NotImplementedError instead
     """Per-round, per-task state of an aggregation rule."""
 
+    #: True when :meth:`finish` can finish one name as soon as all its tensors were added
+    finishes_by_name: ClassVar[bool] = False
+
     def add(self, name: str, tensor: np.ndarray, weight: float, origin: str) -> None:
         """Fold one collaborator's tensor ``name`` (weight = its sample count) into the state."""
         raise NotImplementedError
@@ -41,11 +48,17 @@ class Accumulator(ABC):  # noqa: B024 - methods raise NotImplementedError instea
         """Return the aggregate of every name added, in the dtype of the inputs."""
         raise NotImplementedError
 
+    def finish(self, name: str) -> np.ndarray:
+        """The aggregate of ``name`` alone, once every tensor of that name was added (only when
+        :attr:`finishes_by_name`). The caller owns the array (it may give it to
+        :data:`fedrun.buffers.POOL` when done) and :meth:`result` leaves the name out."""
+        raise NotImplementedError(f"{type(self).__name__} finishes all names together")
+
     def open_stream(
         self, name: str, shape: tuple[int, ...], dtype: np.dtype, weight: float, origin: str
     ) -> TensorStream | None:
-        """Fold tensor ``name`` slice by slice as it arrives, or None when this rule needs the
-        whole tensor (then it comes through :meth:`add`). The default needs it whole."""
+        """Fold tensor ``name`` slice by slice, or None when this rule needs the whole tensor
+        (then it comes through :meth:`add`). The default needs it whole."""
         return None
 
     def release(self) -> None:

@@ -1,9 +1,10 @@
 """Weighted average (FedAvg), the default rule, and the streaming accumulator behind it.
 
 The accumulator keeps, per tensor name, a running sum of ``weight * tensor`` in float64 (complex128
-for complex tensors) and the running weight, so its memory is one float64 copy of the model
-whatever the number of collaborators. Sums of floating-point numbers depend slightly on their
-order; two arrival orders agree to about ``N * 1e-16`` relative, far below float32 resolution.
+for complex tensors) and the running weight, so its memory is one float64 copy of the names not
+yet finished, whatever the number of collaborators. The aggregator adds the tensors of a name in
+a fixed order (collaborator names) and finishes each name before the next, so the result does
+not depend on the order results arrived in and memory stays near one float64 tensor.
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ class StreamingAverageAccumulator(Accumulator):
     weight is positive and the plain mean otherwise, whatever the arrival order.
     """
 
+    finishes_by_name = True
+
     def __init__(self, summed: Callable[[str], bool] | None = None) -> None:
         self._summed = summed
         self._log = UpdateLog()
@@ -229,8 +232,39 @@ class StreamingAverageAccumulator(Accumulator):
             out[name] = np.asarray(value)
         return out
 
+    def finish(self, name: str) -> np.ndarray:
+        """The aggregate of ``name`` in its input dtype; the float64 sum is divided in place and
+        a float32 result is written into the first half of the sum's own memory, which the
+        returned array keeps (give it to the buffer pool once written out)."""
+        if self._result is not None:
+            raise RuntimeError("the sums were already finished")
+        state = self._sums.pop(name)
+        value, _ = self._finish_one(name, state)
+        return value
+
+    def _finish_one(self, name: str, state: _RunningSum) -> tuple[np.ndarray, bool]:
+        """The aggregate of one name, and whether it lives in the (pooled) sum's memory."""
+        total = state.total
+        state.total = None
+        owned = isinstance(total, np.ndarray) and total.ndim > 0
+        if self._summed is not None and self._summed(name):
+            value = total
+        else:
+            divisor = state.weight if state.weight > 0 else state.count
+            value = np.divide(total, divisor, out=total) if owned else np.asarray(total / divisor)
+        dtype = np.dtype(self._log.layout[name][1])
+        if owned and value is total and total.dtype == np.float64 and dtype == np.float32:
+            return _narrow_in_place(total), True
+        if owned and value is total and total.dtype == dtype:
+            return total, True
+        out = finish_like(np.asarray(value), dtype)
+        if owned and out is not total:
+            POOL.give(total)
+        return out, False
+
     def result(self) -> dict[str, np.ndarray]:
-        """The aggregates in the inputs' dtypes (call once; later calls return the same dict).
+        """The aggregates in the inputs' dtypes (call once; later calls return the same dict),
+        of the names not taken by :meth:`finish`.
 
         The float64 sums are divided in place and float32 results are written into the first
         half of their own sum's memory, so finishing a round allocates nothing model-sized.
@@ -238,30 +272,11 @@ class StreamingAverageAccumulator(Accumulator):
         """
         if self._result is not None:
             return self._result
-        dtypes = self.dtypes()
         out: dict[str, np.ndarray] = {}
         for name, state in self._sums.items():
-            total = state.total
-            owned = isinstance(total, np.ndarray) and total.ndim > 0
-            if self._summed is not None and self._summed(name):
-                value = total
-            else:
-                divisor = state.weight if state.weight > 0 else state.count
-                value = (
-                    np.divide(total, divisor, out=total) if owned else np.asarray(total / divisor)
-                )
-            dtype = np.dtype(dtypes[name])
-            if owned and value is total and total.dtype == np.float64 and dtype == np.float32:
-                out[name] = _narrow_in_place(total)
-                self._lent.append(total)
-            elif owned and value is total and total.dtype == dtype:
-                out[name] = total
-                self._lent.append(total)
-            else:
-                out[name] = finish_like(np.asarray(value), dtype)
-                if owned and out[name] is not total:
-                    POOL.give(total)
-            state.total = None
+            out[name], lent = self._finish_one(name, state)
+            if lent:
+                self._lent.append(out[name])
         self._result = out
         return out
 

@@ -2,9 +2,11 @@
 
 It knows nothing of the network. The gRPC server calls :meth:`Aggregator.get_tasks` (a long
 poll), :meth:`Aggregator.get_global_model` and :meth:`Aggregator.open_result`; the same object
-runs in-process in tests. Results are spooled to disk tensor by tensor as they stream in, made
-durable, recorded, and folded into the round's accumulators, so memory stays near one or two
-models whatever the number of collaborators, and nothing acknowledged is lost.
+runs in-process in tests. Results are spooled to disk tensor by tensor as they stream in, checked,
+made durable and recorded, so nothing acknowledged is lost; when the round closes they are read
+back name by name, in collaborator order, into the rules' accumulators (see
+:mod:`fedrun.federation.round_aggregation`), and the new model is written out tensor by tensor,
+so memory stays near one tensor's sums whatever the model size and number of collaborators.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,16 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from fedrun import failpoints
-from fedrun.aggregation.base import Accumulator, AggregationFunction, TensorStream, all_finite
+from fedrun.aggregation.base import Accumulator, AggregationFunction, all_finite
 from fedrun.buffers import POOL
 from fedrun.constants import END_GRACE_SECONDS
 from fedrun.errors import ProtocolError
 from fedrun.federation.assigner import Assigner
+from fedrun.federation.round_aggregation import TaskUpdates
 from fedrun.federation.stragglers import StragglerPolicy, WaitForAllPolicy
 from fedrun.federation.tasks import TaskSpec
 from fedrun.metrics.records import MetricHub
 from fedrun.protocol import federation_pb2 as pb
-from fedrun.storage.model_file import TensorFileWriter, iter_tensor_file, open_model_view
+from fedrun.storage.model_file import TensorFileWriter, TensorSequence, open_model_view
 from fedrun.storage.spool import Spool
 from fedrun.storage.sqlite_state import flatten_rule_states
 from fedrun.storage.state_store import AcceptedResult, InMemoryStateStore, StateStore
@@ -74,8 +77,6 @@ class RoundState:
     raw_bytes: int = 0
     shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
     accepted: list[AcceptedResult] = field(default_factory=list)
-    #: tasks whose sums hold parts of a failed upload: rebuilt from the spool before closing
-    dirty: set[str] = field(default_factory=set)
     #: participants whose every assigned task is done (kept as results land: with many
     #: collaborators, recounting at each result made a round cost O(N^2))
     finished_names: set[str] = field(default_factory=set)
@@ -124,7 +125,13 @@ class RoundSummary:
 class ModelSink:
     """Where the aggregator's models go; the default keeps nothing (tests)."""
 
-    def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> Path | None:
+    #: True when :meth:`save_last` writes the model to a file and returns it: the aggregator
+    #: then hands the new model over tensor by tensor (a TensorSequence) and keeps none of it
+    writes_last = False
+
+    def save_last(
+        self, tensors: Mapping[str, np.ndarray] | TensorSequence, round_num: int
+    ) -> Path | None:
         """Save the newest aggregate; returns the file written, if any."""
         return None
 
@@ -227,7 +234,6 @@ class Aggregator:
 
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._fold_lock = threading.Lock()
         self.global_model: dict[str, np.ndarray] = {
             k: v if isinstance(v, np.ndarray) else np.asarray(v) for k, v in initial_model.items()
         }
@@ -305,7 +311,8 @@ class Aggregator:
         return state
 
     def resume(self, results: list[AcceptedResult]) -> int:
-        """Replay results accepted before a restart (their spool files hold the tensors)."""
+        """Replay results accepted before a restart (their spool files hold the tensors, read
+        when the round closes)."""
         replayed = 0
         for result in results:
             if result.round != self.round_num:
@@ -525,8 +532,6 @@ class Aggregator:
             if self.done or state.number != upload.round or upload.collaborator in state.stragglers:
                 if spool:
                     spool.unlink(missing_ok=True)
-                if upload.folded and state.number == upload.round:
-                    state.dirty.add(upload.task)
                 raise ProtocolError(
                     "FX-ROUND-002",
                     f"result of {upload.collaborator!r} for round {upload.round} arrived after the "
@@ -534,8 +539,6 @@ class Aggregator:
                     "nothing to do: the collaborator joins the next round",
                 )
             if not self.state_store.record_result(result):
-                if upload.folded:
-                    state.dirty.add(upload.task)
                 raise ProtocolError(
                     "FX-ROUND-005",
                     f"duplicate result from {upload.collaborator!r} for task {upload.task!r}",
@@ -548,80 +551,16 @@ class Aggregator:
         with self._lock:
             state = self.round
             state.in_progress.discard((upload.collaborator, upload.task))
-            if upload.folded and state.number == upload.round:
-                state.dirty.add(upload.task)
             self._changed.notify_all()
 
     def _retains(self, task: str) -> bool:
         return bool(getattr(self.aggregation_functions.get(task), "needs_all_updates", True))
-
-    def _fold_tensor(self, upload: ResultUpload, name: str, array: np.ndarray, delta: bool) -> None:
-        """Fold one checked (and already spooled) tensor of a live upload into the round."""
-        state = self.round  # read once: the round may switch while this upload streams
-        acc = state.accumulators.get(upload.task)
-        if acc is None or state.number != upload.round:
-            return
-        array = self._reconstruct(name, array, delta)
-        if self._retains(upload.task):
-            array = np.array(array, copy=True)  # the receive buffer is reused afterwards
-        # a task that saw a failed upload is re-aggregated from accepted results at the end of
-        # the round; until then a retry must not collide with the failed attempt's partial sums
-        origin = upload.collaborator
-        if upload.task in state.dirty:
-            origin = f"{upload.collaborator}@retry{id(upload)}"
-        with self._fold_lock:
-            try:
-                acc.add(name, array, float(upload.data_size), origin)
-            except ValueError as exc:
-                raise ProtocolError(
-                    "FX-DATA-020",
-                    f"tensor {name!r} from {upload.collaborator!r} cannot be aggregated: {exc}",
-                    "the collaborator's model must match the plan's initial model",
-                ) from exc
-        upload.folded = True
-
-    def _reconstruct(self, name: str, array: np.ndarray, delta: bool) -> np.ndarray:
-        """``global + delta`` for a delta tensor (in place when the types allow), else as is."""
-        if not delta:
-            return array
-        base = self.global_model[name]
-        if array.dtype == base.dtype and array.dtype.kind == "f" and array.flags.writeable:
-            return np.add(array, base, out=array)  # the inverse of trained - global
-        return (base.astype(np.float64) + array).astype(base.dtype)
-
-    def _fold_spool(self, acc: Accumulator, result: AcceptedResult) -> None:
-        """Fold an accepted result from its spool file (replay after a restart, or a rebuild)."""
-        if not result.spool_path:
-            return
-        pool = None if self._retains(result.task) else POOL
-        with self._fold_lock:
-            for name, array, delta in iter_tensor_file(result.spool_path, pool):
-                value = self._reconstruct(name, array, delta)
-                acc.add(name, value, float(result.data_size), result.collaborator)
-                if pool is not None:
-                    pool.give(array)
-
-    def _rebuild_dirty(self, state: RoundState) -> None:
-        """Recompute the sums of tasks that saw a failed upload, from accepted results only."""
-        for task in sorted(state.dirty):
-            fn = self.aggregation_functions.get(task)
-            if fn is None or task not in state.accumulators:
-                continue
-            log.info("round %d: re-aggregating %s without a failed upload", state.number, task)
-            acc = state.accumulators[task] = fn.begin_round(state.number, self.global_model)
-            for result in state.accepted:
-                if result.task == task:
-                    self._fold_spool(acc, result)
-        state.dirty.clear()
 
     def _apply_result(self, result: AcceptedResult, replay: bool) -> None:
         """Fold an accepted result into the round (lock held)."""
         state = self.round
         if result.task in state.done.get(result.collaborator, set()):
             return
-        acc = state.accumulators.get(result.task)
-        if replay and acc is not None:
-            self._fold_spool(acc, result)  # a live result was folded as its tensors arrived
         state.accepted.append(result)
         for metric, value in result.metrics.items():
             self.metrics.emit(state.number, result.collaborator, result.task, metric, value)
@@ -721,43 +660,8 @@ class Aggregator:
                 self.metrics.emit(
                     state.number, "aggregator", "communication", "compression_ratio", ratio
                 )
-        self._rebuild_dirty(state)
-        model_in = self.global_model
-        new_model = dict(model_in)
-        updated = False
-        with self._fold_lock:
-            for task, acc in state.accumulators.items():
-                try:
-                    result = acc.result()
-                except ValueError as exc:
-                    log.error("round %d: aggregation of %s failed: %s", state.number, task, exc)
-                    continue
-                for name, tensor in result.items():
-                    if name in new_model or name.startswith(OPTIMIZER_PREFIX):
-                        new_model[name] = tensor
-                        updated = True
-        score_key = self._score_key(summary_metrics)
-        if score_key is not None and self.save_models:
-            score = summary_metrics[score_key]
-            if self._better(score):
-                self.best_score, self.best_round = score, state.number
-                self.model_sink.save_best(model_in, state.number, score, score_key)
-                log.info(
-                    "round %d: new best model saved (%s = %.4f)", state.number, score_key, score
-                )
-        last_file: Path | None = None
-        if updated:
-            self.global_model = new_model
-            if self.save_models:
-                last_file = self.model_sink.save_last(new_model, state.number + 1)
-            if last_file is not None:
-                # serve the new model from its file: the aggregator keeps no resident copy, and
-                # the memory the results were finished in goes back to the pool for next round
-                self.global_model = open_model_view(last_file).tensors
-                del new_model
-                with self._fold_lock:
-                    for acc in state.accumulators.values():
-                        acc.release()
+        self._save_best(state.number, summary_metrics)
+        updated, last_file = self._aggregate(state)
         # a round that changed nothing needs no final validation
         finished_experiment = state.last or (
             state.number + 1 >= self.rounds_to_train and not updated
@@ -817,6 +721,107 @@ class Aggregator:
             else:
                 log.info("round %d started", self.round_num)
         self._changed.notify_all()
+
+    def _save_best(self, round_num: int, summary_metrics: Mapping[str, float]) -> None:
+        """Save the round's input model as ``best`` when its validation score improved."""
+        score_key = self._score_key(summary_metrics)
+        if score_key is None or not self.save_models:
+            return
+        score = summary_metrics[score_key]
+        if self._better(score):
+            self.best_score, self.best_round = score, round_num
+            self.model_sink.save_best(self.global_model, round_num, score, score_key)
+            log.info("round %d: new best model saved (%s = %.4f)", round_num, score_key, score)
+
+    def _aggregate(self, state: RoundState) -> tuple[bool, Path | None]:
+        """Form the new global model from the round's spooled results and save it; returns
+        whether the model changed and the file it was saved to (if any)."""
+        updates: dict[str, TaskUpdates] = {}
+        try:
+            for task, acc in state.accumulators.items():
+                results = [r for r in state.accepted if r.task == task]
+                updates[task] = TaskUpdates(acc, results, self.global_model, self._retains(task))
+            if (
+                len(updates) == 1
+                and state.accumulators[next(iter(updates))].finishes_by_name
+                and self.save_models
+                and self.model_sink.writes_last
+            ):
+                task, only = next(iter(updates.items()))
+                return self._aggregate_to_file(state.number, task, only)
+            return self._aggregate_in_memory(state, updates)
+        finally:
+            for task_updates in updates.values():
+                task_updates.close()
+
+    def _aggregate_to_file(
+        self, round_num: int, task: str, updates: TaskUpdates
+    ) -> tuple[bool, Path | None]:
+        """Aggregate name by name straight into the new ``last`` file: one tensor's sums are
+        in memory at a time, and the aggregator then serves the model from that file."""
+        model_in = self.global_model
+        produced = [n for n in updates.names() if n in model_in or n.startswith(OPTIMIZER_PREFIX)]
+        if not produced:
+            return False, None
+        names = list(model_in) + [n for n in produced if n not in model_in]
+        wanted = set(produced)
+        acc = updates.accumulator
+
+        def tensors() -> Iterator[tuple[str, np.ndarray]]:
+            for name in names:
+                if name not in wanted:
+                    yield name, model_in[name]
+                    continue
+                updates.fold(name)
+                value = acc.finish(name)
+                yield name, value
+                POOL.give(value)  # written out: its memory serves the next name
+
+        try:
+            last_file = self.model_sink.save_last(
+                TensorSequence(len(names), tensors()), round_num + 1
+            )
+        except ValueError as exc:
+            log.error("round %d: aggregation of %s failed: %s", round_num, task, exc)
+            return False, None
+        if last_file is None:
+            raise RuntimeError(f"{type(self.model_sink).__name__}.save_last wrote no file")
+        self.global_model = open_model_view(last_file).tensors
+        return True, last_file
+
+    def _aggregate_in_memory(
+        self, state: RoundState, updates: Mapping[str, TaskUpdates]
+    ) -> tuple[bool, Path | None]:
+        """Aggregate every task whole (several training tasks, rules that finish all names
+        together, or no model file), then save the model."""
+        model_in = self.global_model
+        new_model = dict(model_in)
+        updated = False
+        for task, task_updates in updates.items():
+            try:
+                for name in task_updates.names():
+                    task_updates.fold(name)
+                result = task_updates.accumulator.result()
+            except ValueError as exc:
+                log.error("round %d: aggregation of %s failed: %s", state.number, task, exc)
+                continue
+            for name, tensor in result.items():
+                if name in new_model or name.startswith(OPTIMIZER_PREFIX):
+                    new_model[name] = tensor
+                    updated = True
+        last_file: Path | None = None
+        if updated:
+            self.global_model = new_model
+            if self.save_models:
+                last_file = self.model_sink.save_last(new_model, state.number + 1)
+            if last_file is not None:
+                # serve the new model from its file: the aggregator keeps no resident copy, and
+                # the memory the results were finished in goes back to the pool for next round
+                self.global_model = open_model_view(last_file).tensors
+                del new_model
+                for acc in state.accumulators.values():
+                    acc.release()
+        return updated, last_file
 
     def rule_states(self) -> dict[str, dict[str, dict[str, np.ndarray]]]:
         """State of stateful aggregation rules (FedOpt moments), keyed by task."""
@@ -893,7 +898,6 @@ class ResultUpload:
         self._writer: TensorFileWriter | None = None
         self._streaming: dict[str, IncomingTensor] = {}
         self._closed = False
-        self.folded = False  # some of its tensors are already in the round's sums
 
     def _check_new(self, name: str) -> None:
         if name in self.names or name in self._streaming:
@@ -919,52 +923,35 @@ class ResultUpload:
         return self._writer
 
     def open_tensor(self, header: pb.TensorHeader, dtype: np.dtype) -> IncomingTensor | None:
-        """Receive a raw tensor slice by slice straight into the spool and the round's sums
-        (no tensor-sized buffer), or None when it must arrive whole through :meth:`add`:
-        compressed or delta tensors, and rules that need every update at once."""
+        """Receive a raw tensor slice by slice straight into the spool, checking each slice
+        (no tensor-sized buffer), or None when it must arrive whole through :meth:`add`
+        (compressed or delta tensors)."""
         if header.encoding not in ("", "none") or header.delta or header.payload_bytes == 0:
             return None
         agg = self.aggregator
         state = agg.round
-        acc = state.accumulators.get(self.task)
-        if acc is None or state.number != self.round or self.task in state.dirty:
+        if self.task not in state.accumulators or state.number != self.round:
             return None
         name = header.name
         shape = tuple(int(d) for d in header.shape)
         self._check_new(name)
         agg._check_layout(self, name, shape, np.dtype(dtype), False)
-        with agg._fold_lock:
-            try:
-                stream = acc.open_stream(
-                    name, shape, np.dtype(dtype), float(self.data_size), self.collaborator
-                )
-            except ValueError as exc:
-                raise ProtocolError(
-                    "FX-DATA-020",
-                    f"tensor {name!r} from {self.collaborator!r} cannot be aggregated: {exc}",
-                    "the collaborator's model must match the plan's initial model",
-                ) from exc
-        if stream is None:
-            return None
-        # from here the round's sums know of this upload: a failure makes them be rebuilt
-        self.folded = True
-        incoming = IncomingTensor(self, acc, stream, header, np.dtype(dtype))
+        incoming = IncomingTensor(self, header, np.dtype(dtype))
         self._streaming[name] = incoming
         self._spool().begin_tensor(header)
         return incoming
 
     def add(self, name: str, array: np.ndarray, delta: bool = False, wire_bytes: int = 0) -> None:
-        """Check one whole tensor, spool it and fold it in."""
+        """Check one whole tensor and spool it."""
         self._check_new(name)
         self.aggregator._check_tensor(self, name, array, delta)
         self._spool().write(name, array, delta=delta)
-        self.aggregator._fold_tensor(self, name, array, delta)
         self.names.add(name)
         self.nbytes += wire_bytes or array.nbytes
         self.raw_bytes += array.nbytes
 
     def commit(self) -> None:
-        """All tensors arrived: make the result durable, record it, fold it in."""
+        """All tensors arrived: make the result durable and record it."""
         if len(self.names) != self.tensor_count:
             self.abort()
             raise ProtocolError(
@@ -985,8 +972,6 @@ class ResultUpload:
         if self._closed:
             return
         self._closed = True
-        for incoming in self._streaming.values():
-            incoming.abort()
         self._streaming.clear()
         if self._writer is not None:
             self._writer.abort()
@@ -994,25 +979,15 @@ class ResultUpload:
 
 
 class IncomingTensor:
-    """A raw tensor arriving chunk by chunk: each chunk is spooled, checked and folded into
-    the round's sums while it is still in cache, then dropped."""
+    """A raw tensor arriving chunk by chunk: each chunk is checked (a float tensor must be
+    finite) and spooled, then dropped."""
 
-    def __init__(
-        self,
-        upload: ResultUpload,
-        accumulator: Accumulator,
-        stream: TensorStream,
-        header: pb.TensorHeader,
-        dtype: np.dtype,
-    ) -> None:
+    def __init__(self, upload: ResultUpload, header: pb.TensorHeader, dtype: np.dtype) -> None:
         self.upload = upload
-        self.accumulator = accumulator
-        self.stream = stream
         self.name = header.name
         self.dtype = dtype
         self.expected = int(header.payload_bytes)
         self.received = 0
-        self.elements = 0
         self._carry = b""  # a chunk that ended inside an element
 
     @property
@@ -1029,42 +1004,42 @@ class IncomingTensor:
                 "FX-WIRE-007",
                 f"tensor {self.name!r} sent more than its declared {self.expected} bytes",
             )
-        assert upload._writer is not None
-        upload._writer.write_payload(chunk)
-        data: memoryview | bytes = chunk
-        if self._carry:
-            data = self._carry + bytes(chunk)
-        usable = len(data) - len(data) % self.dtype.itemsize
-        self._carry = bytes(data[usable:])
-        values = np.frombuffer(data, dtype=self.dtype, count=usable // self.dtype.itemsize)
-        with agg._fold_lock:
-            if agg.round.accumulators.get(upload.task) is not self.accumulator:
-                raise ProtocolError(
-                    "FX-ROUND-002",
-                    f"result of {upload.collaborator!r} for round {upload.round} arrived after "
-                    "the round closed",
-                    "nothing to do: the collaborator joins the next round",
-                )
-            try:
-                self.stream.fold(self.elements, values)
-            except (ValueError, RuntimeError) as exc:
+        if agg.done or agg.round.number != upload.round:
+            raise ProtocolError(
+                "FX-ROUND-002",
+                f"result of {upload.collaborator!r} for round {upload.round} arrived after "
+                "the round closed",
+                "nothing to do: the collaborator joins the next round",
+            )
+        if self.dtype.kind == "f":
+            data: memoryview | bytes = chunk
+            if self._carry:
+                data = self._carry + bytes(chunk)
+            usable = len(data) - len(data) % self.dtype.itemsize
+            self._carry = bytes(data[usable:])
+            values = np.frombuffer(data, dtype=self.dtype, count=usable // self.dtype.itemsize)
+            if not finite(values):
                 raise ProtocolError(
                     "FX-DATA-010",
                     f"tensor {self.name!r} from {upload.collaborator!r}, task {upload.task!r}, "
-                    f"round {upload.round}: {exc}",
+                    f"round {upload.round} holds non-finite value(s) (NaN or inf); "
+                    "the update was refused",
                     "the collaborator's training diverged; lower its learning rate",
-                ) from exc
-            self.elements += values.size
-            self.received = end
-            if not self.complete:
-                return False
-            self.stream.close()
+                )
+        assert upload._writer is not None
+        upload._writer.write_payload(chunk)
+        self.received = end
+        if not self.complete:
+            return False
         del upload._streaming[self.name]
         upload.names.add(self.name)
         upload.nbytes += self.expected
         upload.raw_bytes += self.expected
         return True
 
-    def abort(self) -> None:
-        with self.upload.aggregator._fold_lock:
-            self.stream.abort()
+
+def finite(values: np.ndarray) -> bool:
+    """True when no element of a float array is NaN or infinite (a sum shows both; only an
+    overflowing sum of finite values needs the element-wise check)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(values.sum())) or bool(np.isfinite(values).all())

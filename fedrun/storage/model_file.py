@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -135,9 +135,28 @@ def _write_model_header(out: AtomicFile, info: pb.ModelInfo) -> None:
     out.write(_VarintBytes(len(data)) + data)
 
 
+class TensorSequence:
+    """A model handed over one tensor at a time, for writing a model without holding it whole.
+
+    Iterating yields ``(name, array)`` pairs; each array need only stay valid until the next
+    pair is asked for, so the producer may reuse its memory. ``len()`` is the number of pairs
+    the iterator yields (a model file announces its tensor count before its tensors).
+    """
+
+    def __init__(self, count: int, items: Iterable[tuple[str, np.ndarray]]) -> None:
+        self.count = int(count)
+        self._items = iter(items)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        return self._items
+
+
 def save_model(
     path: str | os.PathLike[str],
-    tensors: Mapping[str, np.ndarray],
+    tensors: Mapping[str, np.ndarray] | TensorSequence,
     *,
     round_num: int,
     plan_hash: str = "",
@@ -146,7 +165,8 @@ def save_model(
     reuse: Path | None = None,
 ) -> Path:
     """Write ``tensors`` atomically to ``path`` and return the path (see :class:`AtomicFile`
-    for ``reuse``)."""
+    for ``reuse``). An exception raised while a :class:`TensorSequence` produces its tensors
+    leaves no file behind and propagates."""
     out = AtomicFile(path, reuse)
     try:
         info = pb.ModelInfo(
@@ -157,11 +177,15 @@ def save_model(
             metrics=dict(metrics or {}),
         )
         _write_model_header(out, info)
-        for name, array in tensors.items():
+        written = 0
+        for name, array in tensors.items() if isinstance(tensors, Mapping) else tensors:
             try:
                 _write_tensor(out.out, name, array)
             except OSError as exc:
                 raise write_failure(out.target, exc) from exc
+            written += 1
+        if written != len(tensors):
+            raise ValueError(f"{len(tensors)} tensors announced, {written} produced")
     except BaseException:
         out.abort()
         raise
@@ -372,6 +396,62 @@ def _scan(source: Path) -> tuple[pb.ModelInfo, list[tuple[pb.TensorHeader, int]]
             tensors.append((frame.header, offset))
             f.seek(end)
     return info, tensors, body_start
+
+
+class TensorFileReader:
+    """Random access to the tensors of a model file, such as a spooled result.
+
+    The file is scanned once for its tensor headers; payload bytes are then read with
+    ``pread`` into the caller's buffers, never mapped, so reading a file costs the aggregator
+    only the buffers it chooses (mapped pages would count against its resident memory).
+    Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        _check_exists(self.path)
+        _, tensors, _ = _scan(self.path)
+        #: name -> (header, payload offset), in file order
+        self.tensors: dict[str, tuple[pb.TensorHeader, int]] = {
+            header.name: (header, offset) for header, offset in tensors
+        }
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __enter__(self) -> TensorFileReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def read_into(self, name: str, start: int, out: memoryview) -> None:
+        """Fill ``out`` with tensor ``name``'s payload bytes from byte ``start`` on."""
+        header, offset = self.tensors[name]
+        if start < 0 or start + len(out) > header.payload_bytes:
+            raise ValueError(
+                f"bytes [{start}, {start + len(out)}) lie outside tensor {name!r} "
+                f"({header.payload_bytes} bytes)"
+            )
+        done = 0
+        while done < len(out):
+            got = os.preadv(self._fd, [out[done:]], offset + start + done)
+            if got <= 0:
+                raise _corrupt(self.path, f"tensor {name!r} is truncated")
+            done += got
+
+    def read(self, name: str, pool: BufferPool | None = None) -> np.ndarray:
+        """Tensor ``name`` whole, in a pooled buffer when ``pool`` is given."""
+        header, _ = self.tensors[name]
+        dtype = check_header(header)
+        shape = tuple(int(d) for d in header.shape)
+        array = pool.take_array(shape, dtype) if pool is not None else np.empty(shape, dtype)
+        if array.size:
+            self.read_into(name, 0, array.reshape(-1).view(np.uint8).data)
+        return array
 
 
 def open_model_view(path: str | os.PathLike[str]) -> ModelSnapshot:

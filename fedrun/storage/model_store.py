@@ -12,7 +12,12 @@ import numpy as np
 
 from fedrun.errors import StateError
 from fedrun.federation.aggregator import ModelSink
-from fedrun.storage.model_file import copy_model, mapped_model_file, save_model
+from fedrun.storage.model_file import (
+    TensorSequence,
+    copy_model,
+    mapped_model_file,
+    save_model,
+)
 
 log = logging.getLogger("fedrun.aggregator")
 
@@ -49,7 +54,9 @@ class ModelStore(ModelSink):
     def _spare(self) -> Path:
         return self.last_path.with_name(f".{self.last_path.name}.spare")
 
-    def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> Path:
+    writes_last = True
+
+    def save_last(self, tensors: Mapping[str, np.ndarray] | TensorSequence, round_num: int) -> Path:
         """Replace ``last.pbuf`` atomically.
 
         The file before the current one is kept as a hidden spare and overwritten by the next

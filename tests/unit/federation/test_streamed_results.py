@@ -1,5 +1,6 @@
-"""Results folded chunk by chunk as they stream in (``ResultUpload.open_tensor``), and the
-global model kept as a memory map of ``last.pbuf`` instead of a resident copy."""
+"""Results spooled and checked chunk by chunk as they stream in (``ResultUpload.open_tensor``),
+aggregated from the spool when the round closes (fixed order, one tensor's sums at a time), and
+the global model kept as a memory map of ``last.pbuf`` instead of a resident copy."""
 
 from __future__ import annotations
 
@@ -108,27 +109,38 @@ def test_streamed_results_give_the_same_model_bit_for_bit(tmp_path, chunk):
     whole = make(tmp_path / "whole")
     streamed = make(tmp_path / "streamed")
     run_round(whole, None)
-    # float tensors stream; the int64 counter needs the whole-tensor path (rounded average)
-    assert run_round(streamed, chunk) == 4
+    # every raw tensor streams into the spool, the int64 counter too (its average is rounded
+    # when the round closes)
+    assert run_round(streamed, chunk) == 6
     for name in INITIAL:
         assert streamed.global_model[name].dtype == whole.global_model[name].dtype
         assert streamed.global_model[name].tobytes() == whole.global_model[name].tobytes()
 
 
-def test_nan_in_a_late_chunk_is_refused_and_the_sums_are_rebuilt(tmp_path):
+def test_nan_in_a_late_chunk_is_refused_and_leaves_nothing(tmp_path):
     agg = make(tmp_path)
     reference = make(tmp_path / "ref")
     run_round(reference, None)
     bad = trained(0.25)
     bad["conv"] = bad["conv"].copy()
-    bad["conv"].reshape(-1)[-1] = np.nan  # the last chunk: earlier chunks are already folded
+    bad["conv"].reshape(-1)[-1] = np.nan  # the last chunk: earlier chunks are already spooled
     with pytest.raises(ProtocolError) as info:
         send(agg, "a", bad, 10, 16)
     assert info.value.code == "FX-DATA-010"
-    assert agg.round.dirty == {"train"}
-    # the collaborator resends a good result; the round is rebuilt from accepted results only
+    assert "NaN or inf" in info.value.message
+    assert not list((tmp_path / "spool").glob("*.result")) and not agg.round.done["a"]
+    # the collaborator resends a good result; only accepted results are aggregated
     run_round(agg, 16)
     assert_same_model(agg, reference)
+
+
+def test_an_overflowing_but_finite_chunk_is_accepted():
+    from fedrun.federation.aggregator import finite
+
+    big = np.full(8, np.finfo(np.float32).max, dtype=np.float32)  # its float32 sum is inf
+    assert finite(big)
+    assert not finite(np.array([1.0, np.inf], dtype=np.float32))
+    assert not finite(np.array([np.nan, 1.0], dtype=np.float64))
 
 
 def test_a_stream_cut_short_leaves_nothing_and_can_be_resent(tmp_path):
@@ -220,3 +232,78 @@ def test_a_result_that_cannot_be_spooled_is_refused_and_can_be_resent(tmp_path):
     assert os.path.exists("/dev/full") and not agg.round.done["a"]
     run_round(agg, 1 << 20)  # space is back: the collaborator's retry goes through
     assert_same_model(agg, reference)
+
+
+def four_collaborators(tmp_path: Path, model: dict, sink: ModelSink | None = None) -> Aggregator:
+    cols = ["a", "b", "c", "d"]
+    groups = [{"name": "g", "percentage": 1.0, "tasks": ORDER}]
+    return Aggregator(
+        plan_hash="h" * 64,
+        federation_id="fed",
+        collaborators=cols,
+        tasks=TASKS,
+        assigner=RandomGroupedAssigner(groups, cols, rounds_to_train=2),
+        rounds_to_train=2,
+        initial_model=model,
+        aggregation_functions={"train": WeightedAverage()},
+        spool_dir=tmp_path / "spool",
+        model_sink=sink,
+    )
+
+
+@pytest.mark.parametrize("to_file", [False, True])
+def test_the_new_model_does_not_depend_on_the_order_results_arrive_in(tmp_path, to_file):
+    # float64 tensors: their float64 sums round differently in different orders, so a sum
+    # folded in arrival order would differ in the last bits between these runs
+    rng = np.random.default_rng(3)
+    model = {"w": rng.standard_normal(4096), "v": rng.standard_normal(333).astype(np.float32)}
+    updates = {
+        who: {k: v + rng.standard_normal(v.shape).astype(v.dtype) * 1e3 for k, v in model.items()}
+        for who in "abcd"
+    }
+    sizes = {"a": 7, "b": 11, "c": 13, "d": 3}
+    models = []
+    for order in ["abcd", "dcba", "cadb", "bdac"]:
+        folder = tmp_path / order
+        sink = ModelStore(folder / "best.pbuf", folder / "last.pbuf", "h" * 64) if to_file else None
+        agg = four_collaborators(folder, model, sink)
+        for who in order:
+            send(agg, who, updates[who], sizes[who], 1000)
+        for who in order:
+            validate(agg, who)
+        assert agg.round_num == 1
+        models.append({k: np.asarray(v).tobytes() for k, v in agg.global_model.items()})
+    assert all(m == models[0] for m in models)
+    expected = sum(updates[w]["w"] * sizes[w] for w in "abcd") / sum(sizes.values())
+    assert np.allclose(np.frombuffer(models[0]["w"]), expected, rtol=1e-12)
+
+
+def test_round_end_holds_one_tensors_sums_not_the_models(tmp_path):
+    import tracemalloc
+
+    from fedrun.buffers import POOL
+
+    # 8 tensors of 1 MiB (float32): float64 sums of the whole model would be 16 MiB
+    rng = np.random.default_rng(5)
+    model = {f"t{i}": rng.standard_normal(1 << 18).astype(np.float32) for i in range(8)}
+    init = save_model(tmp_path / "init.pbuf", model, round_num=0)
+    store = ModelStore(tmp_path / "best.pbuf", tmp_path / "last.pbuf", "h" * 64)
+    agg = four_collaborators(tmp_path, open_model_view(init).tensors, store)
+    updates = {who: {k: v + 1 for k, v in model.items()} for who in "abcd"}
+    POOL._free.clear()  # noqa: SLF001 - buffers left by other tests would hide allocations
+    POOL._idle = 0  # noqa: SLF001
+    tracemalloc.start()
+    try:
+        for who in "abcd":
+            send(agg, who, updates[who], 5, 1 << 16)
+        for who in "abcd":
+            validate(agg, who)  # the last one closes the round: aggregate, write last.pbuf
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert agg.round_num == 1
+    assert peak < 5 << 20, f"the round allocated up to {peak / 2**20:.1f} MiB"
+    last = load_model(tmp_path / "last.pbuf").tensors
+    for name, array in model.items():
+        np.testing.assert_array_equal(last[name], array + 1)
+        assert mapped_file_range(agg.global_model[name]) is not None
