@@ -39,6 +39,10 @@ class Accumulator(ABC):  # noqa: B024 - methods raise NotImplementedError instea
 
     #: True when :meth:`finish` can finish one name as soon as all its tensors were added
     finishes_by_name: ClassVar[bool] = False
+    #: True when each element of an aggregate depends only on the same element of every update
+    #: (and the weights): a big tensor may then be aggregated in flat slices, each added and
+    #: finished under the tensor's name as if it were a whole tensor of that many elements
+    elementwise: ClassVar[bool] = False
 
     def add(self, name: str, tensor: np.ndarray, weight: float, origin: str) -> None:
         """Fold one collaborator's tensor ``name`` (weight = its sample count) into the state."""
@@ -51,7 +55,8 @@ class Accumulator(ABC):  # noqa: B024 - methods raise NotImplementedError instea
     def finish(self, name: str) -> np.ndarray:
         """The aggregate of ``name`` alone, once every tensor of that name was added (only when
         :attr:`finishes_by_name`). The caller owns the array (it may give it to
-        :data:`fedrun.buffers.POOL` when done) and :meth:`result` leaves the name out."""
+        :data:`fedrun.buffers.POOL` when done); the accumulator forgets the name, so
+        :meth:`result` leaves it out and a later tensor of that name starts afresh."""
         raise NotImplementedError(f"{type(self).__name__} finishes all names together")
 
     def open_stream(
@@ -245,6 +250,11 @@ class UpdateLog:
         array, weight_value = check_update(name, tensor, weight, origin)
         self.check_layout(name, array.shape, array.dtype, origin)
         return array, weight_value
+
+    def forget(self, name: str) -> None:
+        """Drop what was recorded of ``name`` (it was finished; a later tensor starts afresh)."""
+        self.layout.pop(name, None)
+        self.origins.pop(name, None)
 
     def check_layout(self, name: str, shape: tuple[int, ...], dtype: np.dtype, origin: str) -> None:
         """Record one update's shape and dtype before its values are seen (a streamed tensor)."""

@@ -143,6 +143,7 @@ class StreamingAverageAccumulator(Accumulator):
     """
 
     finishes_by_name = True
+    elementwise = True
 
     def __init__(self, summed: Callable[[str], bool] | None = None) -> None:
         self._summed = summed
@@ -238,8 +239,8 @@ class StreamingAverageAccumulator(Accumulator):
         returned array keeps (give it to the buffer pool once written out)."""
         if self._result is not None:
             raise RuntimeError("the sums were already finished")
-        state = self._sums.pop(name)
-        value, _ = self._finish_one(name, state)
+        value, _ = self._finish_one(name, self._sums.pop(name))
+        self._log.forget(name)
         return value
 
     def _finish_one(self, name: str, state: _RunningSum) -> tuple[np.ndarray, bool]:

@@ -33,7 +33,12 @@ from fedrun.federation.stragglers import StragglerPolicy, WaitForAllPolicy
 from fedrun.federation.tasks import TaskSpec
 from fedrun.metrics.records import MetricHub
 from fedrun.protocol import federation_pb2 as pb
-from fedrun.storage.model_file import TensorFileWriter, TensorSequence, open_model_view
+from fedrun.storage.model_file import (
+    TensorFileWriter,
+    TensorPieces,
+    TensorSequence,
+    open_model_view,
+)
 from fedrun.storage.spool import Spool
 from fedrun.storage.sqlite_state import flatten_rule_states
 from fedrun.storage.state_store import AcceptedResult, InMemoryStateStore, StateStore
@@ -765,17 +770,16 @@ class Aggregator:
             return False, None
         names = list(model_in) + [n for n in produced if n not in model_in]
         wanted = set(produced)
-        acc = updates.accumulator
 
-        def tensors() -> Iterator[tuple[str, np.ndarray]]:
+        def tensors() -> Iterator[tuple[str, np.ndarray | TensorPieces]]:
             for name in names:
                 if name not in wanted:
                     yield name, model_in[name]
                     continue
-                updates.fold(name)
-                value = acc.finish(name)
+                value = updates.finished(name)
                 yield name, value
-                POOL.give(value)  # written out: its memory serves the next name
+                if isinstance(value, np.ndarray):
+                    POOL.give(value)  # written out: its memory serves the next name
 
         try:
             last_file = self.model_sink.save_last(

@@ -5,24 +5,27 @@ as it streams in, and checked. When the round closes, the aggregator hands the r
 accumulator the tensors of one name at a time, from every collaborator in name order, read
 back in slices with ``pread``. The fixed order makes the new model bit-for-bit independent of
 the order results arrived in (and of a restart in between); reading name by name lets a rule
-that finishes by name (weighted average) hold the sums of one tensor at a time, so the
-aggregator's memory does not grow with the model or with the number of collaborators.
+that finishes by name hold the sums of one tensor at a time, and an elementwise rule (weighted
+average) those of one flat slice of a big tensor, so the aggregator's memory grows neither with
+the model nor with the number of collaborators.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from fedrun.aggregation.base import Accumulator
 from fedrun.buffers import POOL
-from fedrun.protocol.codec import check_header
-from fedrun.storage.model_file import TensorFileReader
+from fedrun.storage.model_file import TensorFileReader, TensorPieces
 from fedrun.storage.state_store import AcceptedResult
 
 #: bytes read from a spool file per slice handed to a streaming rule (stays in cache)
 SLICE_BYTES = 1 << 20
+#: elements per flat slice when an elementwise rule aggregates a bigger tensor piece by piece
+#: (the weighted average's float64 sums of a slice: 8 MiB)
+SUM_SLICE_ELEMENTS = 1 << 20
 
 
 class TaskUpdates:
@@ -79,20 +82,54 @@ class TaskUpdates:
         known = set(ordered)
         return ordered + [name for name in present if name not in known]
 
-    def fold(self, name: str) -> None:
-        """Hand every collaborator's tensor ``name`` to the accumulator, in collaborator order.
+    def layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of tensor ``name`` (as the first result holding it has it)."""
+        for reader in self.readers:
+            if name in reader.tensors:
+                return reader.layout(name)
+        raise KeyError(name)
+
+    def fold(self, name: str, span: tuple[int, int] | None = None) -> None:
+        """Hand every collaborator's tensor ``name`` to the accumulator, in collaborator order;
+        with a ``span``, only its flat elements ``[start, stop)``, as a 1-d tensor of that name.
 
         Raises ``ValueError`` when the rule refuses a tensor and ``StateError`` when a spool
         file cannot be read.
         """
         for result, reader in zip(self.results, self.readers, strict=True):
             if name in reader.tensors:
-                self._fold_one(result, reader, name)
+                self._fold_one(result, reader, name, span)
 
-    def _fold_one(self, result: AcceptedResult, reader: TensorFileReader, name: str) -> None:
+    def finished(self, name: str) -> np.ndarray | TensorPieces:
+        """The aggregate of ``name`` alone (the accumulator must finish by name): an array the
+        caller owns, or for a big tensor and an elementwise rule, its pieces computed one flat
+        slice at a time as they are asked for."""
+        shape, dtype = self.layout(name)
+        size = int(np.prod(shape, dtype=np.int64))
+        if not self.accumulator.elementwise or size <= SUM_SLICE_ELEMENTS:
+            self.fold(name)
+            return self.accumulator.finish(name)
+        return TensorPieces(shape, dtype, self._pieces(name, size))
+
+    def _pieces(self, name: str, size: int) -> Iterator[np.ndarray]:
+        for start in range(0, size, SUM_SLICE_ELEMENTS):
+            self.fold(name, (start, min(size, start + SUM_SLICE_ELEMENTS)))
+            piece = self.accumulator.finish(name)
+            yield piece
+            POOL.give(piece)  # written out: its memory serves the next slice
+
+    def _fold_one(
+        self,
+        result: AcceptedResult,
+        reader: TensorFileReader,
+        name: str,
+        span: tuple[int, int] | None,
+    ) -> None:
         header, _ = reader.tensors[name]
-        dtype = check_header(header)
-        shape = tuple(int(d) for d in header.shape)
+        shape, dtype = reader.layout(name)
+        lo, hi = span if span is not None else (0, int(np.prod(shape, dtype=np.int64)))
+        if span is not None:
+            shape = (hi - lo,)
         weight = float(result.data_size)
         base = self.global_model.get(name) if header.delta else None
         streamable = not header.delta or (
@@ -100,13 +137,16 @@ class TaskUpdates:
         )
         stream = (
             self.accumulator.open_stream(name, shape, dtype, weight, result.collaborator)
-            if streamable and header.payload_bytes
+            if streamable and hi > lo
             else None
         )
         if stream is None:
-            array = reader.read(name, pool=None if self.retains else POOL)
+            array = reader.read(name, pool=None if self.retains else POOL, span=span)
             if header.delta:
-                array = reconstruct(array, self.global_model[name])
+                reference = self.global_model[name]
+                if span is not None:
+                    reference = reference.reshape(-1)[lo:hi]
+                array = reconstruct(array, reference)
             self.accumulator.add(name, array, weight, result.collaborator)
             if not self.retains:
                 POOL.give(array)
@@ -117,13 +157,12 @@ class TaskUpdates:
                 self._slice = np.empty(per_slice * dtype.itemsize, dtype=np.uint8)
             buffer = self._slice[: per_slice * dtype.itemsize].view(dtype)
             base_flat = base.reshape(-1) if base is not None else None
-            count = int(header.payload_bytes) // dtype.itemsize
-            for start in range(0, count, per_slice):
-                values = buffer[: min(per_slice, count - start)]
+            for start in range(lo, hi, per_slice):
+                values = buffer[: min(per_slice, hi - start)]
                 reader.read_into(name, start * dtype.itemsize, values.view(np.uint8).data)
                 if base_flat is not None:
                     np.add(values, base_flat[start : start + values.size], out=values)
-                stream.fold(start, values)
+                stream.fold(start - lo, values)
         except BaseException:
             stream.abort()
             raise

@@ -32,6 +32,7 @@ from fedrun.protocol.codec import (
     mapped_file_range,
     raw_bytes,
     raw_header,
+    wire_dtype,
 )
 
 MAGIC = b"FEDRUN-MODEL-2\n"
@@ -64,8 +65,44 @@ def _write_frame(out: BinaryIO, frame: pb.TensorFrame) -> None:
     out.write(data)
 
 
-def _write_tensor(out: BinaryIO, name: str, array: np.ndarray, delta: bool = False) -> None:
+@dataclass
+class TensorPieces:
+    """A tensor handed over piece by piece: its shape and dtype, and its flat C-order values as
+    consecutive arrays of that dtype (each need only stay valid until the next is asked for)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pieces: Iterable[np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def _write_tensor(
+    out: BinaryIO, name: str, array: np.ndarray | TensorPieces, delta: bool = False
+) -> None:
     """A tensor header frame, then the tensor's raw little-endian bytes (no copy, no chunks)."""
+    if isinstance(array, TensorPieces):
+        header = pb.TensorHeader(
+            name=name,
+            dtype=wire_dtype(np.dtype(array.dtype)),
+            shape=list(array.shape),
+            payload_bytes=array.nbytes,
+            encoding="none",
+            delta=delta,
+        )
+        _write_frame(out, pb.TensorFrame(header=header))
+        written = 0
+        for piece in array.pieces:
+            if piece.dtype != array.dtype:
+                raise ValueError(f"a piece of tensor {name!r} is {piece.dtype}, not {array.dtype}")
+            data = raw_bytes(piece)
+            out.write(data)
+            written += len(data)
+        if written != array.nbytes:
+            raise ValueError(f"tensor {name!r}: {array.nbytes} bytes announced, {written} written")
+        return
     arr = np.asarray(array)
     _write_frame(out, pb.TensorFrame(header=raw_header(name, arr, delta=delta)))
     out.write(raw_bytes(arr))
@@ -138,19 +175,20 @@ def _write_model_header(out: AtomicFile, info: pb.ModelInfo) -> None:
 class TensorSequence:
     """A model handed over one tensor at a time, for writing a model without holding it whole.
 
-    Iterating yields ``(name, array)`` pairs; each array need only stay valid until the next
-    pair is asked for, so the producer may reuse its memory. ``len()`` is the number of pairs
-    the iterator yields (a model file announces its tensor count before its tensors).
+    Iterating yields ``(name, tensor)`` pairs, the tensor an array or :class:`TensorPieces`;
+    each need only stay valid until the next pair is asked for, so the producer may reuse its
+    memory. ``len()`` is the number of pairs the iterator yields (a model file announces its
+    tensor count before its tensors).
     """
 
-    def __init__(self, count: int, items: Iterable[tuple[str, np.ndarray]]) -> None:
+    def __init__(self, count: int, items: Iterable[tuple[str, np.ndarray | TensorPieces]]) -> None:
         self.count = int(count)
         self._items = iter(items)
 
     def __len__(self) -> int:
         return self.count
 
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray | TensorPieces]]:
         return self._items
 
 
@@ -443,14 +481,24 @@ class TensorFileReader:
                 raise _corrupt(self.path, f"tensor {name!r} is truncated")
             done += got
 
-    def read(self, name: str, pool: BufferPool | None = None) -> np.ndarray:
-        """Tensor ``name`` whole, in a pooled buffer when ``pool`` is given."""
+    def layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of tensor ``name``."""
         header, _ = self.tensors[name]
-        dtype = check_header(header)
-        shape = tuple(int(d) for d in header.shape)
+        return tuple(int(d) for d in header.shape), check_header(header)
+
+    def read(
+        self, name: str, pool: BufferPool | None = None, span: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Tensor ``name`` whole, or its flat elements ``[start, stop)`` for a ``span``, in a
+        pooled buffer when ``pool`` is given."""
+        shape, dtype = self.layout(name)
+        start = 0
+        if span is not None:
+            start, stop = span
+            shape = (stop - start,)
         array = pool.take_array(shape, dtype) if pool is not None else np.empty(shape, dtype)
         if array.size:
-            self.read_into(name, 0, array.reshape(-1).view(np.uint8).data)
+            self.read_into(name, start * dtype.itemsize, array.reshape(-1).view(np.uint8).data)
         return array
 
 

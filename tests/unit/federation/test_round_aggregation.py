@@ -11,7 +11,7 @@ from fedrun.aggregation import Median, WeightedAverage
 from fedrun.errors import StateError
 from fedrun.federation import round_aggregation
 from fedrun.federation.round_aggregation import TaskUpdates
-from fedrun.storage.model_file import TensorFileWriter
+from fedrun.storage.model_file import TensorFileWriter, TensorPieces
 from fedrun.storage.state_store import AcceptedResult
 
 RNG = np.random.default_rng(11)
@@ -87,3 +87,29 @@ def test_a_truncated_spool_file_is_reported_with_its_path(tmp_path):
     with pytest.raises(StateError) as info:
         TaskUpdates(WeightedAverage().begin_round(0, GLOBAL), [result], GLOBAL, False)
     assert info.value.code == "FX-STATE-002" and "a.result" in info.value.message
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_big_tensors_aggregated_slice_by_slice_equal_whole_ones(tmp_path, monkeypatch, delta):
+    results = []
+    for who, offset, size in [("b", -1.25, 30), ("a", 0.5, 10), ("c", 2.0, 0)]:
+        model = trained(offset)
+        if delta:
+            model = {k: v - GLOBAL[k] if v.dtype.kind == "f" else v for k, v in model.items()}
+        results.append(spool(tmp_path, who, model, delta, size))
+    whole = aggregate(TaskUpdates(WeightedAverage().begin_round(0, GLOBAL), results, GLOBAL, False))
+    # slices of 7 elements: "w" (1200) ends in a partial slice, "b" (7) is one slice, "n" whole
+    monkeypatch.setattr(round_aggregation, "SUM_SLICE_ELEMENTS", 7)
+    updates = TaskUpdates(WeightedAverage().begin_round(0, GLOBAL), results, GLOBAL, False)
+    try:
+        for name in updates.names():
+            value = updates.finished(name)
+            if isinstance(value, TensorPieces):
+                assert name == "w" and value.shape == (40, 30) and value.dtype == np.float32
+                got = np.concatenate([np.array(piece) for piece in value.pieces])
+            else:
+                got = np.array(value)
+            assert got.dtype == whole[name].dtype
+            assert got.tobytes() == whole[name].tobytes()
+    finally:
+        updates.close()
