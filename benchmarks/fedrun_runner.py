@@ -189,15 +189,24 @@ def parse_metrics(ws: Path) -> dict[str, Any]:
         text = log.read_text(errors="replace")
         for m in _ROUND_FINISHED.finditer(text):
             label = "final validation" if m.group(1) == "final validation" else int(m.group(2))
-            cpu = float(m.group(4)) if m.group(4) else None
-            rounds.append({"round": label, "s": float(m.group(3)), "aggregator_cpu_s": cpu})
+            cpu = float(m.group("cpu")) if m.group("cpu") else None
+            model = float(m.group("model")) if m.group("model") else None
+            rounds.append(
+                {
+                    "round": label,
+                    "s": float(m.group(3)),
+                    "aggregator_cpu_s": cpu,
+                    "aggregation_s": model,
+                }
+            )
     return {"rounds": rounds, "metrics_by_task": by_task, "metrics_records": len(records)}
 
 
-#: "round N finished in X s (... received, aggregator CPU Y s)" (the CPU part since session 4)
+#: "round N finished in X s (... received, new model in Z s, aggregator CPU Y s)" (the CPU
+#: part since session 4, the new model's time since session 6)
 _ROUND_FINISHED = re.compile(
     r"(round (\d+)|final validation) finished in ([0-9.]+) s \([^)]*?"
-    r"(?:, aggregator CPU ([0-9.]+) s)?\)"
+    r"(?:, new model in (?P<model>[0-9.]+) s)?(?:, aggregator CPU (?P<cpu>[0-9.]+) s)?\)"
 )
 
 _FINISHED_TASKS = re.compile(

@@ -20,7 +20,8 @@ For every (system, model size P, collaborator count N) whose estimated memory fi
 
 Reported per cell: round time (first round, and the median of the later ones), effective
 throughput per stream (each collaborator downloads and uploads P per round: 2P / round time),
-aggregation time where the system exposes it, aggregator and collaborator peak RSS, aggregator CPU
+aggregation time where the system exposes it (fedrun: from the last result to the new model
+saved, i.e. aggregating from the spool and writing ``last.pbuf``; part of the round time), aggregator and collaborator peak RSS, aggregator CPU
 per round. Measured in the same run, the limits for the same bytes: a mutual-TLS socket copy on
 loopback (1 stream, and N concurrent streams; the fastest of up to 5 runs, about 2 GB copied in
 all, since a copy of a few MB lasts milliseconds) and a numpy weighted sum of N arrays (single

@@ -125,6 +125,8 @@ class RoundSummary:
     final_validation: bool
     #: CPU seconds the aggregator's process spent during the round (None: not measured)
     cpu_seconds: float | None = None
+    #: seconds from the last result to the new model saved (aggregation and writing it)
+    aggregation_seconds: float = 0.0
 
 
 class ModelSink:
@@ -295,6 +297,7 @@ class Aggregator:
             assigned=assigned,
             final_validation=final,
             last=last,
+            opened_at=self.clock(),
             cpu_at_open=self.cpu_clock() if self.cpu_clock is not None else None,
         )
         for col in self.collaborators:
@@ -640,7 +643,6 @@ class Aggregator:
 
     def _close_round(self) -> None:
         state = self.round
-        now = self.clock()
         stragglers = [c for c in state.participants if not state.finished(c)]
         if stragglers:
             state.stragglers.update(stragglers)
@@ -666,7 +668,9 @@ class Aggregator:
                     state.number, "aggregator", "communication", "compression_ratio", ratio
                 )
         self._save_best(state.number, summary_metrics)
+        aggregation_started = self.clock()
         updated, last_file = self._aggregate(state)
+        aggregation_seconds = self.clock() - aggregation_started
         # a round that changed nothing needs no final validation
         finished_experiment = state.last or (
             state.number + 1 >= self.rounds_to_train and not updated
@@ -686,7 +690,9 @@ class Aggregator:
         summary = RoundSummary(
             number=state.number,
             metrics=summary_metrics,
-            duration=now - state.opened_at,
+            # the round ends once its model is saved and committed, not when its results are in
+            duration=self.clock() - state.opened_at,
+            aggregation_seconds=aggregation_seconds,
             collaborators=[c for c in state.participants if state.finished(c)],
             stragglers=stragglers,
             bytes_received=state.bytes_received,
@@ -702,10 +708,11 @@ class Aggregator:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in summary_metrics.items())
         cpu = "" if summary.cpu_seconds is None else f", aggregator CPU {summary.cpu_seconds:.2f} s"
         log.info(
-            "%s finished in %.2f s (%s received%s): %s",
+            "%s finished in %.2f s (%s received, new model in %.2f s%s): %s",
             label,
             summary.duration,
             human_bytes(summary.bytes_received),
+            aggregation_seconds,
             cpu,
             shown or "no metrics",
         )

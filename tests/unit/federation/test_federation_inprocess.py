@@ -166,7 +166,7 @@ class RecordingSink(ModelSink):
         self.best: list[tuple[int, dict[str, np.ndarray], float, str]] = []
         self.finished: list[int | None] = []
 
-    def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> None:
+    def save_last(self, tensors: Mapping[str, np.ndarray], round_num: int) -> None:  # type: ignore[override]
         self.last.append((round_num, {k: np.array(v, copy=True) for k, v in tensors.items()}))
 
     def save_best(self, tensors, round_num: int, score: float, metric: str) -> None:
@@ -421,6 +421,34 @@ def test_round_reports_the_aggregator_cpu_it_took(tmp_path, caplog):
     assert summary.cpu_seconds == pytest.approx(0.5)
     assert "round 0 finished in" in caplog.text
     assert "aggregator CPU 0.50 s" in caplog.text
+
+
+def test_round_time_includes_forming_and_saving_the_new_model(tmp_path, caplog):
+    # Prepare: saving the model takes 2 s of the (fake) clock
+    clock = FakeClock(now=100.0)
+
+    class SlowSink(RecordingSink):
+        def save_last(self, tensors, round_num):  # type: ignore[no-untyped-def]
+            super().save_last(tensors, round_num)
+            clock.now += 2.0
+
+    aggregator = make_aggregator(
+        tmp_path, ["one"], rounds=2, sink=SlowSink(), clock=clock, final_validation=False
+    )
+
+    # Execute
+    with caplog.at_level("INFO", logger="fedrun.aggregator"):
+        _one_round(aggregator, ["one"])
+
+    # Assert: the round ends once its model is saved, and the log line says how long that took
+    (summary,) = aggregator.round_history
+    assert summary.aggregation_seconds == pytest.approx(2.0)
+    assert summary.duration >= 2.0
+    assert "new model in 2.00 s" in caplog.text
+    from benchmarks.fedrun_runner import _ROUND_FINISHED
+
+    (match,) = list(_ROUND_FINISHED.finditer(caplog.text))
+    assert float(match.group(3)) >= 2.0 and match.group("model") == "2.00"
 
 
 def test_round_without_a_cpu_clock_reports_none(tmp_path, caplog):
