@@ -41,7 +41,8 @@ class Accumulator(ABC):  # noqa: B024 - methods raise NotImplementedError instea
     finishes_by_name: ClassVar[bool] = False
     #: True when each element of an aggregate depends only on the same element of every update
     #: (and the weights): a big tensor may then be aggregated in flat slices, each added and
-    #: finished under the tensor's name as if it were a whole tensor of that many elements
+    #: finished under the tensor's name as if it were a whole tensor of that many elements, and
+    #: other accumulators from the same ``begin_round`` may take other slices in other threads
     elementwise: ClassVar[bool] = False
 
     def add(self, name: str, tensor: np.ndarray, weight: float, origin: str) -> None:

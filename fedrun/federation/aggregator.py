@@ -11,6 +11,7 @@ so memory stays near one tensor's sums whatever the model size and number of col
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -565,7 +566,8 @@ class Aggregator:
         return bool(getattr(self.aggregation_functions.get(task), "needs_all_updates", True))
 
     def _apply_result(self, result: AcceptedResult, replay: bool) -> None:
-        """Fold an accepted result into the round (lock held)."""
+        """Count an accepted result in the round: metrics, bytes, progress (lock held); its
+        tensors stay in the spool until the round closes."""
         state = self.round
         if result.task in state.done.get(result.collaborator, set()):
             return
@@ -752,7 +754,14 @@ class Aggregator:
         try:
             for task, acc in state.accumulators.items():
                 results = [r for r in state.accepted if r.task == task]
-                updates[task] = TaskUpdates(acc, results, self.global_model, self._retains(task))
+                fn = self.aggregation_functions[task]
+                updates[task] = TaskUpdates(
+                    acc,
+                    results,
+                    self.global_model,
+                    self._retains(task),
+                    fresh=functools.partial(fn.begin_round, state.number, self.global_model),
+                )
             if (
                 len(updates) == 1
                 and state.accumulators[next(iter(updates))].finishes_by_name

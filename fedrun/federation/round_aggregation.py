@@ -12,7 +12,10 @@ the model nor with the number of collaborators.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -26,6 +29,33 @@ SLICE_BYTES = 1 << 20
 #: elements per flat slice when an elementwise rule aggregates a bigger tensor piece by piece
 #: (the weighted average's float64 sums of a slice: 8 MiB)
 SUM_SLICE_ELEMENTS = 1 << 20
+#: most threads aggregating slices of one tensor at once (numpy releases the GIL; collaborators
+#: wait for the new model meanwhile, so their cores are free)
+MAX_SLICE_WORKERS = 4
+
+
+def slice_workers() -> int:
+    """Threads for slices: the cores this process may use, at most :data:`MAX_SLICE_WORKERS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_SLICE_WORKERS, cores))
+
+
+class _Lane:
+    """What one thread needs to aggregate slices: an accumulator and a read buffer."""
+
+    def __init__(self, accumulator: Accumulator) -> None:
+        self.accumulator = accumulator
+        self.buffer: np.ndarray | None = None
+
+    def slice_buffer(self, dtype: np.dtype) -> np.ndarray:
+        """A buffer of :data:`SLICE_BYTES` (at least one element) viewed as ``dtype``."""
+        count = max(1, SLICE_BYTES // dtype.itemsize)
+        if self.buffer is None or self.buffer.nbytes < count * dtype.itemsize:
+            self.buffer = np.empty(count * dtype.itemsize, dtype=np.uint8)
+        return self.buffer[: count * dtype.itemsize].view(dtype)
 
 
 class TaskUpdates:
@@ -42,6 +72,9 @@ class TaskUpdates:
     retains:
         True when the rule keeps the tensors it is given (``needs_all_updates``): they are
         then read into fresh arrays instead of reused buffers.
+    fresh:
+        Makes another accumulator of the same rule, for an elementwise rule to aggregate
+        several slices of a big tensor at once (one thread each); None: one at a time.
     """
 
     def __init__(
@@ -50,8 +83,10 @@ class TaskUpdates:
         results: Sequence[AcceptedResult],
         global_model: Mapping[str, np.ndarray],
         retains: bool,
+        fresh: Callable[[], Accumulator] | None = None,
     ) -> None:
         self.accumulator = accumulator
+        self.fresh = fresh
         self.global_model = global_model
         self.retains = retains
         self.results = sorted(
@@ -64,7 +99,7 @@ class TaskUpdates:
         except BaseException:
             self.close()
             raise
-        self._slice: np.ndarray | None = None
+        self._lanes = [_Lane(accumulator)]
 
     def close(self) -> None:
         """Close the spool files."""
@@ -96,14 +131,17 @@ class TaskUpdates:
         Raises ``ValueError`` when the rule refuses a tensor and ``StateError`` when a spool
         file cannot be read.
         """
+        self._fold(self._lanes[0], name, span)
+
+    def _fold(self, lane: _Lane, name: str, span: tuple[int, int] | None) -> None:
         for result, reader in zip(self.results, self.readers, strict=True):
             if name in reader.tensors:
-                self._fold_one(result, reader, name, span)
+                self._fold_one(lane, result, reader, name, span)
 
     def finished(self, name: str) -> np.ndarray | TensorPieces:
         """The aggregate of ``name`` alone (the accumulator must finish by name): an array the
         caller owns, or for a big tensor and an elementwise rule, its pieces computed one flat
-        slice at a time as they are asked for."""
+        slice at a time (several at once with ``fresh``) as they are asked for."""
         shape, dtype = self.layout(name)
         size = int(np.prod(shape, dtype=np.int64))
         if not self.accumulator.elementwise or size <= SUM_SLICE_ELEMENTS:
@@ -111,15 +149,52 @@ class TaskUpdates:
             return self.accumulator.finish(name)
         return TensorPieces(shape, dtype, self._pieces(name, size))
 
+    def _piece(self, lane: _Lane, name: str, span: tuple[int, int]) -> np.ndarray:
+        self._fold(lane, name, span)
+        return lane.accumulator.finish(name)
+
     def _pieces(self, name: str, size: int) -> Iterator[np.ndarray]:
-        for start in range(0, size, SUM_SLICE_ELEMENTS):
-            self.fold(name, (start, min(size, start + SUM_SLICE_ELEMENTS)))
-            piece = self.accumulator.finish(name)
-            yield piece
-            POOL.give(piece)  # written out: its memory serves the next slice
+        spans = [
+            (lo, min(size, lo + SUM_SLICE_ELEMENTS)) for lo in range(0, size, SUM_SLICE_ELEMENTS)
+        ]
+        workers = min(len(spans), slice_workers()) if self.fresh is not None else 1
+        while len(self._lanes) < workers:
+            assert self.fresh is not None
+            other = self.fresh()
+            if type(other) is not type(self.accumulator):
+                workers = len(self._lanes)  # the rule is not one whose slices run apart
+                break
+            self._lanes.append(_Lane(other))
+        if workers == 1:
+            for span in spans:
+                piece = self._piece(self._lanes[0], name, span)
+                yield piece
+                POOL.give(piece)  # written out: its memory serves the next slice
+            return
+        # slice k runs on lane k % workers; a lane takes its next slice only once the piece
+        # it made was handed over and given back, so at most `workers` pieces exist at once
+        with ThreadPoolExecutor(workers, thread_name_prefix="fedrun-slices") as pool:
+            pending: deque[Future[np.ndarray]] = deque()
+            try:
+                for k, span in enumerate(spans[:workers]):
+                    pending.append(pool.submit(self._piece, self._lanes[k], name, span))
+                for k in range(len(spans)):
+                    piece = pending.popleft().result()
+                    yield piece
+                    POOL.give(piece)
+                    if k + workers < len(spans):
+                        lane = self._lanes[k % workers]
+                        pending.append(pool.submit(self._piece, lane, name, spans[k + workers]))
+            finally:
+                for future in pending:
+                    future.cancel()
+                for future in pending:
+                    if not future.cancelled():
+                        future.exception()  # wait: no thread may touch the files after close()
 
     def _fold_one(
         self,
+        lane: _Lane,
         result: AcceptedResult,
         reader: TensorFileReader,
         name: str,
@@ -135,8 +210,9 @@ class TaskUpdates:
         streamable = not header.delta or (
             base is not None and base.dtype == dtype and dtype.kind == "f"
         )
+        accumulator = lane.accumulator
         stream = (
-            self.accumulator.open_stream(name, shape, dtype, weight, result.collaborator)
+            accumulator.open_stream(name, shape, dtype, weight, result.collaborator)
             if streamable and hi > lo
             else None
         )
@@ -147,18 +223,15 @@ class TaskUpdates:
                 if span is not None:
                     reference = reference.reshape(-1)[lo:hi]
                 array = reconstruct(array, reference)
-            self.accumulator.add(name, array, weight, result.collaborator)
+            accumulator.add(name, array, weight, result.collaborator)
             if not self.retains:
                 POOL.give(array)
             return
         try:
-            per_slice = max(1, SLICE_BYTES // dtype.itemsize)
-            if self._slice is None or self._slice.nbytes < per_slice * dtype.itemsize:
-                self._slice = np.empty(per_slice * dtype.itemsize, dtype=np.uint8)
-            buffer = self._slice[: per_slice * dtype.itemsize].view(dtype)
+            buffer = lane.slice_buffer(dtype)
             base_flat = base.reshape(-1) if base is not None else None
-            for start in range(lo, hi, per_slice):
-                values = buffer[: min(per_slice, hi - start)]
+            for start in range(lo, hi, buffer.size):
+                values = buffer[: min(buffer.size, hi - start)]
                 reader.read_into(name, start * dtype.itemsize, values.view(np.uint8).data)
                 if base_flat is not None:
                     np.add(values, base_flat[start : start + values.size], out=values)

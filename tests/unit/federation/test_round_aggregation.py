@@ -89,8 +89,10 @@ def test_a_truncated_spool_file_is_reported_with_its_path(tmp_path):
     assert info.value.code == "FX-STATE-002" and "a.result" in info.value.message
 
 
-@pytest.mark.parametrize("delta", [False, True])
-def test_big_tensors_aggregated_slice_by_slice_equal_whole_ones(tmp_path, monkeypatch, delta):
+@pytest.mark.parametrize("delta,workers", [(False, 1), (True, 1), (False, 3), (True, 2)])
+def test_big_tensors_aggregated_slice_by_slice_equal_whole_ones(
+    tmp_path, monkeypatch, delta, workers
+):
     results = []
     for who, offset, size in [("b", -1.25, 30), ("a", 0.5, 10), ("c", 2.0, 0)]:
         model = trained(offset)
@@ -100,7 +102,15 @@ def test_big_tensors_aggregated_slice_by_slice_equal_whole_ones(tmp_path, monkey
     whole = aggregate(TaskUpdates(WeightedAverage().begin_round(0, GLOBAL), results, GLOBAL, False))
     # slices of 7 elements: "w" (1200) ends in a partial slice, "b" (7) is one slice, "n" whole
     monkeypatch.setattr(round_aggregation, "SUM_SLICE_ELEMENTS", 7)
-    updates = TaskUpdates(WeightedAverage().begin_round(0, GLOBAL), results, GLOBAL, False)
+    monkeypatch.setattr(round_aggregation, "slice_workers", lambda: workers)
+    rule = WeightedAverage()
+    made = []
+
+    def fresh():
+        made.append(rule.begin_round(0, GLOBAL))
+        return made[-1]
+
+    updates = TaskUpdates(rule.begin_round(0, GLOBAL), results, GLOBAL, False, fresh=fresh)
     try:
         for name in updates.names():
             value = updates.finished(name)
@@ -111,5 +121,37 @@ def test_big_tensors_aggregated_slice_by_slice_equal_whole_ones(tmp_path, monkey
                 got = np.array(value)
             assert got.dtype == whole[name].dtype
             assert got.tobytes() == whole[name].tobytes()
+    finally:
+        updates.close()
+    assert len(made) == workers - 1  # the first lane uses the round's own accumulator
+
+
+def test_a_failing_slice_stops_the_others_and_reports_the_error(tmp_path, monkeypatch):
+    results = [spool(tmp_path, w, trained(o), False, 1) for w, o in [("a", 1.0), ("b", 2.0)]]
+    monkeypatch.setattr(round_aggregation, "SUM_SLICE_ELEMENTS", 50)
+    monkeypatch.setattr(round_aggregation, "slice_workers", lambda: 2)
+    rule = WeightedAverage()
+    updates = TaskUpdates(
+        rule.begin_round(0, GLOBAL),
+        results,
+        GLOBAL,
+        False,
+        fresh=lambda: rule.begin_round(0, GLOBAL),
+    )
+    original = updates._fold_one  # noqa: SLF001
+
+    def fold_one(lane, result, reader, name, span):
+        if span is not None and span[0] == 500:
+            raise ValueError("slice 10 refused")
+        return original(lane, result, reader, name, span)
+
+    monkeypatch.setattr(updates, "_fold_one", fold_one)
+    value = updates.finished("w")
+    assert isinstance(value, TensorPieces)
+    pieces = iter(value.pieces)
+    try:
+        with pytest.raises(ValueError, match="slice 10 refused"):
+            for _ in range(30):
+                next(pieces)
     finally:
         updates.close()

@@ -284,10 +284,14 @@ def test_the_new_model_does_not_depend_on_the_order_results_arrive_in(
     assert np.allclose(np.frombuffer(models[0]["w"]), expected, rtol=1e-12)
 
 
-def test_round_end_holds_one_tensors_sums_not_the_models(tmp_path):
+def test_round_end_holds_one_tensors_sums_not_the_models(tmp_path, monkeypatch):
     import tracemalloc
 
     from fedrun.buffers import POOL
+    from fedrun.federation import round_aggregation
+
+    # one thread: each further thread holds one more slice's sums (8 MiB) and buffers (2 MiB)
+    monkeypatch.setattr(round_aggregation, "slice_workers", lambda: 1)
 
     # 6 tensors of 1 MiB and one of 16 MiB (float32), which the weighted average sums in slices
     # of 1 Mi elements (8 MiB of float64): float64 sums of the whole model would be 44 MiB, of
