@@ -55,11 +55,12 @@ def mem_available() -> int:
 
 def estimate_bytes(system: str, size: int, n: int) -> int:
     """Rough peak memory of one cell, from runs on this kind of machine: fedrun's
-    collaborators hold ~1.3 copies each (the received model) and its aggregator ~2.4 (float64
-    sums); OpenFL's and Flower's collaborators ~2 and their servers one copy per collaborator
-    plus two (they keep every reply)."""
+    collaborators hold ~1.3 copies each (the received model) and its aggregator a few hundred
+    MiB whatever the model (it sums slices read back from its spool; ~2.4 copies before this
+    session's change); OpenFL's and Flower's collaborators ~2 and their servers one copy per
+    collaborator plus two (they keep every reply)."""
     if system == "fedrun":
-        return int(1.35 * n * size + 2.5 * size)
+        return int(1.35 * n * size + 0.1 * size + (512 << 20))
     return 2 * n * size + (n + 2) * size
 
 
