@@ -1,9 +1,9 @@
 """Server-side adaptive optimizers (FedOpt: Reddi et al. 2021, "Adaptive Federated Optimization").
 
-Each round the collaborators' tensors are weighted-averaged as they arrive (streaming). When the
-round closes the rule forms, per tensor, the pseudo-gradient ``g = global - average`` (``global``
-is the model the round started from, given to :meth:`begin_round`) and takes one optimizer step
-from ``global``:
+Each round the collaborators' tensors are weighted-averaged (streaming, as the aggregator reads
+them back from its spool when the round closes); the rule then forms, per tensor, the
+pseudo-gradient ``g = global - average`` (``global`` is the model the round started from, given
+to :meth:`begin_round`) and takes one optimizer step from ``global``:
 
 * Adagrad: ``v += g**2``; ``x = global - lr * g / (sqrt(v) + eps)`` (no momentum, as in plain
   Adagrad; ``v`` starts at ``initial_accumulator_value``).

@@ -796,6 +796,7 @@ class Aggregator:
                 yield name, value
                 if isinstance(value, np.ndarray):
                     POOL.give(value)  # written out: its memory serves the next name
+                failpoints.hit("round_end_model_partly_written")
 
         try:
             last_file = self.model_sink.save_last(

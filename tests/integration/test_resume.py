@@ -1,7 +1,8 @@
 """A killed aggregator, restarted with the same command, finishes the same experiment.
 
 The aggregator is SIGKILLed (through a failpoint, at an exact moment) after some results of
-round 2 were accepted, and again while saving the models at the end of a round. Collaborators
+round 2 were accepted, again after saving the models at the end of a round, and again halfway
+through writing a round's new model. Collaborators
 ride through both outages. The final weights must equal an uninterrupted run with the same seed.
 """
 
@@ -65,6 +66,17 @@ def test_uninterrupted_and_crashed_runs_end_with_identical_weights(
     assert "resuming experiment" in log and "at round 2 (2 accepted results restored)" in log, log[
         -3000:
     ]
+
+    # and once more halfway through writing a round's new model into last.pbuf
+    agg = nodes.start(
+        "aggregator",
+        ws,
+        "aggregator",
+        "start",
+        env={"FEDRUN_FAILPOINT": "round_end_model_partly_written:1"},
+    )
+    assert agg.wait(300) == -signal.SIGKILL, nodes.log("aggregator")[-3000:]
+    assert load_model(ws / "save" / "last.pbuf").round >= 2  # the committed model is whole
 
     agg = nodes.start("aggregator", ws, "aggregator", "start")
     assert nodes.wait("aggregator") == 0, nodes.log("aggregator")[-3000:]
