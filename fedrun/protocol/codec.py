@@ -82,11 +82,19 @@ def in_wire_order(dtype: np.dtype) -> bool:
 
 def raw_header(name: str, array: np.ndarray, *, delta: bool = False) -> pb.TensorHeader:
     """The header of an uncompressed tensor: its raw little-endian bytes follow."""
+    return layout_header(name, array.shape, array.dtype, delta=delta)
+
+
+def layout_header(
+    name: str, shape: tuple[int, ...], dtype: np.dtype, *, delta: bool = False
+) -> pb.TensorHeader:
+    """The header of an uncompressed tensor of this shape and dtype (its bytes follow)."""
+    dt = np.dtype(dtype)
     return pb.TensorHeader(
         name=name,
-        dtype=wire_dtype(array.dtype),
-        shape=list(array.shape),
-        payload_bytes=int(array.nbytes),
+        dtype=wire_dtype(dt),
+        shape=list(shape),
+        payload_bytes=int(np.prod(shape, dtype=np.int64)) * dt.itemsize,
         encoding="none",
         delta=delta,
     )

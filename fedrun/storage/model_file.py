@@ -29,10 +29,10 @@ from fedrun.protocol.codec import (
     FILE_IDENTITY,
     DecodedTensor,
     check_header,
+    layout_header,
     mapped_file_range,
     raw_bytes,
     raw_header,
-    wire_dtype,
 )
 
 MAGIC = b"FEDRUN-MODEL-2\n"
@@ -76,7 +76,7 @@ class TensorPieces:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(layout_header("", self.shape, self.dtype).payload_bytes)
 
 
 def _write_tensor(
@@ -84,14 +84,7 @@ def _write_tensor(
 ) -> None:
     """A tensor header frame, then the tensor's raw little-endian bytes (no copy, no chunks)."""
     if isinstance(array, TensorPieces):
-        header = pb.TensorHeader(
-            name=name,
-            dtype=wire_dtype(np.dtype(array.dtype)),
-            shape=list(array.shape),
-            payload_bytes=array.nbytes,
-            encoding="none",
-            delta=delta,
-        )
+        header = layout_header(name, array.shape, array.dtype, delta=delta)
         _write_frame(out, pb.TensorFrame(header=header))
         written = 0
         for piece in array.pieces:

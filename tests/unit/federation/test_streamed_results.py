@@ -32,15 +32,17 @@ INITIAL = {
 }
 
 
-def make(tmp_path: Path, sink: ModelSink | None = None, model=None) -> Aggregator:
-    cols = ["a", "b"]
+def make(
+    tmp_path: Path, sink: ModelSink | None = None, model=None, cols: tuple[str, ...] = ("a", "b")
+) -> Aggregator:
+    names = list(cols)
     groups = [{"name": "g", "percentage": 1.0, "tasks": ORDER}]
     return Aggregator(
         plan_hash="h" * 64,
         federation_id="fed",
-        collaborators=cols,
+        collaborators=names,
         tasks=TASKS,
-        assigner=RandomGroupedAssigner(groups, cols, rounds_to_train=2),
+        assigner=RandomGroupedAssigner(groups, names, rounds_to_train=2),
         rounds_to_train=2,
         initial_model=model if model is not None else INITIAL,
         aggregation_functions={"train": WeightedAverage()},
@@ -234,23 +236,6 @@ def test_a_result_that_cannot_be_spooled_is_refused_and_can_be_resent(tmp_path):
     assert_same_model(agg, reference)
 
 
-def four_collaborators(tmp_path: Path, model: dict, sink: ModelSink | None = None) -> Aggregator:
-    cols = ["a", "b", "c", "d"]
-    groups = [{"name": "g", "percentage": 1.0, "tasks": ORDER}]
-    return Aggregator(
-        plan_hash="h" * 64,
-        federation_id="fed",
-        collaborators=cols,
-        tasks=TASKS,
-        assigner=RandomGroupedAssigner(groups, cols, rounds_to_train=2),
-        rounds_to_train=2,
-        initial_model=model,
-        aggregation_functions={"train": WeightedAverage()},
-        spool_dir=tmp_path / "spool",
-        model_sink=sink,
-    )
-
-
 @pytest.mark.parametrize("to_file,slice_elements", [(False, None), (True, None), (True, 1000)])
 def test_the_new_model_does_not_depend_on_the_order_results_arrive_in(
     tmp_path, monkeypatch, to_file, slice_elements
@@ -272,7 +257,7 @@ def test_the_new_model_does_not_depend_on_the_order_results_arrive_in(
     for order in ["abcd", "dcba", "cadb", "bdac"]:
         folder = tmp_path / order
         sink = ModelStore(folder / "best.pbuf", folder / "last.pbuf", "h" * 64) if to_file else None
-        agg = four_collaborators(folder, model, sink)
+        agg = make(folder, sink, model, cols=tuple("abcd"))
         for who in order:
             send(agg, who, updates[who], sizes[who], 1000)
         for who in order:
@@ -301,7 +286,7 @@ def test_round_end_holds_one_tensors_sums_not_the_models(tmp_path, monkeypatch):
     model["big"] = rng.standard_normal(1 << 22).astype(np.float32)
     init = save_model(tmp_path / "init.pbuf", model, round_num=0)
     store = ModelStore(tmp_path / "best.pbuf", tmp_path / "last.pbuf", "h" * 64)
-    agg = four_collaborators(tmp_path, open_model_view(init).tensors, store)
+    agg = make(tmp_path, store, open_model_view(init).tensors, cols=tuple("abcd"))
     updates = {who: {k: v + 1 for k, v in model.items()} for who in "abcd"}
     POOL._free.clear()  # noqa: SLF001 - buffers left by other tests would hide allocations
     POOL._idle = 0  # noqa: SLF001
