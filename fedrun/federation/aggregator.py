@@ -762,14 +762,10 @@ class Aggregator:
                     self._retains(task),
                     fresh=functools.partial(fn.begin_round, state.number, self.global_model),
                 )
-            if (
-                len(updates) == 1
-                and state.accumulators[next(iter(updates))].finishes_by_name
-                and self.save_models
-                and self.model_sink.writes_last
-            ):
-                task, only = next(iter(updates.items()))
-                return self._aggregate_to_file(state.number, task, only)
+            if len(updates) == 1 and self.save_models and self.model_sink.writes_last:
+                ((task, only),) = updates.items()
+                if only.accumulator.finishes_by_name:
+                    return self._aggregate_to_file(state.number, task, only)
             return self._aggregate_in_memory(state, updates)
         finally:
             for task_updates in updates.values():
@@ -1039,7 +1035,7 @@ class IncomingTensor:
             usable = len(data) - len(data) % self.dtype.itemsize
             self._carry = bytes(data[usable:])
             values = np.frombuffer(data, dtype=self.dtype, count=usable // self.dtype.itemsize)
-            if not finite(values):
+            if not all_finite(values):
                 raise ProtocolError(
                     "FX-DATA-010",
                     f"tensor {self.name!r} from {upload.collaborator!r}, task {upload.task!r}, "
@@ -1057,10 +1053,3 @@ class IncomingTensor:
         upload.nbytes += self.expected
         upload.raw_bytes += self.expected
         return True
-
-
-def finite(values: np.ndarray) -> bool:
-    """True when no element of a float array is NaN or infinite (a sum shows both; only an
-    overflowing sum of finite values needs the element-wise check)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(values.sum())) or bool(np.isfinite(values).all())

@@ -34,6 +34,12 @@ def _prepare(path: Path) -> LocalFederation:
     return fed
 
 
+def _restart_until_killed(nodes: Nodes, ws: Path, failpoint: str) -> None:
+    """Start the aggregator again with a failpoint; it must die there (SIGKILL)."""
+    agg = nodes.start("aggregator", ws, "aggregator", "start", env={"FEDRUN_FAILPOINT": failpoint})
+    assert agg.wait(300) == -signal.SIGKILL, nodes.log("aggregator")[-3000:]
+
+
 def test_uninterrupted_and_crashed_runs_end_with_identical_weights(
     tmp_path: Path, nodes: Nodes
 ) -> None:
@@ -54,28 +60,14 @@ def test_uninterrupted_and_crashed_runs_end_with_identical_weights(
     nodes.wait_for_log("collaborator1", "unreachable")
 
     # restart; die again right after a round's models were written, before the round commits
-    agg = nodes.start(
-        "aggregator",
-        ws,
-        "aggregator",
-        "start",
-        env={"FEDRUN_FAILPOINT": "round_end_models_saved:1"},
-    )
-    assert agg.wait(300) == -signal.SIGKILL, nodes.log("aggregator")[-3000:]
+    _restart_until_killed(nodes, ws, "round_end_models_saved:1")
     log = nodes.log("aggregator")
     assert "resuming experiment" in log and "at round 2 (2 accepted results restored)" in log, log[
         -3000:
     ]
 
     # and once more halfway through writing a round's new model into last.pbuf
-    agg = nodes.start(
-        "aggregator",
-        ws,
-        "aggregator",
-        "start",
-        env={"FEDRUN_FAILPOINT": "round_end_model_partly_written:1"},
-    )
-    assert agg.wait(300) == -signal.SIGKILL, nodes.log("aggregator")[-3000:]
+    _restart_until_killed(nodes, ws, "round_end_model_partly_written:1")
     assert load_model(ws / "save" / "last.pbuf").round >= 2  # the committed model is whole
 
     agg = nodes.start("aggregator", ws, "aggregator", "start")
