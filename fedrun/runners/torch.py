@@ -1,9 +1,15 @@
 """PyTorchTaskRunner: train and validate a torch model as federated tasks.
 
 Subclass it, build the network in ``__init__`` (as layers of the runner itself or as
-``self.model``), set ``self.optimizer`` and ``self.loss_fn``, and optionally override
+``self.model``), give it an optimizer and ``self.loss_fn``, and optionally override
 ``train_`` / ``validate_``. The defaults cover classification: mean loss for training, top-1
 accuracy for validation.
+
+The optimizer is either set in ``__init__`` (``self.optimizer = ...``, as in OpenFL) or built by
+overriding :meth:`PyTorchTaskRunner.build_optimizer`, which fedrun calls the first time the
+optimizer is needed. The second form keeps commands that never train (``fx plan initialize``,
+validation-only collaborators) from paying for it: constructing any ``torch.optim`` optimizer
+imports ``torch._dynamo``, about a second of CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
     loss_fn:
         Loss function; default ``torch.nn.functional.cross_entropy``.
     optimizer:
-        Optimizer; usually set by the subclass after building layers.
+        Optimizer; usually set by the subclass after building layers, or built on first use by
+        :meth:`build_optimizer`.
     data_loader:
         The collaborator's DataLoader (injected by fedrun).
     """
@@ -64,10 +71,30 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.loss_fn = loss_fn or nn.functional.cross_entropy
-        self.optimizer = optimizer
+        self._optimizer: torch.optim.Optimizer | None = optimizer
         threads = os.environ.get("FEDRUN_NUM_THREADS")
         if threads:
             torch.set_num_threads(max(1, int(threads)))
+
+    # ------------------------------------------------------------------ optimizer
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer: the one set on the runner, else :meth:`build_optimizer`'s, built once."""
+        if self._optimizer is None:
+            self._optimizer = self.build_optimizer()
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, value: torch.optim.Optimizer | None) -> None:
+        self._optimizer = value
+
+    def build_optimizer(self) -> torch.optim.Optimizer | None:
+        """Override to build the optimizer when it is first needed (default: none).
+
+        Called after ``__init__`` has built the layers and moved them to the device, so
+        ``self.parameters()`` are the ones to optimize.
+        """
+        return None
 
     # ------------------------------------------------------------------ model plumbing
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -81,7 +108,7 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
     def get_tensor_dict(self, with_opt_vars: bool = False) -> dict[str, np.ndarray]:
         """Model weights (and optimizer state when asked) as numpy copies."""
         out = {name: _to_numpy(value) for name, value in self.state_dict().items()}
-        if with_opt_vars and self.optimizer is not None:
+        if with_opt_vars and self._optimizer is not None:  # one not built yet has no state
             out.update(self._optimizer_tensors())
         return out
 
@@ -110,9 +137,9 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
             state[name] = torch.from_numpy(np.array(value, copy=True)).to(current.dtype)
         self.load_state_dict(state, strict=True)
         self.to(self.device)
-        if with_opt_vars and self.optimizer is not None:
+        if with_opt_vars:
             opt = {k: v for k, v in tensor_dict.items() if k.startswith(OPT_PREFIX)}
-            if opt:
+            if opt and self.optimizer is not None:
                 self._load_optimizer_tensors(opt)
 
     def _optimizer_tensors(self) -> dict[str, np.ndarray]:
@@ -145,8 +172,8 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
 
     def reset_opt_vars(self) -> None:
         """Forget all optimizer state (momentum, Adam moments, step counts)."""
-        if self.optimizer is not None:
-            self.optimizer.state = defaultdict(dict)
+        if self._optimizer is not None:  # one not built yet has no state
+            self._optimizer.state = defaultdict(dict)
 
     # ------------------------------------------------------------------ tasks
     def train_task(
@@ -168,7 +195,7 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
             raise PlanError(
                 "FX-MODEL-003",
                 f"{type(self).__name__} has no optimizer",
-                "set self.optimizer in the task runner's __init__",
+                "set self.optimizer in the task runner's __init__ or override build_optimizer()",
             )
         self.train()
         metric = Metric("loss", float("nan"))
@@ -249,8 +276,8 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
     ) -> None:
         """``torch.save`` of the model (and optimizer) state dicts."""
         payload = {model_state_dict_key: self.state_dict()}
-        if self.optimizer is not None:
-            payload[optimizer_state_dict_key] = self.optimizer.state_dict()
+        if self._optimizer is not None:  # one not built yet has no state to save
+            payload[optimizer_state_dict_key] = self._optimizer.state_dict()
         torch.save(payload, filepath)
 
     def load_native(

@@ -21,8 +21,12 @@ class DigitsCNN(PyTorchTaskRunner):
         self.fc1 = nn.Linear(32 * 2 * 2, 64)
         self.fc2 = nn.Linear(64, 10)
         self.to(self.device)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
         self.loss_fn = F.cross_entropy
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        # built when first needed, not in __init__: `fx plan initialize` never trains, and any
+        # torch optimizer imports torch._dynamo (about a second)
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)

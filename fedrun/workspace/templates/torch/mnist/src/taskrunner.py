@@ -37,5 +37,9 @@ class TemplateTaskRunner(PyTorchTaskRunner):
         # lack the memory_format it documents and accepts, hence the ignore.
         self.model = DigitRecognizerCNN().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.loss_fn = F.cross_entropy
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        # built when first needed, not in __init__: `fx plan initialize` never trains, and any
+        # torch optimizer imports torch._dynamo (about a second)
+        return torch.optim.Adam(self.model.parameters(), lr=1e-4)
