@@ -42,7 +42,11 @@ def _pipelines(plan: Plan) -> dict[str, Any]:
 def start_aggregator(
     plan: Plan, *, task_group: str | None = None, reset_state: bool = False
 ) -> tuple[Aggregator, Any]:
-    """Build the aggregator and start serving; returns (aggregator, server)."""
+    """Build the aggregator and start serving; returns (aggregator, server).
+
+    The caller holds the workspace's :class:`~fedrun.storage.aggregator_lock.AggregatorLock`
+    (``run_aggregator`` does), since building the aggregator reads, and may reset, its state.
+    """
     from fedrun.buffers import limit_malloc_arenas
     from fedrun.plan.components import build_aggregator
     from fedrun.transport.server import AggregatorServer
@@ -71,7 +75,17 @@ def start_aggregator(
 def run_aggregator(
     plan: Plan, *, task_group: str | None = None, reset_state: bool = False
 ) -> Aggregator:
-    """Serve until every collaborator was told to stop (or SIGTERM/SIGINT)."""
+    """Serve until every collaborator was told to stop (or SIGTERM/SIGINT).
+
+    Refuses (FX-STATE-015) when another aggregator runs in the same workspace.
+    """
+    from fedrun.storage.aggregator_lock import AggregatorLock
+
+    with AggregatorLock.for_workspace(plan.workspace):
+        return _serve(plan, task_group=task_group, reset_state=reset_state)
+
+
+def _serve(plan: Plan, *, task_group: str | None, reset_state: bool) -> Aggregator:
     aggregator, server = start_aggregator(plan, task_group=task_group, reset_state=reset_state)
     stop = threading.Event()
 

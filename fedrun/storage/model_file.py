@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -99,6 +100,26 @@ def _write_tensor(
     arr = np.asarray(array)
     _write_frame(out, pb.TensorFrame(header=raw_header(name, arr, delta=delta)))
     out.write(raw_bytes(arr))
+
+
+#: the random part ``tempfile.mkstemp`` adds to AtomicFile's temporary names
+_TEMP_SUFFIX = re.compile(r"[a-z0-9_]{8}")
+
+
+def stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files an :class:`AtomicFile` for ``target`` left behind (a process killed while
+    writing it). Only the process that writes ``target`` may remove them, when it starts."""
+    target = Path(target)
+    prefix = f".{target.name}."
+    try:
+        names = [entry.name for entry in os.scandir(target.parent)]
+    except OSError:
+        return []
+    return [
+        target.parent / name
+        for name in names
+        if name.startswith(prefix) and _TEMP_SUFFIX.fullmatch(name[len(prefix) :])
+    ]
 
 
 class AtomicFile:

@@ -17,6 +17,7 @@ from fedrun.storage.model_file import (
     copy_model,
     mapped_model_file,
     save_model,
+    stale_temporaries,
 )
 
 log = logging.getLogger("fedrun.aggregator")
@@ -49,6 +50,10 @@ class ModelStore(ModelSink):
         # a spare left by an earlier process may be the model a resumed run starts from
         self._spare.unlink(missing_ok=True)
         self._spare.with_name(self._spare.name + ".next").unlink(missing_ok=True)
+        for target in (self.best_path, self.last_path):
+            for stale in stale_temporaries(target):
+                log.info("removing %s, left by an aggregator killed while writing it", stale.name)
+                stale.unlink(missing_ok=True)
 
     @property
     def _spare(self) -> Path:

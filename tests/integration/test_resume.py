@@ -15,7 +15,7 @@ import numpy as np
 from fxnodes import Nodes
 
 from fedrun.simulate.local import LocalFederation
-from fedrun.storage.model_file import load_model
+from fedrun.storage.model_file import load_model, stale_temporaries
 
 ROUNDS = 4
 RESULTS_PER_ROUND = 6  # 2 collaborators x 3 tasks
@@ -69,6 +69,7 @@ def test_uninterrupted_and_crashed_runs_end_with_identical_weights(
     # and once more halfway through writing a round's new model into last.pbuf
     _restart_until_killed(nodes, ws, "round_end_model_partly_written:1")
     assert load_model(ws / "save" / "last.pbuf").round >= 2  # the committed model is whole
+    assert stale_temporaries(ws / "save" / "last.pbuf")  # the half-written file, left by SIGKILL
 
     agg = nodes.start("aggregator", ws, "aggregator", "start")
     assert nodes.wait("aggregator") == 0, nodes.log("aggregator")[-3000:]
@@ -77,6 +78,7 @@ def test_uninterrupted_and_crashed_runs_end_with_identical_weights(
         assert "reconnected" in nodes.log(name)
 
     final = load_model(ws / "save" / "last.pbuf")
+    assert not stale_temporaries(ws / "save" / "last.pbuf")  # the restart removed it
     assert final.round == expected.round == ROUNDS
     assert set(final.tensors) == set(expected.tensors)
     for name, value in expected.tensors.items():
@@ -148,3 +150,32 @@ def test_errors_of_a_tls_aggregator_reach_the_terminal(tmp_path: Path) -> None:
         again = fx(fed.workspace, "aggregator", "start", check=False)
         assert again.returncode == 0
         assert "FX-STATE-021" in again.stderr and "--reset-state" in again.stderr
+
+
+def test_a_second_aggregator_in_the_workspace_is_refused_and_touches_nothing(
+    tmp_path: Path, nodes: Nodes
+) -> None:
+    """Even with --reset-state: it once deleted the running aggregator's saved state before
+    failing to bind the port."""
+    from fxnodes import fx
+
+    fed = _prepare(tmp_path / "ws")
+    ws = fed.workspace
+    nodes.start("aggregator", ws, "aggregator", "start")
+    nodes.wait_for_log("aggregator", "round 0 started")
+    state = sorted(p.name for p in (ws / "local_state").iterdir())
+    assert "tensor.db" in state
+
+    for args in (("--reset-state",), ()):
+        second = fx(ws, "aggregator", "start", *args, check=False)
+        assert second.returncode == 8, second.stderr
+        assert "FX-STATE-015" in second.stderr and "another aggregator" in second.stderr
+        assert f"pid {nodes.procs['aggregator'].pid}" in second.stderr, second.stderr
+        assert "state reset" not in second.stderr and "Traceback" not in second.stderr
+        assert sorted(p.name for p in (ws / "local_state").iterdir()) == state
+
+    # the first one is unharmed: its collaborators finish the experiment
+    for name in fed.names:
+        nodes.start(name, ws, "collaborator", "start", "-n", name)
+    assert nodes.wait("aggregator") == 0, nodes.log("aggregator")[-3000:]
+    assert load_model(ws / "save" / "last.pbuf").round == ROUNDS

@@ -44,3 +44,28 @@ def test_a_spare_left_by_an_earlier_process_is_never_overwritten(tmp_path):
     second.save_last(model(4.0), 4)
     assert load_model(tmp_path / "resume_from.pbuf").tensors["w"][0] == 1
     assert load_model(tmp_path / "last.pbuf").tensors["w"][0] == 4
+
+
+def test_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    """A SIGKILL while writing leaves AtomicFile's temporary behind (no handler runs); the next
+    store over the same files removes it, and only it."""
+    from fedrun.storage.model_file import AtomicFile, stale_temporaries
+
+    half = AtomicFile(tmp_path / "last.pbuf")
+    half.write(b"half a model")
+    half.out.close()  # the process died here: no commit, no cleanup
+    leftover = half.tmp
+    best_leftover = tmp_path / ".best.pbuf.k3_x9q0z"
+    best_leftover.write_bytes(b"x")
+    keep = [
+        tmp_path / name
+        for name in (".last.pbuf.notes", "last.pbuf.abcdefgh", ".other.pbuf.abcdefgh")
+    ]
+    for path in keep:
+        path.write_bytes(b"not ours")
+    assert stale_temporaries(tmp_path / "last.pbuf") == [leftover]
+
+    ModelStore(tmp_path / "best.pbuf", tmp_path / "last.pbuf", "p")
+
+    assert not leftover.exists() and not best_leftover.exists()
+    assert all(path.exists() for path in keep)
