@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Header(_message.Message):
-    __slots__ = ("collaborator", "federation_id", "plan_hash")
+    __slots__ = ("collaborator", "federation_id", "plan_hash", "process")
     COLLABORATOR_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_HASH_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
     collaborator: str
     federation_id: str
     plan_hash: str
-    def __init__(self, collaborator: _Optional[str] = ..., federation_id: _Optional[str] = ..., plan_hash: _Optional[str] = ...) -> None: ...
+    process: str
+    def __init__(self, collaborator: _Optional[str] = ..., federation_id: _Optional[str] = ..., plan_hash: _Optional[str] = ..., process: _Optional[str] = ...) -> None: ...
 
 class PingRequest(_message.Message):
     __slots__ = ("header",)

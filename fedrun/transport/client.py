@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -41,6 +42,9 @@ from fedrun.transport.server import CHANNEL_OPTIONS, SERVICE
 log = logging.getLogger("fedrun.client")
 
 T = TypeVar("T")
+
+#: sent in every request header: tells the aggregator apart two processes using one name
+PROCESS_TOKEN = secrets.token_hex(8)
 
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
@@ -110,7 +114,10 @@ class AggregatorClient:
         self.network = network
         self.name = collaborator_name
         self.header = pb.Header(
-            collaborator=collaborator_name, federation_id=federation_id, plan_hash=plan_hash
+            collaborator=collaborator_name,
+            federation_id=federation_id,
+            plan_hash=plan_hash,
+            process=PROCESS_TOKEN,
         )
         self.pipeline = pipeline
         self.pipelines = dict(pipelines or {})

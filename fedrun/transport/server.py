@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from concurrent import futures
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import GRPC_MAX_MESSAGE_BYTES
 from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError, StateError
 from fedrun.federation.aggregator import Aggregator, IncomingTensor
+from fedrun.federation.collaborator_processes import CollaboratorProcesses
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
 from fedrun.protocol.codec import (
@@ -109,6 +111,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> None:
         self.aggregator = aggregator
         self.verify_peer_name = verify_peer_name
+        self.processes = CollaboratorProcesses()
         self.pipelines = dict(pipelines or {})
         self.chunk_bytes = chunk_bytes
         self.long_poll_seconds = long_poll_seconds
@@ -157,6 +160,10 @@ class FederationServicer(pb_grpc.FederationServicer):
                 )
         try:
             self.aggregator.check_identity(claimed, header.plan_hash, header.federation_id)
+        except ProtocolError as error:
+            self._refuse(context, error, peer)
+        try:
+            self.processes.heard(claimed, header.process, context.peer(), time.monotonic())
         except ProtocolError as error:
             self._refuse(context, error, peer)
         return claimed

@@ -83,6 +83,30 @@ def test_collaborator_started_first_waits_and_joins(tmp_path: Path, nodes: Nodes
     assert nodes.wait("aggregator") == 0, nodes.log("aggregator")
     assert "reconnected" in nodes.log("one")
     assert "INSECURE" in nodes.log("aggregator") or "TLS is OFF" in nodes.log("aggregator")
+    assert "two processes" not in nodes.log("aggregator")  # a reconnect is the same process
+
+
+def test_a_second_process_with_a_collaborators_name_is_refused(
+    tmp_path: Path, nodes: Nodes
+) -> None:
+    """Started twice, a collaborator's newer process stops with FX-AUTH-006 once both are seen
+    alive; the older one and the federation finish (it once left the newer one retrying a
+    finished aggregator until its reconnect timeout)."""
+    ws = _workspace(tmp_path, ["one", "two"])
+    nodes.start("aggregator", ws, "aggregator", "start")
+    nodes.start("one", ws, "collaborator", "start", "-n", "one")
+    nodes.start("one-again", ws, "collaborator", "start", "-n", "one")
+    nodes.start("two", ws, "collaborator", "start", "-n", "two")
+    codes = {name: nodes.wait(name) for name in ("one", "one-again", "two", "aggregator")}
+    assert codes["two"] == codes["aggregator"] == 0, codes
+    assert sorted([codes["one"], codes["one-again"]])[0] == 0, codes
+    refused = [name for name in ("one", "one-again") if codes[name] != 0]
+    assert len(refused) == 1, codes
+    log = nodes.log(refused[0])
+    assert "FX-AUTH-006" in log and "another process is already working as collaborator" in log
+    assert "Traceback" not in log
+    assert "another process is already working as collaborator" in nodes.log("aggregator")
+    assert load_model(ws / "save" / "last.pbuf").round == 3
 
 
 def test_aggregator_process_imports_no_ml_framework(tmp_path: Path, nodes: Nodes) -> None:
