@@ -17,7 +17,7 @@ GROUPS = {
     "workspace": (
         "fedrun.cli.workspace",
         "workspace",
-        "create, export, import and certify workspaces",
+        "create, export, import, certify and dockerize workspaces",
     ),
     "plan": ("fedrun.cli.plan", "plan", "initialize, validate, show and freeze FL plans"),
     "aggregator": ("fedrun.cli.aggregator", "aggregator", "run the aggregator; its certificate"),

@@ -1,4 +1,4 @@
-"""`fx workspace`: create, export, import and certify workspaces."""
+"""`fx workspace`: create, export, import, certify and dockerize workspaces."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def _template_help() -> str:
 
 @click.group()
 def workspace() -> None:
-    """Create, export, import and certify workspaces."""
+    """Create, export, import, certify and dockerize workspaces."""
 
 
 @workspace.command(epilog=_template_help())
@@ -70,3 +70,93 @@ def import_(archive: Path, no_install: bool) -> None:
         f"  next: cd {target.name} && fx collaborator create -n NAME -d DATA && "
         "fx collaborator generate-cert-request -n NAME"
     )
+
+
+@workspace.command()
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="build context folder  [default: docker/ in the workspace]",
+)
+@click.option(
+    "-t", "--tag", default=None, help="workspace image NAME[:TAG]  [default: the folder's name]"
+)
+@click.option(
+    "--base-image",
+    default=None,
+    help="image Dockerfile.base starts from  [default: python:X.Y-slim-bookworm, X.Y this Python]",
+)
+@click.option("--save", is_flag=True, help="also `docker save` the image to <name>.tar")
+@click.option(
+    "--gramine", is_flag=True, help="add a Gramine manifest and stage: `gramine-sgx fx ...` in SGX"
+)
+@click.option(
+    "--enclave-key",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="RSA-3072 enclave signing key for --gramine (a build secret, never copied)",
+)
+@click.option(
+    "--wheel",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="fedrun wheel to install instead of building one from this fedrun",
+)
+@click.option("--no-build", is_flag=True, help="only write the build context, even if Docker runs")
+@click.option(
+    "--force", is_flag=True, help="write into a non-empty --output (its other files are kept)"
+)
+@handle_errors
+def dockerize(
+    output: Path | None,
+    tag: str | None,
+    base_image: str | None,
+    save: bool,
+    gramine: bool,
+    enclave_key: Path | None,
+    wheel: Path | None,
+    no_build: bool,
+    force: bool,
+) -> None:
+    """Write a Docker build context for this workspace; build the image if Docker runs here.
+
+    The image holds the exported workspace and fedrun, never keys, certificates or data
+    (mount those at run time: see BUILD.md in the build context).
+    """
+    from fedrun.workspace.dockerize import build_images, docker_engine, dockerize_workspace
+
+    context = dockerize_workspace(
+        Path.cwd(),
+        output,
+        tag=tag,
+        base_image=base_image,
+        save=save,
+        gramine=gramine,
+        enclave_key=enclave_key,
+        force=force,
+        wheel=wheel,
+    )
+    ok(
+        f"wrote the build context {context.folder} (image {context.tag}, "
+        f"fedrun base image {context.base_tag})"
+    )
+    out = console(stderr=False)
+    docker = None if no_build else docker_engine()
+    if docker is None:
+        reason = "not building (--no-build)" if no_build else "no Docker engine found"
+        out.print(
+            f"{reason}; build context left in {context.folder}; run:", soft_wrap=True, markup=False
+        )
+        for line in context.shell_lines():
+            out.print(f"  {line}", soft_wrap=True, markup=False)
+        out.print(
+            f"  docker run examples: {context.folder / 'BUILD.md'}", soft_wrap=True, markup=False
+        )
+        return
+    out.print(f"building with {docker} from {context.folder}", soft_wrap=True, markup=False)
+    build_images(context, docker)
+    ok(f"built {context.base_tag} and {context.tag}")
+    if save:
+        ok(f"saved {context.tag} to {context.tarball}")
