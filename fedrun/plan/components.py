@@ -105,6 +105,8 @@ def state_store(plan: Plan, *, persist: bool = True, reset: bool = False) -> Sta
     """SQLite state when ``persist_checkpoint`` is on (default), else in memory."""
     settings = plan.settings("aggregator")
     if not (persist and settings.get("persist_checkpoint")):
+        if persist:  # nothing persisted: every start is a new run, which overwrites the models
+            keep_previous_models(_model_paths(plan))
         return InMemoryStateStore()
     path = plan.resolve_path(settings["persistent_db_path"])
     if reset:
@@ -113,9 +115,14 @@ def state_store(plan: Plan, *, persist: bool = True, reset: bool = False) -> Sta
 
 
 def reset_state(plan: Plan) -> None:
-    """Delete the persisted aggregator state (database, checkpoints, spooled results)."""
+    """Delete the persisted aggregator state (database, checkpoints, spooled results).
+
+    The previous run's models (``best``/``last`` and their native exports) are not deleted: they
+    move to a ``previous-<UTC time>/`` folder beside them, since the new run would overwrite them.
+    """
     settings = plan.settings("aggregator")
     path = plan.resolve_path(settings["persistent_db_path"])
+    keep_previous_models(_model_paths(plan))
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(str(path) + suffix).unlink(missing_ok=True)
     for folder in (path.parent / "checkpoints", plan.workspace / "local_state" / "spool"):
@@ -124,6 +131,48 @@ def reset_state(plan: Plan) -> None:
                 if item.is_file():
                     item.unlink()
     log.warning("aggregator state reset: %s removed", path)
+
+
+def _model_paths(plan: Plan) -> list[Path]:
+    settings = plan.settings("aggregator")
+    return [plan.resolve_path(settings[key]) for key in ("best_state_path", "last_state_path")]
+
+
+def keep_previous_models(models: list[Path]) -> list[Path]:
+    """Move ``models`` (and their ``<stem>_native*`` exports) into a ``previous-<UTC time>/``
+    folder beside each (renames within one folder: no copy, whatever the file system); returns
+    the folders made, none when there was nothing to move."""
+    by_folder: dict[Path, list[Path]] = {}
+    for model in models:
+        for item in [*sorted(model.parent.glob(f"{model.stem}_native*")), model]:
+            if item.exists() and item not in by_folder.get(model.parent, []):
+                by_folder.setdefault(model.parent, []).append(item)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    made: list[Path] = []
+    for parent, items in by_folder.items():
+        folder = parent / f"previous-{stamp}"
+        suffix = 1
+        while folder.exists():
+            suffix += 1
+            folder = parent / f"previous-{stamp}-{suffix}"
+        try:
+            folder.mkdir()
+            for item in items:
+                item.rename(folder / item.name)
+        except OSError as exc:
+            raise StateError(
+                "FX-STATE-016",
+                f"cannot move the previous run's models ({', '.join(i.name for i in items)}) "
+                f"to {folder}: {exc.strerror}",
+                f"make {parent} writable, or move those files away yourself and start again",
+            ) from exc
+        log.warning(
+            "the previous run's models (%s) were moved to %s; delete it when no longer needed",
+            ", ".join(item.name for item in items),
+            folder,
+        )
+        made.append(folder)
+    return made
 
 
 def build_aggregator(

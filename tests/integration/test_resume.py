@@ -179,3 +179,27 @@ def test_a_second_aggregator_in_the_workspace_is_refused_and_touches_nothing(
         nodes.start(name, ws, "collaborator", "start", "-n", name)
     assert nodes.wait("aggregator") == 0, nodes.log("aggregator")[-3000:]
     assert load_model(ws / "save" / "last.pbuf").round == ROUNDS
+
+
+def test_reset_state_runs_again_and_keeps_the_finished_runs_models(
+    tmp_path: Path, nodes: Nodes
+) -> None:
+    fed = LocalFederation(
+        tmp_path / "ws", template="torch/digits", collaborators=1, rounds=1, tls=False
+    )
+    fed.prepare()
+    fed.start()
+    assert set(fed.wait(timeout=300).values()) == {0}
+    ws = fed.workspace
+    first = {name: (ws / "save" / name).read_bytes() for name in ("best.pbuf", "last.pbuf")}
+
+    nodes.start("aggregator", ws, "aggregator", "start", "--reset-state")
+    nodes.start(fed.names[0], ws, "collaborator", "start", "-n", fed.names[0])
+    assert nodes.wait("aggregator") == 0, nodes.log("aggregator")[-3000:]
+    assert nodes.wait(fed.names[0]) == 0, nodes.log(fed.names[0])[-3000:]
+
+    [kept] = sorted((ws / "save").glob("previous-*"))
+    for name, data in first.items():
+        assert (kept / name).read_bytes() == data, name
+    assert "were moved to" in nodes.log("aggregator")
+    assert load_model(ws / "save" / "last.pbuf").round == 1  # the new run's
