@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from fedrun.errors import CertificateError, PlanError, WorkspaceError
 from fedrun.pki.names import default_fqdn, validate_fqdn
@@ -53,8 +54,9 @@ def initialize_plan(
             raise WorkspaceError(
                 "FX-WS-011", f"initial model {source} does not exist", "check the -i path"
             )
-        if source.suffix == ".pbuf":
+        if source.suffix == ".pbuf":  # fedrun's or OpenFL's
             tensors = load_model(source).tensors
+            _check_fits(build_task_runner(plan, None), tensors, source)
         else:
             runner = build_task_runner(plan, None)
             runner.load_native(source)
@@ -64,3 +66,16 @@ def initialize_plan(
         tensors = runner.get_tensor_dict(with_opt_vars=False)
     save_model(target, tensors, round_num=0, plan_hash=plan.hash, kind="init")
     return plan, target
+
+
+def _check_fits(runner: Any, tensors: dict[str, Any], source: Path) -> None:
+    """Refuse a model whose names or shapes are not the task runner's (FX-WS-013)."""
+    try:
+        runner.set_tensor_dict(tensors, with_opt_vars=False)
+    except PlanError as exc:
+        raise WorkspaceError(
+            "FX-WS-013",
+            f"the initial model {source} does not fit this workspace's task runner: {exc.message}",
+            "pass a model saved from the same task runner code (src/): same tensor names and "
+            "shapes",
+        ) from None

@@ -35,6 +35,7 @@ from fedrun.protocol.codec import (
     raw_bytes,
     raw_header,
 )
+from fedrun.storage.openfl_model import looks_like_openfl_model, read_openfl_model
 
 MAGIC = b"FEDRUN-MODEL-2\n"
 
@@ -516,15 +517,30 @@ class TensorFileReader:
         return array
 
 
+def _openfl_model(source: Path) -> ModelSnapshot | None:
+    """``source`` read in full when it is an OpenFL model file, else None."""
+    with open(source, "rb") as f:
+        if f.read(len(MAGIC)) == MAGIC:
+            return None
+    if not looks_like_openfl_model(source):
+        return None
+    tensors, round_num = read_openfl_model(source)
+    return ModelSnapshot(tensors, round_num, kind="openfl")
+
+
 def open_model_view(path: str | os.PathLike[str]) -> ModelSnapshot:
     """A model file's tensors as read-only memory maps: nothing is read until used.
 
     The aggregator keeps its global model this way, so serving it costs page-cache reads (see
     :func:`fedrun.protocol.codec.mapped_file_range`) instead of a resident copy. A file replaced by rename later stays
-    valid for the maps already open (they hold the old inode).
+    valid for the maps already open (they hold the old inode). An OpenFL model file (e.g. the
+    ``init.pbuf`` of a workspace made with OpenFL) is read into memory instead.
     """
     source = Path(path)
     _check_exists(source)
+    foreign = _openfl_model(source)
+    if foreign is not None:
+        return foreign
     info, tensors, _ = _scan(source)
     st = source.stat()
     arrays: dict[str, np.ndarray] = {}
@@ -615,9 +631,13 @@ def copy_model(
 
 
 def load_model(path: str | os.PathLike[str]) -> ModelSnapshot:
-    """Read a model file written by :func:`save_model` (streamed: about one model of memory)."""
+    """Read a model file written by :func:`save_model` (streamed: about one model of memory),
+    or an OpenFL model file (see :mod:`fedrun.storage.openfl_model`)."""
     source = Path(path)
     _check_exists(source)
+    foreign = _openfl_model(source)
+    if foreign is not None:
+        return foreign
     items = _stream(source)
     info = next(items)
     assert isinstance(info, pb.ModelInfo)
