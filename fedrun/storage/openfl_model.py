@@ -65,6 +65,8 @@ def _fields(data: memoryview) -> Iterator[tuple[int, int | memoryview]]:
             value, pos = data[pos : pos + size], pos + size
         elif wire in (_FIXED32, _FIXED64):
             size = 4 if wire == _FIXED32 else 8
+            if pos + size > len(data):
+                raise _Malformed(f"field {number} runs past the end")
             value, pos = data[pos : pos + size], pos + size
         else:
             raise _Malformed(f"wire type {wire} of field {number}")
@@ -94,8 +96,8 @@ def looks_like_openfl_model(path: str | Path) -> bool:
 def read_openfl_model(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
     """The tensors (float32, named as in OpenFL) and round of an OpenFL model file.
 
-    Raises ``StateError`` FX-STATE-017 for a file that is not one, or whose tensors were
-    compressed by a lossy pipeline.
+    Raises ``StateError`` FX-STATE-002 for a file that is not one (or is truncated), and
+    FX-STATE-017 for one whose tensors were compressed by a lossy pipeline.
     """
     source = Path(path)
     data = memoryview(source.read_bytes())
@@ -112,10 +114,11 @@ def read_openfl_model(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
             round_num = max(round_num, tensor_round)
     except _Malformed as exc:
         raise StateError(
-            "FX-STATE-017",
-            f"{source} is neither a fedrun model file nor a readable OpenFL one ({exc})",
-            "pass a model saved by fedrun or OpenFL (save/init.pbuf, best.pbuf, last.pbuf), "
-            "or a native model file (.pt, .keras)",
+            "FX-STATE-002",
+            f"model file {source} is corrupt: not a fedrun model file (bad magic or an older "
+            f"format), nor a readable OpenFL one ({exc})",
+            "pass a model saved by fedrun or OpenFL (save/init.pbuf, best.pbuf, last.pbuf) or a "
+            "native model file (.pt, .keras); re-create init.pbuf with `fx plan initialize`",
         ) from None
     except _Compressed as exc:
         raise StateError(
@@ -127,7 +130,7 @@ def read_openfl_model(path: str | Path) -> tuple[dict[str, np.ndarray], int]:
         ) from None
     if not tensors:
         raise StateError(
-            "FX-STATE-017",
+            "FX-STATE-002",
             f"{source} holds no tensors",
             "pass a model saved by fedrun or OpenFL, or a native model file",
         )
