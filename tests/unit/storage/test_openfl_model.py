@@ -17,7 +17,7 @@ from fedrun.errors import StateError
 from fedrun.storage.model_file import load_model, open_model_view
 from fedrun.storage.openfl_model import looks_like_openfl_model, read_openfl_model
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 MODEL = DATA / "openfl_1.9_model.pbuf"
 
 
