@@ -26,11 +26,12 @@ if importlib.util.find_spec("keras") is None or importlib.util.find_spec("torch"
         "Keras 3 and torch are needed (pip install 'fedrun[keras,torch]')", allow_module_level=True
     )
 
+from keras_jobs import collaborator_log, federate, small_brats_plan  # noqa: E402
+
 from fedrun.data.brats import write_synthetic_brats  # noqa: E402
 from fedrun.data.histology import HISTOLOGY_FOLDER, write_synthetic_histology  # noqa: E402
 from fedrun.data.mnist import default_candidates, find_mnist_dir  # noqa: E402
 from fedrun.runners.keras import _loaded_backend  # noqa: E402
-from fedrun.simulate.local import LocalFederation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -60,18 +61,6 @@ def histology_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("histology-data")
     write_synthetic_histology(base / HISTOLOGY_FOLDER, per_class=6)
     return base
-
-
-def federate(workspace: Path, template: str, plan_set: list[str]) -> dict[str, float]:
-    result = LocalFederation(
-        workspace, template=template, collaborators=2, rounds=1, plan_set=plan_set, tls=True
-    ).run(timeout=420)
-    assert set(result.exit_codes.values()) == {0}, result.exit_codes
-    return result.final_metrics
-
-
-def collaborator_log(workspace: Path) -> str:
-    return (workspace / "logs" / "collaborator1.out").read_text(errors="replace")
 
 
 def test_keras_mnist_two_collaborators_reach_95_percent(tmp_path, torch_backend, mnist_files):
@@ -153,16 +142,7 @@ def test_histology_templates_train_on_image_folders(
 def test_tf_2dunet_trains_on_nifti_volumes(tmp_path, torch_backend):
     data = write_synthetic_brats(tmp_path / "brats", subjects=4, shape=(40, 40, 10))
     workspace = tmp_path / "ws"
-    metrics = federate(
-        workspace,
-        "tf_2dunet",
-        [
-            f"data_loader.data_dir={data}",
-            "data_loader.crop_size=32",
-            "data_loader.image_size=32",
-            "task_runner.base_filters=8",
-        ],
-    )
+    metrics = federate(workspace, "tf_2dunet", small_brats_plan(data))
     dice = metrics["aggregated_model_validation/dice"]
     assert math.isfinite(dice) and 0.0 <= dice <= 1.0, metrics
     assert "BraTS: " in collaborator_log(workspace)

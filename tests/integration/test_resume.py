@@ -34,6 +34,15 @@ def _prepare(path: Path) -> LocalFederation:
     return fed
 
 
+def _finished_run(path: Path) -> LocalFederation:
+    """A one-round, one-collaborator experiment (no TLS) run to its end."""
+    fed = LocalFederation(path, template="torch/digits", collaborators=1, rounds=1, tls=False)
+    fed.prepare()
+    fed.start()
+    assert set(fed.wait(timeout=300).values()) == {0}
+    return fed
+
+
 def _restart_until_killed(nodes: Nodes, ws: Path, failpoint: str) -> None:
     """Start the aggregator again with a failpoint; it must die there (SIGKILL)."""
     agg = nodes.start("aggregator", ws, "aggregator", "start", env={"FEDRUN_FAILPOINT": failpoint})
@@ -107,12 +116,7 @@ def test_uninterrupted_and_crashed_runs_end_with_identical_weights(
 def test_state_from_another_plan_and_corrupt_state_are_refused(tmp_path: Path) -> None:
     from fxnodes import fx
 
-    fed = LocalFederation(
-        tmp_path / "ws", template="torch/digits", collaborators=1, rounds=1, tls=False
-    )
-    fed.prepare()
-    fed.start()
-    assert set(fed.wait(timeout=300).values()) == {0}
+    fed = _finished_run(tmp_path / "ws")
     ws = fed.workspace
     again = fx(ws, "aggregator", "start", check=False)
     assert (
@@ -184,12 +188,7 @@ def test_a_second_aggregator_in_the_workspace_is_refused_and_touches_nothing(
 def test_reset_state_runs_again_and_keeps_the_finished_runs_models(
     tmp_path: Path, nodes: Nodes
 ) -> None:
-    fed = LocalFederation(
-        tmp_path / "ws", template="torch/digits", collaborators=1, rounds=1, tls=False
-    )
-    fed.prepare()
-    fed.start()
-    assert set(fed.wait(timeout=300).values()) == {0}
+    fed = _finished_run(tmp_path / "ws")
     ws = fed.workspace
     first = {name: (ws / "save" / name).read_bytes() for name in ("best.pbuf", "last.pbuf")}
 

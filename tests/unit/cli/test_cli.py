@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_checks import assert_clean_failure
 from click.testing import CliRunner
 
 from fedrun.cli.main import cli
@@ -24,15 +25,6 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ws = create_workspace(tmp_path / "ws", "torch/digits")
     monkeypatch.chdir(ws)
     return ws
-
-
-def assert_clean_failure(result, exit_code: int, code: str) -> None:
-    """A user-facing failure: documented exit code, error code, a fix, never a traceback."""
-    assert result.exit_code == exit_code, result.output
-    assert isinstance(result.exception, SystemExit)
-    assert code in result.output
-    assert "fix:" in result.output
-    assert "Traceback" not in result.output
 
 
 # ---------------------------------------------------------------------- fx workspace

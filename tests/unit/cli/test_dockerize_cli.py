@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_checks import assert_clean_failure
 from click.testing import CliRunner
 
 import fedrun
@@ -35,15 +36,6 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     monkeypatch.chdir(ws)
     return ws
-
-
-def assert_clean_failure(result, exit_code: int, code: str) -> None:
-    """A user-facing failure: documented exit code, error code, a fix, never a traceback."""
-    assert result.exit_code == exit_code, result.output
-    assert isinstance(result.exception, SystemExit)
-    assert code in result.output
-    assert "fix:" in result.output
-    assert "Traceback" not in result.output
 
 
 def test_without_docker_it_leaves_the_context_and_prints_the_exact_commands(runner, workspace):

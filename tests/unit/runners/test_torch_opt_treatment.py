@@ -4,31 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from tiny_torch import Tiny
 
-from fedrun.data.loader import DataLoader
 from fedrun.errors import PlanError
-from fedrun.runners.torch import PyTorchTaskRunner
-
-
-class Loader(DataLoader):
-    def __init__(self) -> None:
-        super().__init__(batch_size=8, random_seed=0)
-        rng = np.random.default_rng(0)
-        self.X_train = rng.standard_normal((32, 4)).astype(np.float32)
-        self.y_train = rng.integers(0, 3, 32)
-        self.X_valid, self.y_valid = self.X_train, self.y_train
-
-
-class Tiny(PyTorchTaskRunner):
-    def __init__(self, **kwargs) -> None:
-        super().__init__(device="cpu", data_loader=Loader(), **kwargs)
-        torch.manual_seed(0)
-        self.fc = torch.nn.Linear(4, 3)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
-
-    def forward(self, x):
-        return self.fc(x)
 
 
 def _two_rounds(treatment: str) -> dict[str, np.ndarray]:
