@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fedrun.cli.common import console, exit_now, handle_errors, ok, setup_logging
+from fedrun.cli.common import console, exit_now, handle_errors, key_type_option, ok, setup_logging
 
 
 @click.group()
@@ -74,14 +74,17 @@ def start(
 @click.option(
     "--fqdn", default=None, help="aggregator host name (default: $FQDN or this host's FQDN)"
 )
+@key_type_option
 @handle_errors
-def generate_cert_request(fqdn: str | None) -> None:
+def generate_cert_request(fqdn: str | None, key_type: str) -> None:
     """Make the aggregator's key and certificate request (cert/server/agg_<fqdn>.{key,csr})."""
     from fedrun.pki import aggregator_paths, default_fqdn, generate_csr
 
     name = (fqdn or default_fqdn()).lower()
     paths = aggregator_paths(Path("cert"), name)
-    digest = generate_csr(name, server=True, key_path=paths.key, csr_path=paths.csr)
+    digest = generate_csr(
+        name, server=True, key_path=paths.key, csr_path=paths.csr, key_type=key_type
+    )
     ok(f"certificate request {paths.csr} (key {paths.key})")
     console(stderr=False).print(f"  CSR hash (SHA-384): {digest}")
 

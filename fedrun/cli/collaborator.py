@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from fedrun.cli.common import console, exit_now, handle_errors, ok, plan_options, setup_logging
+from fedrun.cli.common import (
+    console,
+    exit_now,
+    handle_errors,
+    key_type_option,
+    ok,
+    plan_options,
+    setup_logging,
+)
 
 
 @click.group()
@@ -81,8 +89,9 @@ def ping(name: str, plan_config: str, cols_config: str, data_config: str) -> Non
 @click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
 @click.option("-s", "--silent", is_flag=True, help="do not print the CSR hash")
 @click.option("-x", "--skip-package", is_flag=True, help="do not write the request zip")
+@key_type_option
 @handle_errors
-def generate_cert_request(name: str, silent: bool, skip_package: bool) -> None:
+def generate_cert_request(name: str, silent: bool, skip_package: bool, key_type: str) -> None:
     """Make NAME's key and certificate request, and the zip to send to the CA."""
     from fedrun.pki import (
         collaborator_paths,
@@ -92,7 +101,9 @@ def generate_cert_request(name: str, silent: bool, skip_package: bool) -> None:
     )
 
     paths = collaborator_paths(Path("cert"), name)
-    digest = generate_csr(name, server=False, key_path=paths.key, csr_path=paths.csr)
+    digest = generate_csr(
+        name, server=False, key_path=paths.key, csr_path=paths.csr, key_type=key_type
+    )
     ok(f"certificate request {paths.csr} (key {paths.key}, never leaves this node)")
     if not skip_package:
         package = Path(request_package_name(name))

@@ -167,5 +167,17 @@ def plan_options(fn: F) -> F:
     return fn
 
 
+def key_type_option(fn: F) -> F:
+    """``--key-type ec|rsa`` for commands that make a private key (values of ``fedrun.pki``'s
+    ``KEY_TYPES``, repeated here so that ``fx --help`` does not import cryptography)."""
+    return click.option(
+        "--key-type",
+        type=click.Choice(["ec", "rsa"]),
+        default="ec",
+        show_default=True,
+        help="private key: ECDSA P-384, or RSA-3072 where a site's policy requires RSA",
+    )(fn)
+
+
 def ok(message: str) -> None:
     console(stderr=False).print(f"[green]✔[/] {message}", soft_wrap=True)

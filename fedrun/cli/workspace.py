@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fedrun.cli.common import console, handle_errors, ok
+from fedrun.cli.common import console, handle_errors, key_type_option, ok
 from fedrun.workspace.templates_catalog import DESCRIPTIONS
 
 
@@ -36,12 +36,13 @@ def create(prefix: Path, template: str) -> None:
 
 
 @workspace.command()
+@key_type_option
 @handle_errors
-def certify() -> None:
+def certify(key_type: str) -> None:
     """Create the federation's certificate authority under cert/ (run once, on the CA node)."""
     from fedrun.pki import create_certificate_authority
 
-    ca = create_certificate_authority(Path("cert"))
+    ca = create_certificate_authority(Path("cert"), key_type=key_type)
     ok(f"certificate authority created; trust anchor {ca.chain}")
 
 

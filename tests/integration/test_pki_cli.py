@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fxnodes import Nodes, free_port, fx, fx_env, set_plan
 
 from fedrun import pki
@@ -175,3 +176,38 @@ def test_unwritable_save_folder_fails_before_the_first_round(tmp_path: Path) -> 
         "FX-STATE-004" in out.stderr and "blocked" in out.stderr and "Traceback" not in out.stderr
     )
     shutil.rmtree(ws / "local_state", ignore_errors=True)
+
+
+def test_rsa_keys_from_the_command_line_run_a_federation(tmp_path: Path, nodes: Nodes) -> None:
+    """`--key-type rsa` (RSA-3072) for the CA, the aggregator and a collaborator: the whole
+    certificate flow and a mutual-TLS federation work with them."""
+    fx(tmp_path, "workspace", "create", "--prefix", "ws", "--template", "no-op")
+    ws = tmp_path / "ws"
+    set_plan(ws, agg_port=free_port())
+    fx(ws, "plan", "initialize", "-a", "localhost")
+    fx(ws, "workspace", "certify", "--key-type", "rsa")
+    fx(ws, "aggregator", "generate-cert-request", "--fqdn", "localhost", "--key-type", "rsa")
+    fx(ws, "aggregator", "certify", "--fqdn", "localhost", "-s")
+    fx(ws, "collaborator", "create", "-n", "one", "-d", "1")
+    fx(ws, "collaborator", "generate-cert-request", "-n", "one", "-s", "--key-type", "rsa")
+    fx(ws, "collaborator", "certify", "--request-pkg", "col_one_to_agg_cert_request.zip", "-s")
+    fx(ws, "collaborator", "certify", "--import", "agg_to_col_one_signed_cert.zip")
+    for key in (
+        "ca/root-ca/private/root-ca.key",
+        "ca/signing-ca/private/signing-ca.key",
+        "server/agg_localhost.key",
+        "client/col_one.key",
+    ):
+        loaded = pki.load_private_key(ws / "cert" / key, "key")
+        assert isinstance(loaded, rsa.RSAPrivateKey) and loaded.key_size == 3072, key
+
+    nodes.start("aggregator", ws, "aggregator", "start")
+    nodes.start("one", ws, "collaborator", "start", "-n", "one")
+    assert nodes.wait("one") == 0, nodes.log("one")[-3000:]
+    assert nodes.wait("aggregator") == 0, nodes.log("aggregator")[-3000:]
+    assert "mutual TLS" in nodes.log("aggregator")
+
+    bad = fx(
+        ws, "collaborator", "generate-cert-request", "-n", "two", "--key-type", "dsa", check=False
+    )
+    assert bad.returncode != 0 and "'dsa' is not one of 'ec', 'rsa'" in bad.stderr
