@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import time
 from pathlib import Path
 
 from fedrun.errors import StateError
+
+log = logging.getLogger("fedrun.aggregator")
 
 #: the lock file, relative to the workspace
 LOCK_FILE = Path("local_state") / "aggregator.lock"
@@ -27,7 +30,8 @@ class AggregatorLock:
     """An exclusive advisory lock on a workspace's aggregator state.
 
     Use as a context manager (or call :meth:`acquire` / :meth:`release`). Acquiring fails at
-    once, with ``StateError`` FX-STATE-015 naming the holder, when another process holds it.
+    once, with ``StateError`` FX-STATE-015 naming the holder, when another process holds it. On
+    a file system without ``flock`` the aggregator runs unguarded, with a warning.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -68,13 +72,15 @@ class AggregatorLock:
                 "stop that aggregator (or wait for it to finish) before starting one here; "
                 "two aggregators in one workspace would overwrite each other's saved state",
             ) from None
-        except OSError as exc:
+        except OSError as exc:  # e.g. ENOLCK on a file system without locks: run unguarded
             os.close(fd)
-            raise StateError(
-                "FX-STATE-001",
-                f"cannot lock {self.path}: {exc.strerror}",
-                "put the workspace on a file system that supports flock (a local disk or NFSv4)",
-            ) from exc
+            log.warning(
+                "cannot lock %s (%s): nothing stops a second aggregator in this workspace; "
+                "put it on a file system with flock (a local disk, NFSv4) to be protected",
+                self.path,
+                exc.strerror,
+            )
+            return self
         self._fd = fd
         with contextlib.suppress(OSError):  # who holds it is a courtesy for the error above
             os.ftruncate(fd, 0)

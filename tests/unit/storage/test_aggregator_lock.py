@@ -71,3 +71,19 @@ def test_an_unwritable_folder_is_a_state_error_naming_it(tmp_path: Path) -> None
     with pytest.raises(StateError) as err:
         AggregatorLock.for_workspace(tmp_path).acquire()
     assert err.value.code == "FX-STATE-001" and "aggregator.lock" in err.value.message
+
+
+def test_a_file_system_without_locks_warns_and_runs_unguarded(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # e.g. NFSv3 without a lock daemon
+    with (
+        caplog.at_level("WARNING", logger="fedrun.aggregator"),
+        AggregatorLock.for_workspace(tmp_path) as lock,
+    ):
+        assert not lock.held
+    assert "No locks available" in caplog.text and "second aggregator" in caplog.text
