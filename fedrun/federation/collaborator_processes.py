@@ -83,8 +83,9 @@ class CollaboratorProcesses:
         known[process] = entry
         known.move_to_end(process)
         self._last[collaborator] = process
-        while len(known) > KEPT_PER_COLLABORATOR:
-            known.popitem(last=False)
+        while len(known) > KEPT_PER_COLLABORATOR:  # a refusal is forgotten with its process
+            forgotten, _ = known.popitem(last=False)
+            self._refused.pop((collaborator, forgotten), None)
         if not returning or previous is None or previous_token is None:
             return
         if now - previous.last_seen > self.window:

@@ -72,3 +72,14 @@ def test_memory_per_name_is_bounded() -> None:
     for i in range(100):  # 100 restarts
         seen.heard("alice", f"p{i}", A, float(i))
     assert len(seen._seen["alice"]) == KEPT_PER_COLLABORATOR
+
+
+def test_one_shot_processes_never_refused_and_never_piling_up() -> None:
+    """`fx collaborator ping` while the collaborator runs: each ping is a process of its own
+    that makes one request; it is never refused, and what is kept about them stays bounded."""
+    seen = CollaboratorProcesses()
+    for i in range(200):
+        seen.heard("alice", "worker", A, 2.0 * i)
+        seen.heard("alice", f"ping{i}", B, 2.0 * i + 1)  # one request, then the process exits
+    assert len(seen._seen["alice"]) == KEPT_PER_COLLABORATOR
+    assert len(seen._refused) <= KEPT_PER_COLLABORATOR
