@@ -43,7 +43,6 @@ class CollaboratorProcesses:
     def __init__(self, window: float = 600.0) -> None:
         self.window = float(window)
         self._seen: dict[str, OrderedDict[str, _Process]] = {}
-        self._last: dict[str, str] = {}
         self._refused: dict[tuple[str, str], tuple[str, _Process]] = {}  # -> (peer, older)
         self._lock = threading.Lock()
 
@@ -75,14 +74,14 @@ class CollaboratorProcesses:
 
     def _record(self, collaborator: str, process: str, peer: str, now: float) -> None:
         known = self._seen.setdefault(collaborator, OrderedDict())
-        previous_token = self._last.get(collaborator)
+        # the last token heard is the newest entry: entries move to the end when heard
+        previous_token = next(reversed(known), None)
         previous = known.get(previous_token) if previous_token else None
         returning = process in known and process != previous_token
         entry = known.get(process) or _Process(peer, now, now)
         entry.peer, entry.last_seen = peer, now
         known[process] = entry
         known.move_to_end(process)
-        self._last[collaborator] = process
         while len(known) > KEPT_PER_COLLABORATOR:  # a refusal is forgotten with its process
             forgotten, _ = known.popitem(last=False)
             self._refused.pop((collaborator, forgotten), None)

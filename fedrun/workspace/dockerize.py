@@ -176,23 +176,15 @@ def check_enclave_key(path: Path | None) -> Path:
         raise WorkspaceError(
             "FX-WS-033", f"the enclave signing key {key_path} does not exist", make_key
         )
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from fedrun.errors import CertificateError
+    from fedrun.pki.keys import load_private_key
 
     try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except TypeError:
-        raise WorkspaceError(
-            "FX-WS-034",
-            f"the enclave signing key {key_path} is encrypted",
-            "gramine-sgx-sign reads unencrypted keys: " + make_key,
-        ) from None
-    except (ValueError, OSError) as exc:
-        raise WorkspaceError(
-            "FX-WS-034",
-            f"{key_path} is not a PEM private key ({exc})",
-            make_key,
-        ) from None
+        key = load_private_key(key_path, "the enclave signing key")
+    except CertificateError as exc:  # unreadable, encrypted, or neither EC nor RSA
+        raise WorkspaceError("FX-WS-034", exc.message, make_key) from None
     if (
         not isinstance(key, rsa.RSAPrivateKey)
         or key.key_size != SGX_KEY_BITS
@@ -200,10 +192,8 @@ def check_enclave_key(path: Path | None) -> Path:
     ):
         if isinstance(key, rsa.RSAPrivateKey):
             kind = f"RSA-{key.key_size}, exponent {key.public_key().public_numbers().e}"
-        elif isinstance(key, ec.EllipticCurvePrivateKey):
-            kind = f"EC {key.curve.name}"
         else:
-            kind = type(key).__name__.lstrip("_")
+            kind = f"EC {key.curve.name}"
         raise WorkspaceError(
             "FX-WS-034",
             f"{key_path} is not an SGX signing key ({kind}); SGX signs enclaves with RSA-3072, "
