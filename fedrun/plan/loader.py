@@ -766,7 +766,7 @@ def check_settings(known: Mapping[str, Setting], settings: Mapping[str, Any], wh
             raise PlanError(
                 "FX-PLAN-012",
                 f"{where}.{key} is {value!r}",
-                f"use one of {', '.join(map(str, spec.choices))}",
+                f"use one of {', '.join(map(str, spec.choices))} ({key}: {spec.help})",
             )
         low, high = spec.minimum, spec.maximum
         if isinstance(value, int | float) and (

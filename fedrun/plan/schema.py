@@ -82,6 +82,12 @@ AGGREGATOR: dict[str, Setting] = {
     ),
     "log_memory_usage": Setting(_BOOL, False, "accepted for OpenFL compatibility", ignored=True),
     "use_delta_updates": Setting(_BOOL, True, "accepted for OpenFL compatibility", ignored=True),
+    "secure_aggregation": Setting(
+        _BOOL,
+        False,
+        "OpenFL's secure aggregation is not implemented by fedrun; remove the key or set false",
+        choices=(False,),
+    ),
 }
 
 COLLABORATOR: dict[str, Setting] = {
@@ -135,6 +141,19 @@ NETWORK: dict[str, Setting] = {
     ),
     "long_poll_seconds": Setting(
         _NUM, 20.0, "longest the aggregator holds a task request", minimum=0
+    ),
+    # in every OpenFL 1.9 workspace's plan/defaults/network.yaml
+    "enable_atomic_connections": Setting(
+        _BOOL, False, "ignored: fedrun keeps one channel per collaborator", ignored=True
+    ),
+    "transport_protocol": Setting(
+        _STR,
+        "grpc",
+        "fedrun speaks gRPC only (OpenFL's REST transport is not implemented)",
+        choices=("grpc",),
+    ),
+    "resend_data_on_reconnection": Setting(
+        _BOOL, True, "ignored: fedrun always resends an interrupted call", ignored=True
     ),
 }
 

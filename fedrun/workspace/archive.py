@@ -54,8 +54,6 @@ def export_workspace(workspace: str | Path = ".", output: str | Path | None = No
             "run `fx plan initialize` before exporting, so every node starts from the same model",
         )
     target = Path(output) if output else ws.parent / f"{ws.name}.zip"
-    requirements = environment_requirements()
-    (ws / "requirements.txt").write_text(requirements)
     tmp = target.with_suffix(".zip.part")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for folder in ("plan", "src"):
@@ -63,9 +61,11 @@ def export_workspace(workspace: str | Path = ".", output: str | Path | None = No
                 rel = path.relative_to(ws)
                 if path.is_file() and _include(rel):
                     zf.write(path, rel.as_posix())
-        for name in (".workspace", "requirements.txt"):
-            if (ws / name).is_file():
-                zf.write(ws / name, name)
+        if (ws / ".workspace").is_file():
+            zf.write(ws / ".workspace", ".workspace")
+        # the archive pins this environment's packages; the workspace's own requirements.txt
+        # is the user's file and stays as it is
+        zf.writestr("requirements.txt", environment_requirements())
         zf.write(init, init.relative_to(ws).as_posix())
         for folder in EMPTY_DIRS:
             zf.writestr(f"{folder}/", b"")

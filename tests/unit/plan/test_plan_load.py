@@ -14,6 +14,7 @@ import yaml
 
 from fedrun.aggregation import Median
 from fedrun.compression import NoCompressionPipeline
+from fedrun.errors import PlanError
 from fedrun.federation.aggregator import Aggregator
 from fedrun.federation.collaborator import Collaborator
 from fedrun.plan.aliases import resolve_template
@@ -464,3 +465,63 @@ def test_each_plan_imports_its_own_workspace_code(tmp_path, isolated_imports):
     assert source_of(only_two).is_relative_to(second)
     again = plan_one.import_template(plan_one.template("task_runner"), "task_runner")
     assert source_of(again).is_relative_to(first)
+
+
+# ---------------------------------------------------------------------- OpenFL 1.9 defaults
+#: plan/defaults/network.yaml exactly as OpenFL 1.9's `fx workspace create` writes it
+OPENFL_1_9_NETWORK_DEFAULTS = """\
+template: openfl.federation.Network
+settings:
+    agg_addr                   : auto
+    agg_port                   : auto
+    hash_salt                  : auto
+    use_tls                    : True
+    client_reconnect_interval  : 5
+    require_client_auth        : True
+    cert_folder                : cert
+    enable_atomic_connections  : False
+    transport_protocol         : grpc
+"""
+
+
+def test_openfl_1_9_network_defaults_load(plan_path):
+    # Prepare: the workspace's own defaults file, as every OpenFL 1.9 workspace has it
+    defaults = plan_path.parent / "defaults"
+    defaults.mkdir(exist_ok=True)
+    write(defaults / "network.yaml", OPENFL_1_9_NETWORK_DEFAULTS)
+    write(plan_path, MINIMAL_PLAN + "network:\n  defaults: plan/defaults/network.yaml\n")
+
+    # Execute
+    plan = Plan.load(plan_path)
+
+    # Assert
+    assert plan.network["transport_protocol"] == "grpc"
+    assert plan.network["enable_atomic_connections"] is False
+    assert plan.network["use_tls"] is True
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("network.transport_protocol=rest", "gRPC only"),
+        ("aggregator.secure_aggregation=true", "secure aggregation is not implemented"),
+    ],
+)
+def test_openfl_features_fedrun_lacks_are_refused_by_name(plan_path, override, named):
+    with pytest.raises(PlanError) as caught:
+        Plan.load(plan_path, overrides=[override])
+
+    assert caught.value.code == "FX-PLAN-012"
+    assert named in str(caught.value)
+
+
+def test_openfl_features_switched_off_are_accepted(plan_path):
+    plan = Plan.load(
+        plan_path,
+        overrides=[
+            "aggregator.secure_aggregation=false",
+            "network.resend_data_on_reconnection=true",
+        ],
+    )
+
+    assert plan.settings("aggregator")["secure_aggregation"] is False
