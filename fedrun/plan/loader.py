@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import sys
+import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 import yaml
 
 from fedrun.constants import AUTO_PORT_MAX, AUTO_PORT_MIN
-from fedrun.errors import PlanError
+from fedrun.errors import FedrunError, PlanError
 from fedrun.federation.tasks import TaskSpec
 from fedrun.plan import schema
 from fedrun.plan.aliases import resolve_template
@@ -366,6 +367,8 @@ class Plan:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
+            if exc.name and (exc.name == "openfl" or exc.name.startswith("openfl.")):
+                raise openfl_import_error(where, module_name, _failing_import(exc)) from exc
             if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
                 raise PlanError(
                     "FX-PLAN-007",
@@ -415,7 +418,16 @@ class Plan:
         cls_ = self.import_template(self.template(section), f"{section}.template")
         settings = dict(self.section(section).get("settings") or {})
         check_signature(cls_, settings, f"{self.path.name}: {section}.settings", set(inject))
-        return cls_(**settings, **inject)
+        if section not in USER_SECTIONS:
+            return cls_(**settings, **inject)
+        try:
+            return cls_(**settings, **inject)
+        except (FedrunError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:
+            raise user_code_error(
+                f"{self.path.name}: {section}", self.template(section), exc, self.workspace
+            ) from exc
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
@@ -517,6 +529,10 @@ class Plan:
                     f"check the name; workspace modules live in {self.workspace / 'src'}",
                 )
             return
+        line = _openfl_import_line(source)
+        if line is not None:
+            rel = Path(*module_name.split(".")).with_suffix(".py")
+            raise openfl_import_error(where, module_name, f"{rel}:{line}")
         classes = _class_defs(source)
         if attr not in classes and not _imports_name(source, attr):
             raise PlanError(
@@ -807,6 +823,71 @@ def check_signature(
                 f"{where}: unknown key {key!r}{did_you_mean(key, options)}",
                 f"{getattr(target, '__name__', target)} accepts: {', '.join(options) or 'nothing'}",
             )
+
+
+#: what an OpenFL workspace's ``src/`` imports, and fedrun's name for it
+OPENFL_PORTING = (
+    ("openfl.federated.PyTorchTaskRunner", "fedrun.PyTorchTaskRunner"),
+    ("openfl.federated.KerasTaskRunner", "fedrun.KerasTaskRunner"),
+    ("openfl.federated.PyTorchDataLoader", "fedrun.PyTorchDataLoader"),
+    ("openfl.federated.KerasDataLoader", "fedrun.KerasDataLoader"),
+    ("openfl.utilities.Metric", "fedrun.Metric"),
+)
+
+
+def openfl_import_error(where: str, module_name: str, location: str | None) -> PlanError:
+    """The error for workspace code that imports OpenFL (fedrun does not install it)."""
+    at = f" ({location})" if location else ""
+    pairs = "; ".join(f"{old} -> {new}" for old, new in OPENFL_PORTING)
+    return PlanError(
+        "FX-PLAN-030",
+        f"{where}: {module_name!r} imports OpenFL{at}, which fedrun does not provide; "
+        "an OpenFL workspace's plan carries over as it is, its src/ code needs its imports ported",
+        f"replace the openfl imports with fedrun's ({pairs}); method names are the same",
+    )
+
+
+def user_code_error(where: str, template: str, exc: BaseException, workspace: Path) -> PlanError:
+    """A PlanError for an exception raised while building a workspace class: the exception, and
+    the innermost lines of the workspace's own code it passed through (the user's to fix)."""
+    frames = [
+        f"{Path(f.filename).relative_to(workspace)}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
+        for f in traceback.extract_tb(exc.__traceback__)
+        if Path(f.filename).is_relative_to(workspace)
+    ][-3:]
+    where_in_code = ("\n  " + "\n  ".join(frames)) if frames else ""
+    return PlanError(
+        "FX-PLAN-032",
+        f"{where}: building {template} failed: {type(exc).__name__}: {exc}{where_in_code}",
+        "fix the workspace code at the line shown (run it with a debugger or print calls to see "
+        "more); code written for OpenFL may use attributes fedrun's runners do not have",
+    )
+
+
+def _openfl_import_line(tree: ast.Module) -> int | None:
+    """Line of the first ``import openfl...`` / ``from openfl... import`` in a module."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        if any(n == "openfl" or n.startswith("openfl.") for n in names):
+            return node.lineno
+    return None
+
+
+def _failing_import(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost frame of ``exc`` outside the import machinery."""
+    location = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.startswith("<frozen"):
+            location = f"{filename}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return location
 
 
 def _class_defs(tree: ast.Module) -> list[str]:

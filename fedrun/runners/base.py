@@ -56,6 +56,31 @@ class TaskRunner:
         self.opt_treatment = "RESET"
         self.settings = dict(kwargs)
 
+    # ------------------------------------------------------------------ OpenFL compatibility
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample (OpenFL sets it on every runner), from the data loader
+        unless a subclass set it; known even in model-initialisation mode (no data)."""
+        shape = self.__dict__.get("_feature_shape")
+        if shape is not None:
+            return tuple(shape)
+        if self.data_loader is None or not hasattr(self.data_loader, "get_feature_shape"):
+            raise PlanError(
+                "FX-PLAN-031",
+                f"{type(self).__name__}.feature_shape: its data loader "
+                f"({type(self.data_loader).__name__}) has no get_feature_shape()",
+                "give the data loader a get_feature_shape() method (the shape of one sample), "
+                "or set self.feature_shape in the task runner",
+            )
+        return tuple(int(d) for d in self.data_loader.get_feature_shape())
+
+    @feature_shape.setter
+    def feature_shape(self, value: Any) -> None:
+        self._feature_shape = tuple(int(d) for d in value)
+
+    def initialize_tensorkeys_for_functions(self, with_opt_vars: bool = False) -> None:
+        """Kept for OpenFL task runners that call it; fedrun needs no tensor-key bookkeeping."""
+
     def set_optimizer_treatment(self, treatment: str) -> None:
         """Set RESET, CONTINUE_LOCAL or CONTINUE_GLOBAL (see the plan's ``opt_treatment``)."""
         if treatment not in OPT_TREATMENTS:

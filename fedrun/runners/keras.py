@@ -288,23 +288,9 @@ class KerasTaskRunner(TaskRunner):
         self.keras = sys.modules["keras"]
         self.logger = log
         self.model: Any = None
-        self._feature_shape: tuple[int, ...] | None = None
         _limit_threads(self.backend)
 
     # ------------------------------------------------------------------ OpenFL compatibility
-    @property
-    def feature_shape(self) -> tuple[int, ...]:
-        """Shape of one input sample, from the data loader (known even without data)."""
-        if self._feature_shape is not None:
-            return self._feature_shape
-        if self.data_loader is None:
-            raise PlanError(NO_MODEL_CODE, f"{type(self).__name__} has no data loader")
-        return tuple(self.data_loader.get_feature_shape())
-
-    @feature_shape.setter
-    def feature_shape(self, value: Any) -> None:
-        self._feature_shape = tuple(int(d) for d in value)
-
     def initialize_tensorkeys_for_functions(self, with_opt_vars: bool = False) -> None:
         """Kept for OpenFL task runners that call it; fedrun needs no tensor-key bookkeeping."""
         self._require_model()

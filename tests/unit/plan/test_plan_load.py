@@ -525,3 +525,68 @@ def test_openfl_features_switched_off_are_accepted(plan_path):
     )
 
     assert plan.settings("aggregator")["secure_aggregation"] is False
+
+
+# ---------------------------------------------------------------------- OpenFL src/ code
+OPENFL_RUNNER = """\
+\"\"\"An OpenFL 1.9 task runner, as its template writes it.\"\"\"
+import numpy as np
+
+from openfl.federated import PyTorchTaskRunner
+from openfl.utilities import Metric
+
+
+class DigitsCNN(PyTorchTaskRunner):
+    pass
+"""
+
+
+def test_loading_names_the_openfl_import_and_how_to_port_it(workspace, plan_path):
+    (workspace / "src" / "taskrunner.py").write_text(OPENFL_RUNNER)
+
+    with pytest.raises(PlanError) as caught:
+        Plan.load(plan_path)
+
+    assert caught.value.code == "FX-PLAN-030"
+    text = str(caught.value)
+    assert "src/taskrunner.py:4" in text
+    assert "openfl.federated.PyTorchTaskRunner -> fedrun.PyTorchTaskRunner" in text
+
+
+def test_building_code_that_imports_openfl_names_the_line_not_pip_install(workspace, plan_path):
+    # Prepare: the OpenFL import sits in a module the task runner's module imports
+    (workspace / "src" / "openfl_base.py").write_text(OPENFL_RUNNER)
+    runner = workspace / "src" / "taskrunner.py"
+    runner.write_text(runner.read_text() + "\nfrom src.openfl_base import DigitsCNN as Other\n")
+    plan = Plan.load(plan_path)
+
+    # Execute
+    with pytest.raises(PlanError) as caught:
+        plan.import_template(plan.template("task_runner"), "task_runner.template")
+
+    # Assert
+    assert caught.value.code == "FX-PLAN-030"
+    assert f"{workspace / 'src' / 'openfl_base.py'}:4" in str(caught.value)
+    assert "pip install" not in str(caught.value)
+
+
+def test_an_exception_in_the_workspaces_constructor_names_its_line(workspace, plan_path):
+    # Prepare: OpenFL code calling something fedrun's runner lacks, inside the constructor
+    runner = workspace / "src" / "taskrunner.py"
+    text = runner.read_text().replace(
+        "        self.loss_fn = F.cross_entropy\n",
+        "        self.loss_fn = F.cross_entropy\n        self.openfl_only_bookkeeping()\n",
+    )
+    runner.write_text(text)
+    line = text.splitlines().index("        self.openfl_only_bookkeeping()") + 1
+    plan = Plan.load(plan_path)
+
+    # Execute
+    with pytest.raises(PlanError) as caught:
+        plan.build("task_runner", data_loader=None)
+
+    # Assert: a plan error (a clean exit), naming the exception and the workspace's line
+    assert caught.value.code == "FX-PLAN-032"
+    text = str(caught.value)
+    assert "AttributeError" in text and "openfl_only_bookkeeping" in text
+    assert f"src/taskrunner.py:{line} in __init__" in text
