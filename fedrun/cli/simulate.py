@@ -17,13 +17,14 @@ from fedrun.cli.common import console, handle_errors
     "workspace",
     default=None,
     type=click.Path(path_type=Path),
-    help="use this existing workspace instead of creating one",
+    help="simulate this existing workspace (in a copy: the workspace itself is left as it is)",
 )
 @click.option(
     "--prefix",
     default=None,
     type=click.Path(path_type=Path),
-    help="where to create the workspace (default ./fedrun-workspaces/<template>-<time>)",
+    help="where to create the workspace (default ./fedrun-workspaces/<template>-<time>; with "
+    "--workspace, <workspace>-simulate-<time> beside it)",
 )
 @click.option(
     "-n",
@@ -69,16 +70,24 @@ def simulate(
     from fedrun.simulate.local import LocalFederation
 
     con = console(stderr=False)
-    if workspace is not None and (template is not None or prefix is not None):
-        raise click.UsageError("--workspace uses an existing workspace; drop --template/--prefix")
+    if workspace is not None and template is not None:
+        raise click.UsageError("--workspace uses an existing workspace; drop --template")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     if workspace is None:
         template = template or "torch/digits"
         if prefix is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
             prefix = Path("fedrun-workspaces") / f"{template.replace('/', '_')}-{stamp}"
         target, create_from = prefix, template
     else:
-        target, create_from = workspace, None
+        from fedrun.simulate.local import copy_workspace
+
+        # the simulation rewrites the plan (address, port, TLS, rounds), cols.yaml and
+        # data.yaml and makes its own CA and models: never in the user's own workspace
+        if prefix is None:
+            resolved = workspace.resolve()
+            prefix = resolved.parent / f"{resolved.name}-simulate-{stamp}"
+        target, create_from = copy_workspace(workspace, prefix), None
+        con.print(f"simulating a copy of {workspace} ({workspace} itself is not changed)")
     if no_tls:
         con.print("[yellow]warning:[/] --no-tls: traffic and identities are NOT protected")
     fed = LocalFederation(

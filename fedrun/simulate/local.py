@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,6 +35,51 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+#: folders a simulation starts empty in its copy of a workspace (its own CA, state, logs, models)
+FRESH_FOLDERS = ("cert", "local_state", "logs", "save")
+#: folders copied (small, and edited by the simulation); other folders (data...) are linked
+COPIED_FOLDERS = ("plan", "src")
+
+
+def copy_workspace(source: Path, target: Path) -> Path:
+    """A copy of workspace ``source`` at ``target`` for a simulation to edit freely.
+
+    ``plan/`` and ``src/`` and the top-level files are copied; ``cert/``, ``local_state/``,
+    ``logs/`` and ``save/`` start empty (the simulation makes its own CA, state and models); every
+    other folder (``data/``...) is a symbolic link to the original, so no data is copied. The
+    source is only read.
+    """
+    source = Path(source).resolve()
+    if not (source / "plan" / "plan.yaml").is_file():
+        raise WorkspaceError(
+            "FX-WS-004",
+            f"{source} is not a workspace (no plan/plan.yaml)",
+            "pass --template to create one, or --workspace pointing at an existing one",
+        )
+    target = Path(target)
+    if target.exists() and any(target.iterdir()):
+        raise WorkspaceError(
+            "FX-WS-002",
+            f"{target} already exists and is not empty",
+            "choose another --prefix, or remove it",
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for item in sorted(source.iterdir()):
+        dest = target / item.name
+        if item.name in ("__pycache__", ".git"):
+            continue
+        if item.name in FRESH_FOLDERS:
+            dest.mkdir()
+        elif item.is_dir() and item.name in COPIED_FOLDERS:
+            shutil.copytree(item, dest, ignore=skip)
+        elif item.is_dir():
+            dest.symlink_to(item, target_is_directory=True)
+        else:
+            shutil.copy2(item, dest)
+    return target
 
 
 def collaborator_names(count: int) -> list[str]:

@@ -83,6 +83,8 @@ def test_seed_plan_verbatim_on_real_mnist_over_mutual_tls(tmp_path: Path, mnist_
             "simulate",
             "--workspace",
             str(ws),
+            "--prefix",
+            str(tmp_path / "run"),
             "--seed",
             "1",
         ],
@@ -93,8 +95,10 @@ def test_seed_plan_verbatim_on_real_mnist_over_mutual_tls(tmp_path: Path, mnist_
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "mutual TLS" in (ws / "logs" / "aggregator.log").read_text()
-    records = list(read_metrics(ws / "logs" / "metrics.jsonl"))
+    run = tmp_path / "run"  # the simulation ran in a copy; the workspace kept its plan
+    assert (ws / "plan" / "plan.yaml").read_text() == SEED_PLAN
+    assert "mutual TLS" in (run / "logs" / "aggregator.log").read_text()
+    records = list(read_metrics(run / "logs" / "metrics.jsonl"))
     final = [r.value for r in records if r.origin == "aggregator" and r.round == 2]
     assert final and final[0] >= 0.97, final  # README: 0.9764 with --seed 1
-    assert load_model(ws / "save" / "last.pbuf").round == 2
+    assert load_model(run / "save" / "last.pbuf").round == 2
