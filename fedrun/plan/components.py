@@ -6,6 +6,7 @@ builders import no ML framework: only the collaborator's task runner and data lo
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ from fedrun.metrics.records import (
     TensorBoardSink,
     read_metrics,
 )
-from fedrun.plan.loader import Plan
+from fedrun.plan.loader import Plan, did_you_mean
 from fedrun.storage.model_file import open_model_view
 from fedrun.storage.model_store import ModelStore
 from fedrun.storage.sqlite_state import SqliteStateStore, unflatten_rule_states
@@ -364,6 +365,54 @@ def build_task_runner(plan: Plan, collaborator: str | None) -> Any:
     return plan.build("task_runner", data_loader=loader)
 
 
+#: arguments every task method receives from the collaborator, never from the plan
+TASK_CALL_ARGUMENTS = ("col_name", "round_num", "input_tensor_dict")
+
+
+def check_task_kwargs(plan: Plan, runner: Any) -> None:
+    """Compare each task's ``kwargs`` with the task method's parameters before any training.
+
+    A keyword the method cannot take fails now (FX-PLAN-033) instead of in round 0. A keyword
+    that one of fedrun's own task methods would swallow unused (they take ``**kwargs`` so that
+    OpenFL plans with extra keys run) is logged as a warning with a did-you-mean: a misspelled
+    ``epoch`` would otherwise silently train the default one epoch.
+    """
+    for task in plan.tasks.values():
+        method = getattr(runner, task.function, None)
+        if method is None or not task.kwargs:
+            continue
+        try:
+            params = inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            continue
+        named = [
+            n
+            for n, p in params.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in TASK_CALL_ARGUMENTS
+        ]
+        open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        owner = f"{type(runner).__name__}.{task.function}"
+        for key in task.kwargs:
+            if key in named:
+                continue
+            where = f"tasks.{task.name}.kwargs.{key}"
+            takes = f"it takes {', '.join(named)}" if named else "it takes no keyword arguments"
+            if not open_ended:
+                raise PlanError(
+                    "FX-PLAN-033",
+                    f"{where}: {owner} has no parameter {key!r}{did_you_mean(key, named)}",
+                    f"remove the key or correct its name ({takes})",
+                )
+            if getattr(method, "__module__", "").startswith("fedrun."):
+                log.warning(
+                    "%s is not used by %s (%s)%s; it is ignored",
+                    where,
+                    owner,
+                    takes,
+                    did_you_mean(key, named),
+                )
+
+
 def build_collaborator(
     plan: Plan, name: str, connection: AggregatorConnection, runner: Any = None
 ) -> Collaborator:
@@ -375,6 +424,7 @@ def build_collaborator(
             f"run `fx collaborator create -n {name} -d <data path or shard>`",
         )
     runner = runner if runner is not None else build_task_runner(plan, name)
+    check_task_kwargs(plan, runner)
     settings = plan.settings("collaborator")
     return Collaborator(
         collaborator_name=name,
