@@ -35,6 +35,14 @@ def plan() -> None:
     type=click.Path(path_type=Path),
     help="start from this model (.pbuf or native file)",
 )
+@click.option(
+    "-f",
+    "--input_shape",
+    "--input-shape",
+    "input_shape",
+    default=None,
+    help="accepted for OpenFL scripts and ignored: the task runner knows its input shape",
+)
 @handle_errors
 def initialize(
     plan_config: str,
@@ -42,9 +50,16 @@ def initialize(
     data_config: str,
     agg_addr: str | None,
     init_model: Path | None,
+    input_shape: str | None,
 ) -> None:
     """Write save/init.pbuf (no collaborator data needed) and the aggregator address."""
     from fedrun.plan.initialize import initialize_plan
+
+    if input_shape is not None:
+        console().print(
+            f"[yellow]note:[/] --input_shape {input_shape} is ignored (as in OpenFL 1.9): "
+            "the model is built by the task runner, which knows its input shape"
+        )
 
     loaded, target = initialize_plan(
         plan_config, cols_config, data_config, agg_addr=agg_addr, init_model=init_model

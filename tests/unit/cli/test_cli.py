@@ -231,6 +231,16 @@ def test_simulate_refuses_a_timeout_that_is_not_positive_before_creating_anythin
     assert not (tmp_path / "ws").exists()
 
 
+def test_plan_initialize_accepts_openfls_input_shape_option_and_says_it_is_ignored(
+    runner, workspace
+):
+    # OpenFL scripts run `fx plan initialize -f [1,8,8]`; OpenFL 1.9 ignores the shape too
+    result = runner.invoke(cli, ["plan", "initialize", "-a", "localhost", "-f", "[1,8,8]"])
+    assert result.exit_code == 0, result.output
+    assert "--input_shape [1,8,8] is ignored" in result.output
+    assert (workspace / "save" / "init.pbuf").is_file()
+
+
 @pytest.mark.parametrize("address", ["bad host name!", "agg.example.org:50051", "1.2.3", ""])
 def test_plan_initialize_refuses_an_address_collaborators_could_never_reach(
     runner, workspace, address
