@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fedrun.cli.common import handle_errors, ok, plan_options
+from fedrun.cli.common import console, handle_errors, ok, plan_options
 
 
 @click.group()
@@ -33,12 +33,20 @@ def model() -> None:
     help="where to write the native model",
 )
 @click.option("-f", "--force", is_flag=True, help="overwrite an existing output")
+@click.option(
+    "--input-shape",
+    "--input_shape",
+    "input_shape",
+    default=None,
+    help="accepted for OpenFL scripts and ignored: the task runner knows its input shape",
+)
 @plan_options
 @handle_errors
 def save(
     input_path: Path,
     output: Path,
     force: bool,
+    input_shape: str | None,
     plan_config: str,
     cols_config: str,
     data_config: str,
@@ -47,6 +55,11 @@ def save(
     from fedrun.errors import WorkspaceError
     from fedrun.model import get_model, save_native
 
+    if input_shape is not None:
+        console().print(
+            f"[yellow]note:[/] --input-shape {input_shape} is ignored: the model is built by "
+            "the task runner, which knows its input shape"
+        )
     if output.exists() and not force:
         raise WorkspaceError(
             "FX-WS-012", f"{output} already exists", "pass --force to overwrite it"

@@ -241,6 +241,18 @@ def test_plan_initialize_accepts_openfls_input_shape_option_and_says_it_is_ignor
     assert (workspace / "save" / "init.pbuf").is_file()
 
 
+def test_model_save_accepts_openfls_input_shape_option_and_says_it_is_ignored(
+    runner, workspace
+):
+    assert runner.invoke(cli, ["plan", "initialize", "-a", "localhost"]).exit_code == 0
+    result = runner.invoke(
+        cli, ["model", "save", "-i", "save/init.pbuf", "-o", "m.pt", "--input-shape", "[1,8,8]"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "--input-shape [1,8,8] is ignored" in result.output
+    assert (workspace / "m.pt").is_file()
+
+
 @pytest.mark.parametrize("address", ["bad host name!", "agg.example.org:50051", "1.2.3", ""])
 def test_plan_initialize_refuses_an_address_collaborators_could_never_reach(
     runner, workspace, address
