@@ -30,6 +30,7 @@ from fedrun.errors import FedrunError, PlanError
 from fedrun.federation.tasks import TaskSpec
 from fedrun.plan import schema
 from fedrun.plan.aliases import resolve_template
+from fedrun.plan.openfl_names import is_provided, provided_names, serve_openfl_names
 from fedrun.plan.schema import CLASS_SCHEMAS, SECTIONS, TASK_KEYS, USER_SECTIONS, Setting
 
 PACKAGED_DEFAULTS = Path(__file__).resolve().parent / "defaults"
@@ -364,11 +365,16 @@ class Plan:
                 "write e.g. src.taskrunner.MyRunner",
             )
         self._use_workspace_modules(module_name.split(".")[0])
+        serve_openfl_names()
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
+        except ImportError as exc:
             if exc.name and (exc.name == "openfl" or exc.name.startswith("openfl.")):
-                raise openfl_import_error(where, module_name, _failing_import(exc)) from exc
+                raise openfl_import_error(
+                    where, module_name, _failing_import(exc), str(exc)
+                ) from exc
+            if not isinstance(exc, ModuleNotFoundError):
+                raise
             if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
                 raise PlanError(
                     "FX-PLAN-007",
@@ -529,10 +535,11 @@ class Plan:
                     f"check the name; workspace modules live in {self.workspace / 'src'}",
                 )
             return
-        line = _openfl_import_line(source)
-        if line is not None:
+        unprovided = _unprovided_openfl_import(source)
+        if unprovided is not None:
+            line, what = unprovided
             rel = Path(*module_name.split(".")).with_suffix(".py")
-            raise openfl_import_error(where, module_name, f"{rel}:{line}")
+            raise openfl_import_error(where, module_name, f"{rel}:{line}", f"it imports {what}")
         classes = _class_defs(source)
         if attr not in classes and not _imports_name(source, attr):
             raise PlanError(
@@ -825,25 +832,17 @@ def check_signature(
             )
 
 
-#: what an OpenFL workspace's ``src/`` imports, and fedrun's name for it
-OPENFL_PORTING = (
-    ("openfl.federated.PyTorchTaskRunner", "fedrun.PyTorchTaskRunner"),
-    ("openfl.federated.KerasTaskRunner", "fedrun.KerasTaskRunner"),
-    ("openfl.federated.PyTorchDataLoader", "fedrun.PyTorchDataLoader"),
-    ("openfl.federated.KerasDataLoader", "fedrun.KerasDataLoader"),
-    ("openfl.utilities.Metric", "fedrun.Metric"),
-)
-
-
-def openfl_import_error(where: str, module_name: str, location: str | None) -> PlanError:
-    """The error for workspace code that imports OpenFL (fedrun does not install it)."""
+def openfl_import_error(
+    where: str, module_name: str, location: str | None, detail: str = ""
+) -> PlanError:
+    """The error for workspace code that imports a part of OpenFL fedrun does not stand in for."""
     at = f" ({location})" if location else ""
-    pairs = "; ".join(f"{old} -> {new}" for old, new in OPENFL_PORTING)
+    why = f": {detail}" if detail else ""
     return PlanError(
         "FX-PLAN-030",
-        f"{where}: {module_name!r} imports OpenFL{at}, which fedrun does not provide; "
-        "an OpenFL workspace's plan carries over as it is, its src/ code needs its imports ported",
-        f"replace the openfl imports with fedrun's ({pairs}); method names are the same",
+        f"{where}: {module_name!r} imports a part of OpenFL that fedrun does not provide{at}{why}",
+        f"fedrun stands in for {provided_names()}; port the rest of that code to fedrun's API "
+        "(or drop the import if it is unused)",
     )
 
 
@@ -864,17 +863,21 @@ def user_code_error(where: str, template: str, exc: BaseException, workspace: Pa
     )
 
 
-def _openfl_import_line(tree: ast.Module) -> int | None:
-    """Line of the first ``import openfl...`` / ``from openfl... import`` in a module."""
+def _unprovided_openfl_import(tree: ast.Module) -> tuple[int, str] | None:
+    """Line and name of the first import of an OpenFL module or name fedrun does not serve."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
+            module = node.module
+            if module != "openfl" and not module.startswith("openfl."):
+                continue
+            for alias in node.names:
+                if not is_provided(module, alias.name):
+                    return node.lineno, f"{module}.{alias.name}"
         elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        else:
-            continue
-        if any(n == "openfl" or n.startswith("openfl.") for n in names):
-            return node.lineno
+            for alias in node.names:
+                top = alias.name
+                if (top == "openfl" or top.startswith("openfl.")) and not is_provided(top):
+                    return node.lineno, top
     return None
 
 

@@ -534,28 +534,49 @@ import numpy as np
 
 from openfl.federated import PyTorchTaskRunner
 from openfl.utilities import Metric
-
+{extra}
 
 class DigitsCNN(PyTorchTaskRunner):
-    pass
+    def validate_(self, loader):
+        return Metric("accuracy", 1.0)
 """
 
 
-def test_loading_names_the_openfl_import_and_how_to_port_it(workspace, plan_path):
-    (workspace / "src" / "taskrunner.py").write_text(OPENFL_RUNNER)
+def test_openfl_imports_of_the_taskrunner_api_load_fedruns_classes(workspace, plan_path):
+    # Prepare: src/ exactly as OpenFL code starts (the imports fedrun stands in for)
+    (workspace / "src" / "taskrunner.py").write_text(OPENFL_RUNNER.format(extra=""))
+
+    # Execute
+    plan = Plan.load(plan_path)
+    runner_class = plan.import_template(plan.template("task_runner"), "task_runner.template")
+
+    # Assert: the workspace class is one of fedrun's runners, its Metric fedrun's
+    from fedrun.runners.base import Metric
+    from fedrun.runners.torch import PyTorchTaskRunner
+
+    assert issubclass(runner_class, PyTorchTaskRunner)
+    assert runner_class.validate_(None, None) == Metric("accuracy", 1.0)
+
+
+def test_loading_names_an_openfl_import_fedrun_does_not_provide(workspace, plan_path):
+    extra = "from openfl.utilities import TensorKey"
+    (workspace / "src" / "taskrunner.py").write_text(OPENFL_RUNNER.format(extra=extra))
 
     with pytest.raises(PlanError) as caught:
         Plan.load(plan_path)
 
     assert caught.value.code == "FX-PLAN-030"
     text = str(caught.value)
-    assert "src/taskrunner.py:4" in text
-    assert "openfl.federated.PyTorchTaskRunner -> fedrun.PyTorchTaskRunner" in text
+    assert "src/taskrunner.py:6" in text and "openfl.utilities.TensorKey" in text
+    assert "openfl.federated.PyTorchTaskRunner" in text  # what is provided
 
 
-def test_building_code_that_imports_openfl_names_the_line_not_pip_install(workspace, plan_path):
-    # Prepare: the OpenFL import sits in a module the task runner's module imports
-    (workspace / "src" / "openfl_base.py").write_text(OPENFL_RUNNER)
+def test_building_code_that_imports_more_of_openfl_names_the_line_not_pip_install(
+    workspace, plan_path
+):
+    # Prepare: the unprovided import sits in a module the task runner's module imports
+    extra = "from openfl.interface.aggregation_functions import WeightedAverage"
+    (workspace / "src" / "openfl_base.py").write_text(OPENFL_RUNNER.format(extra=extra))
     runner = workspace / "src" / "taskrunner.py"
     runner.write_text(runner.read_text() + "\nfrom src.openfl_base import DigitsCNN as Other\n")
     plan = Plan.load(plan_path)
@@ -566,7 +587,7 @@ def test_building_code_that_imports_openfl_names_the_line_not_pip_install(worksp
 
     # Assert
     assert caught.value.code == "FX-PLAN-030"
-    assert f"{workspace / 'src' / 'openfl_base.py'}:4" in str(caught.value)
+    assert f"{workspace / 'src' / 'openfl_base.py'}:6" in str(caught.value)
     assert "pip install" not in str(caught.value)
 
 
