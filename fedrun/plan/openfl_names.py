@@ -47,8 +47,19 @@ PROVIDED: dict[str, dict[str, tuple[str, str]]] = {
 
 
 def provided_names() -> str:
-    """``openfl.federated.PyTorchTaskRunner, ...``: every name served, for error messages."""
-    return ", ".join(f"{module}.{name}" for module, names in PROVIDED.items() for name in names)
+    """What is served, for error messages: each module's names once (a submodule holding only
+    names its parent has is mentioned, not listed)."""
+    parts = []
+    for module, names in PROVIDED.items():
+        parent = PROVIDED.get(module.rpartition(".")[0], {})
+        if names and not set(names) <= set(parent):
+            parts.append(f"{module}.{{{', '.join(names)}}}")
+    nested = [
+        m
+        for m, n in PROVIDED.items()
+        if n and set(n) <= set(PROVIDED.get(m.rpartition(".")[0], {}))
+    ]
+    return "; ".join(parts) + (f" (also under {', '.join(nested)})" if nested else "")
 
 
 def is_provided(module: str, name: str | None = None) -> bool:
