@@ -39,6 +39,7 @@ from fedrun.storage.model_file import (
     TensorPieces,
     TensorSequence,
     open_model_view,
+    spool_problem,
 )
 from fedrun.storage.spool import Spool
 from fedrun.storage.sqlite_state import flatten_rule_states
@@ -325,6 +326,32 @@ class Aggregator:
         replayed = 0
         for result in results:
             if result.round != self.round_num:
+                continue
+            if result.collaborator not in self.collaborators:
+                # removed from cols.yaml since: its work no longer counts (kept on disk, so it
+                # counts again if the collaborator is authorized again before the round ends)
+                log.warning(
+                    "round %d: the saved %s result of %s is not counted: %s is no longer in "
+                    "plan/cols.yaml",
+                    result.round,
+                    result.task,
+                    result.collaborator,
+                    result.collaborator,
+                )
+                continue
+            problem = spool_problem(result.spool_path) if result.spool_path else None
+            if problem is not None:
+                log.warning(
+                    "round %d: the saved %s result of %s cannot be read back (%s); it is "
+                    "dropped and %s will be asked to do the task again",
+                    result.round,
+                    result.task,
+                    result.collaborator,
+                    problem,
+                    result.collaborator,
+                )
+                self.state_store.drop_result(result.round, result.collaborator, result.task)
+                Path(result.spool_path).unlink(missing_ok=True)
                 continue
             with self._lock:
                 self._apply_result(result, replay=True)

@@ -256,11 +256,16 @@ def write_failure(path: Path, exc: OSError) -> StateError:
 
 
 def _corrupt(path: Path, what: str) -> StateError:
-    return StateError(
-        "FX-STATE-002",
-        f"model file {path} is corrupt: {what}",
-        "restore it from a copy, or re-create init.pbuf with `fx plan initialize`",
-    )
+    if path.suffix == ".result":
+        fix = (
+            "a collaborator's spooled result was damaged on disk; start the aggregator again: "
+            "it drops that result and the collaborator does the task again"
+        )
+    elif path.name == "init.pbuf":
+        fix = "re-create it with `fx plan initialize` (or restore it from a copy)"
+    else:
+        fix = "restore it from a copy (save/previous-*/ holds the models of earlier runs)"
+    return StateError("FX-STATE-002", f"model file {path} is corrupt: {what}", fix)
 
 
 class TensorFileWriter:
@@ -449,6 +454,21 @@ def _scan(source: Path) -> tuple[pb.ModelInfo, list[tuple[pb.TensorHeader, int]]
             tensors.append((frame.header, offset))
             f.seek(end)
     return info, tensors, body_start
+
+
+def spool_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a model file (a spooled result) cannot be read back whole, or None when it can:
+    its headers are intact and every tensor's payload is present."""
+    source = Path(path)
+    if not source.is_file():
+        return f"{source} is missing"
+    try:
+        _scan(source)
+    except StateError as exc:
+        return exc.message
+    except OSError as exc:
+        return f"{source}: {exc.strerror}"
+    return None
 
 
 class TensorFileReader:

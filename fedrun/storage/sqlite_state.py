@@ -126,16 +126,11 @@ class SqliteStateStore(StateStore):
                     "start over with `fx aggregator start --reset-state` (discards saved progress)",
                 ) from exc
         for row in rows:
-            spool = row[5]
-            if spool and not Path(spool).is_file():
-                raise StateError(
-                    "FX-STATE-013",
-                    f"accepted result of {row[1]!r} ({row[2]}, round {row[0]}) lost its tensor file {spool}",
-                    "do not delete local_state/ while an experiment runs; start over with --reset-state",
-                )
+            # a result whose spool file is gone or damaged is dropped by the aggregator when it
+            # resumes (the collaborator redoes the task), not refused here
             state.results.append(
                 AcceptedResult(
-                    row[0], row[1], row[2], row[3], json.loads(row[4]), spool, row[6], row[7]
+                    row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7]
                 )
             )
         return state
@@ -169,6 +164,13 @@ class SqliteStateStore(StateStore):
             except sqlite3.IntegrityError:
                 return False
             return True
+
+    def drop_result(self, round_num: int, collaborator: str, task: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM results WHERE round = ? AND collaborator = ? AND task = ?",
+                (round_num, collaborator, task),
+            )
 
     def finish_round(
         self,

@@ -59,6 +59,10 @@ class StateStore(ABC):
         """Durably record an accepted result; False if it is a duplicate."""
 
     @abstractmethod
+    def drop_result(self, round_num: int, collaborator: str, task: str) -> None:
+        """Forget an accepted result whose tensors cannot be read back (the task is redone)."""
+
+    @abstractmethod
     def finish_round(
         self,
         finished_round: int,
@@ -113,6 +117,13 @@ class InMemoryStateStore(StateStore):
                 return False
             self._state.results.append(result)
             return True
+
+    def drop_result(self, round_num: int, collaborator: str, task: str) -> None:
+        with self._lock:
+            key = (round_num, collaborator, task)
+            self._state.results = [
+                r for r in self._state.results if (r.round, r.collaborator, r.task) != key
+            ]
 
     def finish_round(
         self,

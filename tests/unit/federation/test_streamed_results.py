@@ -8,28 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from result_uploads import INITIAL, ORDER, TASKS, header, send, trained, validate
 
 from fedrun.aggregation import WeightedAverage
 from fedrun.errors import ProtocolError
 from fedrun.federation.aggregator import Aggregator, ModelSink
 from fedrun.federation.assigner import RandomGroupedAssigner
-from fedrun.federation.tasks import TaskSpec
-from fedrun.protocol import federation_pb2 as pb
-from fedrun.protocol.codec import encode_tensor_wire, mapped_file_range, raw_header
+from fedrun.protocol.codec import encode_tensor_wire, mapped_file_range
 from fedrun.storage.model_file import load_model, open_model_view, save_model
 from fedrun.storage.model_store import ModelStore
-
-ORDER = ["train", "validate"]
-TASKS = {
-    "train": TaskSpec("train", "train", {}),
-    "validate": TaskSpec("validate", "validate", {"apply": "global"}),
-}
-RNG = np.random.default_rng(7)
-INITIAL = {
-    "conv": RNG.standard_normal((3, 5, 7)).astype(np.float32),
-    "bias": RNG.standard_normal(11).astype(np.float32),
-    "steps": np.array([3], dtype=np.int64),
-}
 
 
 def make(
@@ -51,51 +38,9 @@ def make(
     )
 
 
-def header(name: str, array: np.ndarray) -> pb.TensorHeader:
-    return raw_header(name, array)
-
-
 def assert_same_model(actual: Aggregator, expected: Aggregator) -> None:
     for name in INITIAL:
         assert actual.global_model[name].tobytes() == expected.global_model[name].tobytes()
-
-
-def send(agg: Aggregator, who: str, tensors: dict, data_size: int, chunk: int | None) -> int:
-    """Upload ``train``; ``chunk`` bytes per data frame streams it, None sends tensors whole.
-    Returns how many tensors went through the streamed path."""
-    upload = agg.open_result(who, agg.round_num, "train", data_size, {"loss": 1.0}, len(tensors))
-    streamed = 0
-    try:
-        for name, array in tensors.items():
-            incoming = None
-            if chunk is not None:
-                incoming = upload.open_tensor(header(name, array), array.dtype)
-            if incoming is None:
-                upload.add(name, array)
-                continue
-            streamed += 1
-            payload = memoryview(np.ascontiguousarray(array)).cast("B")  # no copy
-            done = False
-            for start in range(0, len(payload), chunk):
-                done = incoming.write(payload[start : start + chunk])
-            assert done
-        upload.commit()
-    except BaseException:
-        upload.abort()
-        raise
-    return streamed
-
-
-def trained(offset: float) -> dict[str, np.ndarray]:
-    return {
-        k: (v + np.asarray(offset, dtype=v.dtype)) if v.dtype.kind == "f" else v + 1
-        for k, v in INITIAL.items()
-    }
-
-
-def validate(agg: Aggregator, who: str) -> None:
-    upload = agg.open_result(who, agg.round_num, "validate", 5, {"acc": 0.5}, 0)
-    upload.commit()
 
 
 def run_round(agg: Aggregator, chunk: int | None, a_tensors=None) -> int:

@@ -1,0 +1,82 @@
+"""What a restarted aggregator does with the results it saved before: a result from a
+collaborator no longer in cols.yaml is not counted, and a result whose spool file was damaged is
+dropped (the collaborator is asked for the task again) instead of failing every restart."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from result_uploads import INITIAL, ORDER, TASKS, send, trained, validate
+
+from fedrun.aggregation import WeightedAverage
+from fedrun.federation.aggregator import Aggregator
+from fedrun.federation.assigner import RandomGroupedAssigner
+from fedrun.storage.state_store import InMemoryStateStore
+
+
+def start(tmp_path: Path, store: InMemoryStateStore, cols: tuple[str, ...]) -> Aggregator:
+    """An aggregator on ``store`` and the spool in ``tmp_path``, as `fx aggregator start` makes
+    one, with the results saved so far replayed."""
+    names = list(cols)
+    groups = [{"name": "g", "percentage": 1.0, "tasks": ORDER}]
+    agg = Aggregator(
+        plan_hash="h" * 64,
+        federation_id="fed",
+        collaborators=names,
+        tasks=TASKS,
+        assigner=RandomGroupedAssigner(groups, names, rounds_to_train=2),
+        rounds_to_train=2,
+        initial_model=INITIAL,
+        aggregation_functions={"train": WeightedAverage()},
+        spool_dir=tmp_path / "spool",
+        state_store=store,
+    )
+    agg.resume(store.load().results)
+    return agg
+
+
+def test_a_collaborator_removed_from_cols_yaml_does_not_close_the_round(tmp_path, caplog):
+    # Prepare: `b` finished round 0 while `a` was still training; then the aggregator stopped
+    store = InMemoryStateStore()
+    first = start(tmp_path, store, ("a", "b"))
+    send(first, "b", trained(-1.5), 30, 64)
+    validate(first, "b")
+
+    # Execute: restarted after `b` was removed from cols.yaml
+    with caplog.at_level(logging.WARNING, logger="fedrun.aggregator"):
+        again = start(tmp_path, store, ("a",))
+
+    # Assert: the round waits for `a`, and its model is `a`'s update alone
+    assert again.round_num == 0 and not again.round.accepted
+    assert "is no longer in plan/cols.yaml" in caplog.text
+    send(again, "a", trained(0.25), 10, 64)
+    validate(again, "a")
+    assert again.round_num == 1
+    expected = INITIAL["conv"] + np.float32(0.25)
+    assert np.array_equal(again.global_model["conv"], expected)
+
+
+def test_a_damaged_spool_file_is_dropped_and_the_task_done_again(tmp_path, caplog):
+    # Prepare: `a`'s training result was accepted, then its spool file was cut short
+    store = InMemoryStateStore()
+    first = start(tmp_path, store, ("a", "b"))
+    send(first, "a", trained(0.25), 10, 64)
+    (saved,) = store.load().results
+    os.truncate(saved.spool_path, 100)
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedrun.aggregator"):
+        again = start(tmp_path, store, ("a", "b"))
+
+    # Assert: forgotten (in the store too) and its file removed; the round still completes
+    assert "cannot be read back" in caplog.text and "do the task again" in caplog.text
+    assert store.load().results == [] and not Path(saved.spool_path).exists()
+    assert "train" not in again.round.done["a"]
+    send(again, "a", trained(0.25), 10, 64)
+    send(again, "b", trained(-1.5), 30, 64)
+    validate(again, "a")
+    validate(again, "b")
+    assert again.round_num == 1

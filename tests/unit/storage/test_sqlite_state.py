@@ -1,0 +1,37 @@
+"""SqliteStateStore: accepted results survive a restart; a result can be forgotten (its spool file
+was damaged) so that the collaborator does the task again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedrun.storage.sqlite_state import SqliteStateStore
+from fedrun.storage.state_store import AcceptedResult
+
+
+def result(collaborator: str, task: str, spool: str = "") -> AcceptedResult:
+    return AcceptedResult(0, collaborator, task, 10, {"loss": 0.5}, spool, 4, 4)
+
+
+def test_a_dropped_result_is_gone_after_a_restart_and_the_others_stay(tmp_path: Path):
+    store = SqliteStateStore(tmp_path / "tensor.db")
+    store.start("h" * 64, 0)
+    assert store.record_result(result("a", "train", str(tmp_path / "a.result")))
+    assert store.record_result(result("b", "train"))
+
+    store.drop_result(0, "a", "train")
+    store.close()
+    again = SqliteStateStore(tmp_path / "tensor.db")
+
+    assert [(r.collaborator, r.task) for r in again.load().results] == [("b", "train")]
+    assert again.record_result(result("a", "train"))  # may be sent again
+
+
+def test_a_result_whose_spool_file_is_gone_is_loaded_for_the_aggregator_to_drop(tmp_path: Path):
+    store = SqliteStateStore(tmp_path / "tensor.db")
+    store.start("h" * 64, 0)
+    store.record_result(result("a", "train", str(tmp_path / "missing.result")))
+
+    (loaded,) = store.load().results  # the aggregator's resume finds it unreadable and drops it
+
+    assert loaded.spool_path.endswith("missing.result")
