@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from fedrun.errors import FedrunError
+from fedrun.errors import FedrunError, StateError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -112,11 +112,36 @@ def setup_logging(level: str = "info", logfile: Path | None = None) -> None:
     env_file = os.environ.get("FEDRUN_LOG_FILE")
     target = logfile or (Path(env_file) if env_file else None)
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fh: logging.FileHandler = LogFileHandler(target)
+        except OSError as exc:
+            raise StateError(
+                "FX-STATE-004",
+                f"cannot write the log file {target}: {exc.strerror or exc}",
+                f"make {target.parent} writable by this user (or free space on it)",
+            ) from exc
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
     root.propagate = False
+
+
+class LogFileHandler(logging.FileHandler):
+    """The node's log file; when a line cannot be written (disk full...), one warning on stderr
+    instead of a Python traceback per line, and the console keeps logging."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(
+                f"warning: cannot write the log file {self.baseFilename}: {error}; "
+                "logging to the console only from now on\n"
+            )
 
 
 def exit_now(code: int = 0) -> None:

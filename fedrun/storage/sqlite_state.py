@@ -163,6 +163,15 @@ class SqliteStateStore(StateStore):
                 )
             except sqlite3.IntegrityError:
                 return False
+            except sqlite3.DatabaseError as exc:
+                # disk full, I/O error: the result is not acknowledged, the collaborator retries
+                raise StateError(
+                    "FX-STATE-005",
+                    f"cannot record {result.collaborator!r}'s {result.task} result in {self.path}: "
+                    f"{exc}",
+                    f"free space on (or fix the permissions of) {self.path.parent}; work already "
+                    "acknowledged is on disk, and the collaborator sends this result again",
+                ) from exc
             return True
 
     def drop_result(self, round_num: int, collaborator: str, task: str) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from fedrun.errors import StateError
 from fedrun.storage.sqlite_state import SqliteStateStore
 from fedrun.storage.state_store import AcceptedResult
 
@@ -35,3 +38,24 @@ def test_a_result_whose_spool_file_is_gone_is_loaded_for_the_aggregator_to_drop(
     (loaded,) = store.load().results  # the aggregator's resume finds it unreadable and drops it
 
     assert loaded.spool_path.endswith("missing.result")
+
+
+def test_a_full_database_refuses_the_result_with_a_state_error_and_loses_nothing(tmp_path):
+    # Prepare: SQLite's own size cap makes the next insert fail as a full disk does (SQLITE_FULL)
+    store = SqliteStateStore(tmp_path / "tensor.db")
+    store.start("h" * 64, 0)
+    assert store.record_result(result("a", "train"))
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    big = AcceptedResult(0, "b", "train", 10, {f"m{i}": 0.5 for i in range(2000)}, "", 4, 4)
+
+    # Execute
+    with pytest.raises(StateError) as caught:
+        store.record_result(big)
+
+    # Assert: a state error (the server answers UNAVAILABLE: the collaborator sends it again)
+    assert caught.value.code == "FX-STATE-005"
+    assert "full" in caught.value.message and "'b'" in caught.value.message
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+    assert store.record_result(big)
+    assert [r.collaborator for r in store.load().results] == ["a", "b"]
