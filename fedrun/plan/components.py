@@ -212,6 +212,10 @@ def build_aggregator(
         )
     rule_states: dict[str, Any] = {}
     if not saved.plan_hash:
+        if not evaluation:
+            # no saved state: a first start, or local_state/ was lost. Models in save/ belong
+            # to an earlier run, which this new one must not overwrite
+            keep_previous_models(_model_paths(plan))
         store.start(plan.hash, 0)
     if saved.round > 0:
         tensors, flat = store.load_checkpoint(saved.round)

@@ -101,3 +101,25 @@ def test_models_in_two_folders_are_each_kept_beside_themselves(tmp_path: Path) -
     assert (kept[0] / "best.pbuf").read_bytes() == b"b"
     assert (kept[1] / "last.pbuf").read_bytes() == b"l"
     assert (kept[1] / "last_native" / "saved_model.pb").read_bytes() == b"n"
+
+
+def test_a_start_that_finds_no_saved_state_keeps_the_models_it_finds(workspace: Path) -> None:
+    # Prepare: a finished run's models, but local_state/ was lost (deleted, another disk...)
+    from fedrun.plan.components import build_aggregator
+    from fedrun.plan.initialize import initialize_plan
+
+    plan_path = workspace / "plan" / "plan.yaml"
+    initialize_plan(plan_path)
+    (workspace / "plan" / "cols.yaml").write_text("collaborators: [one]\n")
+    (workspace / "save" / "best.pbuf").write_bytes(b"best model")
+    (workspace / "save" / "last.pbuf").write_bytes(b"last model")
+
+    # Execute
+    agg = build_aggregator(Plan.load(plan_path, workspace=workspace))
+    agg.state_store.close()
+
+    # Assert: moved aside before the new run could overwrite them; the initial model stays
+    [kept] = _previous_folders(workspace)
+    assert (kept / "best.pbuf").read_bytes() == b"best model"
+    assert (kept / "last.pbuf").read_bytes() == b"last model"
+    assert (workspace / "save" / "init.pbuf").is_file()
