@@ -18,6 +18,7 @@ from fedrun.storage.model_file import (
     mapped_model_file,
     save_model,
     stale_temporaries,
+    write_failure,
 )
 
 log = logging.getLogger("fedrun.aggregator")
@@ -71,7 +72,10 @@ class ModelStore(ModelSink):
         """
         spare = self._spare
         previous = spare.with_name(spare.name + ".next")
-        previous.unlink(missing_ok=True)
+        try:
+            previous.unlink(missing_ok=True)
+        except OSError as exc:  # read-only or failing file system: the save below would fail too
+            raise write_failure(self.last_path, exc) from exc
         with contextlib.suppress(OSError):
             os.link(self.last_path, previous)  # the current model becomes the next spare
         save_model(
@@ -83,7 +87,8 @@ class ModelStore(ModelSink):
             reuse=spare if spare.exists() else None,
         )
         if previous.exists():
-            os.replace(previous, spare)
+            with contextlib.suppress(OSError):  # only a page-cache optimisation: never fatal
+                os.replace(previous, spare)
         log.info("saved %s (model for round %d)", self.last_path.name, round_num)
         return self.last_path
 

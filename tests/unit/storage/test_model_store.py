@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
+from fedrun.errors import StateError
 from fedrun.storage.model_file import load_model, open_model_view
 from fedrun.storage.model_store import ModelStore
 
@@ -69,3 +71,21 @@ def test_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
 
     assert not leftover.exists() and not best_leftover.exists()
     assert all(path.exists() for path in keep)
+
+
+def test_a_save_that_cannot_clear_its_way_is_a_state_error_and_keeps_the_last_model(tmp_path):
+    # Prepare: a saved model, and a failing file system where the next save starts (a directory
+    # with content stands where the spare's temporary name must be removed: unlink fails)
+    store = ModelStore(tmp_path / "best.pbuf", tmp_path / "last.pbuf", "p")
+    store.save_last(model(1.0), 1)
+    blocker = tmp_path / ".last.pbuf.spare.next"
+    blocker.mkdir()
+    (blocker / "x").write_text("x")
+
+    # Execute
+    with pytest.raises(StateError) as caught:
+        store.save_last(model(2.0), 2)
+
+    # Assert: a clean state error naming last.pbuf; the round-1 model is untouched
+    assert caught.value.code == "FX-STATE-005" and "last.pbuf" in caught.value.message
+    assert load_model(tmp_path / "last.pbuf").round == 1
