@@ -62,6 +62,8 @@ class TaskAssignment:
     final_validation: bool = False
     #: the collaborator has no work after these tasks: it may leave once they are acknowledged
     last: bool = False
+    #: the run of the experiment handing the tasks out; results carry it back
+    run: str = ""
 
 
 @dataclass
@@ -225,6 +227,8 @@ class Aggregator:
         self.model_sink = model_sink or ModelSink()
         self.metrics = metrics or MetricHub()
         self.state_store = state_store or InMemoryStateStore()
+        #: this run of the experiment (kept across resumes, new after a reset)
+        self.run_id = self.state_store.run_id()
         self.best_model_mode = best_model_mode
         self.final_validation_enabled = final_validation
         self.accept_optimizer_state = accept_optimizer_state
@@ -417,6 +421,7 @@ class Aggregator:
                             pending,
                             final_validation=state.final_validation,
                             last=state.last,
+                            run=self.run_id,
                         )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -446,11 +451,21 @@ class Aggregator:
         data_size: int,
         metrics: Mapping[str, float],
         tensor_count: int,
+        run: str = "",
     ) -> ResultUpload:
-        """Start receiving one task result; checks it belongs to the current round."""
+        """Start receiving one task result; checks it belongs to this run and the current round
+        (``run`` empty: sent by a client that does not say, accepted as before)."""
         with self._lock:
             self.touch(collaborator)
             state = self.round
+            if run and run != self.run_id:
+                raise ProtocolError(
+                    "FX-ROUND-006",
+                    f"result of {collaborator!r} for task {task!r} of round {round_num} refused: "
+                    "it answers tasks of an earlier run of this experiment (the aggregator was "
+                    "started over with --reset-state since)",
+                    "nothing to do: the collaborator asks for the current run's tasks",
+                )
             if self.done or round_num != state.number:
                 raise ProtocolError(
                     "FX-ROUND-002",

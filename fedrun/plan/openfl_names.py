@@ -88,7 +88,7 @@ class _OpenFLNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         fullname = module.__name__
         names = PROVIDED[fullname]
         module.__path__ = []
-        module.__all__ = sorted(names)
+        module.__all__ = sorted(names)  # type: ignore[attr-defined]
 
         def __getattr__(attr: str) -> Any:  # noqa: N807 - a module's attribute hook
             if attr not in names:

@@ -51,18 +51,20 @@ class GetTasksRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class GetTasksResponse(_message.Message):
-    __slots__ = ("round", "tasks", "quit", "final_validation", "last")
+    __slots__ = ("round", "tasks", "quit", "final_validation", "last", "run")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     QUIT_FIELD_NUMBER: _ClassVar[int]
     FINAL_VALIDATION_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     round: int
     tasks: _containers.RepeatedScalarFieldContainer[str]
     quit: bool
     final_validation: bool
     last: bool
-    def __init__(self, round: _Optional[int] = ..., tasks: _Optional[_Iterable[str]] = ..., quit: _Optional[bool] = ..., final_validation: _Optional[bool] = ..., last: _Optional[bool] = ...) -> None: ...
+    run: str
+    def __init__(self, round: _Optional[int] = ..., tasks: _Optional[_Iterable[str]] = ..., quit: _Optional[bool] = ..., final_validation: _Optional[bool] = ..., last: _Optional[bool] = ..., run: _Optional[str] = ...) -> None: ...
 
 class GetTensorsRequest(_message.Message):
     __slots__ = ("header", "round", "names")
@@ -128,7 +130,7 @@ class ModelInfo(_message.Message):
     def __init__(self, round: _Optional[int] = ..., plan_hash: _Optional[str] = ..., tensor_count: _Optional[int] = ..., kind: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("header", "round", "task", "data_size", "metrics", "tensor_count")
+    __slots__ = ("header", "round", "task", "data_size", "metrics", "tensor_count", "run")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -142,13 +144,15 @@ class ResultHeader(_message.Message):
     DATA_SIZE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     TENSOR_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     header: Header
     round: int
     task: str
     data_size: int
     metrics: _containers.ScalarMap[str, float]
     tensor_count: int
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., task: _Optional[str] = ..., data_size: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensor_count: _Optional[int] = ...) -> None: ...
+    run: str
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., task: _Optional[str] = ..., data_size: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensor_count: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
 
 class SubmitResultsResponse(_message.Message):
     __slots__ = ("accepted", "message")

@@ -21,7 +21,7 @@ import numpy as np
 
 from fedrun.errors import StateError
 from fedrun.storage.model_file import load_model, open_model_view, save_model
-from fedrun.storage.state_store import AcceptedResult, SavedState, StateStore
+from fedrun.storage.state_store import AcceptedResult, SavedState, StateStore, new_run_id
 
 SCHEMA_VERSION = 1
 STATE_SEPARATOR = "::"
@@ -143,6 +143,16 @@ class SqliteStateStore(StateStore):
                     {"plan_hash": plan_hash, "round": str(round_num), "experiment_done": "0"}
                 )
                 self._db.execute("COMMIT")
+
+    def run_id(self) -> str:
+        with self._lock:
+            run = self._get("run_id")
+            if not run:  # a new experiment, or state written before runs had an identity
+                run = new_run_id()
+                self._db.execute("BEGIN IMMEDIATE")
+                self._set_many({"run_id": run})
+                self._db.execute("COMMIT")
+            return run
 
     def record_result(self, result: AcceptedResult) -> bool:
         with self._lock:

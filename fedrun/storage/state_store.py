@@ -9,6 +9,7 @@ Every implementation MUST:
 
 from __future__ import annotations
 
+import secrets
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -44,6 +45,11 @@ class SavedState:
     results: list[AcceptedResult] = field(default_factory=list)
 
 
+def new_run_id() -> str:
+    """A random identity for a run of an experiment."""
+    return secrets.token_hex(8)
+
+
 class StateStore(ABC):
     """Contract for the aggregator's persisted state (see the module docstring)."""
 
@@ -53,6 +59,12 @@ class StateStore(ABC):
     @abstractmethod
     def start(self, plan_hash: str, round_num: int) -> None:
         """Record the experiment's identity (first start only)."""
+
+    @abstractmethod
+    def run_id(self) -> str:
+        """This run of the experiment: made at its first start (and again after a reset, which
+        starts from an empty store), the same after every resume. Results of tasks handed out
+        by another run are refused."""
 
     @abstractmethod
     def record_result(self, result: AcceptedResult) -> bool:
@@ -92,6 +104,7 @@ class InMemoryStateStore(StateStore):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state = SavedState()
+        self._run_id = ""
 
     def load(self) -> SavedState:
         with self._lock:
@@ -109,6 +122,12 @@ class InMemoryStateStore(StateStore):
             if not self._state.plan_hash:
                 self._state.plan_hash = plan_hash
                 self._state.round = round_num
+
+    def run_id(self) -> str:
+        with self._lock:
+            if not self._run_id:
+                self._run_id = new_run_id()
+            return self._run_id
 
     def record_result(self, result: AcceptedResult) -> bool:
         with self._lock:

@@ -141,6 +141,8 @@ class AggregatorClient:
             response_deserializer=pb.SubmitResultsResponse.FromString,
         )
         self.bytes_sent = 0
+        #: the run of the experiment whose tasks this client was last given (GetTasksResponse.run)
+        self.run = ""
         self.bytes_received = 0
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
@@ -249,8 +251,16 @@ class AggregatorClient:
             )
 
         reply = self._retry("get tasks", call)
+        # results answer the tasks of this run: stamped with it, so that an aggregator started
+        # over since (--reset-state) refuses them instead of counting work on another model
+        self.run = reply.run
         return TaskAssignment(
-            reply.round, list(reply.tasks), reply.quit, reply.final_validation, reply.last
+            reply.round,
+            list(reply.tasks),
+            reply.quit,
+            reply.final_validation,
+            reply.last,
+            reply.run,
         )
 
     def get_global_model(self, round_num: int) -> dict[str, np.ndarray]:
@@ -282,6 +292,7 @@ class AggregatorClient:
             data_size=max(0, int(data_size)),
             metrics={k: float(v) for k, v in metrics.items()},
             tensor_count=len(tensors),
+            run=self.run,
         )
         sent = [0]
 

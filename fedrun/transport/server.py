@@ -198,6 +198,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             quit=assignment.quit,
             final_validation=assignment.final_validation,
             last=assignment.last,
+            run=assignment.run,
         )
 
     def GetTensors(
@@ -275,6 +276,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 int(result.data_size),
                 dict(result.metrics),
                 result.tensor_count,
+                result.run,
             )
         except ProtocolError as error:
             self._refuse(context, error, name)

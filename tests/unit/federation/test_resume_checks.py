@@ -9,11 +9,14 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from result_uploads import INITIAL, ORDER, TASKS, send, trained, validate
 
 from fedrun.aggregation import WeightedAverage
+from fedrun.errors import ProtocolError
 from fedrun.federation.aggregator import Aggregator
 from fedrun.federation.assigner import RandomGroupedAssigner
+from fedrun.storage.sqlite_state import SqliteStateStore
 from fedrun.storage.state_store import InMemoryStateStore
 
 
@@ -80,3 +83,35 @@ def test_a_damaged_spool_file_is_dropped_and_the_task_done_again(tmp_path, caplo
     validate(again, "a")
     validate(again, "b")
     assert again.round_num == 1
+
+
+def test_results_of_another_run_are_refused_and_of_this_run_accepted(tmp_path):
+    # Prepare: tasks handed out by this run; a result from a run started over since
+    store = InMemoryStateStore()
+    agg = start(tmp_path, store, ("a", "b"))
+    assignment = agg.get_tasks("a", wait=0)
+    assert assignment.run == agg.run_id and assignment.tasks == ORDER
+
+    # Execute / Assert: another run's result is refused, this run's (and an unstamped) accepted
+    with pytest.raises(ProtocolError) as caught:
+        agg.open_result("a", 0, "validate", 5, {"acc": 0.5}, 0, run="0123456789abcdef")
+    assert caught.value.code == "FX-ROUND-006" and "--reset-state" in caught.value.message
+    agg.open_result("a", 0, "validate", 5, {"acc": 0.5}, 0, run=agg.run_id).commit()
+    agg.open_result("b", 0, "validate", 5, {"acc": 0.5}, 0).commit()
+    assert agg.round.done["a"] == {"validate"} and agg.round.done["b"] == {"validate"}
+
+
+def test_a_resumed_aggregator_is_the_same_run_a_reset_one_a_new_run(tmp_path):
+    store = SqliteStateStore(tmp_path / "tensor.db")
+    store.start("h" * 64, 0)
+    first = start(tmp_path, store, ("a",)).run_id
+    store.close()
+
+    resumed = SqliteStateStore(tmp_path / "tensor.db")
+    assert start(tmp_path, resumed, ("a",)).run_id == first
+    resumed.close()
+
+    (tmp_path / "tensor.db").unlink()  # what --reset-state does to the state file
+    reset = SqliteStateStore(tmp_path / "tensor.db")
+    reset.start("h" * 64, 0)
+    assert start(tmp_path, reset, ("a",)).run_id != first
