@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from fedrun.cli.common import console, exit_now, handle_errors, key_type_option, ok, setup_logging
+from fedrun.cli.common import (
+    console,
+    exit_now,
+    handle_errors,
+    key_type_option,
+    ok,
+    require_workspace,
+    setup_logging,
+)
 
 
 @click.group()
@@ -81,6 +89,7 @@ def generate_cert_request(fqdn: str | None, key_type: str) -> None:
     from fedrun.pki import aggregator_paths, default_fqdn, generate_csr
 
     name = (fqdn or default_fqdn()).lower()
+    require_workspace("the aggregator's key")
     paths = aggregator_paths(Path("cert"), name)
     digest = generate_csr(
         name, server=True, key_path=paths.key, csr_path=paths.csr, key_type=key_type

@@ -13,6 +13,7 @@ from fedrun.cli.common import (
     key_type_option,
     ok,
     plan_options,
+    require_workspace,
     setup_logging,
 )
 
@@ -40,6 +41,7 @@ def create(name: str, data_path: str | None, silent: bool) -> None:
     from fedrun.plan.loader import write_data_path
 
     name = validate_collaborator_name(name)
+    require_workspace("plan/data.yaml")
     if data_path is None:
         default = f"data/{name}"
         data_path = default if silent else click.prompt("data path", default=default)
@@ -100,6 +102,7 @@ def generate_cert_request(name: str, silent: bool, skip_package: bool, key_type:
         write_request_package,
     )
 
+    require_workspace(f"the key of {name!r}")
     paths = collaborator_paths(Path("cert"), name)
     digest = generate_csr(
         name, server=False, key_path=paths.key, csr_path=paths.csr, key_type=key_type

@@ -204,5 +204,20 @@ def key_type_option(fn: F) -> F:
     )(fn)
 
 
+def require_workspace(what: str) -> None:
+    """Refuse to write a node's files (keys, data paths) outside a workspace: run in the wrong
+    folder, they would land where no ``fx`` command of that node looks for them."""
+    if not Path("plan/plan.yaml").is_file():
+        from fedrun.errors import WorkspaceError
+
+        raise WorkspaceError(
+            "FX-WS-004",
+            f"{Path.cwd()} is not a workspace (no plan/plan.yaml), so {what} would be written "
+            "where this node's other commands never look",
+            "cd into the workspace folder (made by `fx workspace create` or `fx workspace "
+            "import`) and run the command again",
+        )
+
+
 def ok(message: str) -> None:
     console(stderr=False).print(f"[green]✔[/] {message}", soft_wrap=True)

@@ -691,7 +691,9 @@ class Aggregator:
         if stragglers:
             state.stragglers.update(stragglers)
             log.warning(
-                "round %d closed without stragglers: %s", state.number, ", ".join(stragglers)
+                "round %d closed without waiting for its stragglers: %s",
+                state.number,
+                ", ".join(stragglers),
             )
         summary_metrics: dict[str, float] = {}
         for (task, metric), (wsum, weight, count) in sorted(state.metric_sums.items()):

@@ -27,6 +27,23 @@ SCHEMA_VERSION = 1
 STATE_SEPARATOR = "::"
 
 
+def unreadable_state(path: Path, exc: sqlite3.DatabaseError) -> StateError:
+    """FX-STATE-011: the state file cannot be used; a full disk or an I/O error is not damage,
+    and the fix must not be to throw the saved progress away."""
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.OperationalError) and ("full" in text or "disk i/o" in text):
+        fix = (
+            f"free space on (or repair) the file system of {path.parent}, then start again: "
+            "the saved progress is kept"
+        )
+    else:
+        fix = (
+            "restore it from a backup, or start the experiment over with "
+            "`fx aggregator start --reset-state` (this discards the saved progress)"
+        )
+    return StateError("FX-STATE-011", f"the aggregator state file {path} is unreadable: {exc}", fix)
+
+
 class SqliteStateStore(StateStore):
     """State in ``path`` (``local_state/tensor.db``); checkpoints beside it.
 
@@ -71,12 +88,7 @@ class SqliteStateStore(StateStore):
                     "finish that experiment with its fedrun version, or start over with --reset-state",
                 )
         except sqlite3.DatabaseError as exc:
-            raise StateError(
-                "FX-STATE-011",
-                f"the aggregator state file {self.path} is unreadable: {exc}",
-                "restore it from a backup, or start the experiment over with "
-                "`fx aggregator start --reset-state` (this discards the saved progress)",
-            ) from exc
+            raise unreadable_state(self.path, exc) from exc
         except OSError as exc:
             raise StateError(
                 "FX-STATE-012",
@@ -120,11 +132,7 @@ class SqliteStateStore(StateStore):
                     (state.round,),
                 ).fetchall()
             except sqlite3.DatabaseError as exc:
-                raise StateError(
-                    "FX-STATE-011",
-                    f"the aggregator state file {self.path} is unreadable: {exc}",
-                    "start over with `fx aggregator start --reset-state` (discards saved progress)",
-                ) from exc
+                raise unreadable_state(self.path, exc) from exc
         for row in rows:
             # a result whose spool file is gone or damaged is dropped by the aggregator when it
             # resumes (the collaborator redoes the task), not refused here

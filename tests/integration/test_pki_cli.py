@@ -59,9 +59,8 @@ def test_tampered_signed_package_is_refused(tmp_path: Path) -> None:
     fx(tmp_path, "workspace", "create", "--prefix", "ca", "--template", "no-op")
     ca_ws = tmp_path / "ca"
     fx(ca_ws, "workspace", "certify")
+    fx(tmp_path, "workspace", "create", "--prefix", "col", "--template", "no-op")
     col = tmp_path / "col"
-    (col / "cert").mkdir(parents=True)
-    (col / "plan").mkdir()
     fx(col, "collaborator", "generate-cert-request", "-n", "alpha", "-s")
     (ca_ws / "plan").mkdir(exist_ok=True)
     fx(

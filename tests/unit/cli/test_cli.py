@@ -231,6 +231,24 @@ def test_simulate_refuses_a_timeout_that_is_not_positive_before_creating_anythin
     assert not (tmp_path / "ws").exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["aggregator", "generate-cert-request", "--fqdn", "agg.example.org"],
+        ["collaborator", "generate-cert-request", "-n", "one", "-s"],
+        ["collaborator", "create", "-n", "one", "-d", "1"],
+    ],
+)
+def test_node_files_are_not_written_outside_a_workspace(runner, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+
+    result = runner.invoke(cli, args)
+
+    assert_clean_failure(result, 3, "FX-WS-004")
+    assert "cd into the workspace folder" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_plan_initialize_accepts_openfls_input_shape_option_and_says_it_is_ignored(
     runner, workspace
 ):

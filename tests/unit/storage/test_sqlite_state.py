@@ -3,12 +3,13 @@ was damaged) so that the collaborator does the task again."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from fedrun.errors import StateError
-from fedrun.storage.sqlite_state import SqliteStateStore
+from fedrun.storage.sqlite_state import SqliteStateStore, unreadable_state
 from fedrun.storage.state_store import AcceptedResult
 
 
@@ -59,3 +60,14 @@ def test_a_full_database_refuses_the_result_with_a_state_error_and_loses_nothing
     store._db.execute("PRAGMA max_page_count = 1073741823")
     assert store.record_result(big)
     assert [r.collaborator for r in store.load().results] == ["a", "b"]
+
+
+def test_a_state_file_on_a_full_disk_is_not_called_damaged():
+    full = unreadable_state(
+        Path("/x/tensor.db"), sqlite3.OperationalError("database or disk is full")
+    )
+    broken = unreadable_state(Path("/x/tensor.db"), sqlite3.DatabaseError("file is not a database"))
+
+    assert full.code == broken.code == "FX-STATE-011"
+    assert "free space" in full.fix and "--reset-state" not in full.fix
+    assert "--reset-state" in broken.fix
