@@ -130,7 +130,9 @@ def test_percentage_policy_closes_at_half(tmp_path: Path, monkeypatch: pytest.Mo
         ],
     ).run(timeout=300)
     log = (ws / "logs" / "aggregator.log").read_text()
-    line = next(x for x in log.splitlines() if "round 0 closed without waiting for its stragglers" in x)
+    line = next(
+        x for x in log.splitlines() if "round 0 closed without waiting for its stragglers" in x
+    )
     assert "collaborator4" in line
     records = list(read_metrics(ws / "logs" / "metrics.jsonl"))
     done = {

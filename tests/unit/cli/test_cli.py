@@ -259,9 +259,7 @@ def test_plan_initialize_accepts_openfls_input_shape_option_and_says_it_is_ignor
     assert (workspace / "save" / "init.pbuf").is_file()
 
 
-def test_model_save_accepts_openfls_input_shape_option_and_says_it_is_ignored(
-    runner, workspace
-):
+def test_model_save_accepts_openfls_input_shape_option_and_says_it_is_ignored(runner, workspace):
     assert runner.invoke(cli, ["plan", "initialize", "-a", "localhost"]).exit_code == 0
     result = runner.invoke(
         cli, ["model", "save", "-i", "save/init.pbuf", "-o", "m.pt", "--input-shape", "[1,8,8]"]
