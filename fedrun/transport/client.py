@@ -201,9 +201,19 @@ class AggregatorClient:
                         "collaborator; raise network.settings.client_reconnect_timeout to wait longer",
                     ) from None
                 if not self._was_down:
-                    log.warning(
-                        "aggregator at %s unreachable (%s); retrying", self.target, code.name
-                    )
+                    details = error.details() or ""
+                    if details.startswith("FX-"):
+                        # the aggregator answered: it cannot take the call now (disk full...)
+                        log.warning(
+                            "the aggregator at %s cannot take our %s now (%s); retrying",
+                            self.target,
+                            what,
+                            details.splitlines()[0],
+                        )
+                    else:
+                        log.warning(
+                            "aggregator at %s unreachable (%s); retrying", self.target, code.name
+                        )
                     self._was_down = True
                 attempt += 1
                 pause = random.uniform(0, delay)
