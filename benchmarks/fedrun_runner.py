@@ -155,15 +155,23 @@ def run_federation(
     }
     out.update(parse_metrics(ws))
     split_idle(out["group"], ws / "logs" / "aggregator.log")
-    last = ws / "save" / "last.pbuf"
-    if export_model and last.exists():
-        npz = logs / "last.npz"
-        try:
-            pbuf_to_npz(last, npz)
-            out["final_model_npz"] = str(npz)
-        except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
-            out["final_model_error"] = repr(exc)
+    if export_model:
+        out.update(export_final_model(ws, logs))
     return out
+
+
+def export_final_model(ws: Path, logs: Path) -> dict[str, str]:
+    """``save/last.pbuf`` as ``logs/last.npz`` for scoring: ``final_model_npz``, or
+    ``final_model_error`` (reported, never failing the benchmark); nothing when no model."""
+    last = ws / "save" / "last.pbuf"
+    if not last.exists():
+        return {}
+    npz = logs / "last.npz"
+    try:
+        pbuf_to_npz(last, npz)
+    except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
+        return {"final_model_error": repr(exc)}
+    return {"final_model_npz": str(npz)}
 
 
 def run_simulate(
@@ -217,14 +225,7 @@ def run_simulate(
     out.update(parse_metrics(ws, ws / "logs" / "aggregator.log"))
     threads = re.findall(r"trains with (\d+) threads?", _read_logs(ws / "logs", "collaborator_"))
     out["collaborator_threads"] = sorted({int(t) for t in threads})
-    last = ws / "save" / "last.pbuf"
-    if last.exists():
-        npz = logs / "last.npz"
-        try:
-            pbuf_to_npz(last, npz)
-            out["final_model_npz"] = str(npz)
-        except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
-            out["final_model_error"] = repr(exc)
+    out.update(export_final_model(ws, logs))
     return out
 
 

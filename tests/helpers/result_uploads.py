@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from fedrun.federation.aggregator import Aggregator
+from fedrun.aggregation import WeightedAverage
+from fedrun.federation.aggregator import Aggregator, ModelSink
+from fedrun.federation.assigner import RandomGroupedAssigner
 from fedrun.federation.tasks import TaskSpec
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol.codec import raw_header
+from fedrun.storage.state_store import StateStore
 
 ORDER = ["train", "validate"]
 TASKS = {
@@ -21,6 +26,31 @@ INITIAL = {
     "bias": RNG.standard_normal(11).astype(np.float32),
     "steps": np.array([3], dtype=np.int64),
 }
+
+
+def make(
+    tmp_path: Path,
+    sink: ModelSink | None = None,
+    model=None,
+    cols: tuple[str, ...] = ("a", "b"),
+    state_store: StateStore | None = None,
+) -> Aggregator:
+    """An aggregator of ``cols`` running ORDER for two rounds, spooling under ``tmp_path``."""
+    names = list(cols)
+    groups = [{"name": "g", "percentage": 1.0, "tasks": ORDER}]
+    return Aggregator(
+        plan_hash="h" * 64,
+        federation_id="fed",
+        collaborators=names,
+        tasks=TASKS,
+        assigner=RandomGroupedAssigner(groups, names, rounds_to_train=2),
+        rounds_to_train=2,
+        initial_model=model if model is not None else INITIAL,
+        aggregation_functions={"train": WeightedAverage()},
+        spool_dir=tmp_path / "spool",
+        model_sink=sink,
+        state_store=state_store,
+    )
 
 
 def header(name: str, array: np.ndarray) -> pb.TensorHeader:

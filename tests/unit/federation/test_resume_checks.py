@@ -10,12 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from result_uploads import INITIAL, ORDER, TASKS, send, trained, validate
+from result_uploads import INITIAL, ORDER, make, send, trained, validate
 
-from fedrun.aggregation import WeightedAverage
 from fedrun.errors import ProtocolError
 from fedrun.federation.aggregator import Aggregator
-from fedrun.federation.assigner import RandomGroupedAssigner
 from fedrun.storage.sqlite_state import SqliteStateStore
 from fedrun.storage.state_store import InMemoryStateStore
 
@@ -23,20 +21,7 @@ from fedrun.storage.state_store import InMemoryStateStore
 def start(tmp_path: Path, store: InMemoryStateStore, cols: tuple[str, ...]) -> Aggregator:
     """An aggregator on ``store`` and the spool in ``tmp_path``, as `fx aggregator start` makes
     one, with the results saved so far replayed."""
-    names = list(cols)
-    groups = [{"name": "g", "percentage": 1.0, "tasks": ORDER}]
-    agg = Aggregator(
-        plan_hash="h" * 64,
-        federation_id="fed",
-        collaborators=names,
-        tasks=TASKS,
-        assigner=RandomGroupedAssigner(groups, names, rounds_to_train=2),
-        rounds_to_train=2,
-        initial_model=INITIAL,
-        aggregation_functions={"train": WeightedAverage()},
-        spool_dir=tmp_path / "spool",
-        state_store=store,
-    )
+    agg = make(tmp_path, cols=cols, state_store=store)
     agg.resume(store.load().results)
     return agg
 

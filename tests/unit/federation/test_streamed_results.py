@@ -8,34 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from result_uploads import INITIAL, ORDER, TASKS, header, send, trained, validate
+from result_uploads import INITIAL, header, make, send, trained, validate
 
-from fedrun.aggregation import WeightedAverage
 from fedrun.errors import ProtocolError
-from fedrun.federation.aggregator import Aggregator, ModelSink
-from fedrun.federation.assigner import RandomGroupedAssigner
+from fedrun.federation.aggregator import Aggregator
 from fedrun.protocol.codec import encode_tensor_wire, mapped_file_range
 from fedrun.storage.model_file import load_model, open_model_view, save_model
 from fedrun.storage.model_store import ModelStore
-
-
-def make(
-    tmp_path: Path, sink: ModelSink | None = None, model=None, cols: tuple[str, ...] = ("a", "b")
-) -> Aggregator:
-    names = list(cols)
-    groups = [{"name": "g", "percentage": 1.0, "tasks": ORDER}]
-    return Aggregator(
-        plan_hash="h" * 64,
-        federation_id="fed",
-        collaborators=names,
-        tasks=TASKS,
-        assigner=RandomGroupedAssigner(groups, names, rounds_to_train=2),
-        rounds_to_train=2,
-        initial_model=model if model is not None else INITIAL,
-        aggregation_functions={"train": WeightedAverage()},
-        spool_dir=tmp_path / "spool",
-        model_sink=sink,
-    )
 
 
 def assert_same_model(actual: Aggregator, expected: Aggregator) -> None:
