@@ -68,7 +68,7 @@ def start_aggregator(
         len(aggregator.collaborators),
         ", ".join(aggregator.collaborators),
     )
-    log.info("round %d started", aggregator.round_num)
+    aggregator.announce_round()
     return aggregator, server
 
 

@@ -229,6 +229,7 @@ class Aggregator:
         self.state_store = state_store or InMemoryStateStore()
         #: this run of the experiment (kept across resumes, new after a reset)
         self.run_id = self.state_store.run_id()
+        self._announced: int | None = None  # the round "round N started" was logged for
         self.best_model_mode = best_model_mode
         self.final_validation_enabled = final_validation
         self.accept_optimizer_state = accept_optimizer_state
@@ -777,8 +778,15 @@ class Aggregator:
             if self.round.final_validation:
                 log.info("validating the final model (round %d)", self.round_num)
             else:
-                log.info("round %d started", self.round_num)
+                self.announce_round()
         self._changed.notify_all()
+
+    def announce_round(self) -> None:
+        """Log "round N started" for the round in progress, once per round (a resume that
+        closes the saved round at once opens the next one before the server reports it)."""
+        if self._announced != self.round_num:
+            self._announced = self.round_num
+            log.info("round %d started", self.round_num)
 
     def _save_best(self, round_num: int, summary_metrics: Mapping[str, float]) -> None:
         """Save the round's input model as ``best`` when its validation score improved."""

@@ -100,3 +100,21 @@ def test_a_resumed_aggregator_is_the_same_run_a_reset_one_a_new_run(tmp_path):
     reset = SqliteStateStore(tmp_path / "tensor.db")
     reset.start("h" * 64, 0)
     assert start(tmp_path, reset, ("a",)).run_id != first
+
+
+def test_a_round_is_announced_once_even_when_a_resume_opens_it(tmp_path, caplog):
+    # Prepare: `a` finished round 0 while `b` had not; `b` is then dropped from cols.yaml, so
+    # the restarted aggregator's resume closes round 0 at once and opens round 1
+    store = InMemoryStateStore()
+    first = start(tmp_path, store, ("a", "b"))
+    send(first, "a", trained(0.25), 10, 64)
+    validate(first, "a")
+
+    # Execute: the restart, then the server's start-up announcement
+    with caplog.at_level(logging.INFO, logger="fedrun.aggregator"):
+        again = start(tmp_path, store, ("a",))
+        again.announce_round()
+
+    # Assert
+    assert again.round_num == 1
+    assert caplog.text.count("round 1 started") == 1
