@@ -182,12 +182,17 @@ def build_aggregator(
     """Everything the aggregator process needs, from the plan (resuming saved state)."""
     settings = plan.settings("aggregator")
     init_path = plan.resolve_path(settings["init_state_path"])
-    if not init_path.is_file():
-        raise WorkspaceError(
-            "FX-WS-010",
-            f"the initial model {init_path} does not exist",
-            "run `fx plan initialize` in the workspace first",
-        )
+
+    def require_init() -> None:
+        if not init_path.is_file():
+            raise WorkspaceError(
+                "FX-WS-010",
+                f"the initial model {init_path} does not exist",
+                "run `fx plan initialize` in the workspace first",
+            )
+
+    if reset or not settings.get("persist_checkpoint"):
+        require_init()  # the run starts from it: check before anything is moved or deleted
     chosen = assigner(plan, task_group)
     tasks = plan.tasks
     # a task group that only validates (e.g. "evaluation"): one round, nothing saved or resumed
@@ -210,6 +215,8 @@ def build_aggregator(
             f"{settings['last_state_path']} and {settings['best_state_path']}",
             "nothing to resume; to run it again use `fx aggregator start --reset-state`",
         )
+    if saved.round == 0:
+        require_init()  # a resume past round 0 starts from its checkpoint instead
     rule_states: dict[str, Any] = {}
     if not saved.plan_hash:
         if not evaluation:

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fedrun.errors import StateError
-from fedrun.plan.components import keep_previous_models, reset_state, state_store
+from fedrun.errors import StateError, WorkspaceError
+from fedrun.plan.components import (
+    build_aggregator,
+    keep_previous_models,
+    reset_state,
+    state_store,
+)
+from fedrun.plan.initialize import initialize_plan
 from fedrun.plan.loader import Plan
+from fedrun.workspace.create import create_workspace
 
 
 def _previous_run(ws: Path) -> dict[str, bytes]:
@@ -105,9 +113,6 @@ def test_models_in_two_folders_are_each_kept_beside_themselves(tmp_path: Path) -
 
 def test_a_start_that_finds_no_saved_state_keeps_the_models_it_finds(workspace: Path) -> None:
     # Prepare: a finished run's models, but local_state/ was lost (deleted, another disk...)
-    from fedrun.plan.components import build_aggregator
-    from fedrun.plan.initialize import initialize_plan
-
     plan_path = workspace / "plan" / "plan.yaml"
     initialize_plan(plan_path)
     (workspace / "plan" / "cols.yaml").write_text("collaborators: [one]\n")
@@ -123,3 +128,31 @@ def test_a_start_that_finds_no_saved_state_keeps_the_models_it_finds(workspace: 
     assert (kept / "best.pbuf").read_bytes() == b"best model"
     assert (kept / "last.pbuf").read_bytes() == b"last model"
     assert (workspace / "save" / "init.pbuf").is_file()
+
+
+def test_a_resume_past_round_0_does_not_need_the_initial_model(tmp_path: Path) -> None:
+    # Prepare: a no-op experiment of 3 rounds whose round 0 finished, then init.pbuf is lost
+    ws = create_workspace(tmp_path / "ws", "no-op")
+    plan_path = ws / "plan" / "plan.yaml"
+    (ws / "plan" / "cols.yaml").write_text("collaborators: [one]\n")
+    initialize_plan(plan_path)
+    plan = Plan.load(plan_path, overrides=["aggregator.rounds_to_train=3"], workspace=ws)
+    agg = build_aggregator(plan)
+    for task in agg.get_tasks("one", wait=0).tasks:
+        model = agg.global_model if task == "train" else {}
+        upload = agg.open_result("one", 0, task, 1, {"m": 1.0}, len(model))
+        for name, array in model.items():
+            upload.add(name, np.array(array))
+        upload.commit()
+    assert agg.round_num == 1
+    agg.state_store.close()
+    (ws / "save" / "init.pbuf").unlink()
+
+    # Execute / Assert: the resume starts from round 1's checkpoint; a new run needs the file
+    resumed = build_aggregator(plan)
+    assert resumed.round_num == 1
+    resumed.state_store.close()
+    with pytest.raises(WorkspaceError) as caught:
+        build_aggregator(plan, reset=True)
+    assert caught.value.code == "FX-WS-010"
+    assert (ws / "local_state" / "tensor.db").exists()  # checked before the reset deleted it
