@@ -5,6 +5,11 @@ Keeping them in one module means a reader finds every timeout, size and limit in
 
 from __future__ import annotations
 
+# Tensor names
+#: names of optimizer-state tensors (``opt_treatment: CONTINUE_GLOBAL``) start with this: they are
+#: averaged, never stepped by a server optimizer, and sent only under CONTINUE_GLOBAL
+OPTIMIZER_PREFIX = "__opt_"
+
 # Wire format
 #: tensor payload per stream message. 2 MiB rather than 4: the aggregator's memory per upload is a
 #: few times its receive window (two chunks), and round times were the same (benchmarks/round_overhead)

@@ -39,6 +39,7 @@ from fedrun.aggregation.base import (
     finish_like,
 )
 from fedrun.aggregation.weighted_average import StreamingAverageAccumulator, WeightedAverage
+from fedrun.constants import OPTIMIZER_PREFIX
 
 
 class _OptimizerState:
@@ -225,7 +226,9 @@ class _AdaptiveAccumulator(Accumulator):
         for name, average in averages.items():
             dtype = dtypes[name]
             reference = self.global_model.get(name)
-            if reference is None or dtype.kind != "f":
+            if reference is None or dtype.kind != "f" or name.startswith(OPTIMIZER_PREFIX):
+                # only model weights are the server optimizer's parameters (as in OpenFL):
+                # federated optimizer state (CONTINUE_GLOBAL) is averaged, never stepped
                 out[name] = finish_like(average, dtype)
                 continue
             current = np.array(reference, dtype=np.float64)

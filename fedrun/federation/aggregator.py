@@ -26,7 +26,7 @@ import numpy as np
 from fedrun import failpoints
 from fedrun.aggregation.base import Accumulator, AggregationFunction, all_finite
 from fedrun.buffers import POOL
-from fedrun.constants import END_GRACE_SECONDS
+from fedrun.constants import END_GRACE_SECONDS, OPTIMIZER_PREFIX
 from fedrun.errors import ProtocolError
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.round_aggregation import TaskUpdates
@@ -49,7 +49,6 @@ from fedrun.units import human_bytes
 log = logging.getLogger("fedrun.aggregator")
 
 #: tensors whose names start with this carry optimizer state (CONTINUE_GLOBAL)
-OPTIMIZER_PREFIX = "__opt_"
 
 
 @dataclass

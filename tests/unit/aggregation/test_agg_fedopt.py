@@ -220,3 +220,22 @@ def test_bad_settings_are_refused(settings):
 def test_call_explains_that_begin_round_is_needed():
     with pytest.raises(NotImplementedError, match="begin_round"):
         AdamAdaptiveAggregation()([], None, "w", 0, ())
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [AdamAdaptiveAggregation, YogiAdaptiveAggregation, AdagradAdaptiveAggregation],
+)
+def test_federated_optimizer_state_is_averaged_never_stepped(aggregate, rule):
+    # CONTINUE_GLOBAL puts the collaborators' optimizer state into the global model; it is not
+    # one of the server optimizer's parameters (stepping it drove Adam's exp_avg_sq negative)
+    state = "__opt_state_0_exp_avg_sq"
+    updates = [
+        ("a", 1.0, {"w": np.array([0.8, -1.5, 0.5]), state: np.array([0.25, 0.5, 1.0])}),
+        ("b", 3.0, {"w": np.array([0.4, -2.5, 0.5]), state: np.array([0.75, 0.0, 1.0])}),
+    ]
+
+    out = aggregate(rule(), updates, {"w": X0, state: np.array([4.0, 4.0, 4.0])})
+
+    np.testing.assert_allclose(out[state], [0.625, 0.125, 1.0], rtol=1e-12)  # the 1:3 average
+    assert not np.allclose(out["w"], [0.5, -2.25, 0.5])  # the weights are stepped
