@@ -91,6 +91,14 @@ class RoundState:
     #: no round can follow this one: collaborators may leave once its results are acknowledged
     last: bool = False
 
+    def count_metrics(self, result: AcceptedResult) -> None:
+        """Add a result's metrics to the round's data-size-weighted sums."""
+        for metric, value in result.metrics.items():
+            sums = self.metric_sums.setdefault((result.task, metric), [0.0, 0.0, 0.0])
+            sums[0] += float(value) * result.data_size
+            sums[1] += result.data_size
+            sums[2] += 1
+
     def finished(self, collaborator: str) -> bool:
         return collaborator in self.finished_names or not self.assigned.get(collaborator)
 
@@ -616,10 +624,7 @@ class Aggregator:
         state.accepted.append(result)
         for metric, value in result.metrics.items():
             self.metrics.emit(state.number, result.collaborator, result.task, metric, value)
-            sums = state.metric_sums.setdefault((result.task, metric), [0.0, 0.0, 0.0])
-            sums[0] += float(value) * result.data_size
-            sums[1] += result.data_size
-            sums[2] += 1
+        state.count_metrics(result)
         state.bytes_received += result.tensor_bytes
         state.raw_bytes += result.raw_bytes
         if result.tensor_bytes:
@@ -691,10 +696,17 @@ class Aggregator:
         if stragglers:
             state.stragglers.update(stragglers)
             log.warning(
-                "round %d closed without waiting for its stragglers: %s",
+                "round %d closed without waiting for its stragglers: %s (their results of this "
+                "round are not counted)",
                 state.number,
                 ", ".join(stragglers),
             )
+            # as OpenFL: only collaborators that finished all their tasks count, in the model
+            # and in the round's metrics (a straggler may have sent its training result)
+            state.accepted = [r for r in state.accepted if r.collaborator not in state.stragglers]
+            state.metric_sums = {}
+            for result in state.accepted:
+                state.count_metrics(result)
         summary_metrics: dict[str, float] = {}
         for (task, metric), (wsum, weight, count) in sorted(state.metric_sums.items()):
             value = wsum / weight if weight > 0 else float("nan")

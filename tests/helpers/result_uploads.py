@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ def make(
     model=None,
     cols: tuple[str, ...] = ("a", "b"),
     state_store: StateStore | None = None,
+    **settings: Any,
 ) -> Aggregator:
     """An aggregator of ``cols`` running ORDER for two rounds, spooling under ``tmp_path``."""
     names = list(cols)
@@ -50,6 +52,7 @@ def make(
         spool_dir=tmp_path / "spool",
         model_sink=sink,
         state_store=state_store,
+        **settings,
     )
 
 

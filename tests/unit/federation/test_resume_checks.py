@@ -14,6 +14,8 @@ from result_uploads import INITIAL, ORDER, make, send, trained, validate
 
 from fedrun.errors import ProtocolError
 from fedrun.federation.aggregator import Aggregator
+from fedrun.federation.stragglers import PercentagePolicy
+from fedrun.metrics.records import MetricHub
 from fedrun.storage.sqlite_state import SqliteStateStore
 from fedrun.storage.state_store import InMemoryStateStore
 
@@ -118,3 +120,25 @@ def test_a_round_is_announced_once_even_when_a_resume_opens_it(tmp_path, caplog)
     # Assert
     assert again.round_num == 1
     assert caplog.text.count("round 1 started") == 1
+
+
+def test_a_stragglers_results_of_the_round_are_not_counted(tmp_path, caplog):
+    # Prepare: half of the collaborators suffice; `b` sends its training result but not the
+    # validation, `a` finishes both: the round closes with `b` as a straggler
+    records: list = []
+    agg = make(
+        tmp_path,
+        straggler_policy=PercentagePolicy(percent_collaborators_needed=0.5),
+        metrics=MetricHub([records.append]),
+    )
+    send(agg, "b", trained(-1.5), 30, 64)
+    with caplog.at_level(logging.WARNING, logger="fedrun.aggregator"):
+        send(agg, "a", trained(0.25), 10, 64)
+        validate(agg, "a")
+
+    # Assert: the model and the round's metrics are `a`'s alone, as in OpenFL
+    assert agg.round_num == 1 and "stragglers: b" in caplog.text
+    np.testing.assert_array_equal(agg.global_model["conv"], INITIAL["conv"] + np.float32(0.25))
+    summary = {(r.task, r.metric): r.value for r in records if r.origin == "aggregator"}
+    assert summary[("validate", "acc")] == 0.5  # `a`'s validation; `b` sent none
+    assert summary[("train", "loss")] == 1.0
