@@ -145,5 +145,7 @@ def simulate(
     con.print(metrics_table(records, total))
     ws = fed.workspace
     con.print(f"[green]✔[/] federation finished in {elapsed:.1f} s")
-    con.print(f"  models:  {ws / 'save' / 'last.pbuf'} (final), {ws / 'save' / 'best.pbuf'} (best)")
+    best = ws / "save" / "best.pbuf"
+    kept = f", {best} (best)" if best.is_file() else " (no best model: see the aggregator's log)"
+    con.print(f"  models:  {ws / 'save' / 'last.pbuf'} (final){kept}")
     con.print(f"  logs:    {ws / 'logs'} (metrics.jsonl, aggregator.log, collaborator_*.log)")

@@ -237,6 +237,7 @@ class Aggregator:
         #: this run of the experiment (kept across resumes, new after a reset)
         self.run_id = self.state_store.run_id()
         self._announced: int | None = None  # the round "round N started" was logged for
+        self._best_metric_warned = False
         self.best_model_mode = best_model_mode
         self.final_validation_enabled = final_validation
         self.accept_optimizer_state = accept_optimizer_state
@@ -246,6 +247,7 @@ class Aggregator:
         self.clock = clock
         self.cpu_clock = cpu_clock
         self.best_metric = best_model_metric or self._default_best_metric()
+        self._best_metric_chosen = bool(best_model_metric)  # set in the plan, not derived
         self.best_score: float | None = best_score
         self.best_round: int | None = best_round
         for task, state in (rule_states or {}).items():
@@ -802,6 +804,16 @@ class Aggregator:
     def _save_best(self, round_num: int, summary_metrics: Mapping[str, float]) -> None:
         """Save the round's input model as ``best`` when its validation score improved."""
         score_key = self._score_key(summary_metrics)
+        if score_key is None and self._best_metric_chosen and not self._best_metric_warned:
+            metric_names = [k for k in summary_metrics if not k.startswith("communication/")]
+            if metric_names:  # a round that reported metrics, none of them the chosen one
+                self._best_metric_warned = True
+                log.warning(
+                    "aggregator.settings.best_model_metric %r is not among the round's metrics "
+                    "(%s): no best model is saved; set it to one of them",
+                    self.best_metric,
+                    ", ".join(sorted(metric_names)),
+                )
         if score_key is None or not self.save_models:
             return
         score = summary_metrics[score_key]

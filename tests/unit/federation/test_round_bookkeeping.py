@@ -1,6 +1,7 @@
-"""What a restarted aggregator does with the results it saved before: a result from a
-collaborator no longer in cols.yaml is not counted, and a result whose spool file was damaged is
-dropped (the collaborator is asked for the task again) instead of failing every restart."""
+"""What the aggregator counts in a round: after a restart, a result from a collaborator no
+longer in cols.yaml is not counted and a result whose spool file was damaged is dropped (the
+collaborator redoes the task); results of another run are refused; a straggler's results do not
+count; a best-model metric no round reports is warned about; each round is announced once."""
 
 from __future__ import annotations
 
@@ -142,3 +143,19 @@ def test_a_stragglers_results_of_the_round_are_not_counted(tmp_path, caplog):
     summary = {(r.task, r.metric): r.value for r in records if r.origin == "aggregator"}
     assert summary[("validate", "acc")] == 0.5  # `a`'s validation; `b` sent none
     assert summary[("train", "loss")] == 1.0
+
+
+def test_a_best_model_metric_no_round_reports_is_warned_about_once(tmp_path, caplog):
+    # Prepare: a metric the tasks never report (a typo of `validate/acc`)
+    agg = make(tmp_path, best_model_metric="validate/accuracy")
+
+    # Execute: two rounds
+    with caplog.at_level(logging.WARNING, logger="fedrun.aggregator"):
+        for _ in range(2):
+            for who in ("a", "b"):
+                send(agg, who, trained(0.25), 10, 64)
+                validate(agg, who)
+
+    # Assert: one warning naming what the rounds do report; no best model
+    assert caplog.text.count("best_model_metric 'validate/accuracy' is not among") == 1
+    assert "validate/acc" in caplog.text and agg.best_round is None
