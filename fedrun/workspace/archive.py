@@ -7,10 +7,13 @@ model) and never keys, certificates, data, logs or saved results.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import zipfile
+import zlib
 from importlib import metadata
 from pathlib import Path
 
@@ -110,24 +113,33 @@ def import_workspace(
             f"{target} already exists and is not empty",
             "remove it, or import from another folder",
         )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # unpacked beside the target and renamed into place once whole: a damaged archive leaves
+    # nothing behind, so importing a good copy afterwards just works
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.importing-", dir=target.parent))
     try:
-        with zipfile.ZipFile(source) as zf:
-            members = _safe_members(zf, source)
-            if not any(m.filename == "plan/plan.yaml" for m in members):
-                raise WorkspaceError(
-                    "FX-WS-022",
-                    f"{source} is not a workspace archive (no plan/plan.yaml)",
-                    "make the archive with `fx workspace export` on the aggregator node",
-                )
-            zf.extractall(target, members)
-    except zipfile.BadZipFile as exc:
-        raise WorkspaceError(
-            "FX-WS-023",
-            f"{source} is not a readable zip file: {exc}",
-            "copy the archive again; it may be truncated",
-        ) from exc
-    for folder in EMPTY_DIRS:
-        (target / folder).mkdir(exist_ok=True)
+        try:
+            with zipfile.ZipFile(source) as zf:
+                members = _safe_members(zf, source)
+                if not any(m.filename == "plan/plan.yaml" for m in members):
+                    raise WorkspaceError(
+                        "FX-WS-022",
+                        f"{source} is not a workspace archive (no plan/plan.yaml)",
+                        "make the archive with `fx workspace export` on the aggregator node",
+                    )
+                zf.extractall(staging, members)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise WorkspaceError(
+                "FX-WS-023",
+                f"{source} is not a readable zip file: {exc}",
+                "copy the archive again; it may be truncated",
+            ) from exc
+        for folder in EMPTY_DIRS:
+            (staging / folder).mkdir(exist_ok=True)
+        os.replace(staging, target)  # an empty target folder is replaced too
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     requirements = target / "requirements.txt"
     if install and requirements.is_file() and requirements.read_text().strip():
         proc = subprocess.run(
@@ -139,6 +151,7 @@ def import_workspace(
             raise WorkspaceError(
                 "FX-WS-024",
                 f"installing {requirements} failed:\n{proc.stderr.strip()[-2000:]}",
-                "install the packages by hand, or re-run with --no-install if they are present",
+                f"the workspace is unpacked in {target}; install its packages by hand "
+                f"(pip install -r {requirements}) or use it as it is if they are present",
             )
     return target

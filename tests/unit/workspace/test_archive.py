@@ -5,8 +5,11 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import pytest
+
+from fedrun.errors import WorkspaceError
 from fedrun.plan.initialize import initialize_plan
-from fedrun.workspace.archive import export_workspace
+from fedrun.workspace.archive import export_workspace, import_workspace
 from fedrun.workspace.create import create_workspace
 
 USER_REQUIREMENTS = "# what our site needs\nsetuptools\ntorch==2.7.0\ntorchvision==0.22.0\n"
@@ -28,3 +31,28 @@ def test_export_pins_the_environment_in_the_archive_and_keeps_the_users_file(tmp
         names = set(zf.namelist())
     assert "numpy==" in pinned and "grpcio==" in pinned
     assert {"plan/plan.yaml", "save/init.pbuf", ".workspace"} <= names
+
+
+def test_a_damaged_archive_leaves_nothing_and_a_good_copy_then_imports(tmp_path: Path):
+    # Prepare: an exported workspace, and a copy with one byte flipped inside a member
+    ws = create_workspace(tmp_path / "ws", "no-op")
+    initialize_plan(ws / "plan" / "plan.yaml")
+    archive = export_workspace(ws)
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("save/init.pbuf")
+        data[info.header_offset + 30 + len(info.filename) + 10] ^= 0xFF
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(bytes(data))
+    node = tmp_path / "node"
+    node.mkdir()
+
+    # Execute / Assert: refused, nothing left in the node's folder; the good archive imports
+    with pytest.raises(WorkspaceError) as caught:
+        import_workspace(damaged, node / "ws", install=False)
+    assert caught.value.code == "FX-WS-023"
+    assert list(node.iterdir()) == []
+    imported = import_workspace(archive, node / "ws", install=False)
+    assert (imported / "save" / "init.pbuf").read_bytes() == (
+        ws / "save" / "init.pbuf"
+    ).read_bytes()
