@@ -698,17 +698,10 @@ class Aggregator:
         if stragglers:
             state.stragglers.update(stragglers)
             log.warning(
-                "round %d closed without waiting for its stragglers: %s (their results of this "
-                "round are not counted)",
+                "round %d closed without waiting for its stragglers: %s",
                 state.number,
                 ", ".join(stragglers),
             )
-            # as OpenFL: only collaborators that finished all their tasks count, in the model
-            # and in the round's metrics (a straggler may have sent its training result)
-            state.accepted = [r for r in state.accepted if r.collaborator not in state.stragglers]
-            state.metric_sums = {}
-            for result in state.accepted:
-                state.count_metrics(result)
         summary_metrics: dict[str, float] = {}
         for (task, metric), (wsum, weight, count) in sorted(state.metric_sums.items()):
             value = wsum / weight if weight > 0 else float("nan")

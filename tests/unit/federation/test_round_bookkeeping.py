@@ -1,7 +1,7 @@
 """What the aggregator counts in a round: after a restart, a result from a collaborator no
 longer in cols.yaml is not counted and a result whose spool file was damaged is dropped (the
-collaborator redoes the task); results of another run are refused; a straggler's results do not
-count; a best-model metric no round reports is warned about; each round is announced once."""
+collaborator redoes the task); results of another run are refused; a best-model metric no
+round reports is warned about; each round is announced once."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from result_uploads import INITIAL, ORDER, make, send, trained, validate
 
 from fedrun.errors import ProtocolError
 from fedrun.federation.aggregator import Aggregator
-from fedrun.federation.stragglers import PercentagePolicy
-from fedrun.metrics.records import MetricHub
 from fedrun.storage.sqlite_state import SqliteStateStore
 from fedrun.storage.state_store import InMemoryStateStore
 
@@ -121,28 +119,6 @@ def test_a_round_is_announced_once_even_when_a_resume_opens_it(tmp_path, caplog)
     # Assert
     assert again.round_num == 1
     assert caplog.text.count("round 1 started") == 1
-
-
-def test_a_stragglers_results_of_the_round_are_not_counted(tmp_path, caplog):
-    # Prepare: half of the collaborators suffice; `b` sends its training result but not the
-    # validation, `a` finishes both: the round closes with `b` as a straggler
-    records: list = []
-    agg = make(
-        tmp_path,
-        straggler_policy=PercentagePolicy(percent_collaborators_needed=0.5),
-        metrics=MetricHub([records.append]),
-    )
-    send(agg, "b", trained(-1.5), 30, 64)
-    with caplog.at_level(logging.WARNING, logger="fedrun.aggregator"):
-        send(agg, "a", trained(0.25), 10, 64)
-        validate(agg, "a")
-
-    # Assert: the model and the round's metrics are `a`'s alone, as in OpenFL
-    assert agg.round_num == 1 and "stragglers: b" in caplog.text
-    np.testing.assert_array_equal(agg.global_model["conv"], INITIAL["conv"] + np.float32(0.25))
-    summary = {(r.task, r.metric): r.value for r in records if r.origin == "aggregator"}
-    assert summary[("validate", "acc")] == 0.5  # `a`'s validation; `b` sent none
-    assert summary[("train", "loss")] == 1.0
 
 
 def test_a_best_model_metric_no_round_reports_is_warned_about_once(tmp_path, caplog):
