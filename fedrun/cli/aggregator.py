@@ -82,15 +82,25 @@ def start(
 @click.option(
     "--fqdn", default=None, help="aggregator host name (default: $FQDN or this host's FQDN)"
 )
+@click.option(
+    "--force", is_flag=True, help="replace a key that already has a signed certificate here"
+)
 @key_type_option
 @handle_errors
-def generate_cert_request(fqdn: str | None, key_type: str) -> None:
+def generate_cert_request(fqdn: str | None, force: bool, key_type: str) -> None:
     """Make the aggregator's key and certificate request (cert/server/agg_<fqdn>.{key,csr})."""
-    from fedrun.pki import aggregator_paths, default_fqdn, generate_csr
+    from fedrun.pki import (
+        aggregator_paths,
+        default_fqdn,
+        generate_csr,
+        refuse_to_replace_certified_key,
+    )
 
     name = (fqdn or default_fqdn()).lower()
     require_workspace("the aggregator's key")
     paths = aggregator_paths(Path("cert"), name)
+    if not force:
+        refuse_to_replace_certified_key(name, paths.key, paths.crt)
     digest = generate_csr(
         name, server=True, key_path=paths.key, csr_path=paths.csr, key_type=key_type
     )

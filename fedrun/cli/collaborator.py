@@ -91,19 +91,27 @@ def ping(name: str, plan_config: str, cols_config: str, data_config: str) -> Non
 @click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
 @click.option("-s", "--silent", is_flag=True, help="do not print the CSR hash")
 @click.option("-x", "--skip-package", is_flag=True, help="do not write the request zip")
+@click.option(
+    "--force", is_flag=True, help="replace a key that already has a signed certificate here"
+)
 @key_type_option
 @handle_errors
-def generate_cert_request(name: str, silent: bool, skip_package: bool, key_type: str) -> None:
+def generate_cert_request(
+    name: str, silent: bool, skip_package: bool, force: bool, key_type: str
+) -> None:
     """Make NAME's key and certificate request, and the zip to send to the CA."""
     from fedrun.pki import (
         collaborator_paths,
         generate_csr,
+        refuse_to_replace_certified_key,
         request_package_name,
         write_request_package,
     )
 
     require_workspace(f"the key of {name!r}")
     paths = collaborator_paths(Path("cert"), name)
+    if not force:
+        refuse_to_replace_certified_key(name, paths.key, paths.crt)
     digest = generate_csr(
         name, server=False, key_path=paths.key, csr_path=paths.csr, key_type=key_type
     )
@@ -135,9 +143,16 @@ def generate_cert_request(name: str, silent: bool, skip_package: bool, key_type:
     default=None,
     help="collaborator side: the agg_to_col_<NAME>_signed_cert.zip from the CA",
 )
+@click.option(
+    "--force", is_flag=True, help="CA side: sign although the name is certified for another key"
+)
 @handle_errors
 def certify(
-    name: str | None, silent: bool, request_pkg: Path | None, import_pkg: Path | None
+    name: str | None,
+    silent: bool,
+    request_pkg: Path | None,
+    import_pkg: Path | None,
+    force: bool,
 ) -> None:
     """Sign a collaborator's request (CA side) or import the signed certificate (collaborator side)."""
     from fedrun.errors import CertificateError
@@ -153,6 +168,7 @@ def certify(
         csr_hash,
         load_certificate_authority,
         read_request_package,
+        same_public_key,
         sign_request,
         signed_package_name,
         write_signed_package,
@@ -186,22 +202,36 @@ def certify(
     if not silent and not click.confirm("Does it match the collaborator's? Sign it?", default=True):
         raise click.Abort()
     paths = collaborator_paths(Path("cert"), col_name)
+    already = same_public_key(paths.crt, csr_pem)
+    if already is False and not force:
+        raise CertificateError(
+            "FX-PKI-020",
+            f"{col_name!r} is already certified for another key ({paths.crt}); signing this "
+            "request would give the name a second valid certificate",
+            f"check who sent {request_pkg or paths.csr}; if {col_name!r} lost its key, pass "
+            "--force to sign the new one (the old certificate stays valid until it expires: "
+            "fedrun has no revocation list)",
+        )
     sign_request(ca, csr_pem, paths.crt, server=False)
-    _authorize(col_name)
+    listed = _authorize(col_name)
     package = Path(signed_package_name(col_name))
     write_signed_package(package, paths.crt, ca.chain)
-    ok(f"signed {col_name!r}; added to plan/cols.yaml; send {package} back to the collaborator")
+    where = "added to plan/cols.yaml" if listed else "already in plan/cols.yaml"
+    ok(f"signed {col_name!r}; {where}; send {package} back to the collaborator")
 
 
-def _authorize(name: str) -> None:
+def _authorize(name: str) -> bool:
+    """Add ``name`` to plan/cols.yaml; False when it was there already."""
     import yaml
 
     path = Path("plan/cols.yaml")
     data = yaml.safe_load(path.read_text()) if path.is_file() else None
     data = data or {}
     cols = list(data.get("collaborators") or [])
-    if name not in cols:
-        cols.append(name)
+    if name in cols:
+        return False
+    cols.append(name)
     data["collaborators"] = cols
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return True

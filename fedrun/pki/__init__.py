@@ -33,6 +33,7 @@ FX-PKI-016  a certificate does not match the local private key
 FX-PKI-017  unsupported key type
 FX-PKI-018  a certificate has the wrong role (a CA, or server where client is needed...)
 FX-PKI-019  invalid certificate lifetime
+FX-PKI-020  a name is already certified (a new key or a second certificate needs --force)
 ==========  =================================================================================
 """
 
@@ -81,7 +82,14 @@ from fedrun.pki.packages import (
     write_signed_package,
 )
 from fedrun.pki.profile import DEFAULT_DAYS
-from fedrun.pki.requests import csr_hash, generate_csr, load_csr, parse_csr
+from fedrun.pki.requests import (
+    csr_hash,
+    generate_csr,
+    load_csr,
+    parse_csr,
+    refuse_to_replace_certified_key,
+    same_public_key,
+)
 from fedrun.pki.signing import sign_csr, sign_request
 
 __all__ = [
@@ -100,6 +108,8 @@ __all__ = [
     "csr_hash",
     "default_fqdn",
     "generate_csr",
+    "refuse_to_replace_certified_key",
+    "same_public_key",
     "generate_private_key",
     "import_signed_package",
     "is_ip_address",

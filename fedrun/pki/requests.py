@@ -16,7 +16,12 @@ from cryptography.x509.oid import NameOID
 
 from fedrun.errors import CertificateError
 from fedrun.pki.files import read_file, write_public_file
-from fedrun.pki.keys import DEFAULT_KEY_TYPE, generate_private_key, write_private_key
+from fedrun.pki.keys import (
+    DEFAULT_KEY_TYPE,
+    generate_private_key,
+    public_keys_match,
+    write_private_key,
+)
 from fedrun.pki.names import is_ip_address, validate_collaborator_name, validate_fqdn
 from fedrun.pki.profile import (
     extended_key_usage,
@@ -216,3 +221,25 @@ def load_csr(csr_path: Path, *, server: bool) -> tuple[x509.CertificateSigningRe
     )
     pem = read_file(csr_path, "certificate signing request", f"create it with `{command}`")
     return parse_csr(pem, str(csr_path)), pem
+
+
+def refuse_to_replace_certified_key(name: str, key_path: Path, crt_path: Path) -> None:
+    """Raise ``FX-PKI-020`` when this node already holds a signed certificate for ``name``: a new
+    request would replace the key that certificate belongs to, and the node would stop working."""
+    if crt_path.is_file():
+        raise CertificateError(
+            "FX-PKI-020",
+            f"{name!r} already has a signed certificate on this node ({crt_path}); a new request "
+            f"replaces its key ({key_path}) and that certificate stops working",
+            "nothing to do if the node works; to start over on purpose (a lost or leaked key) "
+            "pass --force, then have the CA sign the new request and import the signed package",
+        )
+
+
+def same_public_key(crt_path: Path, csr_pem: bytes) -> bool | None:
+    """Whether the certificate at ``crt_path`` certifies the key of the request ``csr_pem``;
+    None when there is no certificate there."""
+    if not crt_path.is_file():
+        return None
+    issued = x509.load_pem_x509_certificate(crt_path.read_bytes())
+    return public_keys_match(issued, x509.load_pem_x509_csr(csr_pem))

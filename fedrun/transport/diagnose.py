@@ -97,7 +97,16 @@ def probe_tls(network: Network, name: str | None) -> None:
     if name is not None and network.require_client_auth:
         paths = collaborator_paths(network.cert_folder, name)
         if paths.crt.is_file() and paths.key.is_file():
-            context.load_cert_chain(str(paths.crt), str(paths.key))
+            try:
+                context.load_cert_chain(str(paths.crt), str(paths.key))
+            except ssl.SSLError as exc:  # e.g. KEY_VALUES_MISMATCH: a key made after signing
+                raise CertificateError(
+                    "FX-PKI-016",
+                    f"{paths.crt} does not belong to the key {paths.key} ({exc.reason or exc}): "
+                    "the key was replaced after the certificate was signed",
+                    "have the CA sign this node's current request (fx collaborator "
+                    "generate-cert-request --force, then certify and import), or restore the key",
+                ) from exc
     host = _host(network)
     try:
         with (
@@ -121,6 +130,13 @@ def probe_tls(network: Network, name: str | None) -> None:
                 f"the aggregator's certificate is not issued for {host!r}: {reason}",
                 "set network.settings.agg_addr to the name the aggregator's certificate was issued "
                 "for (the --fqdn of `fx aggregator certify`)",
+            ) from exc
+        if "expired" in reason.lower() or "not yet valid" in reason.lower():
+            raise CertificateError(
+                "FX-TLS-004",
+                f"the aggregator's certificate is out of its validity period: {reason}",
+                "on the aggregator: renew its certificate (fx aggregator generate-cert-request "
+                "--force, fx aggregator certify) and restart it; check both machines' clocks",
             ) from exc
         raise CertificateError(
             "FX-TLS-004",

@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 
 from fedrun.errors import CertificateError
+from fedrun.pki.identity import certificate_common_name
 from fedrun.pki.layout import aggregator_paths, chain_path, collaborator_paths
 
 
@@ -42,9 +44,46 @@ def server_credentials(
         "aggregator certificate",
         f"run `fx aggregator certify --fqdn {fqdn}` (after `fx aggregator generate-cert-request`)",
     )
+    check_own_certificate(paths.crt, cert, paths.key, chain, fqdn)
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=chain, require_client_auth=require_client_auth
     )
+
+
+def check_own_certificate(
+    crt: Path, cert_pem: bytes, key: Path, chain_pem: bytes, fqdn: str
+) -> None:
+    """Refuse to serve with a certificate collaborators would refuse: not this federation's,
+    expired or not valid yet, not for ``fqdn`` (the plan's agg_addr), or not for this key.
+    Without it the aggregator served and every collaborator failed its handshake instead."""
+    from fedrun.pki.identity import verify_certificate
+    from fedrun.pki.keys import load_private_key, public_keys_match
+
+    renew = f"fx aggregator generate-cert-request --fqdn {fqdn} --force, then fx aggregator certify --fqdn {fqdn}"
+    try:
+        issued = verify_certificate(cert_pem, chain_pem, server=True, source=str(crt))
+    except CertificateError as error:
+        raise CertificateError(error.code, error.message, f"renew it: {renew}") from error
+    if not public_keys_match(issued, load_private_key(key, "aggregator key")):
+        raise CertificateError(
+            "FX-PKI-016",
+            f"{crt} does not belong to the key {key} (the key was replaced after signing)",
+            f"renew it: {renew}",
+        )
+    names = {certificate_common_name(issued).lower()}
+    try:
+        san = issued.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names |= {str(n).lower() for n in san.get_values_for_type(x509.DNSName)}
+        names |= {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    except x509.ExtensionNotFound:
+        pass
+    if fqdn.lower() not in names:
+        raise CertificateError(
+            "FX-TLS-003",
+            f"{crt} is issued for {', '.join(sorted(names))}, not for {fqdn!r} (the plan's "
+            "network.settings.agg_addr): collaborators would refuse it",
+            f"set agg_addr to the name the certificate is for, or renew it: {renew}",
+        )
 
 
 def client_credentials(
