@@ -245,6 +245,9 @@ class Aggregator:
         self.collaborator_timeout = float(collaborator_timeout)
         self.durable = durable
         self.clock = clock
+        #: when this aggregator started: a listed collaborator that never connects is reported
+        #: collaborator_timeout seconds after it
+        self.started_at = clock()
         self.cpu_clock = cpu_clock
         self.best_metric = best_model_metric or self._default_best_metric()
         self._best_metric_chosen = bool(best_model_metric)  # set in the plan, not derived
@@ -674,13 +677,24 @@ class Aggregator:
             for col in self.collaborators:
                 seen = self.last_seen.get(col)
                 if (
-                    seen is not None
-                    and col not in self.reported_gone
-                    and col not in self.quit_sent
-                    and now - seen > self.collaborator_timeout
-                    and not self.round.finished(col)
+                    col in self.reported_gone
+                    or col in self.quit_sent
+                    or self.round.finished(col)
+                    or now - (seen if seen is not None else self.started_at)
+                    <= self.collaborator_timeout
                 ):
-                    self.reported_gone.add(col)
+                    continue
+                self.reported_gone.add(col)
+                if seen is None:
+                    log.warning(
+                        "collaborator %s has not connected in the %.0f s since the aggregator "
+                        "started (round %d waits for it unless the straggler policy closes the "
+                        "round; remove it from plan/cols.yaml if it is not part of the federation)",
+                        col,
+                        now - self.started_at,
+                        self.round_num,
+                    )
+                else:
                     log.warning(
                         "collaborator %s is gone: no request for %.0f s (round %d waits for it "
                         "unless the straggler policy closes the round)",

@@ -1,7 +1,8 @@
 """What the aggregator counts in a round: after a restart, a result from a collaborator no
 longer in cols.yaml is not counted and a result whose spool file was damaged is dropped (the
 collaborator redoes the task); results of another run are refused; a best-model metric no
-round reports is warned about; each round is announced once."""
+round reports is warned about; a listed collaborator that never connects is reported; each
+round is announced once."""
 
 from __future__ import annotations
 
@@ -135,3 +136,34 @@ def test_a_best_model_metric_no_round_reports_is_warned_about_once(tmp_path, cap
     # Assert: one warning naming what the rounds do report; no best model
     assert caplog.text.count("best_model_metric 'validate/accuracy' is not among") == 1
     assert "validate/acc" in caplog.text and agg.best_round is None
+
+
+class Clock:
+    """A settable clock for the aggregator's timeouts."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_listed_collaborator_that_never_connects_is_reported_once(tmp_path, caplog):
+    # Prepare: `b` is in cols.yaml but never calls (a stale entry, a node that never started)
+    clock = Clock()
+    agg = make(tmp_path, clock=clock, collaborator_timeout=60.0)
+    agg.get_tasks("a", wait=0)
+
+    # Execute: before and after the timeout, and once more
+    with caplog.at_level(logging.WARNING, logger="fedrun.aggregator"):
+        clock.now += 30
+        agg.tick()
+        assert "has not connected" not in caplog.text
+        clock.now += 40
+        agg.get_tasks("a", wait=0)  # `a` keeps calling
+        agg.tick()
+        agg.tick()
+
+    # Assert
+    assert caplog.text.count("collaborator b has not connected in the 70 s") == 1
+    assert "collaborator a" not in caplog.text
