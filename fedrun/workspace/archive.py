@@ -87,6 +87,13 @@ def _safe_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:
                 f"{archive} holds an unsafe path {name!r}",
                 "only import workspace archives made by `fx workspace export`",
             )
+        if name.endswith(SECRET_SUFFIXES):
+            raise WorkspaceError(
+                "FX-WS-021",
+                f"{archive} holds a key or certificate ({name!r}); a workspace archive never does",
+                "ask for an archive made by `fx workspace export` (keys and certificates stay on "
+                "their node; each node gets its own through the certificate flow)",
+            )
         if stat.S_ISLNK(info.external_attr >> 16):
             raise WorkspaceError(
                 "FX-WS-021",

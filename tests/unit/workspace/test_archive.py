@@ -56,3 +56,19 @@ def test_a_damaged_archive_leaves_nothing_and_a_good_copy_then_imports(tmp_path:
     assert (imported / "save" / "init.pbuf").read_bytes() == (
         ws / "save" / "init.pbuf"
     ).read_bytes()
+
+
+def test_an_archive_carrying_a_key_is_refused_and_leaves_nothing(tmp_path: Path):
+    ws = create_workspace(tmp_path / "ws", "no-op")
+    initialize_plan(ws / "plan" / "plan.yaml")
+    archive = export_workspace(ws)
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr("cert/client/col_x.key", "-----BEGIN PRIVATE KEY-----\n")
+    node = tmp_path / "node"
+    node.mkdir()
+
+    with pytest.raises(WorkspaceError) as caught:
+        import_workspace(archive, node / "ws", install=False)
+
+    assert caught.value.code == "FX-WS-021" and "col_x.key" in caught.value.message
+    assert list(node.iterdir()) == []
