@@ -284,8 +284,14 @@ class Plan:
 
     @property
     def federation_id(self) -> str:
-        """Short id of the experiment, derived from the plan hash."""
-        return f"{self.path.stem}_{self.hash[:12]}"
+        """Short id of the experiment, derived from the plan hash. A plan frozen by
+        ``fx plan freeze`` (``plan_<hash>.yaml``) has its original's id, so nodes running the
+        frozen file and the original are one federation."""
+        name = self.path.stem
+        head, _, tail = name.rpartition("_")
+        if head and len(tail) >= 8 and self.hash.startswith(tail):
+            name = head
+        return f"{name}_{self.hash[:12]}"
 
     @property
     def canonical(self) -> str:

@@ -282,6 +282,9 @@ class KerasTaskRunner(TaskRunner):
         choose the backend in ``src/__init__.py``.
     """
 
+    #: file extension of save_native's output (Keras 3 loads only ``.keras`` files)
+    NATIVE_SUFFIX = ".keras"
+
     def __init__(self, data_loader: Any = None, backend: str | None = None, **kwargs: Any) -> None:
         TaskRunner.__init__(self, data_loader=data_loader, **kwargs)
         self.backend = select_backend(backend)
@@ -506,6 +509,7 @@ class KerasTaskRunner(TaskRunner):
         try:
             with _quiet():
                 model.save(tmp_name)
+            os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp made it private (0600)
             os.replace(tmp_name, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -629,3 +633,10 @@ def _select(values: Mapping[str, float], wanted: list[str], stage: str) -> dict[
                 "model.compile(metrics=[...]) in the task runner",
             )
     return out
+
+
+def _current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -417,11 +417,12 @@ def _read_varint(f: BinaryIO) -> int | None:
 
 def _check_exists(source: Path) -> None:
     if not source.is_file():
-        raise StateError(
-            "FX-STATE-003",
-            f"model file {source} does not exist",
-            "run `fx plan initialize` to create save/init.pbuf",
+        fix = (
+            "run `fx plan initialize` to create it"
+            if source.name == "init.pbuf"
+            else "check the path: save/ holds best.pbuf and last.pbuf once a round has finished"
         )
+        raise StateError("FX-STATE-003", f"model file {source} does not exist", fix)
 
 
 def _scan(source: Path) -> tuple[pb.ModelInfo, list[tuple[pb.TensorHeader, int]], int]:

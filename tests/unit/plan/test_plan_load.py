@@ -611,3 +611,17 @@ def test_an_exception_in_the_workspaces_constructor_names_its_line(workspace, pl
     text = str(caught.value)
     assert "AttributeError" in text and "openfl_only_bookkeeping" in text
     assert f"src/taskrunner.py:{line} in __init__" in text
+
+
+def test_a_frozen_plan_is_the_same_federation_as_its_original(plan_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from fedrun.cli.main import cli
+
+    monkeypatch.chdir(plan_path.parent.parent)
+    original = Plan.load(plan_path)
+    assert CliRunner().invoke(cli, ["plan", "freeze"]).exit_code == 0
+    frozen = Plan.load(plan_path.parent / f"plan_{original.hash[:8]}.yaml")
+
+    assert frozen.hash == original.hash
+    assert frozen.federation_id == original.federation_id  # nodes on either file are one federation

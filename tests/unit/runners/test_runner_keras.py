@@ -20,6 +20,7 @@ import pytest
 
 from fedrun.data.loader import KerasDataLoader
 from fedrun.errors import DataError, PlanError
+from fedrun.model import save_native
 
 if importlib.util.find_spec("keras") is None or importlib.util.find_spec("torch") is None:
     pytest.skip(
@@ -447,3 +448,16 @@ def test_jax_backend_trains_and_handles_optimizer_state():
     assert report["iterations"] == [4, 8]  # CONTINUE_GLOBAL carried the count over
     assert report["after_reset"] == 4  # RESET restarted it
     assert report["changed"] and 0.0 <= report["accuracy"] <= 1.0
+
+
+def test_fx_model_save_into_a_folder_writes_a_keras_file_others_can_read(keras, tmp_path):
+    runner = make_runner(keras)
+    written = save_native(runner, tmp_path / "exported")  # a folder, as `fx model save -o DIR`
+    assert written.name == "model.keras"
+    loaded = keras.models.load_model(written)  # plain Keras reads only `.keras` files
+    for theirs, mine in zip(loaded.get_weights(), runner.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(theirs, mine)
+    other = save_native(runner, tmp_path / "named.bin")  # another suffix: readable by others
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert other.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -319,3 +319,12 @@ def test_a_full_disk_is_a_clear_state_error_and_leaves_no_file(tmp_path, tensors
     assert "No space left on device" in info.value.message
     assert "resumes" in info.value.fix
     assert not (tmp_path / "last.pbuf").exists() and os.path.exists("/dev/full")
+
+
+def test_a_missing_model_file_gets_a_fix_that_fits_it(tmp_path):
+    with pytest.raises(StateError) as caught:
+        load_model(tmp_path / "save" / "last.pbuf")
+    assert caught.value.code == "FX-STATE-003" and "check the path" in caught.value.fix
+    with pytest.raises(StateError) as caught:
+        load_model(tmp_path / "save" / "init.pbuf")
+    assert "fx plan initialize" in caught.value.fix

@@ -29,6 +29,9 @@ class NoOpTaskRunner(TaskRunner):
     """``tensor_count`` float32 tensors of ``model_bytes`` bytes in all; training returns its
     input unchanged and keeps nothing, so a collaborator holds about one model."""
 
+    #: save_native writes a numpy archive (np.savez would add this suffix to any other name)
+    NATIVE_SUFFIX = ".npz"
+
     def __init__(
         self,
         data_loader: Any = None,
