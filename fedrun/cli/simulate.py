@@ -73,11 +73,14 @@ def simulate(
     if workspace is not None and template is not None:
         raise click.UsageError("--workspace uses an existing workspace; drop --template")
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    # a workspace this command makes is removed again if preparing it fails (a plan typo...)
+    made_here = False
     if workspace is None:
         template = template or "torch/digits"
         if prefix is None:
             prefix = Path("fedrun-workspaces") / f"{template.replace('/', '_')}-{stamp}"
         target, create_from = prefix, template
+        made_here = not (prefix.exists() and any(prefix.iterdir()))
     else:
         from fedrun.simulate.local import copy_workspace
 
@@ -87,6 +90,7 @@ def simulate(
             resolved = workspace.resolve()
             prefix = resolved.parent / f"{resolved.name}-simulate-{stamp}"
         target, create_from = copy_workspace(workspace, prefix), None
+        made_here = True
         con.print(f"simulating a copy of {workspace} ({workspace} itself is not changed)")
     if no_tls:
         con.print("[yellow]warning:[/] --no-tls: traffic and identities are NOT protected")
@@ -100,7 +104,14 @@ def simulate(
         seed=seed,
     )
     con.print(f"preparing workspace {fed.workspace} ...")
-    plan = fed.prepare()
+    try:
+        plan = fed.prepare()
+    except BaseException:
+        if made_here:
+            import shutil
+
+            shutil.rmtree(fed.workspace, ignore_errors=True)
+        raise
     total = plan.rounds_to_train
     final_validation = bool(plan.settings("aggregator").get("final_validation", True))
     con.print(

@@ -219,6 +219,35 @@ def test_unknown_command_is_a_usage_error(runner):
     assert "No such command 'planz'" in result.output
 
 
+def test_simulate_with_a_plan_typo_leaves_no_workspace_behind(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["simulate", "--template", "no-op", "--prefix", "ws", "--plan-set", "aggregator.round=2"]
+
+    result = runner.invoke(cli, args)
+
+    assert_clean_failure(result, 2, "FX-PLAN-010")
+    assert not (tmp_path / "ws").exists()
+
+
+def test_simulate_keeps_a_workspace_it_did_not_make(runner, tmp_path, monkeypatch):
+    create_workspace(tmp_path / "mine", "no-op")
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "simulate",
+        "--workspace",
+        "mine",
+        "--prefix",
+        "run",
+        "--plan-set",
+        "aggregator.round=2",
+    ]
+
+    result = runner.invoke(cli, args)
+
+    assert_clean_failure(result, 2, "FX-PLAN-010")
+    assert (tmp_path / "mine" / "plan" / "plan.yaml").is_file() and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("timeout", ["0", "-5"])
 def test_simulate_refuses_a_timeout_that_is_not_positive_before_creating_anything(
     runner, tmp_path, timeout
