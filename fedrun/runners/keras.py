@@ -44,6 +44,7 @@ import numpy as np
 from fedrun.errors import DataError, PlanError
 from fedrun.federation.tasks import TaskResult
 from fedrun.runners.base import Metric, TaskRunner
+from fedrun.storage.model_file import FILE_MODE
 
 log = logging.getLogger("fedrun.runners.keras")
 
@@ -509,7 +510,7 @@ class KerasTaskRunner(TaskRunner):
         try:
             with _quiet():
                 model.save(tmp_name)
-            os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp made it private (0600)
+            os.chmod(tmp_name, FILE_MODE)  # mkstemp made it private (0600)
             os.replace(tmp_name, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -633,10 +634,3 @@ def _select(values: Mapping[str, float], wanted: list[str], stage: str) -> dict[
                 "model.compile(metrics=[...]) in the task runner",
             )
     return out
-
-
-def _current_umask() -> int:
-    """The process's umask (read by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

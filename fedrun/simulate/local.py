@@ -43,6 +43,16 @@ FRESH_FOLDERS = ("cert", "local_state", "logs", "save")
 COPIED_FOLDERS = ("plan", "src")
 
 
+def require_plan(workspace: Path) -> None:
+    """``FX-WS-004`` unless ``workspace`` holds ``plan/plan.yaml``."""
+    if not (workspace / "plan" / "plan.yaml").is_file():
+        raise WorkspaceError(
+            "FX-WS-004",
+            f"{workspace} is not a workspace (no plan/plan.yaml)",
+            "pass --template to create one, or --workspace pointing at an existing one",
+        )
+
+
 def copy_workspace(source: Path, target: Path) -> Path:
     """A copy of workspace ``source`` at ``target`` for a simulation to edit freely.
 
@@ -52,12 +62,7 @@ def copy_workspace(source: Path, target: Path) -> Path:
     source is only read.
     """
     source = Path(source).resolve()
-    if not (source / "plan" / "plan.yaml").is_file():
-        raise WorkspaceError(
-            "FX-WS-004",
-            f"{source} is not a workspace (no plan/plan.yaml)",
-            "pass --template to create one, or --workspace pointing at an existing one",
-        )
+    require_plan(source)
     target = Path(target)
     if target.exists() and any(target.iterdir()):
         raise WorkspaceError(
@@ -163,12 +168,8 @@ class LocalFederation:
             from fedrun.workspace.create import create_workspace
 
             create_workspace(self.workspace, self.template)
-        elif not (self.workspace / "plan" / "plan.yaml").is_file():
-            raise WorkspaceError(
-                "FX-WS-004",
-                f"{self.workspace} is not a workspace (no plan/plan.yaml)",
-                "pass --template to create one, or --workspace pointing at an existing one",
-            )
+        else:
+            require_plan(self.workspace)
         self.port = free_port()
         self._write_plan()
         self._write_collaborators()

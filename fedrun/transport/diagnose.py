@@ -132,16 +132,16 @@ def probe_tls(network: Network, name: str | None) -> None:
                 "for (the --fqdn of `fx aggregator certify`)",
             ) from exc
         if "expired" in reason.lower() or "not yet valid" in reason.lower():
-            raise CertificateError(
-                "FX-TLS-004",
-                f"the aggregator's certificate is out of its validity period: {reason}",
+            problem = f"is out of its validity period: {reason}"
+            fix = (
                 "on the aggregator: renew its certificate (fx aggregator generate-cert-request "
-                "--force, fx aggregator certify) and restart it; check both machines' clocks",
-            ) from exc
+                "--force, fx aggregator certify) and restart it; check both machines' clocks"
+            )
+        else:
+            problem = f"does not check out against {chain_file}: {reason}"
+            fix = "use the cert_chain.crt of this federation (from the signed package of the CA)"
         raise CertificateError(
-            "FX-TLS-004",
-            f"the aggregator's certificate does not check out against {chain_file}: {reason}",
-            "use the cert_chain.crt of this federation (from the signed package of the CA)",
+            "FX-TLS-004", f"the aggregator's certificate {problem}", fix
         ) from exc
     except ssl.SSLError as exc:
         raise _refused(exc, network) from exc
