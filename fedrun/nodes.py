@@ -180,9 +180,10 @@ def run_collaborator(plan: Plan, name: str) -> Any:
             except RoundClosed as closed:
                 log.info("round closed while working (%s); asking for new tasks", closed.message)
         log.info(
-            "collaborator %s done: %d rounds, %.1f MiB sent",
+            "collaborator %s done: %d rounds%s, %.1f MiB sent",
             name,
             len(collaborator.rounds_done),
+            " and the final validation" if collaborator.final_validation_done else "",
             client.bytes_sent / 2**20,
         )
         return collaborator

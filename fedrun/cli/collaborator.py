@@ -157,6 +157,14 @@ def certify(
     """Sign a collaborator's request (CA side) or import the signed certificate (collaborator side)."""
     from fedrun.errors import CertificateError
 
+    if import_pkg is not None and (request_pkg is not None or force):
+        # two different steps on two different machines: doing one silently skipped the other
+        given = "--request-pkg" if request_pkg is not None else "--force"
+        raise click.UsageError(
+            f"--import (collaborator side) and {given} (CA side) are two different steps: "
+            "the CA signs with --request-pkg, the collaborator imports the signed package with "
+            "--import; give one of them"
+        )
     if import_pkg is not None:
         from fedrun.pki import import_signed_package
 

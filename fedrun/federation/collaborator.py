@@ -96,6 +96,8 @@ class Collaborator:
         self.store = TensorStore(db_store_rounds)
         self.runner.set_optimizer_treatment(opt_treatment)
         self.rounds_done: list[int] = []
+        #: whether this collaborator validated the final model (after the last training round)
+        self.final_validation_done = False
         self.bytes_sent = 0
         self.idle_seconds = 0.0
         for name, spec in self.tasks.items():
@@ -149,7 +151,9 @@ class Collaborator:
                 human_bytes(sent),
             )
         self.store.clean_up()
-        if round_num not in self.rounds_done:
+        if assignment.final_validation:
+            self.final_validation_done = True
+        elif round_num not in self.rounds_done:
             self.rounds_done.append(round_num)
 
     def _global_model(self, round_num: int) -> dict[str, np.ndarray]:

@@ -96,3 +96,18 @@ def test_a_key_replaced_after_signing_is_named_by_the_connection_check(ws: Path)
         probe_tls(network, "one")
 
     assert caught.value.code == "FX-PKI-016" and "col_one.key" in caught.value.message
+
+
+def test_certify_refuses_the_ca_step_and_the_collaborator_step_together(ws: Path):
+    assert run("collaborator", "generate-cert-request", "-n", "one", "-s").exit_code == 0
+    package = ws / "col_one_to_agg_cert_request.zip"
+    cols_before = (ws / "plan" / "cols.yaml").read_text()
+
+    both = run("collaborator", "certify", "-r", str(package), "-i", "signed.zip", "-s")
+
+    assert both.exit_code == 2
+    assert "--request-pkg" in both.output and "give one of them" in both.output
+    assert not (ws / "cert" / "client" / "col_one.crt").exists()  # nothing was signed
+    assert (ws / "plan" / "cols.yaml").read_text() == cols_before
+    forced_import = run("collaborator", "certify", "-i", "signed.zip", "--force")
+    assert forced_import.exit_code == 2 and "--force" in forced_import.output

@@ -340,7 +340,8 @@ def test_three_collaborators_in_threads_match_the_hand_computed_federation(tmp_p
 
     # every collaborator ran the three tasks in order, then the final validation only
     for collaborator, runner in built.values():
-        assert collaborator.rounds_done == [0, 1, 2, 3]
+        assert collaborator.rounds_done == [0, 1, 2]  # the training rounds
+        assert collaborator.final_validation_done
         assert runner.treatment == "RESET"
         per_round = [("validate", r, "global") for r in range(4)]
         assert [c for c in runner.calls if c[0] == "validate" and c[2] == "global"] == per_round
@@ -485,6 +486,7 @@ def test_without_final_validation_last_is_the_final_aggregate(tmp_path):
     assert sink.finished == [1]
     for collaborator, _ in built.values():
         assert collaborator.rounds_done == [0, 1]
+        assert not collaborator.final_validation_done
 
 
 def test_delta_updates_reconstruct_the_same_model_as_full_updates(tmp_path):
