@@ -10,14 +10,16 @@ never leaves a half-written model behind.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import io
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from google.protobuf.internal.encoder import _VarintBytes
@@ -123,18 +125,73 @@ def stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
     ]
 
 
+#: a durable file asks the kernel to start writing it to disk after every this many bytes
+WRITEBACK_BYTES = 8 << 20
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, no wait
+
+
+def _find_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``sync_file_range`` (Linux), or None where there is none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+_sync_file_range = _find_sync_file_range()
+
+
+class EagerWritebackFile(io.BufferedWriter):
+    """A buffered file that has the kernel start writing each ``WRITEBACK_BYTES`` it is given
+    to disk at once, in the background, instead of leaving them dirty in the page cache.
+
+    A durable file ends with an fsync, which waits until every dirty page is on disk: for a
+    100 MB result that arrived over the network that was ~50-70 ms spent after its last byte,
+    for a 1 GB one ~0.3 s, all on the round's critical path. Started early, the disk writes
+    overlap the network and the fsync finds a few pages left. The request is only advice (an
+    error is ignored); durability still comes from the fsync.
+    """
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        super().__init__(raw)
+        self._unsent = 0  # bytes given since writeback was last requested
+        self._started = 0  # file offset up to which writeback was requested
+
+    def write(self, data: Any) -> int:
+        written = super().write(data)
+        self._unsent += written
+        if self._unsent >= WRITEBACK_BYTES and _sync_file_range is not None:
+            self._unsent = 0
+            self.flush()
+            end = self.tell()
+            if end > self._started:
+                _sync_file_range(
+                    self.fileno(), self._started, end - self._started, _SYNC_FILE_RANGE_WRITE
+                )
+                self._started = end
+        return written
+
+
 class AtomicFile:
     """A file written under a temporary name and renamed over ``target`` on :meth:`commit`, so
     a crash while writing never leaves a half-written file behind.
 
     ``reuse`` names a file nothing needs any more (in the same folder) to overwrite instead of
     creating a new one: its pages are still in the page cache, which on a virtual machine makes
-    writing a gigabyte several times cheaper. Write failures (a full disk...) raise
-    ``StateError`` FX-STATE-005; failing to create the file raises FX-STATE-001.
+    writing a gigabyte several times cheaper. A ``durable`` file is synced to disk on
+    :meth:`commit` and written back as it is written (see :class:`EagerWritebackFile`). Write
+    failures (a full disk...) raise ``StateError`` FX-STATE-005; failing to create the file
+    raises FX-STATE-001.
     """
 
-    def __init__(self, target: str | os.PathLike[str], reuse: Path | None = None) -> None:
+    def __init__(
+        self, target: str | os.PathLike[str], reuse: Path | None = None, *, durable: bool = True
+    ) -> None:
         self.target = Path(target)
+        self.durable = durable
         fd = -1
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +208,8 @@ class AtomicFile:
                 f"cannot write the model file {self.target}: {exc.strerror}",
                 f"make {self.target.parent} writable, or point the plan's *_state_path elsewhere",
             ) from exc
-        self.out = os.fdopen(fd, "wb")
+        raw = io.FileIO(fd, "wb")
+        self.out: io.BufferedWriter = EagerWritebackFile(raw) if durable else io.BufferedWriter(raw)
 
     def write(self, data: bytes | memoryview) -> None:
         try:
@@ -159,12 +217,13 @@ class AtomicFile:
         except OSError as exc:
             raise write_failure(self.target, exc) from exc
 
-    def commit(self, durable: bool = True) -> Path:
-        """Cut what a reused file had beyond the new end, sync, and rename into place."""
+    def commit(self) -> Path:
+        """Cut what a reused file had beyond the new end, sync (if durable), and rename into
+        place."""
         try:
             self.out.flush()
             self.out.truncate()
-            if durable:
+            if self.durable:
                 os.fsync(self.out.fileno())
             self.out.close()
             os.chmod(self.tmp, FILE_MODE)
@@ -288,7 +347,7 @@ class TensorFileWriter:
     ) -> None:
         self.path = Path(path)
         self.durable = durable
-        self._file = AtomicFile(self.path, reuse)
+        self._file = AtomicFile(self.path, reuse, durable=durable)
         info = pb.ModelInfo(
             round=round_num, plan_hash=plan_hash, tensor_count=tensor_count, kind=kind
         )
@@ -317,7 +376,7 @@ class TensorFileWriter:
         self._file.write(chunk)
 
     def commit(self) -> Path:
-        return self._file.commit(self.durable)
+        return self._file.commit()
 
     def abort(self) -> None:
         self._file.abort()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 
 import numpy as np
@@ -328,3 +329,76 @@ def test_a_missing_model_file_gets_a_fix_that_fits_it(tmp_path):
     with pytest.raises(StateError) as caught:
         load_model(tmp_path / "save" / "init.pbuf")
     assert "fx plan initialize" in caught.value.fix
+
+
+# ---------------------------------------------------------------------- early writeback
+@pytest.fixture
+def writeback_requests(monkeypatch):
+    """The (offset, length) ranges a file asked the kernel to start writing, and the bytes the
+    file held at that moment (a range must already be in the file, not in Python's buffer)."""
+    from fedrun.storage import model_file
+
+    requests: list[tuple[int, int, int]] = []
+
+    def record(fd: int, offset: int, length: int, flags: int) -> int:
+        assert flags == 2  # SYNC_FILE_RANGE_WRITE: start writing, do not wait
+        requests.append((offset, length, os.fstat(fd).st_size))
+        return 0
+
+    monkeypatch.setattr(model_file, "_sync_file_range", record)
+    monkeypatch.setattr(model_file, "WRITEBACK_BYTES", 1 << 20)
+    return requests
+
+
+def streamed_result(path, durable: bool, chunks: int, chunk_bytes: int = 300_000) -> bytes:
+    """A result spooled as it arrives from the network: a header, then payload chunks."""
+    from fedrun.protocol.codec import raw_header
+
+    payload = np.random.default_rng(5).integers(0, 255, chunks * chunk_bytes, dtype=np.uint8)
+    writer = TensorFileWriter(path, round_num=1, tensor_count=1, durable=durable)
+    writer.begin_tensor(raw_header("w", payload))
+    for i in range(chunks):
+        writer.write_payload(memoryview(payload[i * chunk_bytes : (i + 1) * chunk_bytes]))
+    writer.commit()
+    return payload.tobytes()
+
+
+def test_a_durable_file_is_written_back_as_it_is_written(tmp_path, writeback_requests):
+    path = tmp_path / "r1_one_train.result"
+
+    payload = streamed_result(path, durable=True, chunks=20)  # 6 MB in 300 kB chunks
+
+    # every MiB given (in this test) was handed to the kernel at once, range after range,
+    # each range already in the file when asked for
+    assert len(writeback_requests) == 5
+    offset = 0
+    for start, length, size_then in writeback_requests:
+        assert start == offset and length >= 1 << 20 and start + length <= size_then
+        offset = start + length
+    assert offset <= path.stat().st_size
+    [(name, array, _)] = list(iter_tensor_file(path))
+    assert name == "w" and array.tobytes() == payload
+
+
+def test_a_file_that_need_not_survive_a_crash_is_not_written_back_early(
+    tmp_path, writeback_requests
+):
+    path = tmp_path / "r1_one_train.result"
+
+    payload = streamed_result(path, durable=False, chunks=20)
+
+    assert writeback_requests == []
+    [(_, array, _)] = list(iter_tensor_file(path))
+    assert array.tobytes() == payload
+
+
+def test_a_saved_model_is_written_back_tensor_by_tensor(tmp_path, writeback_requests):
+    big = {f"t{i}": np.full(400_000, i, dtype=np.float32) for i in range(4)}  # 1.6 MB each
+
+    save_model(tmp_path / "last.pbuf", big, round_num=3)
+
+    assert [start for start, _, _ in writeback_requests][:1] == [0]
+    assert len(writeback_requests) == 4  # one per tensor: each is over a (test) MiB
+    loaded = load_model(tmp_path / "last.pbuf").tensors
+    for name, array in big.items():
+        np.testing.assert_array_equal(loaded[name], array)
