@@ -119,16 +119,19 @@ def simulate(
         f"({'mutual TLS' if not no_tls else 'no TLS'}), {total} rounds"
     )
     started = time.monotonic()
-    fed.start()
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[last]}"),
-        TimeElapsedColumn(),
-        console=con,
-        transient=False,
-    ) as progress:
+    with (
+        fed.stopping_on_signals(),
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[last]}"),
+            TimeElapsedColumn(),
+            console=con,
+            transient=False,
+        ) as progress,
+    ):
+        fed.start()
         bar = progress.add_task("rounds", total=total + (1 if final_validation else 0), last="")
 
         def on_progress(records: list) -> None:

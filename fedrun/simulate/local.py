@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -268,8 +271,31 @@ class LocalFederation:
         for name in self.names:
             self._spawn(name, ["collaborator", "start", "-n", name], per)
 
+    @contextlib.contextmanager
+    def stopping_on_signals(self) -> Iterator[None]:
+        """While inside, SIGTERM and SIGHUP end this process the way Ctrl-C does: every process
+        of the federation is stopped first, then the process exits with 128 + the signal's
+        number. Without it a terminated ``fx simulate`` left its aggregator and collaborators
+        running on, orphaned. Anything raised inside also stops them."""
+        handled = (signal.SIGTERM, signal.SIGHUP)
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+
+            def on_signal(signum: int, frame: object) -> None:
+                raise SystemExit(128 + signum)
+
+            previous = {signum: signal.signal(signum, on_signal) for signum in handled}
+        try:
+            yield
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
     def stop(self) -> None:
-        """Terminate whatever still runs (used on errors and Ctrl-C)."""
+        """Terminate whatever still runs (used on errors, Ctrl-C and SIGTERM)."""
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.terminate()
@@ -338,8 +364,9 @@ class LocalFederation:
         """Prepare, start, wait; returns the metrics and where things are."""
         started = time.monotonic()
         plan = self.prepare()
-        self.start()
-        codes = self.wait(on_progress, timeout)
+        with self.stopping_on_signals():
+            self.start()
+            codes = self.wait(on_progress, timeout)
         records = list(read_metrics(self.workspace / "logs" / "metrics.jsonl"))
         return SimulationResult(
             self.workspace, time.monotonic() - started, records, plan.rounds_to_train, codes

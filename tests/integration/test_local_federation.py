@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -221,3 +225,58 @@ def test_collaborator_gives_up_after_the_reconnect_timeout(tmp_path: Path) -> No
     assert proc.returncode == 5
     assert "FX-NET-011" in proc.stderr and "client_reconnect_timeout" in proc.stderr
     assert elapsed < 30
+
+
+def _fedrun_processes_in(folder: Path) -> list[int]:
+    """PIDs of the fedrun processes running in ``folder`` (a zombie has no folder any more)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (
+                Path(os.readlink(entry / "cwd")) == folder
+                and b"fedrun.cli.main" in (entry / "cmdline").read_bytes()
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_fx_simulate_stops_its_whole_federation(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    ws = tmp_path / "ws"
+    command = ["simulate", "--template", "no-op", "--rounds", "100000", "--no-tls"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedrun.cli.main", *command, "--prefix", str(ws)],
+        cwd=tmp_path,
+        env=fx_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # Prepare: the federation runs (a round finished)
+        log = ws / "logs" / "aggregator.log"
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and "round 1 finished" in log.read_text()):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "no round finished within 120 s"
+            time.sleep(0.2)
+        assert len(_fedrun_processes_in(ws.resolve())) == 3  # aggregator + 2 collaborators
+
+        # Execute
+        proc.send_signal(signum)
+        output, _ = proc.communicate(timeout=60)
+
+        # Assert: it stopped its processes before it ended, as Ctrl-C does
+        assert proc.returncode == 128 + signum, output
+        assert _fedrun_processes_in(ws.resolve()) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in _fedrun_processes_in(ws.resolve()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
