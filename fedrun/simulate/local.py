@@ -276,15 +276,17 @@ class LocalFederation:
         """While inside, SIGTERM and SIGHUP end this process the way Ctrl-C does: every process
         of the federation is stopped first, then the process exits with 128 + the signal's
         number. Without it a terminated ``fx simulate`` left its aggregator and collaborators
-        running on, orphaned. Anything raised inside also stops them."""
-        handled = (signal.SIGTERM, signal.SIGHUP)
+        running on, orphaned. A signal this process ignores stays ignored (``nohup fx simulate``
+        survives a hang-up). Anything raised inside also stops them."""
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
 
             def on_signal(signum: int, frame: object) -> None:
                 raise SystemExit(128 + signum)
 
-            previous = {signum: signal.signal(signum, on_signal) for signum in handled}
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    previous[signum] = signal.signal(signum, on_signal)
         try:
             yield
         except BaseException:
