@@ -91,6 +91,7 @@ def _serve(plan: Plan, *, task_group: str | None, reset_state: bool) -> Aggregat
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.warning("received signal %d: stopping the aggregator", signum)
+        aggregator.stopped_by_signal = signum
         stop.set()
 
     previous = signal.signal(signal.SIGTERM, on_signal)
@@ -98,6 +99,7 @@ def _serve(plan: Plan, *, task_group: str | None, reset_state: bool) -> Aggregat
         server.serve_until_finished(stop)
     except KeyboardInterrupt:
         log.warning("interrupted: stopping the aggregator")
+        aggregator.stopped_by_signal = signal.SIGINT
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.stop(grace=1.0)

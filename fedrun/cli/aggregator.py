@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
@@ -75,7 +76,8 @@ def start(
         "[yellow]aggregator stopped before the experiment finished[/]; run the same command "
         "again to resume (persist_checkpoint keeps its progress)"
     )
-    exit_now(143)
+    # the shell's convention, as for any command a signal ends: 130 after Ctrl-C, 143 SIGTERM
+    exit_now(128 + int(agg.stopped_by_signal or signal.SIGTERM))
 
 
 @aggregator.command("generate-cert-request")

@@ -267,6 +267,8 @@ class Aggregator:
         self.done = False
         self.done_at: float | None = None
         self.finished_event = threading.Event()
+        #: the signal (SIGINT, SIGTERM) that stopped the process serving this aggregator early
+        self.stopped_by_signal: int | None = None
         self.quit_sent: set[str] = set()
         #: collaborators whose tasks of the last round are all in: they leave without asking
         self.released: set[str] = set()

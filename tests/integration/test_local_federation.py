@@ -280,3 +280,17 @@ def test_a_terminated_fx_simulate_stops_its_whole_federation(
         for pid in _fedrun_processes_in(ws.resolve()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopped_aggregator_exits_with_the_shells_code_for_its_signal(
+    tmp_path: Path, nodes: Nodes, signum: signal.Signals, code: int
+) -> None:
+    ws = _workspace(tmp_path, ["one"])
+    agg = nodes.start("aggregator", ws, "aggregator", "start")
+    nodes.wait_for_log("aggregator", "listening on")
+
+    os.killpg(agg.pid, signum)  # what Ctrl-C (SIGINT) or `kill` does to its process group
+
+    assert nodes.wait("aggregator", timeout=60) == code, nodes.log("aggregator")
+    assert "run the same command again to resume" in nodes.log("aggregator")
