@@ -32,12 +32,19 @@ def get_model(
     return runner
 
 
-def save_native(runner: Any, output: str | os.PathLike[str]) -> Path:
-    """Write the runner's model in its framework's format."""
+def native_model_path(runner: Any, output: str | os.PathLike[str]) -> Path:
+    """Where :func:`save_native` writes ``output``: the file itself, or for a folder (an
+    existing one, or a name without suffix) ``model<suffix>`` inside it, the suffix being the
+    framework's usual one (``.pt``, ``.keras``...)."""
     out = Path(output)
-    if not out.suffix:
-        # a folder: the file inside is named after the framework's usual extension
-        out = out / f"model{getattr(runner, 'NATIVE_SUFFIX', '.bin')}"
+    if out.is_dir() or not out.suffix:
+        return out / f"model{getattr(runner, 'NATIVE_SUFFIX', '.bin')}"
+    return out
+
+
+def save_native(runner: Any, output: str | os.PathLike[str]) -> Path:
+    """Write the runner's model in its framework's format (see :func:`native_model_path`)."""
+    out = native_model_path(runner, output)
     if not hasattr(runner, "save_native"):
         raise WorkspaceError(
             "FX-MODEL-010",

@@ -53,17 +53,18 @@ def save(
 ) -> None:
     """Write the model in INPUT as a native model (torch state dict, .keras file)."""
     from fedrun.errors import WorkspaceError
-    from fedrun.model import get_model, save_native
+    from fedrun.model import get_model, native_model_path, save_native
 
     if input_shape is not None:
         console().print(
             f"[yellow]note:[/] --input-shape {input_shape} is ignored: the model is built by "
             "the task runner, which knows its input shape"
         )
-    if output.exists() and not force:
-        raise WorkspaceError(
-            "FX-WS-012", f"{output} already exists", "pass --force to overwrite it"
-        )
     runner = get_model(plan_config, cols_config, data_config, input_path)
+    target = native_model_path(runner, output)  # into a folder: the model file inside it
+    if target.exists() and not force:
+        raise WorkspaceError(
+            "FX-WS-012", f"{target} already exists", "pass --force to overwrite it"
+        )
     written = save_native(runner, output)
     ok(f"native model written to {written}")

@@ -298,6 +298,23 @@ def test_model_save_accepts_openfls_input_shape_option_and_says_it_is_ignored(ru
     assert (workspace / "m.pt").is_file()
 
 
+def test_model_save_writes_into_an_existing_folder_and_refuses_only_an_existing_model(
+    runner, workspace
+):
+    assert runner.invoke(cli, ["plan", "initialize", "-a", "localhost"]).exit_code == 0
+    (workspace / "exports").mkdir()
+    (workspace / "exports" / "notes.txt").write_text("kept")
+
+    first = runner.invoke(cli, ["model", "save", "-i", "save/init.pbuf", "-o", "exports"])
+    again = runner.invoke(cli, ["model", "save", "-i", "save/init.pbuf", "-o", "exports"])
+
+    assert first.exit_code == 0, first.output
+    assert (workspace / "exports" / "model.pt").is_file()
+    assert (workspace / "exports" / "notes.txt").read_text() == "kept"
+    assert_clean_failure(again, 3, "FX-WS-012")
+    assert "model.pt already exists" in again.output
+
+
 @pytest.mark.parametrize("address", ["bad host name!", "agg.example.org:50051", "1.2.3", ""])
 def test_plan_initialize_refuses_an_address_collaborators_could_never_reach(
     runner, workspace, address
