@@ -386,7 +386,9 @@ class Aggregator:
             raise ProtocolError(
                 "FX-AUTH-003",
                 f"collaborator {collaborator!r} is not in this federation's plan/cols.yaml",
-                "on the aggregator, certify it with `fx collaborator certify` or add it to cols.yaml",
+                "on the aggregator, certify it with `fx collaborator certify` or add it to "
+                "cols.yaml; if it is listed there already, restart the aggregator (it reads "
+                "cols.yaml when it starts, and resumes where it stopped)",
             )
         if plan_hash != self.plan_hash or federation_id != self.federation_id:
             raise ProtocolError(

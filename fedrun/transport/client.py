@@ -198,7 +198,8 @@ class AggregatorClient:
                         f"gave up on the aggregator at {self.target} after {elapsed:.0f} s "
                         f"({what}: {code.name})",
                         "start the aggregator (or check the address), then restart this "
-                        "collaborator; raise network.settings.client_reconnect_timeout to wait longer",
+                        "collaborator; raise network.settings.client_reconnect_timeout to wait "
+                        f"longer{self.network.port_hint}",
                     ) from None
                 if not self._was_down:
                     details = error.details() or ""

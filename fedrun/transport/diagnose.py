@@ -50,7 +50,7 @@ def check_reachable(network: Network) -> None:
             "FX-NET-013",
             f"nothing answers at {network.target} ({exc.strerror or exc})",
             "start the aggregator, or fix network.settings.agg_addr/agg_port in plan/plan.yaml "
-            "(and any firewall between the nodes)",
+            f"(and any firewall between the nodes){network.port_hint}",
         ) from exc
 
 

@@ -23,6 +23,8 @@ class Network:
     cert_folder: Path = Path("cert")
     chunk_bytes: int = constants.CHUNK_BYTES
     long_poll_seconds: float = constants.LONG_POLL_SECONDS
+    #: agg_port was "auto": derived from the plan hash, so it differs between different plans
+    agg_port_auto: bool = False
 
     @classmethod
     def from_plan(cls, plan: Any) -> Network:
@@ -38,6 +40,18 @@ class Network:
             cert_folder=plan.resolve_path(s.get("cert_folder") or "cert"),
             chunk_bytes=int(s.get("chunk_bytes") or constants.CHUNK_BYTES),
             long_poll_seconds=float(s.get("long_poll_seconds") or constants.LONG_POLL_SECONDS),
+            agg_port_auto=s.get("agg_port", "auto") in (None, "auto"),
+        )
+
+    @property
+    def port_hint(self) -> str:
+        """What to check when nothing answers at the port (empty for a fixed port)."""
+        if not self.agg_port_auto:
+            return ""
+        return (
+            f"; agg_port is auto, so port {self.agg_port} comes from this node's plan hash: an "
+            "aggregator running a different plan listens on another port (compare the hash "
+            "`fx plan show` prints on both nodes, or set the same agg_port on both)"
         )
 
     @property
