@@ -342,7 +342,7 @@ class LocalFederation:
                         return {n: int(c or 0) for n, c in codes.items() if c is not None}
                 if timeout is not None and time.monotonic() - started > timeout:
                     self.stop()
-                    raise WorkspaceError(
+                    raise SimulationTimedOut(
                         "FX-SIM-003",
                         f"the federation did not finish within {timeout:.0f} s",
                         f"see the logs in {self.workspace / 'logs'}",
@@ -389,3 +389,9 @@ class SimulationFailed(FedrunError):
             f"{name} exited with code {code}; last lines of its log:\n{tail}",
             "fix the problem shown above; full logs are in the workspace's logs/ folder",
         )
+
+
+class SimulationTimedOut(FedrunError):
+    """The local federation did not finish within ``--timeout`` (its processes were stopped)."""
+
+    exit_code = 9

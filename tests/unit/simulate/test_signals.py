@@ -50,3 +50,15 @@ def test_an_ignored_hang_up_stays_ignored(federation: LocalFederation):
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_running_out_of_time_stops_the_processes_with_the_simulation_exit_code(
+    federation: LocalFederation,
+):
+    from fedrun.simulate.local import SimulationTimedOut
+
+    with pytest.raises(SimulationTimedOut) as caught:
+        federation.wait(timeout=0.3, poll=0.05)
+
+    assert caught.value.code == "FX-SIM-003" and caught.value.exit_code == 9
+    assert federation.processes["aggregator"].poll() is not None
