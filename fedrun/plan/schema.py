@@ -58,8 +58,10 @@ AGGREGATOR: dict[str, Setting] = {
     "last_state_path": Setting(
         _PATH, "save/last.pbuf", "newest aggregate, including the final round's"
     ),
-    "rounds_to_train": Setting(_INT, 10, "number of federated rounds"),
-    "db_store_rounds": Setting(_INT, 2, "rounds of global models kept in memory"),
+    "rounds_to_train": Setting(_INT, 10, "number of federated rounds", minimum=0),
+    "db_store_rounds": Setting(
+        _INT, 2, "ignored: the aggregator keeps no past models in memory", ignored=True
+    ),
     "write_logs": Setting(_BOOL, False, "TensorBoard event files under logs/tensorboard/"),
     "log_metric_callback": Setting(
         (dict, str), None, "{template: module.function} called per metric", nullable=True
@@ -126,9 +128,11 @@ NETWORK: dict[str, Setting] = {
     "disable_client_auth": Setting(
         _BOOL, None, "OpenFL 1.6 inverse of require_client_auth", nullable=True
     ),
-    "client_reconnect_interval": Setting(_NUM, 5, "longest wait between reconnection attempts (s)"),
+    "client_reconnect_interval": Setting(
+        _NUM, 5, "longest wait between reconnection attempts (s)", minimum=0
+    ),
     "client_reconnect_timeout": Setting(
-        _NUM, 600, "give up after this long without the aggregator (s)"
+        _NUM, 600, "give up after this long without the aggregator (s)", minimum=1
     ),
     "cert_folder": Setting(_STR, "cert", "folder holding certificates"),
     "hash_salt": Setting((str, int), "auto", "ignored (OpenFL compatibility)", ignored=True),

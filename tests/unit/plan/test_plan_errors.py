@@ -98,6 +98,26 @@ def test_chunk_bytes_out_of_range(edit_plan, value, bound):
     assert bound in error.fix
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "bound"),
+    [
+        ("aggregator", "rounds_to_train", -1, "at least 0"),
+        ("network", "client_reconnect_interval", -5, "at least 0"),
+        ("network", "client_reconnect_timeout", 0, "at least 1"),  # was read as "600"
+    ],
+)
+def test_settings_that_cannot_be_negative_or_zero_are_refused(
+    edit_plan, section, key, value, bound
+):
+    path = edit_plan(lambda c: c[section].setdefault("settings", {}).__setitem__(key, value))
+
+    error = load_error(path)
+
+    assert error.code == "FX-PLAN-027"
+    assert f"{section}.settings.{key} is {value}, out of range" in error.message
+    assert bound in error.fix
+
+
 def test_bad_choice(edit_plan):
     # Prepare
     path = edit_plan(lambda c: c["collaborator"]["settings"].__setitem__("opt_treatment", "FOO"))
