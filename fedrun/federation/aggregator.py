@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -213,14 +213,7 @@ class Aggregator:
         clock: Callable[[], float] = time.monotonic,
         cpu_clock: Callable[[], float] | None = None,
     ) -> None:
-        if not collaborators:
-            from fedrun.errors import PlanError
-
-            raise PlanError(
-                "FX-PLAN-021",
-                "no collaborator is authorized (plan/cols.yaml lists none)",
-                "certify collaborators with `fx collaborator certify`, or add names to cols.yaml",
-            )
+        require_collaborators(collaborators)
         self.plan_hash = plan_hash
         self.federation_id = federation_id
         self.collaborators = list(collaborators)
@@ -973,6 +966,18 @@ class Aggregator:
 
     def wait_finished(self, timeout: float | None = None) -> bool:
         return self.finished_event.wait(timeout)
+
+
+def require_collaborators(collaborators: Sequence[str]) -> None:
+    """``FX-PLAN-021`` when no collaborator is authorized: a federation of nobody never ends."""
+    if not collaborators:
+        from fedrun.errors import PlanError
+
+        raise PlanError(
+            "FX-PLAN-021",
+            "no collaborator is authorized (plan/cols.yaml lists none)",
+            "certify collaborators with `fx collaborator certify`, or add names to cols.yaml",
+        )
 
 
 class ResultUpload:

@@ -16,7 +16,7 @@ from typing import Any
 from fedrun.aggregation.base import AggregationFunction
 from fedrun.compression.base import CompressionPipeline
 from fedrun.errors import ExperimentFinished, PlanError, StateError, WorkspaceError
-from fedrun.federation.aggregator import Aggregator
+from fedrun.federation.aggregator import Aggregator, require_collaborators
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.collaborator import AggregatorConnection, Collaborator
 from fedrun.federation.stragglers import StragglerPolicy
@@ -191,6 +191,7 @@ def build_aggregator(
                 "run `fx plan initialize` in the workspace first",
             )
 
+    require_collaborators(plan.cols)  # before any saved state or model is moved or deleted
     if reset or not settings.get("persist_checkpoint"):
         require_init()  # the run starts from it: check before anything is moved or deleted
     chosen = assigner(plan, task_group)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrun.errors import StateError, WorkspaceError
+from fedrun.errors import PlanError, StateError, WorkspaceError
 from fedrun.plan.components import (
     build_aggregator,
     keep_previous_models,
@@ -156,3 +156,20 @@ def test_a_resume_past_round_0_does_not_need_the_initial_model(tmp_path: Path) -
         build_aggregator(plan, reset=True)
     assert caught.value.code == "FX-WS-010"
     assert (ws / "local_state" / "tensor.db").exists()  # checked before the reset deleted it
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_start_refused_for_want_of_collaborators_moves_and_deletes_nothing(
+    workspace: Path, reset: bool
+) -> None:
+    files = _previous_run(workspace)
+    (workspace / "plan" / "cols.yaml").write_text("collaborators: []\n")
+    plan = Plan.load(workspace / "plan" / "plan.yaml", workspace=workspace)
+
+    with pytest.raises(PlanError) as caught:
+        build_aggregator(plan, reset=reset)
+
+    assert caught.value.code == "FX-PLAN-021"
+    assert _previous_folders(workspace) == []
+    for rel, data in files.items():
+        assert (workspace / rel).read_bytes() == data
