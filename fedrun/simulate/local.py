@@ -278,7 +278,7 @@ class LocalFederation:
         number. Without it a terminated ``fx simulate`` left its aggregator and collaborators
         running on, orphaned. A signal this process ignores stays ignored (``nohup fx simulate``
         survives a hang-up). Anything raised inside also stops them."""
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
 
             def on_signal(signum: int, frame: object) -> None:
