@@ -75,9 +75,11 @@ def initialize(
 @handle_errors
 def validate(plan_config: str, cols_config: str, data_config: str) -> None:
     """Check a plan (sections, keys, types, templates, tasks) without running anything."""
+    from fedrun.plan.components import check_aggregator_parts
     from fedrun.plan.loader import Plan
 
     loaded = Plan.load(plan_config, cols_config, data_config)
+    check_aggregator_parts(loaded)
     ok(
         f"{loaded.path} is valid (hash {loaded.hash[:16]}, {len(loaded.cols)} authorized collaborators)"
     )

@@ -77,6 +77,23 @@ def assigner(plan: Plan, task_group: str | None = None) -> Assigner:
     return cls_(**settings, **extra)
 
 
+def metric_callback(plan: Plan) -> Any | None:
+    """The plan's ``aggregator.settings.log_metric_callback`` function, imported, or None."""
+    callback = plan.settings("aggregator").get("log_metric_callback")
+    if not callback:
+        return None
+    template = callback.get("template") if isinstance(callback, dict) else callback
+    return plan.import_template(str(template), "aggregator.settings.log_metric_callback")
+
+
+def check_aggregator_parts(plan: Plan) -> None:
+    """Build what the aggregator builds from the plan without an ML framework (the assigner and
+    its task groups, the metric callback), so that `fx plan validate` refuses what
+    `fx aggregator start` would refuse (PlanError)."""
+    assigner(plan)
+    metric_callback(plan)
+
+
 def metric_hub(plan: Plan, *, resuming: bool = False) -> MetricHub:
     """Metric sinks the plan asks for: metrics.jsonl always, TensorBoard and callback on demand.
 
@@ -94,11 +111,9 @@ def metric_hub(plan: Plan, *, resuming: bool = False) -> MetricHub:
     sinks: list[Any] = [JsonlMetricWriter(path)]
     if settings.get("write_logs"):
         sinks.append(TensorBoardSink(plan.workspace / "logs" / "tensorboard"))
-    callback = settings.get("log_metric_callback")
-    if callback:
-        template = callback.get("template") if isinstance(callback, dict) else callback
-        fn = plan.import_template(str(template), "aggregator.settings.log_metric_callback")
-        sinks.append(CallbackSink(fn))
+    callback = metric_callback(plan)
+    if callback is not None:
+        sinks.append(CallbackSink(callback))
     return MetricHub(sinks, on_error=log.warning, seen=seen)
 
 

@@ -115,6 +115,40 @@ def test_plan_validate_on_a_broken_plan_exits_2_with_the_plan_code(runner, works
     assert "RESET" in result.output
 
 
+def _two_half_groups(config):
+    groups = config["assigner"]["settings"]["task_groups"]
+    groups[0]["percentage"] = 0.5
+    config["assigner"]["settings"]["task_groups"] = groups
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "text"),
+    [
+        (
+            lambda c: c["aggregator"]["settings"].update(
+                log_metric_callback={"template": "nosuchmod.fn"}
+            ),
+            "FX-PLAN-007",
+            "log_metric_callback",
+        ),
+        (_two_half_groups, "FX-PLAN-019", "add up to 0.5"),
+    ],
+    ids=["metric-callback", "group-percentages"],
+)
+def test_plan_validate_refuses_what_the_aggregator_would_refuse(
+    runner, workspace, change, code, text
+):
+    path = workspace / "plan" / "plan.yaml"
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+
+    result = runner.invoke(cli, ["plan", "validate"])
+
+    assert_clean_failure(result, 2, code)
+    assert text in result.output
+
+
 def test_plan_validate_outside_a_workspace(runner, tmp_path, monkeypatch):
     # Prepare
     monkeypatch.chdir(tmp_path)
