@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -731,15 +731,29 @@ def merge_defaults(raw: Mapping[str, Any], plan_path: Path, workspace: Path) -> 
 
 
 def normalize_settings(section: str, settings: dict[str, Any]) -> None:
-    """Map OpenFL 1.6 names in one layer's settings to current names (a current name wins)."""
+    """Map OpenFL 1.6 names in one layer's settings to current names; a layer that sets both
+    names of one setting to different values is refused (FX-PLAN-034)."""
     if section == "network":
-        if "tls" in settings:
-            settings.setdefault("use_tls", settings.pop("tls"))
-        if "disable_client_auth" in settings:
-            disabled = settings.pop("disable_client_auth")
-            settings.setdefault("require_client_auth", not disabled)
-    elif section == "collaborator" and "delta_updates" in settings:
-        settings.setdefault("use_delta_updates", settings.pop("delta_updates"))
+        _rename(settings, section, "tls", "use_tls", lambda v: v)
+        _rename(settings, section, "disable_client_auth", "require_client_auth", lambda v: not v)
+    elif section == "collaborator":
+        _rename(settings, section, "delta_updates", "use_delta_updates", lambda v: v)
+
+
+def _rename(
+    settings: dict[str, Any], section: str, old: str, new: str, convert: Callable[[Any], Any]
+) -> None:
+    if old not in settings:
+        return
+    value = convert(settings.pop(old))
+    if new in settings and settings[new] != value:
+        raise PlanError(
+            "FX-PLAN-034",
+            f"{section}.settings sets both {new}: {settings[new]!r} and its OpenFL 1.6 name "
+            f"{old}, which means {new}: {value!r}",
+            f"keep one of the two ({new} is the current name)",
+        )
+    settings.setdefault(new, value)
 
 
 def _normalize_layer(name: str, section: dict[str, Any]) -> None:

@@ -316,6 +316,28 @@ def test_openfl_1_6_names_are_normalized_in_an_expanded_plan(edit_plan):
     assert "delta_updates" not in plan.config["collaborator"]["settings"]
 
 
+@pytest.mark.parametrize(
+    ("old", "old_value", "new", "new_value", "conflict"),
+    [
+        ("tls", False, "use_tls", True, True),
+        ("disable_client_auth", False, "require_client_auth", False, True),
+        ("tls", True, "use_tls", True, False),  # the same meaning twice: accepted
+    ],
+)
+def test_both_names_of_one_setting_in_one_place_must_agree(
+    edit_plan, old, old_value, new, new_value, conflict
+):
+    path = edit_plan(lambda c: c["network"]["settings"].update({old: old_value, new: new_value}))
+
+    if not conflict:
+        assert Plan.load(path).network[new] is new_value
+        return
+    with pytest.raises(PlanError) as caught:
+        Plan.load(path)
+    assert caught.value.code == "FX-PLAN-034"
+    assert old in caught.value.message and new in caught.value.message
+
+
 def test_openfl_1_6_names_beat_the_packaged_defaults_merged_under_them(plan_path):
     # Prepare: an OpenFL 1.6 plan that leans on `defaults:` (fedrun's packaged files use the
     # current names, so the plan's old-name values must still win the merge)
