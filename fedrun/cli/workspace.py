@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fedrun.cli.common import console, handle_errors, key_type_option, ok
+from fedrun.cli.common import console, handle_errors, key_type_option, ok, require_workspace
 from fedrun.workspace.templates_catalog import DESCRIPTIONS
 
 
@@ -42,6 +42,7 @@ def certify(key_type: str) -> None:
     """Create the federation's certificate authority under cert/ (run once, on the CA node)."""
     from fedrun.pki import create_certificate_authority
 
+    require_workspace("the certificate authority")
     ca = create_certificate_authority(Path("cert"), key_type=key_type)
     ok(f"certificate authority created; trust anchor {ca.chain}")
 

@@ -300,6 +300,7 @@ def test_simulate_refuses_a_timeout_that_is_not_positive_before_creating_anythin
         ["aggregator", "generate-cert-request", "--fqdn", "agg.example.org"],
         ["collaborator", "generate-cert-request", "-n", "one", "-s"],
         ["collaborator", "create", "-n", "one", "-d", "1"],
+        ["workspace", "certify"],
     ],
 )
 def test_node_files_are_not_written_outside_a_workspace(runner, tmp_path, monkeypatch, args):
