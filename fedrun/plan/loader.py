@@ -29,7 +29,7 @@ from fedrun.constants import AUTO_PORT_MAX, AUTO_PORT_MIN
 from fedrun.errors import FedrunError, PlanError
 from fedrun.federation.tasks import TaskSpec
 from fedrun.plan import schema
-from fedrun.plan.aliases import resolve_template
+from fedrun.plan.aliases import ALIASES, SHORT_NAMES, resolve_template
 from fedrun.plan.openfl_names import is_provided, provided_names, serve_openfl_names
 from fedrun.plan.schema import CLASS_SCHEMAS, SECTIONS, TASK_KEYS, USER_SECTIONS, Setting
 
@@ -367,9 +367,13 @@ class Plan:
         if not module_name:
             raise PlanError(
                 "FX-PLAN-007",
-                f"{where}: template {template!r} is not a dotted `module.Class` name",
-                "write e.g. src.taskrunner.MyRunner",
+                f"{where}: template {template!r} is not a dotted `module.Class` name, nor one of "
+                f"fedrun's short names{did_you_mean(template, SHORT_NAMES)}",
+                "write e.g. src.taskrunner.MyRunner, or a short name such as Median or "
+                "WeightedAverage",
             )
+        if dotted.startswith("openfl."):
+            _check_openfl_name(dotted, where)
         self._use_workspace_modules(module_name.split(".")[0])
         serve_openfl_names()
         try:
@@ -670,6 +674,21 @@ class Plan:
                     )
 
 
+def _check_openfl_name(name: str, where: str) -> None:
+    """An OpenFL class name fedrun does not map but that is close to one it does (a typo such as
+    ``...aggregation_functions.Medain``) is FX-PLAN-007 with the name meant; importing it would
+    only fail as a missing part of OpenFL."""
+    module, _, attr = name.rpartition(".")
+    known = {key.rpartition(".")[2] for key in ALIASES if key.rpartition(".")[0] == module}
+    hint = did_you_mean(attr, known | set(SHORT_NAMES))
+    if hint:
+        raise PlanError(
+            "FX-PLAN-007",
+            f"{where}: {name!r} is not an OpenFL class fedrun provides{hint}",
+            "check the class name in the plan",
+        )
+
+
 # ---------------------------------------------------------------------- helpers
 def _workspace_of(plan_path: Path) -> Path:
     return plan_path.parent.parent if plan_path.parent.name == "plan" else plan_path.parent
@@ -901,13 +920,17 @@ def _unprovided_openfl_import(tree: ast.Module) -> tuple[int, str] | None:
     return None
 
 
+_IMPORT_MACHINERY = (str(Path(importlib.__file__).parent), __file__)
+
+
 def _failing_import(exc: BaseException) -> str | None:
-    """``file:line`` of the innermost frame of ``exc`` outside the import machinery."""
+    """``file:line`` of the innermost frame of ``exc`` outside the import machinery (and this
+    loader); None when the plan itself names the missing module."""
     location = None
     tb = exc.__traceback__
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith("<frozen"):
+        if not filename.startswith("<frozen") and not filename.startswith(_IMPORT_MACHINERY):
             location = f"{filename}:{tb.tb_lineno}"
         tb = tb.tb_next
     return location

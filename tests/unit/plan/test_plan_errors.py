@@ -435,3 +435,33 @@ def test_a_task_batch_size_is_checked_too_and_null_means_the_default(edit_plan):
     assert error.code == "FX-PLAN-028"
     assert "tasks.train.kwargs.batch_size" in error.message
     Plan.load(edit_plan(lambda c: edit(c, None)))  # null: the loader's own batch size
+
+
+@pytest.mark.parametrize(
+    ("template", "text"),
+    [
+        ("openfl.interface.aggregation_functions.Medain", "(did you mean 'Median'?)"),
+        ("Medianx", "(did you mean 'Median'?)"),
+    ],
+)
+def test_a_misspelt_aggregation_rule_gets_the_name_meant(edit_plan, template, text):
+    path = edit_plan(
+        lambda c: c["tasks"]["train"].__setitem__("aggregation_type", {"template": template})
+    )
+
+    error = load_error(path)
+
+    assert error.code == "FX-PLAN-007"  # not "a part of OpenFL fedrun does not provide"
+    assert text in error.message
+
+
+def test_a_missing_openfl_module_named_by_the_plan_quotes_no_import_machinery(edit_plan):
+    template = "openfl.interface.aggregation_functions.Zzz"  # close to nothing fedrun maps
+    path = edit_plan(
+        lambda c: c["tasks"]["train"].__setitem__("aggregation_type", {"template": template})
+    )
+
+    error = load_error(path)
+
+    assert error.code == "FX-PLAN-030"
+    assert "importlib" not in error.message
