@@ -63,7 +63,7 @@ def simulate(
     timeout: float | None,
 ) -> None:
     """Run a whole federation here: one aggregator and N collaborator processes over gRPC
-    with mutual TLS on 127.0.0.1, then print per-round metrics and where the models are."""
+    with mutual TLS on localhost, then print per-round metrics and where the models are."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedrun.metrics.summary import metrics_table
@@ -132,7 +132,9 @@ def simulate(
         ) as progress,
     ):
         fed.start()
-        bar = progress.add_task("rounds", total=total + (1 if final_validation else 0), last="")
+        # the final model's validation is a step of its own: N rounds show as N + 1 steps
+        label = "rounds + final validation" if final_validation else "rounds"
+        bar = progress.add_task(label, total=total + (1 if final_validation else 0), last="")
 
         def on_progress(records: list) -> None:
             agg = [r for r in records if r.origin == "aggregator"]
