@@ -163,5 +163,11 @@ def simulate(
     con.print(f"[green]✔[/] federation finished in {elapsed:.1f} s")
     best = ws / "save" / "best.pbuf"
     kept = f", {best} (best)" if best.is_file() else " (no best model: see the aggregator's log)"
+    if not best.is_file():
+        # the aggregator's reason (best_model_metric not reported...) belongs on this screen
+        log_file = ws / "logs" / "aggregator.log"
+        lines = log_file.read_text(errors="replace").splitlines() if log_file.is_file() else []
+        for line in (line for line in lines if "best_model_metric" in line):
+            con.print(f"[yellow]warning:[/] {line.split(': ', 1)[-1]}", soft_wrap=True)
     con.print(f"  models:  {ws / 'save' / 'last.pbuf'} (final){kept}")
     con.print(f"  logs:    {ws / 'logs'} (metrics.jsonl, aggregator.log, collaborator_*.log)")

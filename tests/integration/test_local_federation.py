@@ -294,3 +294,25 @@ def test_a_stopped_aggregator_exits_with_the_shells_code_for_its_signal(
 
     assert nodes.wait("aggregator", timeout=60) == code, nodes.log("aggregator")
     assert "run the same command again to resume" in nodes.log("aggregator")
+
+
+def test_fx_simulate_shows_why_no_best_model_was_saved(tmp_path: Path) -> None:
+    metric = (
+        "aggregated_model_validation/acc"  # the template's plan lists `acc`; runs report accuracy
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedrun.cli.main", "simulate", "--template", "no-op"]
+        + ["--rounds", "1", "--no-tls", "--prefix", "ws"]
+        + ["--plan-set", f"aggregator.best_model_metric={metric}"],
+        env=fx_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (tmp_path / "ws" / "save" / "best.pbuf").exists()
+    out = " ".join(proc.stdout.split())  # rich wraps long lines
+    assert f"best_model_metric '{metric}' is not among the round's metrics" in out
+    assert "aggregated_model_validation/accuracy" in out
