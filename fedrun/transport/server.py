@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from concurrent import futures
 from typing import TYPE_CHECKING
@@ -62,6 +63,11 @@ MIN_RECEIVE_WINDOW_BYTES = 4 << 20
 #: a global model of at most this many bytes is framed once per round and the same messages go to
 #: every collaborator (this much memory at most); a larger one is read from its file per download
 FRAMED_MODEL_MAX_BYTES = 64 << 20
+
+
+def peer_address(context: grpc.ServicerContext) -> str:
+    """The caller's address as people write it: gRPC gives ``ipv6:%5B::1%5D:5000``."""
+    return urllib.parse.unquote(context.peer())
 
 
 def server_options(chunk_bytes: int) -> list[tuple[str, int]]:
@@ -135,7 +141,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def _authenticate(self, header: pb.Header, context: grpc.ServicerContext) -> str:
         claimed = header.collaborator
-        peer = f"{claimed or '?'} ({context.peer()})"
+        peer = f"{claimed or '?'} ({peer_address(context)})"
         if self.verify_peer_name:
             cn = peer_common_name(context)
             if cn is None:
@@ -163,7 +169,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         except ProtocolError as error:
             self._refuse(context, error, peer)
         try:
-            self.processes.heard(claimed, header.process, context.peer(), time.monotonic())
+            self.processes.heard(claimed, header.process, peer_address(context), time.monotonic())
         except ProtocolError as error:
             self._refuse(context, error, peer)
         return claimed

@@ -27,3 +27,23 @@ def test_window_holds_two_chunks_and_never_less_than_4_mib(chunk, window):
 def test_every_common_option_is_kept():
     options = server_options(4 << 20)
     assert all(pair in options for pair in SERVER_OPTIONS)
+
+
+class _Call:
+    """What gRPC hands a handler, reduced to the part peer_address reads."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [("ipv6:%5B::1%5D:55176", "ipv6:[::1]:55176"), ("ipv4:127.0.0.1:5000", "ipv4:127.0.0.1:5000")],
+)
+def test_peer_addresses_are_shown_as_people_write_them(raw, shown):
+    from fedrun.transport.server import peer_address
+
+    assert peer_address(_Call(raw)) == shown
