@@ -726,7 +726,8 @@ def merge_defaults(raw: Mapping[str, Any], plan_path: Path, workspace: Path) -> 
         _normalize_layer(str(name), section)
         ref = section.pop("defaults", None)
         if ref:
-            base = load_yaml(_defaults_file(str(ref), plan_path, workspace), f"defaults for {name}")
+            defaults_path = _defaults_file(str(ref), plan_path, workspace)
+            base = load_yaml(defaults_path, f"defaults for {name}")
             if not isinstance(base, Mapping):
                 raise PlanError("FX-PLAN-003", f"defaults file {ref!r} must be a mapping")
             base = dict(base)
@@ -734,6 +735,7 @@ def merge_defaults(raw: Mapping[str, Any], plan_path: Path, workspace: Path) -> 
             # each layer is normalized on its own, so the plan's `tls: false` beats the
             # defaults file's `use_tls: true` instead of losing to it after the merge
             _normalize_layer(str(name), base)
+            _check_defaults_keys(str(name), base, section, defaults_path, workspace)
             section = deep_merge(base, section)
         if name == "tasks":
             section.pop("settings", None)
@@ -747,6 +749,26 @@ def merge_defaults(raw: Mapping[str, Any], plan_path: Path, workspace: Path) -> 
             if section["settings"] is None:
                 section["settings"] = {}
     return config
+
+
+def _check_defaults_keys(
+    name: str, base: Mapping[str, Any], section: Mapping[str, Any], path: Path, workspace: Path
+) -> None:
+    """An unknown setting in a defaults file is reported in that file (after the merge it would
+    be reported as if plan.yaml held it)."""
+    template = section.get("template") or base.get("template")
+    known = CLASS_SCHEMAS.get(resolve_template(template)) if isinstance(template, str) else None
+    settings = base.get("settings")
+    if known is None or not isinstance(settings, Mapping):
+        return
+    shown = path.relative_to(workspace) if path.is_relative_to(workspace) else path
+    for key in settings:
+        if key not in known:
+            raise PlanError(
+                "FX-PLAN-010",
+                f"{shown}: {name}.settings: unknown key {key!r}{did_you_mean(key, known)}",
+                f"known keys: {', '.join(sorted(known))}",
+            )
 
 
 def normalize_settings(section: str, settings: dict[str, Any]) -> None:

@@ -465,3 +465,18 @@ def test_a_missing_openfl_module_named_by_the_plan_quotes_no_import_machinery(ed
 
     assert error.code == "FX-PLAN-030"
     assert "importlib" not in error.message
+
+
+def test_an_unknown_key_in_a_defaults_file_is_reported_in_that_file(workspace, edit_plan):
+    defaults = workspace / "plan" / "defaults" / "aggregator.yaml"
+    defaults.parent.mkdir(parents=True, exist_ok=True)
+    defaults.write_text("settings:\n  sede: 42\n")
+    path = edit_plan(
+        lambda c: c["aggregator"].__setitem__("defaults", "plan/defaults/aggregator.yaml")
+    )
+
+    error = load_error(path)
+
+    assert error.code == "FX-PLAN-010"
+    assert error.message.startswith("plan/defaults/aggregator.yaml: aggregator.settings")
+    assert "(did you mean 'seed'?)" in error.message
