@@ -344,11 +344,15 @@ class Plan:
         return default_fqdn()
 
     @property
+    def agg_port_is_auto(self) -> bool:
+        """``agg_port: auto``: the port is derived from the plan hash (another plan, another port)."""
+        return self.network.get("agg_port", "auto") in (None, "auto")
+
+    @property
     def agg_port(self) -> int:
-        port = self.network.get("agg_port", "auto")
-        if port in (None, "auto"):
+        if self.agg_port_is_auto:
             return int(self.hash[:8], 16) % (AUTO_PORT_MAX - AUTO_PORT_MIN) + AUTO_PORT_MIN
-        return int(port)
+        return int(self.network["agg_port"])
 
     @property
     def listen_addr(self) -> str:

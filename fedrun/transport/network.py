@@ -40,7 +40,7 @@ class Network:
             cert_folder=plan.resolve_path(s.get("cert_folder") or "cert"),
             chunk_bytes=int(s.get("chunk_bytes") or constants.CHUNK_BYTES),
             long_poll_seconds=float(s.get("long_poll_seconds") or constants.LONG_POLL_SECONDS),
-            agg_port_auto=s.get("agg_port", "auto") in (None, "auto"),
+            agg_port_auto=plan.agg_port_is_auto,
         )
 
     @property
