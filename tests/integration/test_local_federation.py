@@ -46,14 +46,7 @@ def test_simulate_runs_to_the_end(tmp_path: Path, count: int) -> None:
 
 def test_readme_command_reaches_090_on_digits(tmp_path: Path) -> None:
     """What the README's run command does: torch/digits, 2 collaborators, 3 rounds."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedrun.cli.main", "simulate", "--prefix", str(tmp_path / "ws")],
-        env=fx_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    proc = fx(tmp_path, "simulate", "--prefix", str(tmp_path / "ws"), check=False, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "federation finished" in proc.stdout
     assert "final model" in proc.stdout
@@ -187,24 +180,17 @@ def test_fx_simulate_seed_gives_identical_final_weights(tmp_path: Path) -> None:
     import numpy as np
 
     for name in ("a", "b"):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "fedrun.cli.main",
-                "simulate",
-                "--prefix",
-                name,
-                "--seed",
-                "5",
-                "-r",
-                "2",
-            ],
-            env=fx_env(),
-            capture_output=True,
-            text=True,
+        proc = fx(
+            tmp_path,
+            "simulate",
+            "--prefix",
+            name,
+            "--seed",
+            "5",
+            "-r",
+            "2",
+            check=False,
             timeout=300,
-            cwd=tmp_path,
         )
         assert proc.returncode == 0, proc.stderr
     a = load_model(tmp_path / "a" / "save" / "last.pbuf").tensors
@@ -300,15 +286,12 @@ def test_fx_simulate_shows_why_no_best_model_was_saved(tmp_path: Path) -> None:
     metric = (
         "aggregated_model_validation/acc"  # the template's plan lists `acc`; runs report accuracy
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedrun.cli.main", "simulate", "--template", "no-op"]
-        + ["--rounds", "1", "--no-tls", "--prefix", "ws"]
-        + ["--plan-set", f"aggregator.best_model_metric={metric}"],
-        env=fx_env(),
-        capture_output=True,
-        text=True,
+    proc = fx(
+        tmp_path,
+        *("simulate", "--template", "no-op", "--rounds", "1", "--no-tls", "--prefix", "ws"),
+        *("--plan-set", f"aggregator.best_model_metric={metric}"),
+        check=False,
         timeout=300,
-        cwd=tmp_path,
     )
 
     assert proc.returncode == 0, proc.stdout + proc.stderr
