@@ -768,11 +768,7 @@ def _check_defaults_keys(
     shown = path.relative_to(workspace) if path.is_relative_to(workspace) else path
     for key in settings:
         if key not in known:
-            raise PlanError(
-                "FX-PLAN-010",
-                f"{shown}: {name}.settings: unknown key {key!r}{did_you_mean(key, known)}",
-                f"known keys: {', '.join(sorted(known))}",
-            )
+            raise unknown_setting(key, known, f"{shown}: {name}.settings")
 
 
 def normalize_settings(section: str, settings: dict[str, Any]) -> None:
@@ -828,15 +824,20 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def unknown_setting(key: str, known: Mapping[str, Setting], where: str) -> PlanError:
+    """``FX-PLAN-010`` for a setting the schema does not know, with the name probably meant."""
+    return PlanError(
+        "FX-PLAN-010",
+        f"{where}: unknown key {key!r}{did_you_mean(key, known)}",
+        f"known keys: {', '.join(sorted(known))}",
+    )
+
+
 def check_settings(known: Mapping[str, Setting], settings: Mapping[str, Any], where: str) -> None:
     """Check keys, types and choices of settings against a schema."""
     for key, value in settings.items():
         if key not in known:
-            raise PlanError(
-                "FX-PLAN-010",
-                f"{where}: unknown key {key!r}{did_you_mean(key, known)}",
-                f"known keys: {', '.join(sorted(known))}",
-            )
+            raise unknown_setting(key, known, where)
         spec = known[key]
         if value is None and (spec.nullable or spec.default is None):
             continue
