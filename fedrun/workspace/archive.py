@@ -29,14 +29,24 @@ UNPINNED = {"pip", "setuptools", "wheel"}
 
 
 def environment_requirements() -> str:
-    """``name==version`` lines for the packages installed in this environment."""
-    lines = set()
+    """``name==version`` lines for the packages installed in this environment.
+
+    A local build (``torch 2.13.0+cpu``) is pinned by its public version (``torch==2.13.0``):
+    an exact local pin is on no public index and is satisfied only by that very build, so
+    installing the archive on a node with another build of the same release would fail,
+    while the public pin matches every build of it (PEP 440). A comment keeps the build.
+    """
+    pins: dict[str, str] = {}
     for dist in metadata.distributions():
         name = dist.name
         if not name or name.lower() in UNPINNED:
             continue
-        lines.add(f"{name}=={dist.version}")
-    return "\n".join(sorted(lines, key=str.lower)) + "\n"
+        public, _, local = dist.version.partition("+")
+        line = f"{name}=={public}"
+        if local:
+            line += f"  # exported from the local build {dist.version}"
+        pins[f"{name}=={public}"] = line
+    return "\n".join(sorted(pins.values(), key=str.lower)) + "\n"
 
 
 def _include(path: Path) -> bool:

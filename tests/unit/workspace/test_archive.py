@@ -9,6 +9,7 @@ import pytest
 
 from fedrun.errors import WorkspaceError
 from fedrun.plan.initialize import initialize_plan
+from fedrun.workspace import archive as archive_module
 from fedrun.workspace.archive import export_workspace, import_workspace
 from fedrun.workspace.create import create_workspace
 
@@ -72,3 +73,19 @@ def test_an_archive_carrying_a_key_is_refused_and_leaves_nothing(tmp_path: Path)
 
     assert caught.value.code == "FX-WS-021" and "col_x.key" in caught.value.message
     assert list(node.iterdir()) == []
+
+
+def test_a_local_build_is_pinned_by_its_public_version(monkeypatch: pytest.MonkeyPatch):
+    # Prepare: an environment holding a local torch build (not on any public index)
+    class Dist:
+        def __init__(self, name: str, version: str) -> None:
+            self.name, self.version = name, version
+
+    dists = [Dist("torch", "2.13.0+cpu"), Dist("numpy", "2.3.1"), Dist("pip", "25.0")]
+    monkeypatch.setattr(archive_module.metadata, "distributions", lambda: dists)
+
+    # Execute
+    lines = archive_module.environment_requirements().splitlines()
+
+    # Assert: any 2.13.0 build satisfies the pin; the comment keeps which build was exported
+    assert lines == ["numpy==2.3.1", "torch==2.13.0  # exported from the local build 2.13.0+cpu"]
