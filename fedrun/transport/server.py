@@ -7,7 +7,9 @@ logged once per peer and reason, and cost the aggregator nothing beyond the chec
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 import time
 import urllib.parse
@@ -367,6 +369,55 @@ def register_servicer(servicer: FederationServicer, server: grpc.Server) -> None
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
+_PORT_FIX = (
+    "stop the other process using the port, or set network.settings.agg_port in plan/plan.yaml"
+)
+_BIND_ERRORS = {
+    errno.EADDRINUSE: ("port {port} is in use by another process (another aggregator?)", _PORT_FIX),
+    errno.EADDRNOTAVAIL: (
+        "{host} is not an address of this host",
+        "set network.settings.listen_addr in plan/plan.yaml to an address of this host "
+        "(0.0.0.0 or :: for all of them)",
+    ),
+    errno.EACCES: (
+        "port {port} is below 1024, which needs root",
+        "set network.settings.agg_port in plan/plan.yaml to a port from 1024 up",
+    ),
+}
+
+
+def bind_problem(host: str, port: int) -> tuple[str, str] | None:
+    """Why gRPC could not listen on ``host:port``, and the fix; None if it can.
+
+    gRPC reports a failed bind only as "Failed to bind" (the errno goes to its C-core log), so
+    the address is tried first with a plain socket, bound as gRPC binds it, to name the cause.
+    Like gRPC, one usable address among those the host resolves to is enough.
+    """
+    if not port:
+        return None
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        return (
+            f"{host} does not resolve to an address ({exc.strerror})",
+            "set network.settings.listen_addr in plan/plan.yaml to an address of this host",
+        )
+    problem = None
+    for family, kind, proto, _, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+        except OSError as exc:
+            reason, fix = _BIND_ERRORS.get(exc.errno or 0, (f"{exc.strerror}", _PORT_FIX))
+            problem = (reason.format(host=host, port=port), fix)
+        else:
+            return None
+    return problem
+
+
 class AggregatorServer:
     """Serves an Aggregator over gRPC until the experiment ends."""
 
@@ -397,6 +448,10 @@ class AggregatorServer:
         )
         register_servicer(self.servicer, self.server)
         target = network.bind_target
+        problem = bind_problem(network.listen_addr, network.agg_port)
+        if problem:
+            reason, fix = problem
+            raise ConnectionFailure("FX-NET-001", f"cannot listen on {target}: {reason}", fix)
         try:
             if credentials is None:
                 self.port = self.server.add_insecure_port(target)
