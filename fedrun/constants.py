@@ -9,6 +9,14 @@ from __future__ import annotations
 #: names of optimizer-state tensors (``opt_treatment: CONTINUE_GLOBAL``) start with this: they are
 #: averaged, never stepped by a server optimizer, and sent only under CONTINUE_GLOBAL
 OPTIMIZER_PREFIX = "__opt_"
+#: optimizer state one result may carry, per byte and per tensor of the model's own weights
+#: (Adam with amsgrad keeps three moments and a step per weight, in float32 even for float16
+#: weights: 6x the bytes, 4 tensors per weight); more is refused, so that no collaborator can
+#: grow the global model without bound
+OPTIMIZER_STATE_FACTOR = 8
+#: seconds without data after which an upload is dropped once its round may close (a cut-off
+#: straggler policy); otherwise an upload is dropped after collaborator_timeout
+UPLOAD_STALL_SECONDS = 30.0
 
 # Wire format
 #: tensor payload per stream message. 2 MiB rather than 4: the aggregator's memory per upload is a

@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +26,12 @@ import numpy as np
 from fedrun import failpoints
 from fedrun.aggregation.base import Accumulator, AggregationFunction, all_finite
 from fedrun.buffers import POOL
-from fedrun.constants import END_GRACE_SECONDS, OPTIMIZER_PREFIX
+from fedrun.constants import (
+    END_GRACE_SECONDS,
+    OPTIMIZER_PREFIX,
+    OPTIMIZER_STATE_FACTOR,
+    UPLOAD_STALL_SECONDS,
+)
 from fedrun.errors import ProtocolError
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.round_aggregation import TaskUpdates
@@ -83,7 +88,6 @@ class RoundState:
     cpu_at_open: float | None = None
     bytes_received: int = 0
     raw_bytes: int = 0
-    shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = field(default_factory=dict)
     accepted: list[AcceptedResult] = field(default_factory=list)
     #: participants whose every assigned task is done (kept as results land: with many
     #: collaborators, recounting at each result made a round cost O(N^2))
@@ -231,6 +235,10 @@ class Aggregator:
         self.run_id = self.state_store.run_id()
         self._announced: int | None = None  # the round "round N started" was logged for
         self._best_metric_warned = False
+        #: results being received, by (collaborator, task): watched for stalls by tick()
+        self._uploads: dict[tuple[str, str], ResultUpload] = {}
+        #: (collaborator, task) pairs already warned about a result lacking model tensors
+        self._partial_warned: set[tuple[str, str]] = set()
         self.best_model_mode = best_model_mode
         self.final_validation_enabled = final_validation
         self.accept_optimizer_state = accept_optimizer_state
@@ -256,6 +264,7 @@ class Aggregator:
         self.global_model: dict[str, np.ndarray] = {
             k: v if isinstance(v, np.ndarray) else np.asarray(v) for k, v in initial_model.items()
         }
+        self._optimizer_budget: tuple[Mapping[str, np.ndarray], int, int] | None = None
         self.round_num = int(initial_round)
         self.done = False
         self.done_at: float | None = None
@@ -519,9 +528,11 @@ class Aggregator:
                     f"{collaborator!r} sent tensors for task {task!r}, which produces none",
                 )
             state.in_progress.add(key)
-        return ResultUpload(
-            self, state.number, collaborator, task, int(data_size), dict(metrics), tensor_count
-        )
+            upload = ResultUpload(
+                self, state.number, collaborator, task, int(data_size), dict(metrics), tensor_count
+            )
+            self._uploads[key] = upload
+        return upload
 
     def _check_layout(
         self,
@@ -534,18 +545,23 @@ class Aggregator:
         """Refuse a tensor the global model has not, or of another shape or dtype."""
         where = f"{upload.collaborator!r}, task {upload.task!r}, round {upload.round}"
         reference = self.global_model.get(name)
-        if reference is None:
-            if not (self.accept_optimizer_state and name.startswith(OPTIMIZER_PREFIX)):
+        if self.accept_optimizer_state and name.startswith(OPTIMIZER_PREFIX):
+            if not delta:
+                # optimizer state has no trusted reference (the first round's comes from the
+                # collaborators themselves): the layout most results share is aggregated at
+                # the round's end (TaskUpdates.layout); its size is bounded as it arrives
+                return
+            if reference is None:
                 raise ProtocolError(
-                    "FX-DATA-013",
-                    f"unknown tensor {name!r} from {where}: not part of the global model",
-                    "the collaborator's model must have the same layers as the aggregator's",
+                    "FX-DATA-016", f"delta for {name!r} from {where} has no base tensor"
                 )
-            with self._lock:
-                seen = self.round.shapes.setdefault(name, (shape, np.dtype(dtype)))
-            ref_shape, ref_dtype = seen
-        else:
-            ref_shape, ref_dtype = reference.shape, reference.dtype
+        elif reference is None:
+            raise ProtocolError(
+                "FX-DATA-013",
+                f"unknown tensor {name!r} from {where}: not part of the global model",
+                "the collaborator's model must have the same layers as the aggregator's",
+            )
+        ref_shape, ref_dtype = reference.shape, reference.dtype
         if shape != ref_shape:
             raise ProtocolError(
                 "FX-DATA-014",
@@ -558,10 +574,42 @@ class Aggregator:
                 f"tensor {name!r} from {where} has dtype {dtype}, expected {ref_dtype}",
                 "the collaborator's model must match the plan's initial model",
             )
-        if delta and reference is None:
-            raise ProtocolError(
-                "FX-DATA-016", f"delta for {name!r} from {where} has no base tensor"
+
+    def _warn_if_partial(self, upload: ResultUpload) -> None:
+        """Say once per collaborator and task when a result of a task that updates the model
+        lacks some of the model's tensors: they are averaged without it, which is rarely meant."""
+        key = (upload.collaborator, upload.task)
+        if upload.task not in self.round.accumulators or key in self._partial_warned:
+            return
+        weights = [n for n in self.global_model if not n.startswith(OPTIMIZER_PREFIX)]
+        missing = [n for n in weights if n not in upload.names]
+        if missing:
+            self._partial_warned.add(key)
+            log.warning(
+                "%s's result for %s lacks %d of the model's %d tensors (e.g. %r): those are "
+                "averaged without it (said once)",
+                upload.collaborator,
+                upload.task,
+                len(missing),
+                len(weights),
+                missing[0],
             )
+
+    def optimizer_state_budget(self) -> tuple[int, int]:
+        """Most optimizer-state bytes and tensors one result may carry: a multiple
+        (:data:`OPTIMIZER_STATE_FACTOR`) of the global model's own weights, plus slack."""
+        model = self.global_model
+        cached = self._optimizer_budget
+        if cached is None or cached[0] is not model:
+            weights = [a for n, a in model.items() if not n.startswith(OPTIMIZER_PREFIX)]
+            nbytes = sum(int(a.nbytes) for a in weights)
+            cached = (
+                model,
+                OPTIMIZER_STATE_FACTOR * nbytes + (1 << 20),
+                OPTIMIZER_STATE_FACTOR * len(weights) + 64,
+            )
+            self._optimizer_budget = cached
+        return cached[1], cached[2]
 
     def _check_tensor(
         self, upload: ResultUpload, name: str, array: np.ndarray, delta: bool
@@ -588,8 +636,11 @@ class Aggregator:
         )
         with self._lock:
             state = self.round
-            key = (upload.collaborator, upload.task)
-            state.in_progress.discard(key)
+            if upload.dropped:
+                if spool:
+                    spool.unlink(missing_ok=True)
+                raise upload.dropped_error()
+            self._forget_upload(upload)
             if self.done or state.number != upload.round or upload.collaborator in state.stragglers:
                 if spool:
                     spool.unlink(missing_ok=True)
@@ -610,9 +661,42 @@ class Aggregator:
 
     def _abort_result(self, upload: ResultUpload) -> None:
         with self._lock:
-            state = self.round
-            state.in_progress.discard((upload.collaborator, upload.task))
+            self._forget_upload(upload)
             self._changed.notify_all()
+
+    def _forget_upload(self, upload: ResultUpload) -> None:
+        key = (upload.collaborator, upload.task)
+        if self._uploads.get(key) is upload:
+            del self._uploads[key]
+            self.round.in_progress.discard(key)
+
+    def _drop_stalled_uploads(self, now: float) -> None:
+        """Give up on uploads that sent nothing for too long (lock held): a peer that keeps its
+        stream open but sends no data must not hold the round open (a cut-off policy waits for
+        results already streaming in, and only for those that move) nor a server thread."""
+        state = self.round
+        may_close = self.policy.round_may_close(
+            state.finished_count, len(state.participants), state.started_at, now
+        )
+        limit = (
+            min(self.collaborator_timeout, UPLOAD_STALL_SECONDS)
+            if may_close
+            else self.collaborator_timeout
+        )
+        for upload in list(self._uploads.values()):
+            idle = now - upload.last_progress
+            if idle > limit:
+                log.warning(
+                    "round %d: dropped %s's upload of %s: no data for %.0f s (it may send the "
+                    "result again%s)",
+                    state.number,
+                    upload.collaborator,
+                    upload.task,
+                    idle,
+                    " while the round is open" if not may_close else "",
+                )
+                self._forget_upload(upload)
+                upload.drop(f"no data for {idle:.0f} s")
 
     def _retains(self, task: str) -> bool:
         return bool(getattr(self.aggregation_functions.get(task), "needs_all_updates", True))
@@ -699,6 +783,7 @@ class Aggregator:
                         now - seen,
                         self.round_num,
                     )
+            self._drop_stalled_uploads(now)
             self._maybe_close_round()
             deadline = self.policy.deadline(self.round.started_at)
             return deadline
@@ -859,8 +944,10 @@ class Aggregator:
         produced = [n for n in updates.names() if n in model_in or n.startswith(OPTIMIZER_PREFIX)]
         if not produced:
             return False, None
-        names = list(model_in) + [n for n in produced if n not in model_in]
         wanted = set(produced)
+        stale = _stale_optimizer_state(model_in, wanted)
+        names = [n for n in model_in if n not in stale]
+        names += [n for n in produced if n not in model_in]
 
         def tensors() -> Iterator[tuple[str, np.ndarray | TensorPieces]]:
             for name in names:
@@ -901,10 +988,12 @@ class Aggregator:
             except ValueError as exc:
                 log.error("round %d: aggregation of %s failed: %s", state.number, task, exc)
                 continue
-            for name, tensor in result.items():
-                if name in new_model or name.startswith(OPTIMIZER_PREFIX):
-                    new_model[name] = tensor
-                    updated = True
+            produced = {n for n in result if n in new_model or n.startswith(OPTIMIZER_PREFIX)}
+            for name in _stale_optimizer_state(new_model, produced):
+                del new_model[name]
+            for name in produced:
+                new_model[name] = result[name]
+                updated = True
         last_file: Path | None = None
         if updated:
             self.global_model = new_model
@@ -968,6 +1057,15 @@ class Aggregator:
         return self.finished_event.wait(timeout)
 
 
+def _stale_optimizer_state(model: Iterable[str], produced: set[str]) -> set[str]:
+    """The global model's optimizer-state tensors that this round's results, which brought
+    optimizer state, no longer hold: their optimizer state replaces the old one whole, so names
+    no optimizer has any more do not pile up in the model round after round."""
+    if not any(n.startswith(OPTIMIZER_PREFIX) for n in produced):
+        return set()
+    return {n for n in model if n.startswith(OPTIMIZER_PREFIX) and n not in produced}
+
+
 def require_collaborators(collaborators: Sequence[str]) -> None:
     """``FX-PLAN-021`` when no collaborator is authorized: a federation of nobody never ends."""
     if not collaborators:
@@ -1003,6 +1101,14 @@ class ResultUpload:
         self.names: set[str] = set()
         self.nbytes = 0
         self.raw_bytes = 0
+        self.optimizer_bytes = 0
+        self.optimizer_tensors = 0
+        #: clock of the last data received (tick() drops uploads that stall)
+        self.last_progress = aggregator.clock()
+        #: why the aggregator gave up on this upload (None: it has not)
+        self.dropped: str | None = None
+        #: called (from another thread) when the upload is dropped: the transport ends the call
+        self.on_drop: Callable[[], None] | None = None
         self._writer: TensorFileWriter | None = None
         self._streaming: dict[str, IncomingTensor] = {}
         self._closed = False
@@ -1031,26 +1137,72 @@ class ResultUpload:
         return self._writer
 
     def open_tensor(self, header: pb.TensorHeader, dtype: np.dtype) -> IncomingTensor | None:
-        """Receive a raw tensor slice by slice straight into the spool, checking each slice
-        (no tensor-sized buffer), or None when it must arrive whole through :meth:`add`
-        (compressed or delta tensors)."""
-        if header.encoding not in ("", "none") or header.delta or header.payload_bytes == 0:
-            return None
+        """Check a tensor's header (name, shape, dtype against the global model) before any of
+        its payload is received; then receive a raw tensor slice by slice straight into the
+        spool, checking each slice (no tensor-sized buffer), or return None when it must arrive
+        whole through :meth:`add` (compressed or delta tensors: at most the size the header
+        declares, which now matches the model)."""
+        self.progressed()
         agg = self.aggregator
-        state = agg.round
-        if self.task not in state.accumulators or state.number != self.round:
-            return None
+        if agg.done or agg.round.number != self.round:
+            raise ProtocolError(
+                "FX-ROUND-002",
+                f"result of {self.collaborator!r} for round {self.round} arrived after the "
+                "round closed",
+                "nothing to do: the collaborator joins the next round",
+            )
         name = header.name
         shape = tuple(int(d) for d in header.shape)
         self._check_new(name)
-        agg._check_layout(self, name, shape, np.dtype(dtype), False)
+        agg._check_layout(self, name, shape, np.dtype(dtype), bool(header.delta))
+        if name.startswith(OPTIMIZER_PREFIX):
+            self._count_optimizer_state(name, np.dtype(dtype).itemsize * math.prod(shape))
+        if header.encoding not in ("", "none") or header.delta or header.payload_bytes == 0:
+            return None
         incoming = IncomingTensor(self, header, np.dtype(dtype))
         self._streaming[name] = incoming
         self._spool().begin_tensor(header)
         return incoming
 
+    def drop(self, reason: str) -> None:
+        """Give up on this upload (the aggregator's lock held): whatever arrives after is
+        refused, and the transport is asked to end the call."""
+        self.dropped = reason
+        if self.on_drop is not None:
+            self.on_drop()
+
+    def dropped_error(self) -> ProtocolError:
+        return ProtocolError(
+            "FX-ROUND-007",
+            f"the upload of {self.collaborator!r}'s result for {self.task!r} (round {self.round}) "
+            f"was dropped: {self.dropped}",
+            "send the result again; it counts if its round is still open",
+        )
+
+    def progressed(self) -> None:
+        """Data arrived: refuse it if the upload was dropped, else note the time."""
+        if self.dropped:
+            raise self.dropped_error()
+        self.last_progress = self.aggregator.clock()
+
+    def _count_optimizer_state(self, name: str, nbytes: int) -> None:
+        max_bytes, max_tensors = self.aggregator.optimizer_state_budget()
+        self.optimizer_bytes += nbytes
+        self.optimizer_tensors += 1
+        if self.optimizer_bytes > max_bytes or self.optimizer_tensors > max_tensors:
+            raise ProtocolError(
+                "FX-DATA-020",
+                f"{self.collaborator!r} sent more optimizer state than the model can have "
+                f"(at {name!r}: {self.optimizer_tensors} tensors, "
+                f"{human_bytes(self.optimizer_bytes)}; at most {max_tensors} tensors, "
+                f"{human_bytes(max_bytes)}, {OPTIMIZER_STATE_FACTOR}x the model's weights)",
+                "the collaborator's optimizer state must belong to the plan's model; with "
+                "another optimizer set task_runner.settings.opt_treatment to RESET",
+            )
+
     def add(self, name: str, array: np.ndarray, delta: bool = False, wire_bytes: int = 0) -> None:
         """Check one whole tensor and spool it."""
+        self.progressed()
         self._check_new(name)
         self.aggregator._check_tensor(self, name, array, delta)
         self._spool().write(name, array, delta=delta)
@@ -1066,6 +1218,7 @@ class ResultUpload:
                 "FX-DATA-018",
                 f"{self.collaborator!r} announced {self.tensor_count} tensors but sent {len(self.names)}",
             )
+        self.aggregator._warn_if_partial(self)
         spool = self._writer.commit() if self._writer is not None else None
         self._closed = True
         try:
@@ -1105,6 +1258,7 @@ class IncomingTensor:
     def write(self, chunk: memoryview) -> bool:
         """Take the next payload chunk; True when it was the last one (the tensor counts)."""
         upload = self.upload
+        upload.progressed()
         agg = upload.aggregator
         end = self.received + len(chunk)
         if end > self.expected:

@@ -12,8 +12,9 @@ the model nor with the number of collaborators.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -23,6 +24,8 @@ from fedrun.aggregation.base import Accumulator
 from fedrun.buffers import POOL
 from fedrun.storage.model_file import TensorFileReader, TensorPieces
 from fedrun.storage.state_store import AcceptedResult
+
+log = logging.getLogger("fedrun.aggregator")
 
 #: bytes read from a spool file per slice handed to a streaming rule (stays in cache)
 SLICE_BYTES = 1 << 20
@@ -100,6 +103,7 @@ class TaskUpdates:
             self.close()
             raise
         self._lanes = [_Lane(accumulator)]
+        self._agreed: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
 
     def close(self) -> None:
         """Close the spool files."""
@@ -118,11 +122,44 @@ class TaskUpdates:
         return ordered + [name for name in present if name not in known]
 
     def layout(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
-        """Shape and dtype of tensor ``name`` (as the first result holding it has it)."""
-        for reader in self.readers:
-            if name in reader.tensors:
-                return reader.layout(name)
-        raise KeyError(name)
+        """Shape and dtype of tensor ``name``.
+
+        A tensor of the global model was checked against it as it arrived, so every result
+        holds it alike. A tensor the model has not (optimizer state) has no reference: the
+        layout most results hold is taken (the first in collaborator order on a tie), and the
+        results holding another one are left out of that tensor's aggregate, with a warning,
+        so one collaborator's odd optimizer state never gets the others' results refused.
+        """
+        if name in self._agreed:
+            return self._agreed[name]
+        layouts = [
+            (result.collaborator, reader.layout(name))
+            for result, reader in zip(self.results, self.readers, strict=True)
+            if name in reader.tensors
+        ]
+        if not layouts:
+            raise KeyError(name)
+        counts = Counter(layout for _, layout in layouts)
+        best = max(counts.values())
+        agreed = next(layout for _, layout in layouts if counts[layout] == best)
+        odd = [collaborator for collaborator, layout in layouts if layout != agreed]
+        if odd:
+            log.warning(
+                "tensor %r: %s sent shape/dtype other than %s/%s (held by %d of %d results); "
+                "left out of its aggregate",
+                name,
+                ", ".join(odd),
+                agreed[0],
+                agreed[1],
+                best,
+                len(layouts),
+            )
+        self._agreed[name] = agreed
+        return agreed
+
+    def _holds(self, reader: TensorFileReader, name: str) -> bool:
+        """True when ``reader``'s result takes part in tensor ``name``'s aggregate."""
+        return name in reader.tensors and reader.layout(name) == self.layout(name)
 
     def fold(self, name: str, span: tuple[int, int] | None = None) -> None:
         """Hand every collaborator's tensor ``name`` to the accumulator, in collaborator order;
@@ -135,7 +172,7 @@ class TaskUpdates:
 
     def _fold(self, lane: _Lane, name: str, span: tuple[int, int] | None) -> None:
         for result, reader in zip(self.results, self.readers, strict=True):
-            if name in reader.tensors:
+            if self._holds(reader, name):
                 self._fold_one(lane, result, reader, name, span)
 
     def finished(self, name: str) -> np.ndarray | TensorPieces:

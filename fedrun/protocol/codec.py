@@ -379,7 +379,24 @@ def check_header(header: pb.TensorHeader, max_bytes: int = MAX_TENSOR_BYTES) -> 
             f"tensor {header.name!r}: {header.payload_bytes} payload bytes for dtype "
             f"{dtype} and shape {tuple(header.shape)} (expected {expected})",
         )
+    if header.payload_bytes > encoded_limit(expected):
+        raise ProtocolError(
+            "FX-WIRE-006",
+            f"tensor {header.name!r}: {header.payload_bytes} encoded payload bytes for "
+            f"{expected} bytes of dtype {dtype} and shape {tuple(header.shape)}; no pipeline "
+            f"makes more than {encoded_limit(expected)}",
+        )
     return dtype
+
+
+def encoded_limit(raw: int) -> int:
+    """Most payload bytes a compression pipeline may send for a tensor of ``raw`` bytes.
+
+    Every pipeline sends at most the raw bytes plus a few bytes of framing (an incompressible
+    tensor through zlib); the generous bound only keeps a receiver from buffering a payload
+    out of all proportion to the tensor it claims to be.
+    """
+    return 2 * raw + (64 << 10)
 
 
 class TensorAssembler:
@@ -421,6 +438,7 @@ class TensorAssembler:
                     f"{self._header.payload_bytes} bytes",
                 )
             self._dtype = check_header(frame.header, self.max_bytes)
+            self._check_encoding(frame.header)
             self._header = frame.header
             size = int(frame.header.payload_bytes)
             self._buffer = (
@@ -433,6 +451,16 @@ class TensorAssembler:
         if kind == "data":
             return self._data(memoryview(frame.data))
         raise ProtocolError("FX-WIRE-009", f"unexpected frame {kind!r} inside a tensor stream")
+
+    def _check_encoding(self, header: pb.TensorHeader) -> None:
+        """Refuse an encoding this side's plan does not use before any payload is buffered."""
+        if header.encoding not in ("", "none") and header.encoding not in self.pipelines:
+            raise ProtocolError(
+                "FX-WIRE-010",
+                f"tensor {header.name!r} uses encoding {header.encoding!r}, "
+                "which this side's plan does not use",
+                "use the same compression_pipeline on every node",
+            )
 
     def _data(self, chunk: memoryview) -> DecodedTensor | None:
         if self._header is None or self._buffer is None:
@@ -461,14 +489,7 @@ class TensorAssembler:
             return DecodedTensor(
                 header.name, array, header.delta, int(header.payload_bytes), pooled
             )
-        pipeline = self.pipelines.get(header.encoding)
-        if pipeline is None:
-            raise ProtocolError(
-                "FX-WIRE-010",
-                f"tensor {header.name!r} uses encoding {header.encoding!r}, "
-                "which this side's plan does not use",
-                "use the same compression_pipeline on every node",
-            )
+        pipeline = self.pipelines[header.encoding]  # known: checked with the header
         try:
             array = pipeline.decode(buffer.data, header.encoding_meta, dtype, shape)
         except ValueError as exc:

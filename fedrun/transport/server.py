@@ -99,6 +99,8 @@ def status_for(error: FedrunError) -> grpc.StatusCode:
         return grpc.StatusCode.UNAUTHENTICATED
     if code.startswith("FX-AUTH"):
         return grpc.StatusCode.PERMISSION_DENIED
+    if code == "FX-ROUND-007":
+        return grpc.StatusCode.UNAVAILABLE  # a dropped upload: the collaborator sends it again
     if code.startswith("FX-ROUND"):
         return grpc.StatusCode.FAILED_PRECONDITION
     return grpc.StatusCode.INVALID_ARGUMENT
@@ -289,6 +291,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         except ProtocolError as error:
             self._refuse(context, error, name)
             raise  # unreachable: abort raises
+        upload.on_drop = context.cancel  # a stalled upload's call ends, freeing this thread
         assembler = TensorAssembler(self.pipelines, pool=POOL)
         incoming: IncomingTensor | None = None
         try:
@@ -332,6 +335,29 @@ class FederationServicer(pb_grpc.FederationServicer):
             upload.abort()
             log.error("result of %s for %s not stored: %s", name, result.task, error.render())
             context.abort(grpc.StatusCode.UNAVAILABLE, error.render())
+        except MemoryError:
+            upload.abort()
+            exhausted = StateError(
+                "FX-STATE-030",
+                f"the aggregator ran out of memory receiving the result of {name} for "
+                f"{result.task}",
+                "give the aggregator more memory, or use a smaller chunk_size_mb; the "
+                "collaborator retries",
+            )
+            log.error("%s", exhausted.render())
+            context.abort(grpc.StatusCode.UNAVAILABLE, exhausted.render())
+        except grpc.RpcError:
+            # the stream broke (the collaborator stopped, the network failed, or the upload
+            # was dropped, which was logged then)
+            upload.abort()
+            if not upload.dropped:
+                log.warning(
+                    "result of %s for %s cut off before it was complete: nothing of it counts "
+                    "(the collaborator may send it again)",
+                    name,
+                    result.task,
+                )
+            raise
         except BaseException:
             upload.abort()
             raise

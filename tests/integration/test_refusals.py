@@ -179,3 +179,93 @@ def _fetch_foreign_tensor(federation: LocalFederation) -> None:
             list(stub.GetTensors(request, timeout=10))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "only fetch the global model" in info.value.details()
+
+
+def test_a_stalled_upload_does_not_hold_a_cut_off_round_open(tmp_path: Path, nodes: Nodes) -> None:
+    """collaborator3 (a valid certificate) starts its result and goes silent with the stream
+    open: past the cut-off the aggregator drops the upload, ends the call, and the round
+    closes with the other two."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from fedrun.plan.loader import Plan
+    from fedrun.protocol.codec import encode_tensor, serialize_frame
+    from fedrun.transport.tls import client_credentials
+
+    fed = LocalFederation(
+        tmp_path / "ws",
+        template="torch/digits",
+        collaborators=3,
+        rounds=1,
+        plan_set=[
+            "straggler_handling_policy.template=openfl.component.aggregator.straggler_handling.CutoffTimePolicy",
+            "straggler_handling_policy.settings={straggler_cutoff_time: 2, minimum_reporting: 2}",
+            "aggregator.settings.collaborator_timeout=3",
+        ],
+    )
+    fed.prepare()
+    ws = fed.workspace
+    plan = Plan.load(ws / "plan" / "plan.yaml")
+    nodes.start("aggregator", ws, "aggregator", "start")
+    nodes.wait_for_log("aggregator", "listening on")
+
+    header = pb.Header(
+        collaborator="collaborator3", plan_hash=plan.hash, federation_id=plan.federation_id
+    )
+    channel = grpc.secure_channel(
+        f"localhost:{fed.port}", client_credentials(ws / "cert", "collaborator3")
+    )
+    release = threading.Event()
+    try:
+        tasks = pb_grpc.FederationStub(channel).GetTasks(
+            pb.GetTasksRequest(header=header, wait_ms=20_000), timeout=30
+        )
+        assert "train" in tasks.tasks
+        weights = np.zeros((64, 128), dtype=np.float32)  # fc1.weight of torch/digits
+        tensor = [bytes(serialize_frame(f)) for f in encode_tensor("fc1.weight", weights)]
+
+        def stalling():  # (run twice: cancelled by the client, then left to stall)
+            result = pb.ResultHeader(
+                header=header,
+                round=tasks.round,
+                task="train",
+                data_size=10,
+                tensor_count=8,
+                run=tasks.run,
+                metrics={"loss": 1.0},
+            )
+            yield bytes(serialize_frame(pb.TensorFrame(result=result)))
+            yield tensor[0]  # the tensor's header; its data never comes
+            release.wait(120)
+
+        submit = channel.stream_unary(
+            "/fedrun.v1.Federation/SubmitResults",
+            request_serializer=lambda b: b,
+            response_deserializer=pb.SubmitResultsResponse.FromString,
+        )
+        # an upload the collaborator itself breaks off: said, nothing of it counts
+        broken = submit.future(stalling(), timeout=120)
+        nodes.wait_for_log("aggregator", "collaborator3 joined", timeout=30)
+        time.sleep(1.5)  # the aggregator has opened the upload
+        broken.cancel()
+        nodes.wait_for_log("aggregator", "collaborator3 for train cut off before", timeout=30)
+
+        call = submit.future(stalling(), timeout=120)
+        for name in ("collaborator1", "collaborator2"):
+            nodes.start(name, ws, "collaborator", "start", "-n", name)
+
+        # the aggregator drops the upload and ends the call; the round closes without it
+        with pytest.raises(grpc.RpcError) as info:
+            call.result(timeout=90)
+        assert info.value.code() == grpc.StatusCode.CANCELLED
+        nodes.wait_for_log("aggregator", "dropped collaborator3's upload of train", timeout=30)
+        for name in ("collaborator1", "collaborator2"):
+            assert nodes.wait(name) == 0, nodes.log(name)[-2000:]
+        log = nodes.log("aggregator")
+        assert "round 0 closed without waiting for its stragglers: collaborator3" in log
+        assert log.count("cut off before it was complete") == 1  # the drop is said once
+    finally:
+        release.set()
+        channel.close()

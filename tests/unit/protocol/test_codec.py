@@ -14,6 +14,7 @@ from fedrun.protocol.codec import (
     decode_frames,
     encode_tensor,
     encode_tensors,
+    encoded_limit,
     wire_dtype,
 )
 
@@ -320,6 +321,39 @@ def test_unknown_encoding_is_refused():
     # Assert
     assert error.code == "FX-WIRE-010"
     assert "'zstd'" in error.message
+
+
+def test_unknown_encoding_is_refused_at_the_header_before_its_payload_is_buffered():
+    # Prepare: a pool that records what the assembler takes from it
+    taken: list[int] = []
+
+    class Pool:
+        def take(self, size: int) -> np.ndarray:
+            taken.append(size)
+            return np.empty(size, np.uint8)
+
+        def give(self, buffer: np.ndarray) -> None:
+            pass
+
+    assembler = TensorAssembler(pool=Pool())  # type: ignore[arg-type]
+
+    # Execute: the header alone
+    with pytest.raises(ProtocolError) as caught:
+        assembler.feed(header(encoding="bogus", shape=[1 << 20], payload_bytes=4 << 20))
+
+    # Assert
+    assert caught.value.code == "FX-WIRE-010" and taken == []
+
+
+@pytest.mark.parametrize("raw", [0, 16, 4 << 20])
+def test_an_encoded_payload_out_of_proportion_to_its_tensor_is_refused(raw):
+    limit = encoded_limit(raw)
+    shape = [raw // 4]
+    assert check_header(header(encoding="stc", shape=shape, payload_bytes=limit).header)
+
+    error = feed_error(header(encoding="stc", shape=shape, payload_bytes=limit + 1))
+
+    assert error.code == "FX-WIRE-006" and "no pipeline makes more than" in error.message
 
 
 def test_wire_dtype_of_bool_and_bytes():
