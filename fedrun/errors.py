@@ -87,3 +87,30 @@ class ExperimentFinished(FedrunError):
     """The persisted experiment already ran to the end; nothing to resume."""
 
     exit_code = 0
+
+
+def file_access_error(exc: OSError) -> WorkspaceError:
+    """A file operation that failed where no more precise error was raised, as ``FX-WS-040``
+    naming the file and what to do (by its errno), instead of a traceback."""
+    import errno
+
+    where = str(exc.filename) if exc.filename is not None else "a file"
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    fixes = {
+        errno.EACCES: "give the user running fx access to it (chmod / chown), or run fx as the "
+        "workspace's owner",
+        errno.EPERM: "give the user running fx access to it (chmod / chown), or run fx as the "
+        "workspace's owner",
+        errno.EROFS: "the file system is read-only: work in a writable copy of the workspace",
+        errno.ENOENT: "a folder on the path does not exist: create it, or give another path",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: give another path",
+        errno.EISDIR: "a folder is where a file is expected: give a file's path",
+        errno.ENOSPC: "the disk is full: free space and run the command again",
+        errno.EDQUOT: "the disk quota is used up: free space and run the command again",
+    }
+    return WorkspaceError(
+        "FX-WS-040",
+        f"cannot use {where}: {exc.strerror or exc}",
+        fixes.get(exc.errno or 0, "check the path, its permissions and the disk"),
+    )

@@ -32,8 +32,8 @@ def aggregator() -> None:
     "--authorized_cols",
     "--cols_config",
     "cols_config",
-    default="plan/cols.yaml",
-    show_default=True,
+    default=None,  # the plan's workspace's plan/cols.yaml; a named file must exist
+    show_default="plan/cols.yaml",
 )
 @click.option(
     "--task-group",
@@ -52,7 +52,7 @@ def aggregator() -> None:
 def start(
     ctx: click.Context,
     plan_config: str,
-    cols_config: str,
+    cols_config: str | None,
     task_group: str | None,
     reset_state: bool,
 ) -> None:

@@ -55,7 +55,11 @@ def create(name: str, data_path: str | None, silent: bool) -> None:
 @click.pass_context
 @handle_errors
 def start(
-    ctx: click.Context, name: str, plan_config: str, cols_config: str, data_config: str
+    ctx: click.Context,
+    name: str,
+    plan_config: str,
+    cols_config: str | None,
+    data_config: str | None,
 ) -> None:
     """Start collaborator NAME and work until the experiment ends."""
     from fedrun.plan.loader import Plan
@@ -74,7 +78,7 @@ def start(
 @click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
 @plan_options
 @handle_errors
-def ping(name: str, plan_config: str, cols_config: str, data_config: str) -> None:
+def ping(name: str, plan_config: str, cols_config: str | None, data_config: str | None) -> None:
     """Check connectivity, certificates, name authorisation and plan hash in one call."""
     from fedrun.nodes import ping as do_ping
     from fedrun.plan.loader import Plan

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from fedrun.errors import FedrunError, StateError
+from fedrun.errors import FedrunError, StateError, file_access_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,15 +27,19 @@ def console(stderr: bool = True) -> Any:
 
 def show_error(error: FedrunError) -> None:
     """Print a FedrunError as a short block: code, message, fix. Never a traceback."""
+    from rich.markup import escape
+
     con = console()
+    # message and fix quote user input (names, paths, YAML): never read as markup
+    message, fix = escape(error.message), escape(error.fix)
     if error.exit_code == 0:
-        con.print(f"[bold yellow]• {error.code}[/]: {error.message}", soft_wrap=True)
+        con.print(f"[bold yellow]• {error.code}[/]: {message}", soft_wrap=True)
         if error.fix:
-            con.print(f"  [bold]note:[/] {error.fix}", soft_wrap=True)
+            con.print(f"  [bold]note:[/] {fix}", soft_wrap=True)
         return
-    con.print(f"[bold red]✘ {error.code}[/]: {error.message}", soft_wrap=True)
+    con.print(f"[bold red]✘ {error.code}[/]: {message}", soft_wrap=True)
     if error.fix:
-        con.print(f"  [bold]fix:[/] {error.fix}", soft_wrap=True)
+        con.print(f"  [bold]fix:[/] {fix}", soft_wrap=True)
 
 
 def handle_errors(fn: F) -> F:
@@ -48,6 +52,10 @@ def handle_errors(fn: F) -> F:
         except FedrunError as error:
             show_error(error)
             sys.exit(error.exit_code)
+        except OSError as exc:  # a file the command could not read or write
+            failure = file_access_error(exc)
+            show_error(failure)
+            sys.exit(failure.exit_code)
         except KeyboardInterrupt:
             console().print("[yellow]interrupted[/]")
             sys.exit(130)
@@ -167,8 +175,8 @@ def plan_options(fn: F) -> F:
         "--data_config",
         "--data-config",
         "data_config",
-        default="plan/data.yaml",
-        show_default=True,
+        default=None,  # the plan's workspace's plan/data.yaml; a named file must exist
+        show_default="plan/data.yaml",
         help="collaborator data paths (name,path lines)",
     )(fn)
     fn = click.option(
@@ -176,8 +184,8 @@ def plan_options(fn: F) -> F:
         "--cols_config",
         "--cols-config",
         "cols_config",
-        default="plan/cols.yaml",
-        show_default=True,
+        default=None,  # the plan's workspace's plan/cols.yaml; a named file must exist
+        show_default="plan/cols.yaml",
         help="authorized collaborator list",
     )(fn)
     fn = click.option(
@@ -220,4 +228,6 @@ def require_workspace(what: str) -> None:
 
 
 def ok(message: str) -> None:
-    console(stderr=False).print(f"[green]✔[/] {message}", soft_wrap=True)
+    from rich.markup import escape
+
+    console(stderr=False).print(f"[green]✔[/] {escape(message)}", soft_wrap=True)

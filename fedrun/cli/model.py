@@ -48,8 +48,8 @@ def save(
     force: bool,
     input_shape: str | None,
     plan_config: str,
-    cols_config: str,
-    data_config: str,
+    cols_config: str | None,
+    data_config: str | None,
 ) -> None:
     """Write the model in INPUT as a native model (torch state dict, .keras file)."""
     from fedrun.errors import WorkspaceError

@@ -46,8 +46,8 @@ def plan() -> None:
 @handle_errors
 def initialize(
     plan_config: str,
-    cols_config: str,
-    data_config: str,
+    cols_config: str | None,
+    data_config: str | None,
     agg_addr: str | None,
     init_model: Path | None,
     input_shape: str | None,
@@ -73,7 +73,7 @@ def initialize(
 @plan.command()
 @plan_options
 @handle_errors
-def validate(plan_config: str, cols_config: str, data_config: str) -> None:
+def validate(plan_config: str, cols_config: str | None, data_config: str | None) -> None:
     """Check a plan (sections, keys, types, templates, tasks) without running anything."""
     from fedrun.plan.components import check_aggregator_parts
     from fedrun.plan.loader import Plan
@@ -88,7 +88,7 @@ def validate(plan_config: str, cols_config: str, data_config: str) -> None:
 @plan.command()
 @plan_options
 @handle_errors
-def show(plan_config: str, cols_config: str, data_config: str) -> None:
+def show(plan_config: str, cols_config: str | None, data_config: str | None) -> None:
     """Print the merged plan and its hash."""
     import yaml
 

@@ -48,13 +48,20 @@ def certify(key_type: str) -> None:
 
 
 @workspace.command("export")
-@click.option("-o", "--output", default=None, type=click.Path(path_type=Path), help="zip to write")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    type=click.Path(),  # kept as typed: a trailing "/" names a folder
+    help="zip to write (a folder: <folder>/<workspace>.zip); default beside the workspace",
+)
+@click.option("--force", is_flag=True, help="replace an existing file that is not an archive")
 @handle_errors
-def export_(output: Path | None) -> None:
+def export_(output: str | None, force: bool) -> None:
     """Zip this workspace (plan, src, requirements, init model; never keys or data)."""
     from fedrun.workspace.archive import export_workspace
 
-    archive = export_workspace(Path.cwd(), output)
+    archive = export_workspace(Path.cwd(), output, force=force)
     ok(f"exported {archive}; copy it to each collaborator node and run `fx workspace import`")
 
 

@@ -54,8 +54,15 @@ def did_you_mean(word: str, options: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def load_yaml(path: Path, what: str) -> Any:
-    """Parse a YAML file, turning every failure into a PlanError naming the file."""
+def read_text_file(path: Path, what: str) -> str:
+    """The text of a plan-side file (plan, defaults, cols.yaml, data.yaml), or a PlanError
+    naming the file and the reason: missing, a folder, unreadable, not UTF-8 text."""
+    if path.is_dir():
+        raise PlanError(
+            "FX-PLAN-001",
+            f"{what} {path} is a folder, not a file",
+            "move the folder away and put the file there, or pass the file's path",
+        )
     if not path.is_file():
         raise PlanError(
             "FX-PLAN-001",
@@ -63,7 +70,30 @@ def load_yaml(path: Path, what: str) -> Any:
             "run the command inside a workspace (made by `fx workspace create`) or pass the path",
         )
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return path.read_text(encoding="utf-8")
+    except PermissionError as exc:
+        raise PlanError(
+            "FX-PLAN-035",
+            f"cannot read {what} {path}: permission denied",
+            "give the user running fx read access to it (chmod / chown)",
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise PlanError(
+            "FX-PLAN-003",
+            f"{what} {path} is not a text file (byte {exc.start} is not UTF-8)",
+            "restore the file: it must be UTF-8 YAML text",
+        ) from exc
+    except OSError as exc:
+        raise PlanError(
+            "FX-PLAN-035", f"cannot read {what} {path}: {exc.strerror}", "check the file and disk"
+        ) from exc
+
+
+def load_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file, turning every failure into a PlanError naming the file."""
+    text = read_text_file(path, what)
+    try:
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -85,9 +115,9 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def read_cols(path: Path) -> list[str]:
-    """Authorized collaborators from cols.yaml (missing file -> empty list)."""
-    if not path.is_file():
+def read_cols(path: Path, required: bool = False) -> list[str]:
+    """Authorized collaborators from cols.yaml (a missing file, unless ``required``: none)."""
+    if not required and not path.exists():
         return []
     data = load_yaml(path, "collaborator list")
     if not isinstance(data, Mapping):
@@ -110,12 +140,13 @@ def read_cols(path: Path) -> list[str]:
     return names
 
 
-def read_data_paths(path: Path) -> dict[str, str]:
-    """``name,path`` lines of data.yaml (comments and blank lines skipped)."""
+def read_data_paths(path: Path, required: bool = False) -> dict[str, str]:
+    """``name,path`` lines of data.yaml (comments and blank lines skipped; a missing file,
+    unless ``required``: none)."""
     out: dict[str, str] = {}
-    if not path.is_file():
+    if not required and not path.exists():
         return out
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text_file(path, "data file").splitlines(), 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -144,7 +175,7 @@ def write_data_path(path: Path, name: str, data_path: str) -> None:
             f"data path {data_path!r} for collaborator {name!r} is empty or spans lines",
             "pass the folder (or, for the MNIST templates, the shard number) with -d",
         )
-    lines = path.read_text().splitlines() if path.is_file() else []
+    lines = read_text_file(path, "data file").splitlines() if path.exists() else []
     entry = f"{name},{data_path}"
     for i, line in enumerate(lines):
         text = line.strip()
@@ -271,8 +302,9 @@ class Plan:
             cols_path=Path(cols_path).resolve() if cols_path else ws / "plan" / "cols.yaml",
             data_path=Path(data_path).resolve() if data_path else ws / "plan" / "data.yaml",
         )
-        plan.cols = read_cols(plan.cols_path)
-        plan.data_paths = read_data_paths(plan.data_path)
+        # a file the user names must exist; the workspace's own may not be there yet
+        plan.cols = read_cols(plan.cols_path, required=cols_path is not None)
+        plan.data_paths = read_data_paths(plan.data_path, required=data_path is not None)
         plan.validate()
         return plan
 

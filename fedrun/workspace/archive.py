@@ -17,8 +17,9 @@ import zlib
 from importlib import metadata
 from pathlib import Path
 
-from fedrun.errors import WorkspaceError
+from fedrun.errors import FedrunError, WorkspaceError
 from fedrun.plan.loader import Plan
+from fedrun.storage.model_file import open_model_view
 
 #: never leave the node, whatever folder they are in
 SECRET_SUFFIXES = (".key", ".crt", ".csr", ".pem", ".srl", ".p12", ".pfx")
@@ -55,8 +56,52 @@ def _include(path: Path) -> bool:
     return not path.name.endswith(SECRET_SUFFIXES)
 
 
-def export_workspace(workspace: str | Path = ".", output: str | Path | None = None) -> Path:
-    """Write ``<workspace name>.zip`` next to the workspace; returns its path."""
+def is_workspace_archive(path: Path) -> bool:
+    """True for a zip holding a workspace's ``plan/plan.yaml`` (one made by export)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "plan/plan.yaml" in zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def export_target(ws: Path, output: str | Path | None, force: bool = False) -> Path:
+    """Where the archive goes: ``output`` (a folder: ``<folder>/<workspace>.zip``) or
+    ``<workspace>.zip`` beside the workspace. Never among the files it packs (plan/, src/) or the
+    models (save/); an existing file is replaced only when it is a workspace archive already, or
+    with ``force``."""
+    if output is not None and not str(output).strip():
+        raise WorkspaceError("FX-WS-014", "the output path is empty", "pass -o ARCHIVE.zip")
+    target = Path(output) if output is not None else ws.parent / f"{ws.name}.zip"
+    if target.is_dir() or str(output).endswith(("/", os.sep)):  # "out/" names a folder
+        target = target / f"{ws.name}.zip"
+    target = target.resolve()
+    if any(target.is_relative_to(ws / folder) for folder in ("plan", "src", "save")):
+        raise WorkspaceError(
+            "FX-WS-014",
+            f"{target} is inside the workspace's plan/, src/ or save/ folder",
+            "write the archive outside the workspace (the default is beside it: "
+            f"{ws.parent / (ws.name + '.zip')})",
+        )
+    if not target.parent.is_dir():
+        raise WorkspaceError(
+            "FX-WS-014",
+            f"the folder {target.parent} does not exist",
+            "create it, or pass another -o path",
+        )
+    if target.exists() and not force and not is_workspace_archive(target):
+        raise WorkspaceError(
+            "FX-WS-014",
+            f"{target} exists and is not a workspace archive",
+            "pass another -o path, or --force to replace it",
+        )
+    return target
+
+
+def export_workspace(
+    workspace: str | Path = ".", output: str | Path | None = None, *, force: bool = False
+) -> Path:
+    """Write ``<workspace name>.zip`` next to the workspace (or to ``output``); returns its path."""
     ws = Path(workspace).resolve()
     plan = Plan.load(ws / "plan" / "plan.yaml", workspace=ws)
     init = plan.resolve_path(plan.settings("aggregator")["init_state_path"])
@@ -66,7 +111,16 @@ def export_workspace(workspace: str | Path = ".", output: str | Path | None = No
             f"the initial model {init} does not exist",
             "run `fx plan initialize` before exporting, so every node starts from the same model",
         )
-    target = Path(output) if output else ws.parent / f"{ws.name}.zip"
+    try:
+        open_model_view(init)
+    except FedrunError as exc:
+        raise WorkspaceError(
+            "FX-WS-010",
+            f"the initial model {init} cannot be read ({exc.message}); every node would start "
+            "from it",
+            "run `fx plan initialize` again to write it anew, then export",
+        ) from exc
+    target = export_target(ws, output, force)
     tmp = target.with_suffix(".zip.part")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for folder in ("plan", "src"):
