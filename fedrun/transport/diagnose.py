@@ -56,8 +56,9 @@ def check_reachable(network: Network) -> None:
 
 def check_own_certificate(network: Network, name: str) -> None:
     """This node's certificate exists, chains to the local CA chain, is current and is ``name``'s."""
-    from fedrun.pki import certificate_common_name, collaborator_paths, verify_certificate
+    from fedrun.pki import collaborator_paths
     from fedrun.pki.layout import chain_path
+    from fedrun.transport.tls import check_collaborator_certificate
 
     chain_file = chain_path(network.cert_folder)
     paths = collaborator_paths(network.cert_folder, name)
@@ -73,16 +74,9 @@ def check_own_certificate(network: Network, name: str) -> None:
                 f"import your signed package with `fx collaborator certify --import "
                 f"agg_to_col_{name}_signed_cert.zip`",
             )
-    cert = verify_certificate(
-        paths.crt.read_bytes(), chain_file.read_bytes(), source=str(paths.crt)
+    check_collaborator_certificate(
+        paths.crt, paths.crt.read_bytes(), paths.key, chain_file.read_bytes(), name
     )
-    cn = certificate_common_name(cert)
-    if cn != name:
-        raise CertificateError(
-            "FX-TLS-002",
-            f"{paths.crt} was issued to {cn!r}, not to {name!r}",
-            f"start the collaborator as -n {cn}, or get a certificate for {name!r}",
-        )
 
 
 def probe_tls(network: Network, name: str | None) -> None:

@@ -110,9 +110,41 @@ def client_credentials(
         f"`fx collaborator certify --request-pkg ...`, then run `fx collaborator certify --import` "
         "with the zip it returns",
     )
+    check_collaborator_certificate(paths.crt, cert, paths.key, chain, name)
     return grpc.ssl_channel_credentials(
         root_certificates=chain, private_key=key, certificate_chain=cert
     )
+
+
+def check_collaborator_certificate(
+    crt: Path, cert_pem: bytes, key: Path, chain_pem: bytes, name: str
+) -> None:
+    """Refuse to connect with files the aggregator would refuse, or that gRPC cannot even load
+    (an empty or damaged key or certificate aborts gRPC's C core): the key must be a PEM key,
+    the certificate ``name``'s, issued by this federation's CA, current, and for this key."""
+    from fedrun.pki.identity import verify_certificate
+    from fedrun.pki.keys import load_private_key, public_keys_match
+
+    redo = (
+        f"fx collaborator generate-cert-request -n {name} --force, have the aggregator sign it "
+        f"(fx collaborator certify --request-pkg ...), then fx collaborator certify --import"
+    )
+    private_key = load_private_key(key, f"key of collaborator {name!r}")
+    issued = verify_certificate(cert_pem, chain_pem, source=str(crt))
+    common_name = certificate_common_name(issued)
+    if common_name != name:
+        raise CertificateError(
+            "FX-TLS-002",
+            f"{crt} was issued to {common_name!r}, not to {name!r}",
+            f"start the collaborator as -n {common_name}, or get a certificate for {name!r}",
+        )
+    if not public_keys_match(issued, private_key):
+        raise CertificateError(
+            "FX-PKI-016",
+            f"{crt} does not belong to the key {key}: the key was replaced after the "
+            "certificate was signed",
+            f"restore the key, or get a new certificate: {redo}",
+        )
 
 
 def peer_common_name(context: grpc.ServicerContext) -> str | None:
