@@ -1,7 +1,7 @@
 """Split a dataset between collaborators by shard number.
 
 The MNIST and digits templates name each collaborator's data in ``plan/data.yaml`` by a 1-based
-shard number (``collaborator1: "1"``). Shard ``s`` of ``count`` holds the samples at positions
+shard number (a ``collaborator1,1`` line). Shard ``s`` of ``count`` holds the samples at positions
 ``s-1, s-1+count, s-1+2*count, ...``, so every sample belongs to exactly one shard and shard sizes
 differ by at most one.
 """
@@ -107,15 +107,16 @@ def parse_shard(data_path: str | int | None) -> int | None:
         raise DataError(
             SHARD_PARSE_CODE,
             f"data path {data_path!r} is not a shard number; the MNIST and digits templates "
-            'expect each collaborator\'s entry in plan/data.yaml to be a shard number such as "1"',
-            'write the shard number in plan/data.yaml, e.g. `collaborator1: "1"` and '
-            '`collaborator2: "2"`, or use a data loader that reads a directory path',
+            "expect each collaborator's entry in plan/data.yaml to be a shard number such as 1",
+            "set it with `fx collaborator create -n NAME -d 1` (a `NAME,1` line in "
+            "plan/data.yaml; 2 for the next collaborator), or use a data loader that reads a "
+            "directory path",
         )
     if value < 1:
         raise DataError(
             SHARD_RANGE_CODE,
             f"data path {data_path!r} is not a valid shard number: shard numbers start at 1",
-            "number the collaborators' shards 1, 2, ... in plan/data.yaml "
-            '(e.g. `collaborator1: "1"`)',
+            "number the collaborators' shards 1, 2, ... (`fx collaborator create -n NAME -d 1`, "
+            "a `NAME,1` line in plan/data.yaml)",
         )
     return value

@@ -257,17 +257,26 @@ def import_signed_package(
             )
 
     paths = collaborator_paths(cert_dir, name)
-    if paths.key.exists():
-        key = load_private_key(paths.key, "collaborator private key")
-        if not public_keys_match(key, cert):
-            raise CertificateError(
-                "FX-PKI-016",
-                f"{source} does not match the private key {paths.key}: it was issued for "
-                "another request (an older one, or one made on another machine)",
-                f"ask the CA host to sign the request made with this key ({paths.csr}); or run "
-                f"`fx collaborator generate-cert-request -n {name}` again and send the new "
-                "request package",
-            )
+    if not paths.key.exists():
+        raise CertificateError(
+            "FX-PKI-004",
+            f"{zip_path} holds the certificate of {name!r}, but this workspace has no private "
+            f"key for it ({paths.key}): a certificate is only usable beside the key its "
+            "request was made with",
+            f"run the import in the workspace where `fx collaborator generate-cert-request -n "
+            f"{name}` was run; if that key is lost, run it again here and have the new request "
+            "signed",
+        )
+    key = load_private_key(paths.key, "collaborator private key")
+    if not public_keys_match(key, cert):
+        raise CertificateError(
+            "FX-PKI-016",
+            f"{source} does not match the private key {paths.key}: it was issued for "
+            "another request (an older one, or one made on another machine)",
+            f"ask the CA host to sign the request made with this key ({paths.csr}); or run "
+            f"`fx collaborator generate-cert-request -n {name}` again and send the new "
+            "request package",
+        )
 
     write_public_file(paths.crt, cert.public_bytes(serialization.Encoding.PEM))
     if not local_chain_path.exists():

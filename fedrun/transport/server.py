@@ -7,6 +7,7 @@ logged once per peer and reason, and cost the aggregator nothing beyond the chec
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -417,7 +418,9 @@ def bind_problem(host: str, port: int) -> tuple[str, str] | None:
 
     gRPC reports a failed bind only as "Failed to bind" (the errno goes to its C-core log), so
     the address is tried first with a plain socket, bound as gRPC binds it, to name the cause.
-    Like gRPC, one usable address among those the host resolves to is enough.
+    One address the host resolves to that is not on this host (``::1`` without IPv6) is
+    skipped, as gRPC does; but one that another process listens on is refused, where gRPC would
+    listen on the others only and the collaborators dialling that one reach the other process.
     """
     if not port:
         return None
@@ -430,8 +433,13 @@ def bind_problem(host: str, port: int) -> tuple[str, str] | None:
             f"{host} does not resolve to an address ({exc.strerror})",
             "set network.settings.listen_addr in plan/plan.yaml to an address of this host",
         )
+    if host.strip("[]").lower() == "localhost":  # gRPC's resolver gives both loopbacks
+        for loopback in ("127.0.0.1", "::1"):
+            with contextlib.suppress(socket.gaierror):
+                infos += socket.getaddrinfo(loopback, port, type=socket.SOCK_STREAM)
     problem = None
-    for family, kind, proto, _, address in infos:
+    usable = False
+    for family, kind, proto, _, address in dict.fromkeys(infos):
         try:
             with socket.socket(family, kind, proto) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -439,9 +447,11 @@ def bind_problem(host: str, port: int) -> tuple[str, str] | None:
         except OSError as exc:
             reason, fix = _BIND_ERRORS.get(exc.errno or 0, (f"{exc.strerror}", _PORT_FIX))
             problem = (reason.format(host=host, port=port), fix)
+            if exc.errno == errno.EADDRINUSE:
+                return problem
         else:
-            return None
-    return problem
+            usable = True
+    return None if usable else problem
 
 
 class AggregatorServer:

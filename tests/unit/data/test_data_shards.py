@@ -97,3 +97,15 @@ def test_parse_shard_rejects_zero_and_negative(value: object) -> None:
         parse_shard(value)  # type: ignore[arg-type]
     assert info.value.code == "FX-DATA-004"
     assert "start at 1" in info.value.message
+
+
+@pytest.mark.parametrize("value", ["abc", "0"])
+def test_the_fix_shows_a_data_yaml_line_fedrun_reads(value: str, tmp_path) -> None:
+    from fedrun.plan.loader import read_data_paths
+
+    with pytest.raises(DataError) as info:
+        parse_shard(value)
+    assert "`NAME,1`" in info.value.fix
+    data = tmp_path / "data.yaml"
+    data.write_text("NAME,1\n")  # the line the fix shows
+    assert parse_shard(read_data_paths(data)["NAME"]) == 1

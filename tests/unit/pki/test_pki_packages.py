@@ -198,6 +198,21 @@ def test_signed_package_round_trip(
     assert import_signed_package(signed_zip, col_dir) == paths.crt
 
 
+def test_a_certificate_without_its_key_here_is_refused(signed_zip: Path, tmp_path: Path) -> None:
+    # Prepare: a workspace where the request was not made (no key), e.g. the wrong folder
+    elsewhere = tmp_path / "elsewhere" / "cert"
+
+    # Execute
+    with pytest.raises(CertificateError) as info:
+        import_signed_package(signed_zip, elsewhere)
+
+    # Assert: nothing written; the message says where the import belongs
+    assert info.value.code == "FX-PKI-004"
+    assert "no private key" in info.value.message
+    assert not (elsewhere / "client" / "col_site1.crt").exists()
+    assert not (elsewhere / "cert_chain.crt").exists()
+
+
 def _flip_signature_byte(pem: bytes) -> bytes:
     der = bytearray(x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER))
     der[-1] ^= 0x01  # last byte of the signature value

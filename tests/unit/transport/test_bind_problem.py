@@ -43,3 +43,16 @@ def test_a_free_port_has_no_problem_and_is_left_free():
     assert bind_problem("localhost", port) is None
     with socket.socket() as after:  # the probe closed its socket
         after.bind(("127.0.0.1", port))
+
+
+def test_a_name_whose_one_address_is_taken_is_refused_not_half_served():
+    # Prepare: localhost resolves to 127.0.0.1 (and ::1 where IPv6 is on); take 127.0.0.1 only
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+
+        problem = bind_problem("localhost", port)
+
+    # Assert: gRPC would listen on ::1 alone and IPv4 collaborators would reach `other`
+    assert problem is not None and "in use" in problem[0]
