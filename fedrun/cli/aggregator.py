@@ -12,6 +12,7 @@ from fedrun.cli.common import (
     exit_now,
     handle_errors,
     key_type_option,
+    not_confirmed,
     ok,
     require_workspace,
     setup_logging,
@@ -141,6 +142,6 @@ def certify(fqdn: str | None, silent: bool) -> None:
     digest = csr_hash(paths.csr.read_bytes())
     console(stderr=False).print(f"CSR hash (SHA-384): {digest}")
     if not silent and not click.confirm("Do you want to sign this certificate?", default=True):
-        raise click.Abort()
+        raise not_confirmed(paths.csr)
     sign_csr(ca, paths.csr, paths.crt, server=True)
     ok(f"aggregator certificate {paths.crt}")

@@ -11,6 +11,7 @@ from fedrun.cli.common import (
     exit_now,
     handle_errors,
     key_type_option,
+    not_confirmed,
     ok,
     plan_options,
     require_workspace,
@@ -212,7 +213,7 @@ def certify(
     digest = csr_hash(csr_pem)
     console(stderr=False).print(f"CSR hash (SHA-384) of {col_name!r}: {digest}")
     if not silent and not click.confirm("Does it match the collaborator's? Sign it?", default=True):
-        raise click.Abort()
+        raise not_confirmed(request_pkg or f"the request of {col_name!r}")
     paths = collaborator_paths(Path("cert"), col_name)
     already = same_public_key(paths.crt, csr_pem)
     if already is False and not force:

@@ -231,3 +231,15 @@ def ok(message: str) -> None:
     from rich.markup import escape
 
     console(stderr=False).print(f"[green]✔[/] {escape(message)}", soft_wrap=True)
+
+
+def not_confirmed(request: object) -> FedrunError:
+    """The refusal when the CA operator answers no to a certificate request's hash."""
+    from fedrun.errors import CertificateError
+
+    return CertificateError(
+        "FX-PKI-021",
+        f"not signed: the hash of {request} was not confirmed",
+        "compare the hash printed here with the one printed where the request was made; "
+        "sign only when they are the same (a different hash means another request)",
+    )

@@ -7,6 +7,7 @@ trains nothing imports an ML framework.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 import click
@@ -73,8 +74,22 @@ def cli(ctx: click.Context, log_level: str) -> None:
     ctx.obj["log_level"] = log_level
 
 
-def main(argv: Any = None) -> Any:
-    return cli.main(args=argv, prog_name="fx")
+def main(argv: Any = None) -> None:
+    """Run `fx`. click reports Ctrl-C as "Aborted!" with exit 1; fedrun says "interrupted" and
+    exits 130 (128 + SIGINT), as its commands do once running."""
+    try:
+        code = cli.main(args=argv, prog_name="fx", standalone_mode=False)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        click.echo("Aborted!", err=True)  # stdin closed at a prompt
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    if isinstance(code, int) and code:  # ctx.exit(code): click returns it here
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ FX-PKI-017  unsupported key type
 FX-PKI-018  a certificate has the wrong role (a CA, or server where client is needed...)
 FX-PKI-019  invalid certificate lifetime
 FX-PKI-020  a name is already certified (a new key or a second certificate needs --force)
+FX-PKI-021  the CA operator did not confirm a certificate request's hash (not signed)
 ==========  =================================================================================
 """
 

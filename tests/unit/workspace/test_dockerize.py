@@ -167,7 +167,7 @@ def test_wheel_is_an_installable_wheel_of_this_fedrun(context, tmp_path):
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert re.search(r"^Name: fedrun$", meta, re.M)
     assert re.search(rf"^Version: {re.escape(VERSION)}$", meta, re.M)
-    assert "fx = fedrun.cli.main:main" in entry_points
+    assert "fx = fedrun.cli.entry:run" in entry_points
 
     target = tmp_path / "site"
     proc = subprocess.run(
