@@ -61,7 +61,9 @@ def start(
     from fedrun.plan.loader import Plan
 
     setup_logging(
-        ctx.obj.get("log_level", "info") if ctx.obj else "info", Path("logs/aggregator.log")
+        ctx.obj.get("log_level", "info") if ctx.obj else "info",
+        # no plan here: the start fails at once, and leaves no logs/ folder behind
+        Path("logs/aggregator.log") if Path(plan_config).is_file() else None,
     )
     from fedrun.nodes import run_aggregator
 
@@ -99,7 +101,7 @@ def generate_cert_request(fqdn: str | None, force: bool, key_type: str) -> None:
         refuse_to_replace_certified_key,
     )
 
-    name = (fqdn or default_fqdn()).lower()
+    name = (default_fqdn() if fqdn is None else fqdn).lower()
     require_workspace("the aggregator's key")
     paths = aggregator_paths(Path("cert"), name)
     if not force:
@@ -127,7 +129,8 @@ def certify(fqdn: str | None, silent: bool) -> None:
         sign_csr,
     )
 
-    name = (fqdn or default_fqdn()).lower()
+    require_workspace("the aggregator's certificate")
+    name = (default_fqdn() if fqdn is None else fqdn).lower()
     cert_dir = Path("cert")
     ca = load_certificate_authority(cert_dir)
     paths = aggregator_paths(cert_dir, name)

@@ -67,7 +67,8 @@ def start(
 
     setup_logging(
         ctx.obj.get("log_level", "info") if ctx.obj else "info",
-        Path(f"logs/collaborator_{name}.log"),
+        # no plan here: the start fails at once, and leaves no logs/ folder behind
+        Path(f"logs/collaborator_{name}.log") if Path(plan_config).is_file() else None,
     )
     from fedrun.nodes import run_collaborator
 
@@ -170,6 +171,7 @@ def certify(
             "the CA signs with --request-pkg, the collaborator imports the signed package with "
             "--import; give one of them"
         )
+    require_workspace("the certificate")
     if import_pkg is not None:
         from fedrun.pki import import_signed_package
 

@@ -21,11 +21,13 @@ def workspace() -> None:
 
 
 @workspace.command(epilog=_template_help())
-@click.option("--prefix", required=True, type=click.Path(path_type=Path), help="folder to create")
+@click.option("--prefix", required=True, type=click.Path(), help="folder to create")
 @click.option("--template", default="torch/digits", show_default=True, help="workspace template")
 @handle_errors
-def create(prefix: Path, template: str) -> None:
+def create(prefix: str, template: str) -> None:
     """Create a workspace from a template, with a fully expanded plan."""
+    if not prefix.strip():
+        raise click.BadParameter("is empty: give the folder to create", param_hint="--prefix")
     from fedrun.workspace.create import create_workspace
 
     target = create_workspace(prefix, template)

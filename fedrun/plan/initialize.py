@@ -38,15 +38,26 @@ def initialize_plan(
     plan = Plan.load(plan_path, cols_path, data_path)
     current = str(plan.network.get("agg_addr") or "auto")
     address = agg_addr or (default_fqdn() if current == "auto" else None)
+    original: str | None = None
     if address and address != current:
         raw = load_yaml(plan.path, "plan file")
         raw.setdefault("network", {}).setdefault("settings", {})["agg_addr"] = address
         from fedrun.workspace.create import dump_plan
 
-        text = plan.path.read_text()
-        header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+        original = plan.path.read_text()
+        header = "".join(line + "\n" for line in original.splitlines() if line.startswith("#"))
         dump_plan(raw, plan.path, header.rstrip("\n"))
-        plan = Plan.load(plan_path, cols_path, data_path)
+    try:
+        if original is not None:
+            plan = Plan.load(plan_path, cols_path, data_path)
+        return plan, _write_initial_model(plan, init_model)
+    except BaseException:
+        if original is not None:  # no model made: the plan stays as it was, not half done
+            plan.path.write_text(original)
+        raise
+
+
+def _write_initial_model(plan: Plan, init_model: str | os.PathLike[str] | None) -> Path:
     target = plan.resolve_path(plan.settings("aggregator")["init_state_path"])
     if init_model:
         source = Path(init_model)
@@ -65,7 +76,7 @@ def initialize_plan(
         runner = build_task_runner(plan, None)
         tensors = runner.get_tensor_dict(with_opt_vars=False)
     save_model(target, tensors, round_num=0, plan_hash=plan.hash, kind="init")
-    return plan, target
+    return target
 
 
 def _check_fits(runner: Any, tensors: dict[str, Any], source: Path) -> None:

@@ -176,6 +176,8 @@ def write_data_path(path: Path, name: str, data_path: str) -> None:
             "pass the folder (or, for the MNIST templates, the shard number) with -d",
         )
     lines = read_text_file(path, "data file").splitlines() if path.exists() else []
+    if lines:
+        read_data_paths(path)  # a damaged file is said, not appended to
     entry = f"{name},{data_path}"
     for i, line in enumerate(lines):
         text = line.strip()

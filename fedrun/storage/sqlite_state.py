@@ -11,6 +11,7 @@ its accepted results, replayed on restart) or the new round (with its checkpoint
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -22,6 +23,8 @@ import numpy as np
 from fedrun.errors import StateError
 from fedrun.storage.model_file import load_model, open_model_view, save_model
 from fedrun.storage.state_store import AcceptedResult, SavedState, StateStore, new_run_id
+
+log = logging.getLogger("fedrun.aggregator")
 
 SCHEMA_VERSION = 1
 STATE_SEPARATOR = "::"
@@ -56,6 +59,15 @@ class SqliteStateStore(StateStore):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.checkpoint_dir = self.path.parent / "checkpoints"
+        wal = self.path.with_name(self.path.name + "-wal")
+        if self.path.is_file() and self.path.stat().st_size == 0 and not wal.exists():
+            # SQLite reads an empty file as an empty database: say it, rather than start over
+            # as if this were the first run
+            log.warning(
+                "the aggregator state file %s is empty: no saved progress in it, so the "
+                "experiment starts from round 0 (restore it from a backup to resume instead)",
+                self.path,
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.checkpoint_dir.mkdir(exist_ok=True)

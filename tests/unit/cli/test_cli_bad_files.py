@@ -162,3 +162,31 @@ def test_export_refuses_a_damaged_initial_model(runner, initialized, tmp_path):
     assert_clean_failure(result, 3, "FX-WS-010")
     assert "cannot be read" in result.output
     assert not (tmp_path / "ws.zip").exists()
+
+
+def test_a_failed_initialize_leaves_the_plan_as_it_was(runner, workspace, monkeypatch):
+    # Prepare: the model cannot be written (save/ read-only; root ignores modes)
+    from fedrun.plan import initialize
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(initialize, "save_model", refuse)
+    plan = (workspace / "plan" / "plan.yaml").read_text()
+
+    # Execute
+    result = runner.invoke(cli, ["plan", "initialize", "-a", "agg.example.org"])
+
+    # Assert: refused, and agg_addr not rewritten without a model to go with it
+    assert_clean_failure(result, 3, "FX-WS-040")
+    assert (workspace / "plan" / "plan.yaml").read_text() == plan
+
+
+def test_collaborator_create_does_not_append_to_a_damaged_data_file(runner, workspace):
+    data = workspace / "plan" / "data.yaml"
+    data.write_text("- a yaml list\n- not name,path lines\n")
+
+    result = runner.invoke(cli, ["collaborator", "create", "-n", "two", "-d", "2"])
+
+    assert_clean_failure(result, 2, "FX-PLAN-005")
+    assert data.read_text() == "- a yaml list\n- not name,path lines\n"

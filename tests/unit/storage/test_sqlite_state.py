@@ -71,3 +71,16 @@ def test_a_state_file_on_a_full_disk_is_not_called_damaged():
     assert full.code == broken.code == "FX-STATE-011"
     assert "free space" in full.fix and "--reset-state" not in full.fix
     assert "--reset-state" in broken.fix
+
+
+def test_an_empty_state_file_is_said_not_taken_silently_for_a_first_run(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "tensor.db"
+    path.write_bytes(b"")  # e.g. truncated by a disk problem
+
+    with caplog.at_level(logging.WARNING, logger="fedrun.aggregator"):
+        SqliteStateStore(path)
+
+    assert f"the aggregator state file {path} is empty" in caplog.text
+    assert "starts from round 0" in caplog.text
