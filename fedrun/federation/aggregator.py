@@ -1066,14 +1066,14 @@ def _stale_optimizer_state(model: Iterable[str], produced: set[str]) -> set[str]
     return {n for n in model if n.startswith(OPTIMIZER_PREFIX) and n not in produced}
 
 
-def require_collaborators(collaborators: Sequence[str]) -> None:
+def require_collaborators(collaborators: Sequence[str], source: object = "plan/cols.yaml") -> None:
     """``FX-PLAN-021`` when no collaborator is authorized: a federation of nobody never ends."""
     if not collaborators:
         from fedrun.errors import PlanError
 
         raise PlanError(
             "FX-PLAN-021",
-            "no collaborator is authorized (plan/cols.yaml lists none)",
+            f"no collaborator is authorized ({source} lists none)",
             "certify collaborators with `fx collaborator certify`, or add names to cols.yaml",
         )
 

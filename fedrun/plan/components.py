@@ -206,7 +206,9 @@ def build_aggregator(
                 "run `fx plan initialize` in the workspace first",
             )
 
-    require_collaborators(plan.cols)  # before any saved state or model is moved or deleted
+    require_collaborators(
+        plan.cols, plan.cols_path
+    )  # before any saved state or model is moved or deleted
     if reset or not settings.get("persist_checkpoint"):
         require_init()  # the run starts from it: check before anything is moved or deleted
     chosen = assigner(plan, task_group)

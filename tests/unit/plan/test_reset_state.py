@@ -170,6 +170,7 @@ def test_a_start_refused_for_want_of_collaborators_moves_and_deletes_nothing(
         build_aggregator(plan, reset=reset)
 
     assert caught.value.code == "FX-PLAN-021"
+    assert f"{workspace / 'plan' / 'cols.yaml'} lists none" in caught.value.message
     assert _previous_folders(workspace) == []
     for rel, data in files.items():
         assert (workspace / rel).read_bytes() == data
