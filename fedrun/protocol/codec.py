@@ -196,15 +196,30 @@ class FrameBatch(NamedTuple):
     view: memoryview
 
 
-def parse_frame(raw: bytes | memoryview) -> pb.TensorFrame | DataChunk | FrameBatch:
+class UnreadableFrame(NamedTuple):
+    """A received message that is no TensorFrame; :func:`expand_frames` refuses it by name."""
+
+    reason: str
+
+
+def parse_frame(
+    raw: bytes | memoryview,
+) -> pb.TensorFrame | DataChunk | FrameBatch | UnreadableFrame:
     """gRPC deserializer for tensor streams: data frames become views, batches are kept whole
-    (split by :func:`expand_frames`, where a malformed one is refused), others messages."""
-    if raw and raw[0] in (DATA_TAG, BATCH_TAG):
-        length, pos = _DecodeVarint(raw, 1)
-        if pos + length == len(raw):
-            view = memoryview(raw)[pos:]
-            return DataChunk(view) if raw[0] == DATA_TAG else FrameBatch(view)
-    return pb.TensorFrame.FromString(bytes(raw))  # no copy when ``raw`` is bytes
+    (split by :func:`expand_frames`, where a malformed one is refused), others messages.
+
+    It never raises: gRPC would log a traceback, end the stream with "Exception deserializing"
+    and leave the reader to guess why its stream ended early.
+    """
+    try:
+        if raw and raw[0] in (DATA_TAG, BATCH_TAG):
+            length, pos = _DecodeVarint(raw, 1)
+            if pos + length == len(raw):
+                view = memoryview(raw)[pos:]
+                return DataChunk(view) if raw[0] == DATA_TAG else FrameBatch(view)
+        return pb.TensorFrame.FromString(bytes(raw))  # no copy when ``raw`` is bytes
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, a varint past the end
+        return UnreadableFrame(f"{type(exc).__name__}: {exc}")
 
 
 def batch_frames(
@@ -246,10 +261,16 @@ def _pack(frames: list[bytes], size: int) -> bytes:
 
 
 def expand_frames(
-    messages: Iterable[pb.TensorFrame | DataChunk | FrameBatch],
+    messages: Iterable[pb.TensorFrame | DataChunk | FrameBatch | UnreadableFrame],
 ) -> Iterator[pb.TensorFrame | DataChunk]:
     """The frames of a tensor stream, with ``batch`` frames opened (ProtocolError if malformed)."""
     for message in messages:
+        if isinstance(message, UnreadableFrame):
+            raise ProtocolError(
+                "FX-WIRE-015",
+                f"a message of the tensor stream is not a TensorFrame ({message.reason})",
+                "use the same fedrun version on every node",
+            )
         if not isinstance(message, FrameBatch):
             if isinstance(message, pb.TensorFrame) and message.WhichOneof("body") == "batch":
                 raise ProtocolError("FX-WIRE-014", "a batch frame's length does not match")
@@ -270,12 +291,11 @@ def _split_batch(view: memoryview) -> Iterator[pb.TensorFrame | DataChunk]:
             raise ProtocolError("FX-WIRE-014", "a batch frame is cut short or holds an empty frame")
         if view[start] == BATCH_TAG:
             raise ProtocolError("FX-WIRE-014", "a batch frame holds another batch frame")
-        try:
-            frame = parse_frame(view[start:pos])
-        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        frame = parse_frame(view[start:pos])
+        if isinstance(frame, UnreadableFrame):
             raise ProtocolError(
-                "FX-WIRE-014", f"a frame inside a batch is not a TensorFrame ({exc})"
-            ) from None
+                "FX-WIRE-014", f"a frame inside a batch is not a TensorFrame ({frame.reason})"
+            )
         assert not isinstance(frame, FrameBatch)  # its tag was checked above
         yield frame
 

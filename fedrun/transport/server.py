@@ -32,6 +32,7 @@ from fedrun.protocol.codec import (
     DataChunk,
     FrameBatch,
     TensorAssembler,
+    UnreadableFrame,
     batch_frames,
     check_header,
     data_view,
@@ -259,7 +260,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def SubmitResults(
         self,
-        request_iterator: Iterator[pb.TensorFrame | DataChunk | FrameBatch],
+        request_iterator: Iterator[pb.TensorFrame | DataChunk | FrameBatch | UnreadableFrame],
         context: grpc.ServicerContext,
     ) -> pb.SubmitResultsResponse:
         frames = expand_frames(request_iterator)

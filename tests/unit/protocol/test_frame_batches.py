@@ -111,6 +111,18 @@ def test_a_malformed_batch_is_refused(payload):
     assert raised.value.code == "FX-WIRE-014"
 
 
+@pytest.mark.parametrize("message", [b"\xff\xff\xff", bytes((BATCH_TAG,)) + b"\xff"])
+def test_a_message_that_is_no_frame_is_named_not_raised_inside_grpc(message):
+    # parse_frame is gRPC's deserializer: raising there ended the stream with no reason given
+    parsed = parse_frame(message)
+
+    with pytest.raises(ProtocolError) as raised:
+        list(expand_frames([parsed]))
+
+    assert raised.value.code == "FX-WIRE-015"
+    assert "not a TensorFrame" in raised.value.message
+
+
 def test_data_frames_inside_a_batch_are_views_not_copies():
     (message,) = _wire(_model([64]))
     frames = list(expand_frames([parse_frame(message)]))
