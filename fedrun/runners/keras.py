@@ -374,9 +374,25 @@ class KerasTaskRunner(TaskRunner):
         for name, variable in weights:
             _assign(variable, tensor_dict[name], name)
         if with_opt_vars:
-            for name, variable in self._optimizer_state():
-                if name in tensor_dict:
-                    _assign(variable, tensor_dict[name], name)
+            state = [(n, v) for n, v in self._optimizer_state() if n in tensor_dict]
+            misfit = [
+                n
+                for n, v in state
+                if tuple(np.shape(tensor_dict[n])) != tuple(int(d) for d in v.shape)
+            ]
+            if misfit:
+                # the aggregate came from other optimizers (another optimizer or model code on
+                # some node): start this round from a fresh optimizer state instead of failing
+                log.warning(
+                    "the global optimizer state does not fit this optimizer (%d tensors, e.g. "
+                    "%r): this round starts from a fresh optimizer state",
+                    len(misfit),
+                    misfit[0],
+                )
+                self.reset_opt_vars()
+                return
+            for name, variable in state:
+                _assign(variable, tensor_dict[name], name)
 
     def reset_opt_vars(self) -> None:
         """Give the optimizer a fresh state: the variables of a newly built optimizer.

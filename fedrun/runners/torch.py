@@ -14,6 +14,7 @@ imports ``torch._dynamo``, about a second of CPU.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -26,6 +27,8 @@ from torch import nn
 from fedrun.errors import PlanError
 from fedrun.federation.tasks import TaskResult
 from fedrun.runners.base import Metric, TaskRunner, current_seed
+
+log = logging.getLogger("fedrun.collaborator")
 
 #: optimizer state tensors are named ``__opt_state_<param index>_<key>``
 OPT_PREFIX = "__opt_state_"
@@ -158,14 +161,33 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
     def _load_optimizer_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
         assert self.optimizer is not None
         current = self.optimizer.state_dict()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         state: dict[int, dict[str, Any]] = defaultdict(dict)
+        misfit: list[str] = []
         for name, value in tensors.items():
             index_text, _, key = name[len(OPT_PREFIX) :].partition("_")
             try:
                 index = int(index_text)
             except ValueError:
                 continue
-            state[index][key] = torch.from_numpy(np.array(value, copy=True))
+            array = np.asarray(value)
+            if index >= len(params) or (
+                array.ndim and tuple(array.shape) != tuple(params[index].shape)
+            ):
+                misfit.append(name)
+                continue
+            state[index][key] = torch.from_numpy(np.array(array, copy=True))
+        if misfit:
+            # the aggregate came from other optimizers (another optimizer class or model code
+            # on some node): loading it would fail at the first step, so start this round fresh
+            log.warning(
+                "the global optimizer state does not fit this optimizer (%d tensors, e.g. %r): "
+                "this round starts from a fresh optimizer state",
+                len(misfit),
+                misfit[0],
+            )
+            self.reset_opt_vars()
+            return
         self.optimizer.load_state_dict(
             {"state": dict(state), "param_groups": current["param_groups"]}
         )

@@ -283,6 +283,23 @@ def test_continue_global_sends_and_loads_the_optimizer_state(keras):
     assert iterations(other) == 104
 
 
+def test_optimizer_state_that_does_not_fit_starts_the_round_fresh(keras, caplog):
+    import logging
+
+    runner = make_runner(keras, treatment="CONTINUE_GLOBAL")
+    result = runner.train_task("col1", 0, runner.get_tensor_dict(), batch_size=16)
+    incoming = dict(result.tensors)
+    moment = next(k for k in incoming if k.endswith("_momentum"))
+    incoming[moment] = np.zeros(7, dtype=np.float32)  # another node's optimizer or model
+    other = make_runner(keras, treatment="CONTINUE_GLOBAL")
+
+    with caplog.at_level(logging.WARNING, logger="fedrun.runners.keras"):
+        again = other.train_task("col2", 1, incoming, batch_size=16)
+
+    assert "does not fit this optimizer" in caplog.text
+    assert int(again.tensors[f"{OPT_PREFIX}iteration"]) == 4  # fresh state, one epoch on it
+
+
 def test_round_zero_model_without_optimizer_state_is_fine_under_continue_global(keras):
     runner = make_runner(keras, treatment="CONTINUE_GLOBAL")
     plain = runner.get_tensor_dict(with_opt_vars=False)

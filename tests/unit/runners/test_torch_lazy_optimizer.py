@@ -123,3 +123,23 @@ def test_plan_initialize_of_the_torch_templates_never_imports_torch_dynamo(
     assert done.returncode == 0, done.stderr
     assert "dynamo imported: False" in done.stdout
     assert (ws / "save" / "init.pbuf").is_file()
+
+
+def test_optimizer_state_that_does_not_fit_starts_the_round_fresh(caplog) -> None:
+    # Prepare: the aggregate holds a moment of another shape (another node's optimizer or model)
+    import logging
+
+    donor = Lazy()
+    donor.set_optimizer_treatment("CONTINUE_GLOBAL")
+    trained = donor.train_task("c", 0, donor.get_tensor_dict(), epochs=1).tensors
+    trained["__opt_state_0_exp_avg"] = np.zeros(7, dtype=np.float32)
+    receiver = Lazy()
+    receiver.set_optimizer_treatment("CONTINUE_GLOBAL")
+
+    # Execute: a round of training from it (loading it as it was failed at the first step)
+    with caplog.at_level(logging.WARNING, logger="fedrun.collaborator"):
+        result = receiver.train_task("c", 1, trained, epochs=1)
+
+    # Assert
+    assert "does not fit this optimizer" in caplog.text
+    assert result.tensors["__opt_state_0_exp_avg"].shape == trained["fc.weight"].shape
