@@ -52,6 +52,7 @@ def start_aggregator(
     from fedrun.transport.server import AggregatorServer
 
     limit_malloc_arenas()
+    note_ignored_settings(plan)
     network = Network.from_plan(plan)
     credentials = _server_credentials(plan, network)
     if credentials is not None:
@@ -82,7 +83,14 @@ def run_aggregator(
     from fedrun.storage.aggregator_lock import AggregatorLock
 
     with AggregatorLock.for_workspace(plan.workspace):
+        note_ignored_settings(plan)
         return _serve(plan, task_group=task_group, reset_state=reset_state)
+
+
+def note_ignored_settings(plan: Plan) -> None:
+    """One warning line per OpenFL setting the plan sets that fedrun does not act on."""
+    for note in plan.ignored_settings():
+        log.warning("%s", note)
 
 
 def _serve(plan: Plan, *, task_group: str | None, reset_state: bool) -> Aggregator:

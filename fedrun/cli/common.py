@@ -190,6 +190,7 @@ def plan_options(fn: F) -> F:
     )(fn)
     fn = click.option(
         "-p",
+        "--plan",
         "--plan_config",
         "--plan-config",
         "plan_config",

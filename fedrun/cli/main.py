@@ -57,12 +57,13 @@ class LazyGroup(click.Group):
     "--log-level",
     default="info",
     show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    type=click.Choice(["debug", "info", "warning", "error", "critical"], case_sensitive=False),
     help="how much to log",
 )
+@click.option("--no-warnings", is_flag=True, help="hide Python warnings (as OpenFL's fx does)")
 @click.version_option(__version__, "-v", "--version", prog_name="fedrun")
 @click.pass_context
-def cli(ctx: click.Context, log_level: str) -> None:
+def cli(ctx: click.Context, log_level: str, no_warnings: bool) -> None:
     """fedrun: federated learning with an aggregator, collaborators and one FL plan.
 
     \b
@@ -70,6 +71,10 @@ def cli(ctx: click.Context, log_level: str) -> None:
     Bare metal:   fx workspace create --prefix DIR --template torch/mnist, then see the README.
     Completion:   _FX_COMPLETE=bash_source fx > ~/.fx-autocomplete.sh; source ~/.fx-autocomplete.sh
     """
+    if no_warnings:
+        import warnings
+
+        warnings.simplefilter("ignore")
     ctx.ensure_object(dict)
     ctx.obj["log_level"] = log_level
 

@@ -83,6 +83,10 @@ def validate(plan_config: str, cols_config: str | None, data_config: str | None)
     ok(
         f"{loaded.path} is valid (hash {loaded.hash[:16]}, {len(loaded.cols)} authorized collaborators)"
     )
+    from rich.markup import escape
+
+    for note in loaded.ignored_settings():
+        console(stderr=False).print(f"  note: {escape(note)}", soft_wrap=True)
 
 
 @plan.command()

@@ -69,14 +69,25 @@ def export_(output: str | None, force: bool) -> None:
 
 @workspace.command("import")
 @click.option("--archive", required=True, type=click.Path(path_type=Path), help="workspace zip")
-@click.option("--no-install", is_flag=True, help="do not pip-install the archive's requirements")
+@click.option(
+    "--install/--no-install",
+    default=False,
+    help="pip-install the archive's requirements.txt (never changing fedrun's own packages); "
+    "default: unpack only, as OpenFL 1.7+ does",
+)
 @handle_errors
-def import_(archive: Path, no_install: bool) -> None:
-    """Unpack a workspace archive here and install its requirements."""
+def import_(archive: Path, install: bool) -> None:
+    """Unpack a workspace archive here (and, with --install, install its requirements)."""
     from fedrun.workspace.archive import import_workspace
 
-    target = import_workspace(archive, install=not no_install)
+    target = import_workspace(archive, install=install)
     ok(f"imported workspace into {target}")
+    requirements = target / "requirements.txt"
+    if not install and requirements.is_file() and requirements.read_text().strip():
+        console(stderr=False).print(
+            f"  its packages were not installed: {requirements} lists what its code needs "
+            "(pip install what is missing, or use --install)"
+        )
     console(stderr=False).print(
         f"  next: cd {target.name} && fx collaborator create -n NAME -d DATA && "
         "fx collaborator generate-cert-request -n NAME"

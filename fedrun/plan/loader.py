@@ -348,6 +348,24 @@ class Plan:
                 given.setdefault(key, setting.default)
         return given
 
+    def ignored_settings(self) -> list[str]:
+        """Settings fedrun accepts from OpenFL plans but does not act on, set here to something
+        other than their default: one line each, for a note where the plan is used."""
+        notes = []
+        for name in self.config:
+            known = CLASS_SCHEMAS.get(self.template(name))
+            if not known:
+                continue
+            for key, value in (self.section(name).get("settings") or {}).items():
+                setting = known.get(key)
+                if setting is not None and setting.ignored and value != setting.default:
+                    why = setting.help.removeprefix("ignored").lstrip(": ").strip("() ")
+                    notes.append(
+                        f"{name}.settings.{key}: {value!r} has no effect in fedrun"
+                        + (f" ({why})" if why else "")
+                    )
+        return notes
+
     @property
     def rounds_to_train(self) -> int:
         return int(self.settings("aggregator")["rounds_to_train"])
@@ -435,6 +453,12 @@ class Plan:
                 "which is not installed",
                 f"pip install {exc.name} (or pip install -r requirements.txt in the workspace)",
             ) from exc
+        except Exception as exc:  # the workspace's module raised while being imported
+            if not (self.workspace / module_name.split(".")[0]).exists():
+                raise
+            raise user_code_error(
+                where, f"module {module_name!r}", exc, self.workspace, "importing"
+            ) from exc
         try:
             return getattr(module, attr)
         except AttributeError as exc:
@@ -488,6 +512,13 @@ class Plan:
         """Check sections, keys, types, templates, tasks and groups; raise PlanError."""
         where = self.path.name
         for name, section in self.config.items():
+            if name in UNSUPPORTED_SECTIONS:
+                raise PlanError(
+                    "FX-PLAN-036",
+                    f"{where}: section {name!r}: {UNSUPPORTED_SECTIONS[name]}",
+                    "fedrun runs task-runner workspaces; remove the section, or run this "
+                    "workspace with OpenFL",
+                )
             if name not in SECTIONS:
                 raise PlanError(
                     "FX-PLAN-009",
@@ -712,11 +743,30 @@ class Plan:
                     )
 
 
+#: plan sections of OpenFL features fedrun does not implement, and what they are
+UNSUPPORTED_SECTIONS = {
+    "connector": "OpenFL's connector runs a Flower app inside OpenFL (Flower interoperability), "
+    "which fedrun does not implement",
+}
+
+#: OpenFL classes fedrun knows of but does not implement: what they are, and what to use
+UNSUPPORTED_OPENFL = {
+    "EdenPipeline": "OpenFL's EDEN compression, which fedrun does not implement; use "
+    "NoCompressionPipeline, STCPipeline, SKCPipeline, KCPipeline or RandomShiftPipeline",
+}
+
+
 def _check_openfl_name(name: str, where: str) -> None:
-    """An OpenFL class name fedrun does not map but that is close to one it does (a typo such as
-    ``...aggregation_functions.Medain``) is FX-PLAN-007 with the name meant; importing it would
-    only fail as a missing part of OpenFL."""
+    """An OpenFL class fedrun knows it lacks (EDEN) is FX-PLAN-036 saying so; a name close to
+    one it maps (a typo such as ``...aggregation_functions.Medain``) is FX-PLAN-007 with the
+    name meant; importing either would only fail as a missing part of OpenFL."""
     module, _, attr = name.rpartition(".")
+    if attr in UNSUPPORTED_OPENFL:
+        raise PlanError(
+            "FX-PLAN-036",
+            f"{where}: {name!r} is {UNSUPPORTED_OPENFL[attr]}",
+            "change the template in the plan",
+        )
     known = {key.rpartition(".")[2] for key in ALIASES if key.rpartition(".")[0] == module}
     hint = did_you_mean(attr, known | set(SHORT_NAMES))
     if hint:
@@ -946,9 +996,12 @@ def openfl_import_error(
     )
 
 
-def user_code_error(where: str, template: str, exc: BaseException, workspace: Path) -> PlanError:
-    """A PlanError for an exception raised while building a workspace class: the exception, and
-    the innermost lines of the workspace's own code it passed through (the user's to fix)."""
+def user_code_error(
+    where: str, template: str, exc: BaseException, workspace: Path, doing: str = "building"
+) -> PlanError:
+    """A PlanError for an exception raised while importing or building a workspace class: the
+    exception, and the innermost lines of the workspace's own code it passed through (the
+    user's to fix)."""
     frames = [
         f"{Path(f.filename).relative_to(workspace)}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
         for f in traceback.extract_tb(exc.__traceback__)
@@ -957,7 +1010,7 @@ def user_code_error(where: str, template: str, exc: BaseException, workspace: Pa
     where_in_code = ("\n  " + "\n  ".join(frames)) if frames else ""
     return PlanError(
         "FX-PLAN-032",
-        f"{where}: building {template} failed: {type(exc).__name__}: {exc}{where_in_code}",
+        f"{where}: {doing} {template} failed: {type(exc).__name__}: {exc}{where_in_code}",
         "fix the workspace code at the line shown (run it with a debugger or print calls to see "
         "more); code written for OpenFL may use attributes fedrun's runners do not have",
     )

@@ -42,7 +42,15 @@ PROVIDED: dict[str, dict[str, tuple[str, str]]] = {
     "openfl.federated": {**_RUNNERS, **_LOADERS},
     "openfl.federated.task": dict(_RUNNERS),
     "openfl.federated.data": dict(_LOADERS),
+    # the modules OpenFL defines them in, which some workspaces import from directly
+    "openfl.federated.task.runner": {"TaskRunner": _RUNNERS["TaskRunner"]},
+    "openfl.federated.task.runner_pt": {"PyTorchTaskRunner": _RUNNERS["PyTorchTaskRunner"]},
+    "openfl.federated.task.runner_keras": {"KerasTaskRunner": _RUNNERS["KerasTaskRunner"]},
+    "openfl.federated.data.loader": {"DataLoader": _LOADERS["DataLoader"]},
+    "openfl.federated.data.loader_pt": {"PyTorchDataLoader": _LOADERS["PyTorchDataLoader"]},
+    "openfl.federated.data.loader_keras": {"KerasDataLoader": _LOADERS["KerasDataLoader"]},
     "openfl.utilities": {"Metric": ("fedrun.runners.base", "Metric")},
+    "openfl.utilities.types": {"Metric": ("fedrun.runners.base", "Metric")},
 }
 
 

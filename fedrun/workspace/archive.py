@@ -130,9 +130,13 @@ def export_workspace(
                     zf.write(path, rel.as_posix())
         if (ws / ".workspace").is_file():
             zf.write(ws / ".workspace", ".workspace")
-        # the archive pins this environment's packages; the workspace's own requirements.txt
-        # is the user's file and stays as it is
-        zf.writestr("requirements.txt", environment_requirements())
+        # the workspace's own requirements.txt goes as it is (as OpenFL 1.9 ships it); a
+        # workspace without one gets this environment's packages pinned
+        own = ws / "requirements.txt"
+        if own.is_file():
+            zf.write(own, "requirements.txt")
+        else:
+            zf.writestr("requirements.txt", environment_requirements())
         zf.write(init, init.relative_to(ws).as_posix())
         for folder in EMPTY_DIRS:
             zf.writestr(f"{folder}/", b"")
@@ -169,9 +173,11 @@ def _safe_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:
 
 
 def import_workspace(
-    archive: str | Path, destination: str | Path | None = None, *, install: bool = True
+    archive: str | Path, destination: str | Path | None = None, *, install: bool = False
 ) -> Path:
-    """Unpack a workspace archive into ``./<archive name>`` and install its requirements."""
+    """Unpack a workspace archive into ``./<archive name>``; with ``install``, pip-install its
+    requirements without changing any package fedrun itself runs on (see
+    :func:`install_requirements`)."""
     source = Path(archive)
     if not source.is_file():
         raise WorkspaceError(
@@ -213,16 +219,54 @@ def import_workspace(
         raise
     requirements = target / "requirements.txt"
     if install and requirements.is_file() and requirements.read_text().strip():
+        install_requirements(requirements, target)
+    return target
+
+
+#: what fedrun runs on: an archive's requirements may add packages, never change these
+FEDRUN_PACKAGES = (
+    "fedrun", "grpcio", "protobuf", "cryptography", "PyYAML", "click", "rich", "numpy",
+    "torch", "keras", "scikit-learn", "pillow",
+)  # fmt: skip
+
+
+def fedrun_constraints() -> str:
+    """``name==version`` for each of :data:`FEDRUN_PACKAGES` installed here."""
+    lines = []
+    for name in FEDRUN_PACKAGES:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        lines.append(f"{name}=={version.partition('+')[0]}")
+    return "\n".join(lines) + "\n"
+
+
+def install_requirements(requirements: Path, workspace: Path) -> None:
+    """pip-install a workspace's requirements, holding fedrun's own packages at their installed
+    versions: an archive made elsewhere (an OpenFL workspace pins its own torch, numpy,
+    protobuf...) would otherwise replace them and leave ``fx`` unable to start."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as constraints:
+        constraints.write(fedrun_constraints())
+    try:
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "-r", str(requirements)],
+            [
+                sys.executable, "-m", "pip", "install", "--quiet",
+                "-r", str(requirements), "-c", constraints.name,
+            ],
             capture_output=True,
             text=True,
+        )  # fmt: skip
+    finally:
+        os.unlink(constraints.name)
+    if proc.returncode != 0:
+        conflict = "ResolutionImpossible" in proc.stderr or "conflict" in proc.stderr.lower()
+        raise WorkspaceError(
+            "FX-WS-024",
+            f"installing {requirements} failed"
+            + (" (it asks for other versions of packages fedrun runs on)" if conflict else "")
+            + f":\n{proc.stderr.strip()[-2000:]}",
+            f"the workspace is unpacked in {workspace}, nothing was installed; install only what "
+            "its code needs that is missing here (e.g. pip install torchvision), or use a "
+            "separate virtual environment for it",
         )
-        if proc.returncode != 0:
-            raise WorkspaceError(
-                "FX-WS-024",
-                f"installing {requirements} failed:\n{proc.stderr.strip()[-2000:]}",
-                f"the workspace is unpacked in {target}; install its packages by hand "
-                f"(pip install -r {requirements}) or use it as it is if they are present",
-            )
-    return target

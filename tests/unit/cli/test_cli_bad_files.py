@@ -190,3 +190,19 @@ def test_collaborator_create_does_not_append_to_a_damaged_data_file(runner, work
 
     assert_clean_failure(result, 2, "FX-PLAN-005")
     assert data.read_text() == "- a yaml list\n- not name,path lines\n"
+
+
+def test_validate_notes_openfl_settings_that_have_no_effect(runner, workspace):
+    import yaml
+
+    path = workspace / "plan" / "plan.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["aggregator"]["settings"]["log_memory_usage"] = True
+    config["collaborator"]["settings"]["write_logs"] = True
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    result = runner.invoke(cli, ["plan", "validate"])
+
+    assert result.exit_code == 0, result.output
+    assert "note: aggregator.settings.log_memory_usage: True has no effect in fedrun" in result.output
+    assert "note: collaborator.settings.write_logs: True has no effect in fedrun" in result.output

@@ -65,3 +65,14 @@ def test_declining_the_hash_is_a_clear_refusal(tmp_path: Path, monkeypatch):
 
     assert_clean_failure(result, 4, "FX-PKI-021")
     assert not list((ws / "cert" / "server").glob("*.crt"))
+
+
+def test_openfl_spellings_of_global_and_plan_options_are_accepted(tmp_path: Path, monkeypatch):
+    ws = create_workspace(tmp_path / "ws", "no-op")
+    monkeypatch.chdir(ws)
+
+    result = CliRunner().invoke(
+        cli, ["--no-warnings", "-l", "critical", "plan", "validate", "--plan", "plan/plan.yaml"]
+    )
+
+    assert result.exit_code == 0, result.output

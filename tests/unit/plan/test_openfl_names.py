@@ -18,6 +18,22 @@ def test_every_provided_name_is_a_fedrun_class():
             assert getattr(module, name) is getattr(importlib.import_module(source), attr)
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "from openfl.federated.data.loader import DataLoader",
+        "from openfl.federated.task.runner import TaskRunner",
+        "from openfl.federated.task.runner_pt import PyTorchTaskRunner",
+        "from openfl.federated.data.loader_pt import PyTorchDataLoader",
+        "from openfl.utilities.types import Metric",
+    ],
+)
+def test_the_modules_openfl_defines_its_classes_in_serve_them_too(line):
+    # OpenFL's no-op and federated-analytics workspaces import from there
+    serve_openfl_names()
+    exec(line, {})  # noqa: S102 - the workspace's import
+
+
 def test_a_name_fedrun_does_not_provide_fails_at_import():
     serve_openfl_names()
     with pytest.raises(ImportError) as caught:

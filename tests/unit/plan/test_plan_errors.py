@@ -323,7 +323,7 @@ def test_assigner_group_naming_an_undefined_task(edit_plan):
     # Assert
     assert error.code == "FX-PLAN-018"
     assert "plan.yaml: assigner.settings.task_groups" in error.message
-    assert "group 'train_and_validate' lists task 'trian'" in error.message
+    assert "group 'learning' lists task 'trian'" in error.message
     assert "(did you mean 'train'?)" in error.message
 
 
@@ -453,6 +453,29 @@ def test_a_misspelt_aggregation_rule_gets_the_name_meant(edit_plan, template, te
 
     assert error.code == "FX-PLAN-007"  # not "a part of OpenFL fedrun does not provide"
     assert text in error.message
+
+
+def test_openfl_s_eden_compression_is_named_as_unsupported_not_misspelt(edit_plan):
+    path = edit_plan(
+        lambda c: c.__setitem__(
+            "compression_pipeline", {"template": "openfl.pipelines.EdenPipeline", "settings": {}}
+        )
+    )
+
+    error = load_error(path)
+
+    assert error.code == "FX-PLAN-036"
+    assert "EDEN compression, which fedrun does not implement" in error.message
+    assert "did you mean" not in error.message
+
+
+def test_openfl_s_flower_connector_section_is_named_as_unsupported(edit_plan):
+    path = edit_plan(lambda c: c.__setitem__("connector", {"template": "x.Y", "settings": {}}))
+
+    error = load_error(path)
+
+    assert error.code == "FX-PLAN-036"
+    assert "Flower" in error.message and "did you mean" not in error.message
 
 
 def test_a_missing_openfl_module_named_by_the_plan_quotes_no_import_machinery(edit_plan):

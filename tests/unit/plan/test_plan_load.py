@@ -635,6 +635,26 @@ def test_an_exception_in_the_workspaces_constructor_names_its_line(workspace, pl
     assert f"src/taskrunner.py:{line} in __init__" in text
 
 
+def test_an_exception_while_importing_workspace_code_names_its_line(workspace, plan_path):
+    # Prepare: OpenFL's torch/template workspace raises in its module body until filled in
+    loader = workspace / "src" / "dataloader.py"
+    loader.write_text(
+        loader.read_text() + "\nraise NotImplementedError('Use the template. Then remove this')\n"
+    )
+    line = len(loader.read_text().splitlines())
+    plan = Plan.load(plan_path)
+
+    # Execute
+    with pytest.raises(PlanError) as caught:
+        plan.import_template(plan.template("data_loader"), "data_loader.template")
+
+    # Assert: a clean plan error, not a traceback
+    assert caught.value.code == "FX-PLAN-032"
+    text = str(caught.value)
+    assert "importing module 'src.dataloader' failed: NotImplementedError" in text
+    assert f"src/dataloader.py:{line} in <module>" in text
+
+
 def test_a_frozen_plan_is_the_same_federation_as_its_original(plan_path, monkeypatch):
     from click.testing import CliRunner
 

@@ -16,7 +16,7 @@ from fedrun.workspace.create import create_workspace
 USER_REQUIREMENTS = "# what our site needs\nsetuptools\ntorch==2.7.0\ntorchvision==0.22.0\n"
 
 
-def test_export_pins_the_environment_in_the_archive_and_keeps_the_users_file(tmp_path: Path):
+def test_export_ships_the_workspace_s_own_requirements_as_they_are(tmp_path: Path):
     # Prepare: a workspace whose requirements.txt the user wrote by hand (an OpenFL one, say)
     ws = create_workspace(tmp_path / "ws", "no-op")
     initialize_plan(ws / "plan" / "plan.yaml")
@@ -25,13 +25,45 @@ def test_export_pins_the_environment_in_the_archive_and_keeps_the_users_file(tmp
     # Execute
     archive = export_workspace(ws)
 
-    # Assert: the user's file is byte for byte what it was; the archive pins this environment
-    assert (ws / "requirements.txt").read_text() == USER_REQUIREMENTS
+    # Assert: the archive holds the user's file byte for byte (as OpenFL 1.9 ships it)
     with zipfile.ZipFile(archive) as zf:
-        pinned = zf.read("requirements.txt").decode()
+        shipped = zf.read("requirements.txt").decode()
         names = set(zf.namelist())
-    assert "numpy==" in pinned and "grpcio==" in pinned
+    assert shipped == USER_REQUIREMENTS
+    assert (ws / "requirements.txt").read_text() == USER_REQUIREMENTS
     assert {"plan/plan.yaml", "save/init.pbuf", ".workspace"} <= names
+
+
+def test_a_workspace_without_requirements_gets_this_environment_pinned(tmp_path: Path):
+    ws = create_workspace(tmp_path / "ws", "no-op")
+    initialize_plan(ws / "plan" / "plan.yaml")
+    (ws / "requirements.txt").unlink(missing_ok=True)
+
+    with zipfile.ZipFile(export_workspace(ws)) as zf:
+        pinned = zf.read("requirements.txt").decode()
+
+    assert "numpy==" in pinned and "grpcio==" in pinned
+
+
+def test_import_only_unpacks_unless_asked_and_never_moves_fedrun_s_packages(tmp_path: Path):
+    # Prepare: an archive whose requirements pin another numpy than the one fedrun runs on
+    from importlib import metadata
+
+    ws = create_workspace(tmp_path / "ws", "no-op")
+    initialize_plan(ws / "plan" / "plan.yaml")
+    (ws / "requirements.txt").write_text("numpy==1.26.0\n")
+    archive = export_workspace(ws)
+    before = metadata.version("numpy")
+
+    # Execute / Assert: unpacked, nothing installed
+    plain = import_workspace(archive, tmp_path / "a")
+    assert (plain / "requirements.txt").read_text() == "numpy==1.26.0\n"
+    # with --install, pip is held to fedrun's numpy: refused, nothing changed
+    with pytest.raises(WorkspaceError) as caught:
+        import_workspace(archive, tmp_path / "b", install=True)
+    assert caught.value.code == "FX-WS-024"
+    assert "nothing was installed" in caught.value.fix
+    assert metadata.version("numpy") == before
 
 
 def test_a_damaged_archive_leaves_nothing_and_a_good_copy_then_imports(tmp_path: Path):
