@@ -33,12 +33,16 @@ def get_model(
 
 
 def native_model_path(runner: Any, output: str | os.PathLike[str]) -> Path:
-    """Where :func:`save_native` writes ``output``: the file itself, or for a folder (an
-    existing one, or a name without suffix) ``model<suffix>`` inside it, the suffix being the
-    framework's usual one (``.pt``, ``.keras``...)."""
+    """Where :func:`save_native` writes ``output``: for an existing folder ``model<suffix>``
+    inside it (the framework's usual suffix: ``.pt``, ``.keras``...); else the file itself, as
+    OpenFL's ``fx model save`` writes it (torch: ``output_model``), with the suffix added when
+    the format needs one to be read back (Keras reads only ``.keras`` files: ``output_model.keras``)."""
     out = Path(output)
-    if out.is_dir() or not out.suffix:
-        return out / f"model{getattr(runner, 'NATIVE_SUFFIX', '.bin')}"
+    suffix = getattr(runner, "NATIVE_SUFFIX", ".bin")
+    if out.is_dir():
+        return out / f"model{suffix}"
+    if not out.suffix and getattr(runner, "NATIVE_SUFFIX_REQUIRED", False):
+        return out.with_name(out.name + suffix)
     return out
 
 

@@ -329,6 +329,7 @@ def native_exporter(plan: Plan) -> Any:
             if not source.is_file():
                 continue
             target = source.parent / folder
+            target.mkdir(exist_ok=True)  # a folder: the native model file goes inside
             cmd = [
                 sys.executable,
                 "-m",

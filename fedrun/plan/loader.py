@@ -544,10 +544,23 @@ class Plan:
                 )
         for name in ("data_loader", "task_runner", "tasks"):
             if not self.config.get(name):
+                openfl_no_op = name == "tasks" and not (
+                    (self.section("aggregator").get("settings") or {}).get("rounds_to_train", 1)
+                )
                 raise PlanError(
                     "FX-PLAN-013",
-                    f"{where}: the plan has no {name!r} section",
-                    "add it (a workspace template's plan shows the shape)",
+                    f"{where}: the plan has no {name!r} section"
+                    + (
+                        " (OpenFL's no-op template: 0 rounds and no tasks, a certificate and "
+                        "connection test fedrun does not run this way)"
+                        if openfl_no_op
+                        else ""
+                    ),
+                    "use fedrun's no-op template instead (`fx workspace create --template "
+                    "no-op`: certificates and connections with tasks that compute nothing); "
+                    "`fx collaborator ping -n NAME` checks one collaborator's connection"
+                    if openfl_no_op
+                    else "add it (a workspace template's plan shows the shape)",
                 )
         for name in self.config:
             if name != "tasks":

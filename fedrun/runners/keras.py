@@ -285,6 +285,8 @@ class KerasTaskRunner(TaskRunner):
 
     #: file extension of save_native's output (Keras 3 loads only ``.keras`` files)
     NATIVE_SUFFIX = ".keras"
+    #: Keras reads back only `.keras` files: a name without suffix gets it
+    NATIVE_SUFFIX_REQUIRED = True
 
     def __init__(self, data_loader: Any = None, backend: str | None = None, **kwargs: Any) -> None:
         TaskRunner.__init__(self, data_loader=data_loader, **kwargs)

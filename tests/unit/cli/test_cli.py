@@ -350,6 +350,18 @@ def test_model_save_writes_into_an_existing_folder_and_refuses_only_an_existing_
     assert "model.pt already exists" in again.output
 
 
+def test_model_save_default_output_is_openfl_s_file(runner, workspace):
+    import torch
+
+    assert runner.invoke(cli, ["plan", "initialize", "-a", "localhost"]).exit_code == 0
+
+    result = runner.invoke(cli, ["model", "save", "-i", "save/init.pbuf"])
+
+    assert result.exit_code == 0, result.output
+    saved = torch.load(workspace / "output_model", weights_only=True)  # as an OpenFL script does
+    assert "model_state_dict" in saved
+
+
 @pytest.mark.parametrize("address", ["bad host name!", "agg.example.org:50051", "1.2.3", ""])
 def test_plan_initialize_refuses_an_address_collaborators_could_never_reach(
     runner, workspace, address

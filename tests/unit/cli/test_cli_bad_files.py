@@ -204,5 +204,7 @@ def test_validate_notes_openfl_settings_that_have_no_effect(runner, workspace):
     result = runner.invoke(cli, ["plan", "validate"])
 
     assert result.exit_code == 0, result.output
-    assert "note: aggregator.settings.log_memory_usage: True has no effect in fedrun" in result.output
+    assert (
+        "note: aggregator.settings.log_memory_usage: True has no effect in fedrun" in result.output
+    )
     assert "note: collaborator.settings.write_logs: True has no effect in fedrun" in result.output

@@ -469,6 +469,18 @@ def test_openfl_s_eden_compression_is_named_as_unsupported_not_misspelt(edit_pla
     assert "did you mean" not in error.message
 
 
+def test_openfl_s_no_op_plan_is_named_with_what_to_use(edit_plan):
+    def no_op(config):
+        del config["tasks"]
+        config["aggregator"]["settings"]["rounds_to_train"] = 0
+
+    error = load_error(edit_plan(no_op))
+
+    assert error.code == "FX-PLAN-013"
+    assert "OpenFL's no-op template" in error.message
+    assert "--template no-op" in error.fix
+
+
 def test_openfl_s_flower_connector_section_is_named_as_unsupported(edit_plan):
     path = edit_plan(lambda c: c.__setitem__("connector", {"template": "x.Y", "settings": {}}))
 

@@ -469,8 +469,11 @@ def test_jax_backend_trains_and_handles_optimizer_state():
 
 def test_fx_model_save_into_a_folder_writes_a_keras_file_others_can_read(keras, tmp_path):
     runner = make_runner(keras)
+    (tmp_path / "exported").mkdir()
     written = save_native(runner, tmp_path / "exported")  # a folder, as `fx model save -o DIR`
     assert written.name == "model.keras"
+    # OpenFL's default output name: the file, with the suffix Keras needs to read it back
+    assert save_native(runner, tmp_path / "output_model") == tmp_path / "output_model.keras"
     loaded = keras.models.load_model(written)  # plain Keras reads only `.keras` files
     for theirs, mine in zip(loaded.get_weights(), runner.model.get_weights(), strict=True):
         np.testing.assert_array_equal(theirs, mine)

@@ -31,6 +31,7 @@ class NoOpTaskRunner(TaskRunner):
 
     #: save_native writes a numpy archive (np.savez would add this suffix to any other name)
     NATIVE_SUFFIX = ".npz"
+    NATIVE_SUFFIX_REQUIRED = True  # numpy.savez adds it anyway
 
     def __init__(
         self,
