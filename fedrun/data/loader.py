@@ -37,6 +37,10 @@ class DataLoader:
         self.X_valid: Any = None
         self.y_valid: Any = None
 
+    def reseed(self, seed: int) -> None:
+        """Restart the shuffle generator from ``seed`` (and the loader's own random_seed)."""
+        self._rng = np.random.default_rng([seed, self.random_seed or 0])
+
     def get_feature_shape(self) -> tuple[int, ...]:
         """Shape of one input sample."""
         return tuple(self.X_train[0].shape)

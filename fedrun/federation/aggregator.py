@@ -266,6 +266,8 @@ class Aggregator:
         }
         self._optimizer_budget: tuple[Mapping[str, np.ndarray], int, int] | None = None
         self.round_num = int(initial_round)
+        # a stop between a round's commit and the retiring of its files leaves them behind
+        self.spool.drop_before(self.round_num)
         self.done = False
         self.done_at: float | None = None
         self.finished_event = threading.Event()

@@ -19,6 +19,7 @@ from fedrun.errors import PlanError
 from fedrun.federation.aggregator import OPTIMIZER_PREFIX, TaskAssignment
 from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult, TaskRunnerInterface, TaskSpec
 from fedrun.federation.tensor_store import TensorStore
+from fedrun.seeding import seed_task
 from fedrun.units import human_bytes
 
 log = logging.getLogger("fedrun.collaborator")
@@ -181,6 +182,7 @@ class Collaborator:
                 return self.connection.submit(round_num, spec.name, 0, {}, {}, ())
         else:
             inputs = self._global_model(round_num)
+        seed_task(round_num, spec.name, getattr(self.runner, "data_loader", None))
         result = function(
             col_name=self.name, round_num=round_num, input_tensor_dict=inputs, **dict(spec.kwargs)
         )

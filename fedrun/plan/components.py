@@ -357,7 +357,7 @@ def native_exporter(plan: Plan) -> Any:
 
 def seed_everything(seed: int | None) -> None:
     """Seed Python and numpy now, and the ML framework when its task runner is built."""
-    from fedrun.runners.base import set_seed
+    from fedrun.seeding import set_seed
 
     set_seed(seed)
 

@@ -11,25 +11,6 @@ import numpy as np
 from fedrun.errors import PlanError
 from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult
 
-_SEED: int | None = None
-
-
-def set_seed(seed: int | None) -> None:
-    """Seed Python's and numpy's generators; framework runners seed themselves from it."""
-    global _SEED
-    _SEED = seed
-    if seed is None:
-        return
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-
-
-def current_seed() -> int | None:
-    """The seed set by :func:`set_seed` (None: unseeded)."""
-    return _SEED
-
 
 class Metric(NamedTuple):
     """A named metric value, as returned by ``train_`` and ``validate_``."""

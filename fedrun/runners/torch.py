@@ -26,7 +26,8 @@ from torch import nn
 
 from fedrun.errors import PlanError
 from fedrun.federation.tasks import TaskResult
-from fedrun.runners.base import Metric, TaskRunner, current_seed
+from fedrun.runners.base import Metric, TaskRunner
+from fedrun.seeding import current_seed
 
 log = logging.getLogger("fedrun.collaborator")
 

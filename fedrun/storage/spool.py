@@ -97,6 +97,14 @@ class Spool:
             else:
                 done.unlink(missing_ok=True)
 
+    def drop_before(self, round_num: int) -> None:
+        """Delete the result files of rounds before ``round_num``: committed rounds whose files a
+        stop between the commit and :meth:`retire_round` left behind."""
+        for path in self.folder.glob("r*_*.result"):
+            number = path.name[1:].split("_", 1)[0]
+            if number.isdigit() and int(number) < round_num:
+                path.unlink(missing_ok=True)
+
     def drop_free(self) -> None:
         """Delete the files kept for reuse (the experiment is over)."""
         with self._lock:

@@ -10,6 +10,7 @@ its accepted results, replayed on restart) or the new round (with its checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -239,17 +240,29 @@ class SqliteStateStore(StateStore):
                 kind="aggregation",
             )
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._set_many(
-                {
-                    "round": str(next_round),
-                    "experiment_done": "1" if experiment_done else "0",
-                    "best_score": "" if best_score is None else repr(float(best_score)),
-                    "best_round": "" if best_round is None else str(best_round),
-                }
-            )
-            self._db.execute("DELETE FROM results WHERE round <= ?", (finished_round,))
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._set_many(
+                    {
+                        "round": str(next_round),
+                        "experiment_done": "1" if experiment_done else "0",
+                        "best_score": "" if best_score is None else repr(float(best_score)),
+                        "best_round": "" if best_round is None else str(best_round),
+                    }
+                )
+                self._db.execute("DELETE FROM results WHERE round <= ?", (finished_round,))
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                # disk full, I/O error: nothing of the round's end is committed; the saved
+                # progress (its accepted results) stays, and a restart closes the round again
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    self._db.execute("ROLLBACK")
+                raise StateError(
+                    "FX-STATE-005",
+                    f"cannot record the end of round {finished_round} in {self.path}: {exc}",
+                    f"free space on (or repair) {self.path.parent}, then start the aggregator "
+                    "again with the same command: it resumes the round from its saved results",
+                ) from exc
         for old in (self.checkpoint_path(finished_round), self.state_path(finished_round)):
             old.unlink(missing_ok=True)
 

@@ -229,3 +229,18 @@ def test_round_end_holds_one_tensors_sums_not_the_models(tmp_path, monkeypatch):
     for name, array in model.items():
         np.testing.assert_array_equal(last[name], array + 1)
         assert mapped_file_range(agg.global_model[name]) is not None
+
+
+def test_result_files_of_committed_rounds_left_by_a_stop_are_removed(tmp_path):
+    # Prepare: files of round 0 (committed; retire_round never ran) and of round 1 (current)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "r0_a_train.result").write_bytes(b"old")
+    (spool / "r1_a_train.result").write_bytes(b"current")
+
+    # Execute: the aggregator resumes at round 1
+    make(tmp_path, initial_round=1)
+
+    # Assert
+    assert not (spool / "r0_a_train.result").exists()
+    assert (spool / "r1_a_train.result").read_bytes() == b"current"
