@@ -1146,13 +1146,6 @@ class ResultUpload:
         declares, which now matches the model)."""
         self.progressed()
         agg = self.aggregator
-        if agg.done or agg.round.number != self.round:
-            raise ProtocolError(
-                "FX-ROUND-002",
-                f"result of {self.collaborator!r} for round {self.round} arrived after the "
-                "round closed",
-                "nothing to do: the collaborator joins the next round",
-            )
         name = header.name
         shape = tuple(int(d) for d in header.shape)
         self._check_new(name)
@@ -1182,10 +1175,19 @@ class ResultUpload:
         )
 
     def progressed(self) -> None:
-        """Data arrived: refuse it if the upload was dropped, else note the time."""
+        """Data arrived: refuse it if the upload was dropped or its round has closed, else note
+        the time."""
         if self.dropped:
             raise self.dropped_error()
-        self.last_progress = self.aggregator.clock()
+        agg = self.aggregator
+        if agg.done or agg.round.number != self.round:
+            raise ProtocolError(
+                "FX-ROUND-002",
+                f"result of {self.collaborator!r} for round {self.round} arrived after the "
+                "round closed",
+                "nothing to do: the collaborator joins the next round",
+            )
+        self.last_progress = agg.clock()
 
     def _count_optimizer_state(self, name: str, nbytes: int) -> None:
         max_bytes, max_tensors = self.aggregator.optimizer_state_budget()
@@ -1261,19 +1263,11 @@ class IncomingTensor:
         """Take the next payload chunk; True when it was the last one (the tensor counts)."""
         upload = self.upload
         upload.progressed()
-        agg = upload.aggregator
         end = self.received + len(chunk)
         if end > self.expected:
             raise ProtocolError(
                 "FX-WIRE-007",
                 f"tensor {self.name!r} sent more than its declared {self.expected} bytes",
-            )
-        if agg.done or agg.round.number != upload.round:
-            raise ProtocolError(
-                "FX-ROUND-002",
-                f"result of {upload.collaborator!r} for round {upload.round} arrived after "
-                "the round closed",
-                "nothing to do: the collaborator joins the next round",
             )
         if self.dtype.kind == "f":
             data: memoryview | bytes = chunk

@@ -7,16 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_checks import assert_clean_failure
-from click.testing import CliRunner
 
 from fedrun.cli.main import cli
 from fedrun.plan.loader import Plan
 from fedrun.workspace.create import create_workspace
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture

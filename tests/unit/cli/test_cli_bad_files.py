@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from cli_checks import assert_clean_failure
-from click.testing import CliRunner
 
 from fedrun.cli.main import cli
 from fedrun.plan.initialize import initialize_plan
@@ -19,11 +18,6 @@ from fedrun.workspace.create import create_workspace
 needs_permissions = pytest.mark.skipif(
     os.geteuid() == 0, reason="root ignores file permissions (checked with setpriv by hand)"
 )
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from cli_checks import assert_clean_failure
-from click.testing import CliRunner
 
 import fedrun
 from fedrun.cli.main import cli
@@ -15,11 +14,6 @@ from fedrun.workspace.create import create_workspace
 from fedrun.workspace.dockerize import fedrun_wheel
 
 VERSION = fedrun.__version__
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture(scope="module")

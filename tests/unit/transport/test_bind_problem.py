@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
 from fedrun.transport.server import bind_problem
 
@@ -13,12 +15,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_a_port_another_process_listens_on_is_named_in_use():
+@contextlib.contextmanager
+def another_listener() -> Iterator[int]:
+    """A port on 127.0.0.1 another socket listens on, while the block runs."""
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
-        port = other.getsockname()[1]
+        yield other.getsockname()[1]
 
+
+def test_a_port_another_process_listens_on_is_named_in_use():
+    with another_listener() as port:
         problem = bind_problem("127.0.0.1", port)
 
     assert problem is not None
@@ -47,11 +54,7 @@ def test_a_free_port_has_no_problem_and_is_left_free():
 
 def test_a_name_whose_one_address_is_taken_is_refused_not_half_served():
     # Prepare: localhost resolves to 127.0.0.1 (and ::1 where IPv6 is on); take 127.0.0.1 only
-    with socket.socket() as other:
-        other.bind(("127.0.0.1", 0))
-        other.listen()
-        port = other.getsockname()[1]
-
+    with another_listener() as port:
         problem = bind_problem("localhost", port)
 
     # Assert: gRPC would listen on ::1 alone and IPv4 collaborators would reach `other`
