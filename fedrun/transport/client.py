@@ -199,7 +199,9 @@ class AggregatorClient:
                         f"({what}: {code.name})",
                         "start the aggregator (or check the address), then restart this "
                         "collaborator; raise network.settings.client_reconnect_timeout to wait "
-                        f"longer{self.network.port_hint}",
+                        f"longer{self.network.port_hint}. If the aggregator says the experiment "
+                        "already finished (FX-STATE-021), it stopped before acknowledging this "
+                        "last result: the experiment's models are complete, nothing to redo",
                     ) from None
                 if not self._was_down:
                     details = error.details() or ""
