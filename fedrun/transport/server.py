@@ -330,7 +330,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             upload.commit()
         except ProtocolError as error:
             upload.abort()
-            log.warning("result of %s for %s refused: %s", name, result.task, error.message)
+            if not upload.dropped:  # a dropped upload was said when it was dropped
+                log.warning("result of %s for %s refused: %s", name, result.task, error.message)
             context.abort(status_for(error), error.render())
         except StateError as error:
             # the aggregator cannot store the result (disk full...): the collaborator retries
