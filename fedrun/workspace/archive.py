@@ -7,6 +7,7 @@ model) and never keys, certificates, data, logs or saved results.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -223,17 +224,16 @@ def import_workspace(
     return target
 
 
-#: what fedrun runs on: an archive's requirements may add packages, never change these
-FEDRUN_PACKAGES = (
-    "fedrun", "grpcio", "protobuf", "cryptography", "PyYAML", "click", "rich", "numpy",
-    "torch", "keras", "scikit-learn", "pillow",
-)  # fmt: skip
-
-
 def fedrun_constraints() -> str:
-    """``name==version`` for each of :data:`FEDRUN_PACKAGES` installed here."""
+    """``name==version`` for fedrun and each package it runs on (its requirements, extras
+    included, development tools not) that is installed here."""
+    names = {"fedrun"}
+    for requirement in metadata.requires("fedrun") or []:
+        spec, _, marker = requirement.partition(";")
+        if 'extra == "dev"' not in marker:
+            names.add(re.split(r"[<>=!~\[ ]", spec.strip(), maxsplit=1)[0])
     lines = []
-    for name in FEDRUN_PACKAGES:
+    for name in sorted(names, key=str.lower):
         try:
             version = metadata.version(name)
         except metadata.PackageNotFoundError:

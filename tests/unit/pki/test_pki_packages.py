@@ -209,8 +209,12 @@ def test_a_certificate_without_its_key_here_is_refused(signed_zip: Path, tmp_pat
     # Assert: nothing written; the message says where the import belongs
     assert info.value.code == "FX-PKI-004"
     assert "no private key" in info.value.message
-    assert not (elsewhere / "client" / "col_site1.crt").exists()
-    assert not (elsewhere / "cert_chain.crt").exists()
+    _assert_nothing_installed(elsewhere)
+
+
+def _assert_nothing_installed(cert_dir: Path) -> None:
+    assert not (cert_dir / "client" / "col_site1.crt").exists()
+    assert not (cert_dir / "cert_chain.crt").exists()
 
 
 def _flip_signature_byte(pem: bytes) -> bytes:
@@ -236,8 +240,7 @@ def test_tampered_certificate_is_refused(
         import_signed_package(bad, col_dir)
     assert info.value.code == "FX-PKI-008"
     assert "signature" in info.value.message
-    assert not (col_dir / "client" / "col_site1.crt").exists()
-    assert not (col_dir / "cert_chain.crt").exists()
+    _assert_nothing_installed(col_dir)
 
 
 def test_corrupt_zip_is_refused(signed_zip: Path, col_dir: Path, tmp_path: Path) -> None:
@@ -255,8 +258,7 @@ def test_corrupt_zip_is_refused(signed_zip: Path, col_dir: Path, tmp_path: Path)
     with pytest.raises(CertificateError) as info:
         import_signed_package(truncated, col_dir)
     assert info.value.code == "FX-PKI-011"
-    assert not (col_dir / "client" / "col_site1.crt").exists()
-    assert not (col_dir / "cert_chain.crt").exists()
+    _assert_nothing_installed(col_dir)
 
 
 def test_chain_mismatch_is_refused(
