@@ -59,6 +59,20 @@ def _closed_during_handshake(error: grpc.RpcError) -> bool:
     return "socket closed" in details or "handshake" in details or "ssl" in details
 
 
+def reconnect_options(network: Network) -> list[tuple[str, int]]:
+    """gRPC's own reconnection backoff held to ours: by default a channel that failed to
+    connect waits up to 120 s before it tries again (failing every call meanwhile), so after a
+    long outage a collaborator could miss the aggregator's return by minutes."""
+    interval_ms = max(1, int(network.client_reconnect_interval * 1000))
+    return [
+        (
+            "grpc.initial_reconnect_backoff_ms",
+            min(interval_ms, int(RECONNECT_INITIAL_SECONDS * 1000)),
+        ),
+        ("grpc.max_reconnect_backoff_ms", interval_ms),
+    ]
+
+
 def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
     """Turn a gRPC error into the fedrun error a person can act on."""
     code = error.code()
@@ -123,7 +137,7 @@ class AggregatorClient:
         self.pipelines = dict(pipelines or {})
         self.sleep = sleep
         self.target = network.target
-        options = list(CHANNEL_OPTIONS)
+        options = [*CHANNEL_OPTIONS, *reconnect_options(network)]
         if credentials is None:
             self.channel = grpc.insecure_channel(self.target, options=options)
         else:
