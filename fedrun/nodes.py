@@ -59,9 +59,22 @@ def start_aggregator(
         from fedrun.transport.grpc_log import capture_handshake_failures
 
         capture_handshake_failures()
-    aggregator = build_aggregator(plan, task_group=task_group, reset=reset_state)
+    aggregator = build_aggregator(
+        plan,
+        task_group=task_group,
+        reset=reset_state,
+        reconnect_interval=network.client_reconnect_interval,
+        reconnect_timeout=network.client_reconnect_timeout,
+    )
     server = AggregatorServer(aggregator, network, credentials, pipelines=_pipelines(plan))
     server.start()
+    if aggregator.farewell_of is not None:
+        log.warning(
+            "experiment %s already finished, but its aggregator stopped before every "
+            "collaborator heard it: telling those still waiting to stop",
+            plan.federation_id,
+        )
+        return aggregator, server
     log.info(
         "experiment %s: %d rounds, %d collaborators (%s)",
         plan.federation_id,
@@ -111,8 +124,19 @@ def _serve(plan: Plan, *, task_group: str | None, reset_state: bool) -> Aggregat
     finally:
         signal.signal(signal.SIGTERM, previous)
         server.stop(grace=1.0)
+        if aggregator.finished_event.is_set():
+            aggregator.state_store.record_ended()  # a restart need not wait for anybody
         aggregator.metrics.close()
         aggregator.state_store.close()
+    if aggregator.farewell_of is not None:
+        told = sorted(aggregator.quit_sent)
+        log.info(
+            "told %d collaborator%s to stop%s",
+            len(told),
+            "" if len(told) == 1 else "s",
+            f" ({', '.join(told)})" if told else "",
+        )
+        raise aggregator.farewell_of
     if aggregator.finished_event.is_set():
         log.info("all collaborators stopped; aggregator exiting")
     return aggregator

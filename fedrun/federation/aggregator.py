@@ -32,7 +32,7 @@ from fedrun.constants import (
     OPTIMIZER_STATE_FACTOR,
     UPLOAD_STALL_SECONDS,
 )
-from fedrun.errors import ProtocolError
+from fedrun.errors import ExperimentFinished, ProtocolError
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.round_aggregation import TaskUpdates
 from fedrun.federation.stragglers import StragglerPolicy, WaitForAllPolicy
@@ -274,6 +274,10 @@ class Aggregator:
         #: the signal (SIGINT, SIGTERM) that stopped the process serving this aggregator early
         self.stopped_by_signal: int | None = None
         self.quit_sent: set[str] = set()
+        #: set when this aggregator serves an experiment that had already finished (see
+        #: :meth:`say_farewell`): the error that says so once the farewell is over
+        self.farewell_of: ExperimentFinished | None = None
+        self._farewell: tuple[float, float] | None = None  # (quiet seconds, at most seconds)
         #: collaborators whose tasks of the last round are all in: they leave without asking
         self.released: set[str] = set()
         self.last_seen: dict[str, float] = {}
@@ -1043,10 +1047,28 @@ class Aggregator:
         if self.done and set(self.collaborators) <= left:
             self.finished_event.set()
 
+    def say_farewell(self, finished: ExperimentFinished, quiet: float, at_most: float) -> None:
+        """Serve an experiment that already finished, whose aggregator stopped before every
+        collaborator heard it: each one that calls is told to stop (a result it resends is
+        refused as of a closed round), until nobody called for ``quiet`` seconds, every
+        collaborator was told, or ``at_most`` seconds passed."""
+        with self._lock:
+            self.done = True
+            self.done_at = self.clock()
+            self.farewell_of = finished
+            self._farewell = (quiet, at_most)
+
     def _gone_after_done(self) -> set[str]:
         """Collaborators the end no longer waits for: silent too long, or never seen at all
         within END_GRACE_SECONDS of the end."""
         now = self.clock()
+        if self._farewell is not None:
+            # a collaborator still retrying calls at least every client_reconnect_interval
+            quiet, at_most = self._farewell
+            began = self.done_at if self.done_at is not None else now
+            last_call = max([began, *self.last_seen.values()])
+            over = now - last_call >= quiet or now - began >= at_most
+            return set(self.collaborators) if over else set()
         grace_over = now - (self.done_at or now) >= END_GRACE_SECONDS
         return {
             c

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedrun.aggregation.base import AggregationFunction
 from fedrun.compression.base import CompressionPipeline
+from fedrun.constants import RECONNECT_MAX_SECONDS, RECONNECT_TIMEOUT_SECONDS
 from fedrun.errors import ExperimentFinished, PlanError, StateError, WorkspaceError
 from fedrun.federation.aggregator import Aggregator, require_collaborators
 from fedrun.federation.assigner import Assigner
@@ -31,7 +32,7 @@ from fedrun.plan.loader import Plan, did_you_mean
 from fedrun.storage.model_file import open_model_view
 from fedrun.storage.model_store import ModelStore
 from fedrun.storage.sqlite_state import SqliteStateStore, unflatten_rule_states
-from fedrun.storage.state_store import InMemoryStateStore, StateStore
+from fedrun.storage.state_store import InMemoryStateStore, SavedState, StateStore
 
 log = logging.getLogger("fedrun")
 
@@ -192,9 +193,20 @@ def keep_previous_models(models: list[Path]) -> list[Path]:
 
 
 def build_aggregator(
-    plan: Plan, *, task_group: str | None = None, reset: bool = False
+    plan: Plan,
+    *,
+    task_group: str | None = None,
+    reset: bool = False,
+    reconnect_interval: float = RECONNECT_MAX_SECONDS,
+    reconnect_timeout: float = RECONNECT_TIMEOUT_SECONDS,
 ) -> Aggregator:
-    """Everything the aggregator process needs, from the plan (resuming saved state)."""
+    """Everything the aggregator process needs, from the plan (resuming saved state).
+
+    ``reconnect_interval``/``reconnect_timeout`` are the plan's
+    ``network.settings.client_reconnect_*``: how often, and how long, collaborators retry a lost
+    aggregator. A finished experiment whose aggregator stopped before every collaborator heard
+    the end gives an aggregator that tells them (:meth:`Aggregator.say_farewell`) if some may
+    still be retrying; otherwise it raises ``FX-STATE-021``."""
     settings = plan.settings("aggregator")
     init_path = plan.resolve_path(settings["init_state_path"])
 
@@ -227,12 +239,21 @@ def build_aggregator(
             "restore the plan it was made with, or start over with `fx aggregator start --reset-state`",
         )
     if saved.experiment_done:
-        raise ExperimentFinished(
+        finished = ExperimentFinished(
             "FX-STATE-021",
             f"experiment {plan.federation_id} already finished; its models are in "
             f"{settings['last_state_path']} and {settings['best_state_path']}",
             "nothing to resume; to run it again use `fx aggregator start --reset-state`",
         )
+        at_most = _farewell_seconds(saved, reconnect_timeout)
+        if at_most <= 0:
+            store.close()
+            raise finished
+        # a collaborator still retrying calls at least every reconnect_interval
+        quiet = 2 * reconnect_interval + 5.0
+        agg = _finished_aggregator(plan, chosen, store, saved)
+        agg.say_farewell(finished, quiet=quiet, at_most=at_most)
+        return agg
     if saved.round == 0:
         require_init()  # a resume past round 0 starts from its checkpoint instead
     rule_states: dict[str, Any] = {}
@@ -299,6 +320,38 @@ def build_aggregator(
     )
     agg.resume(saved.results)
     return agg
+
+
+def _farewell_seconds(saved: SavedState, reconnect_timeout: float) -> float:
+    """How long collaborators may still be waiting for the end of a finished experiment whose
+    aggregator stopped before telling them all (0: nobody can be): they retry for
+    ``reconnect_timeout`` seconds after losing the aggregator."""
+    if saved.ended or saved.finished_at is None:
+        return 0.0
+    return reconnect_timeout - max(0.0, time.time() - saved.finished_at)
+
+
+def _finished_aggregator(
+    plan: Plan, chosen: Assigner, store: StateStore, saved: SavedState
+) -> Aggregator:
+    """An aggregator of a finished experiment: no model, no metrics, nothing written but the
+    note that the end was heard."""
+    settings = plan.settings("aggregator")
+    return Aggregator(
+        plan_hash=plan.hash,
+        federation_id=plan.federation_id,
+        collaborators=plan.cols,
+        tasks=plan.tasks,
+        assigner=chosen,
+        rounds_to_train=plan.rounds_to_train,
+        initial_model={},
+        initial_round=saved.round,
+        aggregation_functions={},
+        spool_dir=plan.workspace / "local_state" / "spool",
+        state_store=store,
+        collaborator_timeout=float(settings.get("collaborator_timeout") or 300),
+        durable=True,
+    )
 
 
 def ensure_writable(folder: Path, what: str) -> None:

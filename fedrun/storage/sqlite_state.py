@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -138,6 +139,8 @@ class SqliteStateStore(StateStore):
                     experiment_done=self._get("experiment_done") == "1",
                     best_score=_float_or_none(self._get("best_score")),
                     best_round=_int_or_none(self._get("best_round")),
+                    finished_at=_float_or_none(self._get("finished_at")),
+                    ended=self._get("ended") == "1",
                 )
                 rows = self._db.execute(
                     "SELECT round, collaborator, task, data_size, metrics, spool_path, tensor_bytes, raw_bytes "
@@ -242,14 +245,15 @@ class SqliteStateStore(StateStore):
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._set_many(
-                    {
-                        "round": str(next_round),
-                        "experiment_done": "1" if experiment_done else "0",
-                        "best_score": "" if best_score is None else repr(float(best_score)),
-                        "best_round": "" if best_round is None else str(best_round),
-                    }
-                )
+                values = {
+                    "round": str(next_round),
+                    "experiment_done": "1" if experiment_done else "0",
+                    "best_score": "" if best_score is None else repr(float(best_score)),
+                    "best_round": "" if best_round is None else str(best_round),
+                }
+                if experiment_done:
+                    values["finished_at"] = repr(time.time())
+                self._set_many(values)
                 self._db.execute("DELETE FROM results WHERE round <= ?", (finished_round,))
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
@@ -297,6 +301,18 @@ class SqliteStateStore(StateStore):
         state_file = self.state_path(round_num)
         agg_state = load_model(state_file).tensors if state_file.is_file() else {}
         return model, agg_state
+
+    def record_ended(self) -> None:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._set_many({"ended": "1"})
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                # only costs a later restart a short wait for collaborators that are not there
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    self._db.execute("ROLLBACK")
+                log.warning("could not note the experiment's end in %s: %s", self.path, exc)
 
     def close(self) -> None:
         with self._lock:

@@ -4,7 +4,10 @@ Every implementation MUST:
 - make :meth:`record_result` durable before it returns (the result is acknowledged after it);
 - refuse a second result for the same (round, collaborator, task) with ``False``;
 - make :meth:`finish_round` atomic: after a crash either the whole round-end is visible or none;
-- return from :meth:`load` exactly what was recorded since the last finished round.
+- return from :meth:`load` exactly what was recorded since the last finished round;
+- remember when the experiment's end was committed (``finished_at``) and whether the aggregator
+  stopped afterwards with every collaborator told (:meth:`record_ended`): a restart in between
+  tells the collaborators still waiting for the end to stop.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ class SavedState:
     best_score: float | None = None
     best_round: int | None = None
     results: list[AcceptedResult] = field(default_factory=list)
+    #: wall-clock time (``time.time()``) the experiment's end was committed
+    finished_at: float | None = None
+    #: the aggregator stopped after the end with every collaborator told (or gone)
+    ended: bool = False
 
 
 def new_run_id() -> str:
@@ -93,6 +100,9 @@ class StateStore(ABC):
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """The global model and aggregation-rule state saved for ``round_num``."""
         raise NotImplementedError(f"{type(self).__name__} keeps no checkpoints")
+
+    def record_ended(self) -> None:  # noqa: B027 - optional hook
+        """Note that the finished experiment's aggregator stopped with nobody left waiting."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

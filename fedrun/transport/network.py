@@ -35,8 +35,12 @@ class Network:
             listen_addr=plan.listen_addr,
             use_tls=bool(s.get("use_tls", True)),
             require_client_auth=bool(s.get("require_client_auth", True)),
-            client_reconnect_interval=float(s.get("client_reconnect_interval") or 5),
-            client_reconnect_timeout=float(s.get("client_reconnect_timeout") or 600),
+            client_reconnect_interval=float(
+                s.get("client_reconnect_interval") or constants.RECONNECT_MAX_SECONDS
+            ),
+            client_reconnect_timeout=float(
+                s.get("client_reconnect_timeout") or constants.RECONNECT_TIMEOUT_SECONDS
+            ),
             cert_folder=plan.resolve_path(s.get("cert_folder") or "cert"),
             chunk_bytes=int(s.get("chunk_bytes") or constants.CHUNK_BYTES),
             long_poll_seconds=float(s.get("long_poll_seconds") or constants.LONG_POLL_SECONDS),

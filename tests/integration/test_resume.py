@@ -9,10 +9,11 @@ ride through both outages. The final weights must equal an uninterrupted run wit
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
-from fxnodes import Nodes
+from fxnodes import Nodes, fx
 
 from fedrun.simulate.local import LocalFederation
 from fedrun.storage.model_file import load_model, stale_temporaries
@@ -113,9 +114,57 @@ def test_uninterrupted_and_crashed_runs_end_with_identical_weights(
     assert sorted(keys) == sorted(ref_keys)
 
 
-def test_state_from_another_plan_and_corrupt_state_are_refused(tmp_path: Path) -> None:
-    from fxnodes import fx
+def test_an_aggregator_killed_at_the_very_end_lets_the_waiting_collaborator_finish(
+    tmp_path: Path, nodes: Nodes
+) -> None:
+    # Prepare: round 0 trains, round 1 validates the final model; the aggregator dies right
+    # after committing the end of round 1, before acknowledging the result that closed it
+    fed = LocalFederation(
+        tmp_path / "end",
+        template="torch/digits",
+        collaborators=2,
+        rounds=1,
+        seed=7,
+        plan_set=[
+            "network.client_reconnect_interval=0.5",
+            "network.client_reconnect_timeout=120",
+        ],
+    )
+    fed.prepare()
+    ws = fed.workspace
+    agg = nodes.start(
+        "aggregator", ws, "aggregator", "start", env={"FEDRUN_FAILPOINT": "round_end_committed:2"}
+    )
+    for name in fed.names:
+        nodes.start(name, ws, "collaborator", "start", "-n", name)
+    assert agg.wait(300) == -signal.SIGKILL, nodes.log("aggregator")[-3000:]
+    final = load_model(ws / "save" / "last.pbuf")
+    written = (ws / "save" / "last.pbuf").stat().st_mtime_ns
 
+    # Execute: the same start command again
+    restarted = time.monotonic()
+    nodes.start("aggregator", ws, "aggregator", "start")
+
+    # Assert: the collaborator still resending its result hears the end and exits 0 (before: it
+    # retried for client_reconnect_timeout and exited 5); the aggregator says the experiment
+    # had finished, writes nothing, and stops soon after
+    for name in fed.names:
+        assert nodes.wait(name, timeout=200) == 0, nodes.log(name)[-3000:]
+    assert nodes.wait("aggregator") == 0, nodes.log("aggregator")[-3000:]
+    assert time.monotonic() - restarted < 60
+    log = nodes.log("aggregator")
+    assert "told 1 collaborator to stop" in log and "FX-STATE-021" in log, log[-3000:]
+    assert load_model(ws / "save" / "last.pbuf").round == final.round == 1
+    assert (ws / "save" / "last.pbuf").stat().st_mtime_ns == written
+
+    # and a start after that clean stop says it at once
+    started = time.monotonic()
+    again = fx(ws, "aggregator", "start", check=False)
+    assert again.returncode == 0 and "FX-STATE-021" in again.stderr
+    assert time.monotonic() - started < 30 and "told" not in again.stderr
+
+
+def test_state_from_another_plan_and_corrupt_state_are_refused(tmp_path: Path) -> None:
     fed = _finished_run(tmp_path / "ws")
     ws = fed.workspace
     again = fx(ws, "aggregator", "start", check=False)

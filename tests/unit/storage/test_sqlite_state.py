@@ -84,3 +84,24 @@ def test_an_empty_state_file_is_said_not_taken_silently_for_a_first_run(tmp_path
 
     assert f"the aggregator state file {path} is empty" in caplog.text
     assert "starts from round 0" in caplog.text
+
+
+def test_the_end_is_dated_when_committed_and_a_clean_stop_is_noted(tmp_path: Path):
+    import time
+
+    store = SqliteStateStore(tmp_path / "tensor.db")
+    store.start("h" * 64, 0)
+    store.finish_round(0, None, None, experiment_done=False, next_model={})
+    assert store.load().finished_at is None  # not finished yet
+
+    before = time.time()
+    store.finish_round(1, None, None, experiment_done=True)
+    store.close()
+    again = SqliteStateStore(tmp_path / "tensor.db")
+    saved = again.load()
+    assert saved.experiment_done and not saved.ended
+    assert saved.finished_at is not None and before <= saved.finished_at <= time.time()
+
+    again.record_ended()
+    again.close()
+    assert SqliteStateStore(tmp_path / "tensor.db").load().ended
