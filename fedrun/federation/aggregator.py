@@ -274,6 +274,8 @@ class Aggregator:
         #: the signal (SIGINT, SIGTERM) that stopped the process serving this aggregator early
         self.stopped_by_signal: int | None = None
         self.quit_sent: set[str] = set()
+        #: the error a round's end failed with: nothing more is aggregated in this process
+        self.broken: BaseException | None = None
         #: set when this aggregator serves an experiment that had already finished (see
         #: :meth:`say_farewell`): the error that says so once the farewell is over
         self.farewell_of: ExperimentFinished | None = None
@@ -755,8 +757,12 @@ class Aggregator:
             self._close_round()
 
     def tick(self) -> float | None:
-        """Check cut-off deadlines and silent collaborators; returns the next deadline."""
+        """Check cut-off deadlines and silent collaborators; returns the next deadline.
+
+        Raises the error a round's end failed with (:attr:`broken`): the serving loop stops."""
         with self._lock:
+            if self.broken is not None:
+                raise self.broken
             if self.done:
                 self._check_finished()
                 return None
@@ -795,6 +801,25 @@ class Aggregator:
             return deadline
 
     def _close_round(self) -> None:
+        if self.broken is not None:
+            raise self.broken
+        try:
+            self._end_round()
+        except BaseException as error:
+            # the round's end failed partway (best model, new model or commit): what is in
+            # memory (the global model, a rule's state, the best score) may be ahead of what is
+            # committed, and closing the round again here would aggregate onto the new model.
+            # The aggregator stops; started again, it resumes from the last commit
+            self.broken = error
+            if isinstance(error, Exception):
+                log.error(
+                    "round %d could not be finished, the aggregator stops: %s",
+                    self.round.number,
+                    error,
+                )
+            raise
+
+    def _end_round(self) -> None:
         state = self.round
         stragglers = [c for c in state.participants if not state.finished(c)]
         if stragglers:

@@ -334,9 +334,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                 log.warning("result of %s for %s refused: %s", name, result.task, error.message)
             context.abort(status_for(error), error.render())
         except StateError as error:
-            # the aggregator cannot store the result (disk full...): the collaborator retries
+            # the aggregator cannot store the result (disk full...), or the round it closed
+            # could not be committed (the aggregator stops): the collaborator retries
             upload.abort()
-            log.error("result of %s for %s not stored: %s", name, result.task, error.render())
+            if error is not self.aggregator.broken:
+                log.error("result of %s for %s not stored: %s", name, result.task, error.render())
             context.abort(grpc.StatusCode.UNAVAILABLE, error.render())
         except MemoryError:
             upload.abort()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from result_uploads import INITIAL, ORDER, make, send, trained, validate
 
-from fedrun.errors import ProtocolError
+from fedrun.errors import ProtocolError, StateError
 from fedrun.federation.aggregator import Aggregator
 from fedrun.storage.sqlite_state import SqliteStateStore
 from fedrun.storage.state_store import InMemoryStateStore
@@ -168,3 +168,50 @@ def test_a_listed_collaborator_that_never_connects_is_reported_once(tmp_path, ca
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert sum("collaborator b has not connected in the 70 s" in w for w in warnings) == 1
     assert not any("collaborator a " in w for w in warnings)
+
+
+class CommitFailsOnce(InMemoryStateStore):
+    """A state store whose first round-end commit fails, as on a full disk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def finish_round(self, finished_round: int, *args, **kwargs) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StateError(
+                "FX-STATE-005",
+                f"cannot record the end of round {finished_round} in tensor.db: disk full",
+                "free space, then start the aggregator again with the same command",
+            )
+        super().finish_round(finished_round, *args, **kwargs)
+
+
+def test_a_round_end_that_failed_stops_the_aggregator_and_a_restart_closes_it_once(tmp_path):
+    reference = make(tmp_path / "reference")
+    for who, offset, size in (("a", 0.25, 10), ("b", -1.5, 30)):
+        send(reference, who, trained(offset), size, 64)
+        validate(reference, who)
+    assert reference.round_num == 1
+
+    store = CommitFailsOnce()
+    agg = start(tmp_path, store, ("a", "b"))
+    send(agg, "a", trained(0.25), 10, 64)
+    send(agg, "b", trained(-1.5), 30, 64)
+    validate(agg, "a")
+    with pytest.raises(StateError):
+        validate(agg, "b")  # the last result closes the round; its commit fails
+
+    # the round is not closed again in this process: its new model already replaced the one it
+    # started from, and a second close would aggregate onto it. The serving loop's tick stops
+    with pytest.raises(StateError) as stopped:
+        agg.tick()
+    assert stopped.value is agg.broken and stopped.value.code == "FX-STATE-005"
+    assert agg.round_num == 0 and not agg.round_history
+
+    # started again (space is back): the round closes from its saved results, as uninterrupted
+    again = start(tmp_path, store, ("a", "b"))
+    assert again.round_num == 1 and len(again.round_history) == 1
+    for name in INITIAL:
+        assert again.global_model[name].tobytes() == reference.global_model[name].tobytes()
