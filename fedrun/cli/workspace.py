@@ -55,7 +55,7 @@ def certify(key_type: str) -> None:
     "--output",
     default=None,
     type=click.Path(),  # kept as typed: a trailing "/" names a folder
-    help="zip to write (a folder: <folder>/<workspace>.zip); default beside the workspace",
+    help="zip to write (a folder: <folder>/<workspace>.zip); default <workspace>/<workspace>.zip, as OpenFL",
 )
 @click.option("--force", is_flag=True, help="replace an existing file that is not an archive")
 @handle_errors

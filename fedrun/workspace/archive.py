@@ -68,12 +68,12 @@ def is_workspace_archive(path: Path) -> bool:
 
 def export_target(ws: Path, output: str | Path | None, force: bool = False) -> Path:
     """Where the archive goes: ``output`` (a folder: ``<folder>/<workspace>.zip``) or
-    ``<workspace>.zip`` beside the workspace. Never among the files it packs (plan/, src/) or the
+    ``<workspace>.zip`` in the workspace folder (where OpenFL writes it). Never among the files it packs (plan/, src/) or the
     models (save/); an existing file is replaced only when it is a workspace archive already, or
     with ``force``."""
     if output is not None and not str(output).strip():
         raise WorkspaceError("FX-WS-014", "the output path is empty", "pass -o ARCHIVE.zip")
-    target = Path(output) if output is not None else ws.parent / f"{ws.name}.zip"
+    target = Path(output) if output is not None else ws / f"{ws.name}.zip"
     if target.is_dir() or str(output).endswith(("/", os.sep)):  # "out/" names a folder
         target = target / f"{ws.name}.zip"
     target = target.resolve()
@@ -81,8 +81,8 @@ def export_target(ws: Path, output: str | Path | None, force: bool = False) -> P
         raise WorkspaceError(
             "FX-WS-014",
             f"{target} is inside the workspace's plan/, src/ or save/ folder",
-            "write the archive outside the workspace (the default is beside it: "
-            f"{ws.parent / (ws.name + '.zip')})",
+            "write the archive elsewhere (the default is the workspace folder itself: "
+            f"{ws / (ws.name + '.zip')})",
         )
     if not target.parent.is_dir():
         raise WorkspaceError(
@@ -102,7 +102,7 @@ def export_target(ws: Path, output: str | Path | None, force: bool = False) -> P
 def export_workspace(
     workspace: str | Path = ".", output: str | Path | None = None, *, force: bool = False
 ) -> Path:
-    """Write ``<workspace name>.zip`` next to the workspace (or to ``output``); returns its path."""
+    """Write ``<workspace name>.zip`` in the workspace (or to ``output``); returns its path."""
     ws = Path(workspace).resolve()
     plan = Plan.load(ws / "plan" / "plan.yaml", workspace=ws)
     init = plan.resolve_path(plan.settings("aggregator")["init_state_path"])

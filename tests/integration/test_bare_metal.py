@@ -37,7 +37,7 @@ def test_seed_walkthrough_three_nodes(tmp_path: Path, nodes: Nodes) -> None:
     ):
         assert (ws / name).is_file(), name
     fx(ws, "workspace", "export")
-    archive = agg_node / "ws.zip"
+    archive = ws / "ws.zip"
     assert archive.is_file()
 
     # on each collaborator node: import, create, request; CA signs; import the signed cert

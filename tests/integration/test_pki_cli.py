@@ -131,11 +131,11 @@ def test_import_unpacks_installs_on_request_and_ping_names_connectivity(tmp_path
     node, other = tmp_path / "node", tmp_path / "other"
     node.mkdir()
     other.mkdir()
-    out = fx(node, "workspace", "import", "--archive", str(tmp_path / "ws.zip"))
+    out = fx(node, "workspace", "import", "--archive", str(ws / "ws.zip"))
     assert "imported workspace" in out.stdout and "were not installed" in out.stdout
     assert (node / "ws" / "requirements.txt").read_text() == "numpy\n"
     installed = fx(
-        other, "workspace", "import", "--archive", str(tmp_path / "ws.zip"), "--install",
+        other, "workspace", "import", "--archive", str(ws / "ws.zip"), "--install",
         timeout=300,
     )  # fmt: skip
     assert "imported workspace" in installed.stdout

@@ -119,7 +119,7 @@ def test_export_replaces_an_old_archive_but_not_another_file_without_force(
     other = tmp_path / "notes.txt"
     other.write_text("mine")
     assert runner.invoke(cli, ["workspace", "export"]).exit_code == 0
-    archive = tmp_path / "ws.zip"
+    archive = initialized / "ws.zip"  # in the workspace, where OpenFL writes it
 
     again = runner.invoke(cli, ["workspace", "export"])  # an archive: replaced
     refused = runner.invoke(cli, ["workspace", "export", "-o", str(other)])
@@ -155,7 +155,7 @@ def test_export_refuses_a_damaged_initial_model(runner, initialized, tmp_path):
 
     assert_clean_failure(result, 3, "FX-WS-010")
     assert "cannot be read" in result.output
-    assert not (tmp_path / "ws.zip").exists()
+    assert not (initialized / "ws.zip").exists()
 
 
 def test_a_failed_initialize_leaves_the_plan_as_it_was(runner, workspace, monkeypatch):
