@@ -493,6 +493,14 @@ class Aggregator:
                     "started over with --reset-state since)",
                     "nothing to do: the collaborator asks for the current run's tasks",
                 )
+            if self.farewell_of is not None:
+                raise ProtocolError(
+                    "FX-ROUND-002",
+                    f"result of {collaborator!r} for task {task!r} of round {round_num} is not "
+                    "needed: the experiment finished (the aggregator stopped before it "
+                    "acknowledged every result)",
+                    "nothing to do: the collaborator asks for tasks and is told to stop",
+                )
             if self.done or round_num != state.number:
                 raise ProtocolError(
                     "FX-ROUND-002",

@@ -142,7 +142,9 @@ class FederationServicer(pb_grpc.FederationServicer):
             first = key not in self._refusals
             self._refusals.add(key)
         if first:
-            log.warning("refused %s: %s", peer, error.message)
+            # a finished experiment's farewell refuses resent results as a matter of course
+            level = logging.INFO if self.aggregator.farewell_of is not None else logging.WARNING
+            log.log(level, "refused %s: %s", peer, error.message)
         context.abort(status_for(error), error.render())
 
     def _authenticate(self, header: pb.Header, context: grpc.ServicerContext) -> str:

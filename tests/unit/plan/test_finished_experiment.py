@@ -57,7 +57,7 @@ def test_collaborators_still_waiting_are_told_to_stop_and_their_resent_result_re
     # for tasks next, and hears that the experiment is over
     with pytest.raises(ProtocolError) as refused:
         agg.open_result(first, plan.rounds_to_train, "train", 10, {}, 0)
-    assert refused.value.code == "FX-ROUND-002"
+    assert refused.value.code == "FX-ROUND-002" and "experiment finished" in refused.value.message
     assert agg.get_tasks(first).quit
     assert not agg.finished_event.is_set()
     assert agg.get_tasks(second).quit
