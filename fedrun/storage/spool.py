@@ -38,7 +38,9 @@ class Spool:
         self._free_bytes = 0
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        for stale in self.folder.glob("free-*.spool"):  # left by an earlier run
+        # left by an earlier run: its reusable files, and results a kill cut off mid-stream
+        # (hidden temporaries: one per crash, up to a model in size)
+        for stale in [*self.folder.glob("free-*.spool"), *self.folder.glob(".r*_*.result.*")]:
             stale.unlink(missing_ok=True)
 
     def path(self, round_num: int, collaborator: str, task: str) -> Path:

@@ -149,6 +149,7 @@ class SqliteStateStore(StateStore):
                 ).fetchall()
             except sqlite3.DatabaseError as exc:
                 raise unreadable_state(self.path, exc) from exc
+        self._drop_stale_checkpoints(None if state.experiment_done else state.round)
         for row in rows:
             # a result whose spool file is gone or damaged is dropped by the aggregator when it
             # resumes (the collaborator redoes the task), not refused here
@@ -269,6 +270,20 @@ class SqliteStateStore(StateStore):
                 ) from exc
         for old in (self.checkpoint_path(finished_round), self.state_path(finished_round)):
             old.unlink(missing_ok=True)
+
+    def _drop_stale_checkpoints(self, current: int | None) -> None:
+        """Delete checkpoints of rounds other than ``current`` (None: all) and temporaries a
+        kill left in the checkpoint folder: a stop between a round's commit and the removal
+        of the old checkpoint, or during a checkpoint's write, leaves them behind."""
+        keep = (
+            set()
+            if current is None
+            else {self.checkpoint_path(current).name, self.state_path(current).name}
+        )
+        for pattern in ("global_r*.pbuf", "aggregation_r*.pbuf", ".global_r*", ".aggregation_r*"):
+            for path in self.checkpoint_dir.glob(pattern):
+                if path.name not in keep:
+                    path.unlink(missing_ok=True)
 
     def _link_checkpoint(self, source: Path | None, round_num: int) -> bool:
         """Make the checkpoint a hard link to a just-written model file of that round (no second

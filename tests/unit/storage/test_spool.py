@@ -69,3 +69,16 @@ def test_small_files_beyond_the_count_are_kept_within_the_byte_budget(tmp_path):
     for who in "abcd":
         assert write(spool, 1, who, small).stat().st_ino in inodes
     assert not list(tmp_path.glob("free-*.spool"))
+
+
+def test_results_a_kill_cut_off_mid_stream_are_removed_when_the_aggregator_starts(tmp_path):
+    # Prepare: a result being written when the aggregator was killed (AtomicFile's temporary),
+    # and an accepted result of the running round
+    (tmp_path / ".r3_a_train.result.k2x9_q0z").write_bytes(b"half a model")
+    (tmp_path / "r3_b_train.result").write_bytes(b"accepted")
+
+    # Execute
+    Spool(tmp_path)
+
+    # Assert
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r3_b_train.result"]

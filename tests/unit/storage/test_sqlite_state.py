@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedrun.errors import StateError
@@ -105,3 +106,31 @@ def test_the_end_is_dated_when_committed_and_a_clean_stop_is_noted(tmp_path: Pat
     again.record_ended()
     again.close()
     assert SqliteStateStore(tmp_path / "tensor.db").load().ended
+
+
+def test_checkpoints_a_kill_left_behind_are_removed_when_the_state_is_loaded(tmp_path: Path):
+    # Prepare: at round 2, the checkpoint of round 1 (killed between the commit and its
+    # removal), a half-written checkpoint and a link being staged
+    store = SqliteStateStore(tmp_path / "tensor.db")
+    store.start("h" * 64, 0)
+    store.finish_round(0, None, None, experiment_done=False, next_model={"w": np.ones(3)})
+    store.finish_round(1, None, None, experiment_done=False, next_model={"w": np.zeros(3)})
+    store.close()
+    folder = tmp_path / "checkpoints"
+    for name in (
+        "global_r1.pbuf",
+        "aggregation_r1.pbuf",
+        ".global_r2.pbuf.ab12cd34",
+        ".global_r2.pbuf.link",
+    ):
+        (folder / name).write_bytes(b"left behind")
+
+    # Execute
+    again = SqliteStateStore(tmp_path / "tensor.db")
+    saved = again.load()
+
+    # Assert: only the running round's checkpoint stays, and it still loads
+    assert saved.round == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["global_r2.pbuf"]
+    model, _ = again.load_checkpoint(2)
+    assert np.array_equal(model["w"], np.zeros(3))
