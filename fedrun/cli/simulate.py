@@ -136,18 +136,19 @@ def simulate(
         label = "rounds + final validation" if final_validation else "rounds"
         bar = progress.add_task(label, total=total + (1 if final_validation else 0), last="")
 
-        def on_progress(records: list) -> None:
-            agg = [r for r in records if r.origin == "aggregator"]
-            done = len({r.round for r in agg})
-            last = ""
-            if agg:
-                newest = max(r.round for r in agg)
-                values = [
-                    r for r in agg if r.round == newest and r.task == "aggregated_model_validation"
-                ]
-                if values:
-                    last = f"{values[0].metric} {values[0].value:.4f}"
-            progress.update(bar, completed=done, last=last)
+        rounds_done: set[int] = set()
+        shown = [-1, ""]  # the newest round with a global validation, and its figure
+
+        def on_progress(new_records: list) -> None:
+            for r in new_records:
+                if r.origin != "aggregator":
+                    continue
+                rounds_done.add(r.round)
+                if r.task == "aggregated_model_validation" and r.round > shown[0]:
+                    shown[:] = [r.round, f"{r.metric} {r.value:.4f}"]
+            newest = max(rounds_done, default=-1)
+            last = str(shown[1]) if shown[0] == newest else ""
+            progress.update(bar, completed=len(rounds_done), last=last)
 
         fed.wait(on_progress, timeout)
     elapsed = time.monotonic() - started

@@ -128,6 +128,12 @@ class MetricHub:
                     self.on_error(f"metric sink {type(sink).__name__} failed: {exc}")
                 self._failed.add(i)
 
+    def forget_before(self, round_num: int) -> None:
+        """Rounds before ``round_num`` are committed and emit nothing again: stop remembering
+        their records (a long experiment would otherwise hold every key it ever logged)."""
+        with self._lock:
+            self._seen = {key for key in self._seen if key[0] >= round_num}
+
     def emit(self, round_num: int, origin: str, task: str, metric: str, value: float) -> None:
         self(MetricRecord(round_num, origin, task, metric, float(value), time.time()))
 
@@ -143,9 +149,39 @@ def read_metrics(path: str | Path) -> Iterator[MetricRecord]:
     p = Path(path)
     if not p.is_file():
         return
-    for line in p.read_text(encoding="utf-8").splitlines():
+    yield from _parse_records(p.read_text(encoding="utf-8").splitlines())
+
+
+def _parse_records(lines: Iterable[str]) -> Iterator[MetricRecord]:
+    for line in lines:
         try:
             data = json.loads(line)
             yield MetricRecord(**data)
         except (json.JSONDecodeError, TypeError):
             continue
+
+
+class MetricsFollower:
+    """Follows a metrics.jsonl another process appends to: each call returns only the records
+    written since the last one (whole lines), so watching a long run costs what it adds, not
+    what it holds."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._offset = 0
+
+    def new_records(self) -> list[MetricRecord]:
+        """Records appended since the previous call (all of them the first time)."""
+        try:
+            with self.path.open("rb") as file:
+                if file.seek(0, 2) < self._offset:  # replaced by a shorter file: start over
+                    self._offset = 0
+                file.seek(self._offset)
+                data = file.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []  # no whole line yet
+        self._offset += end + 1
+        return list(_parse_records(data[: end + 1].decode("utf-8", "replace").splitlines()))

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from fedrun.errors import FedrunError, WorkspaceError
-from fedrun.metrics.records import MetricRecord, read_metrics
+from fedrun.metrics.records import MetricRecord, MetricsFollower, read_metrics
 from fedrun.plan.loader import Plan, load_yaml, parse_override, set_by_path
 
 AGG_HOST = "localhost"
@@ -330,16 +330,18 @@ class LocalFederation:
         timeout: float | None = None,
         poll: float = 0.2,
     ) -> dict[str, int]:
-        """Wait for every process; stop all if one fails. Returns exit codes."""
+        """Wait for every process; stop all if one fails. Returns exit codes.
+
+        ``on_progress`` gets the metric records written since its previous call."""
         started = time.monotonic()
         ended: float | None = None
-        metrics = self.workspace / "logs" / "metrics.jsonl"
+        metrics = MetricsFollower(self.workspace / "logs" / "metrics.jsonl")
         try:
             while True:
                 codes = {n: p.poll() for n, p in self.processes.items()}
                 failed = {n: c for n, c in codes.items() if c not in (None, 0)}
                 if on_progress is not None:
-                    on_progress(list(read_metrics(metrics)))
+                    on_progress(metrics.new_records())
                 if failed:
                     self.stop()
                     name, code = next(iter(failed.items()))

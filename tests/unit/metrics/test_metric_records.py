@@ -24,3 +24,25 @@ def test_writer_appends_one_line_per_record(tmp_path):
         writer.close()
     lines = (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["value"] for line in lines] == [0.5, 0.75]
+
+
+def test_a_follower_returns_only_whole_lines_written_since_its_last_call(tmp_path):
+    from fedrun.metrics.records import MetricsFollower
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [
+        MetricRecord(r, "aggregator", "t", "acc", r / 10, float(r)).to_json() for r in range(4)
+    ]
+    follower = MetricsFollower(path)
+    assert follower.new_records() == []  # no file yet
+
+    path.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:9])  # the third half-written
+    assert [r.round for r in follower.new_records()] == [0, 1]
+    assert follower.new_records() == []  # nothing new: nothing read again
+
+    with path.open("a") as file:
+        file.write(lines[2][9:] + "\n" + lines[3] + "\n")
+    assert [r.round for r in follower.new_records()] == [2, 3]
+
+    path.write_text(lines[0] + "\n")  # replaced by a new, shorter file: read from its start
+    assert [r.round for r in follower.new_records()] == [0]
