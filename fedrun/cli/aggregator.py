@@ -72,7 +72,8 @@ def start(
     from fedrun.metrics.summary import round_table
 
     if agg.round_history:
-        console(stderr=False).print(round_table(agg.round_history))
+        earlier = agg.rounds_closed - len(agg.round_history)
+        console(stderr=False).print(round_table(agg.round_history, earlier))
     if agg.finished_event.is_set():
         exit_now(0)
     console().print(

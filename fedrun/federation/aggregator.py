@@ -53,6 +53,9 @@ from fedrun.units import human_bytes
 
 log = logging.getLogger("fedrun.aggregator")
 
+#: round summaries kept for the end-of-run table (every round is in metrics.jsonl)
+ROUND_HISTORY_KEPT = 50
+
 #: tensors whose names start with this carry optimizer state (CONTINUE_GLOBAL)
 
 
@@ -285,7 +288,10 @@ class Aggregator:
         self.last_seen: dict[str, float] = {}
         self.reported_gone: set[str] = set()
         self.listeners: list[Callable[[RoundSummary], None]] = []
+        #: the last ROUND_HISTORY_KEPT rounds this process closed (all are in metrics.jsonl)
         self.round_history: list[RoundSummary] = []
+        #: how many rounds this process closed
+        self.rounds_closed = 0
         self.round: RoundState = self._open_round(self.round_num)
 
     # ------------------------------------------------------------------ setup helpers
@@ -892,6 +898,9 @@ class Aggregator:
             ),
         )
         self.round_history.append(summary)
+        self.rounds_closed += 1
+        del self.round_history[:-ROUND_HISTORY_KEPT]
+        self.metrics.forget_before(state.number + 1)
         label = "final validation" if state.final_validation else f"round {state.number}"
         shown = ", ".join(f"{k}={v:.4f}" for k, v in summary_metrics.items())
         cpu = "" if summary.cpu_seconds is None else f", aggregator CPU {summary.cpu_seconds:.2f} s"

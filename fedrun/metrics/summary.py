@@ -9,8 +9,9 @@ from fedrun.metrics.records import MetricRecord
 from fedrun.units import human_bytes
 
 
-def round_table(history: Sequence[Any]) -> Any:
-    """A rich Table with one row per round and one column per aggregated metric."""
+def round_table(history: Sequence[Any], earlier: int = 0) -> Any:
+    """A rich Table with one row per round and one column per aggregated metric; ``earlier``
+    rounds before the first row are counted in its caption."""
     from rich.table import Table
 
     columns: list[str] = []
@@ -19,6 +20,9 @@ def round_table(history: Sequence[Any]) -> Any:
             if key not in columns:
                 columns.append(key)
     table = Table(title="Rounds", title_justify="left")
+    if earlier:
+        table.caption = f"{earlier} earlier rounds are in logs/metrics.jsonl"
+        table.caption_justify = "left"
     table.add_column("round", justify="right")
     for key in columns:
         table.add_column(_header(key), justify="right")

@@ -95,17 +95,22 @@ def check_aggregator_parts(plan: Plan) -> None:
     metric_callback(plan)
 
 
-def metric_hub(plan: Plan, *, resuming: bool = False) -> MetricHub:
+def metric_hub(plan: Plan, *, resuming: bool = False, from_round: int = 0) -> MetricHub:
     """Metric sinks the plan asks for: metrics.jsonl always, TensorBoard and callback on demand.
 
-    A resumed experiment appends to its metrics.jsonl (skipping what it already holds); a new
-    one moves an older file aside as metrics.<time>.jsonl.
+    A resumed experiment appends to its metrics.jsonl (skipping what it already holds of the
+    rounds from ``from_round`` on, the only ones that can be logged again); a new one moves an
+    older file aside as metrics.<time>.jsonl.
     """
     settings = plan.settings("aggregator")
     path = plan.workspace / "logs" / "metrics.jsonl"
     seen: set[tuple[int, str, str, str]] = set()
     if resuming:
-        seen = {(r.round, r.origin, r.task, r.metric) for r in read_metrics(path)}
+        seen = {
+            (r.round, r.origin, r.task, r.metric)
+            for r in read_metrics(path)
+            if r.round >= from_round
+        }
     elif path.is_file() and path.stat().st_size:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path.rename(path.with_name(f"metrics.{stamp}.jsonl"))
@@ -306,7 +311,7 @@ def build_aggregator(
         spool_dir=plan.workspace / "local_state" / "spool",
         straggler_policy=policy,
         model_sink=models,
-        metrics=metric_hub(plan, resuming=bool(saved.plan_hash)),
+        metrics=metric_hub(plan, resuming=bool(saved.plan_hash), from_round=saved.round),
         state_store=store,
         best_model_metric=settings.get("best_model_metric"),
         best_model_mode=settings.get("best_model_mode") or "max",

@@ -215,3 +215,26 @@ def test_a_round_end_that_failed_stops_the_aggregator_and_a_restart_closes_it_on
     assert again.round_num == 1 and len(again.round_history) == 1
     for name in INITIAL:
         assert again.global_model[name].tobytes() == reference.global_model[name].tobytes()
+
+
+def test_a_long_experiment_holds_a_bounded_history_and_metric_memory(tmp_path, monkeypatch):
+    # Prepare: keep one round summary; a hub that records what reaches metrics.jsonl
+    from fedrun.federation import aggregator as aggregator_module
+    from fedrun.metrics.records import MetricHub
+
+    monkeypatch.setattr(aggregator_module, "ROUND_HISTORY_KEPT", 1)
+    logged = []
+    hub = MetricHub([logged.append])
+    agg = make(tmp_path, metrics=hub)
+
+    # Execute: two rounds (the second is the last)
+    for _ in range(2):
+        for who, offset in (("a", 0.25), ("b", -1.5)):
+            send(agg, who, trained(offset), 10, 64)
+            validate(agg, who)
+
+    # Assert: the table keeps the last round, the count has both; the hub remembers only the
+    # records of rounds that can still be logged (none before the round in progress)
+    assert agg.rounds_closed == 2 and [s.number for s in agg.round_history] == [1]
+    assert {r.round for r in logged} == {0, 1}
+    assert not hub._seen  # every round is committed: nothing can be logged twice any more

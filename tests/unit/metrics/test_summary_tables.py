@@ -41,3 +41,9 @@ def test_rounds_table_has_no_cpu_column_without_measurements():
 
     assert "CPU" not in text
     assert "2.0 KiB" in text
+
+
+def test_rounds_the_table_no_longer_holds_are_counted_in_its_caption():
+    text = _render(round_table([_summary(118, None), _summary(119, None)], earlier=118))
+
+    assert "118 earlier rounds are in logs/metrics.jsonl" in " ".join(text.split())  # wrapped
