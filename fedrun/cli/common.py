@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import sys
 import time
@@ -134,9 +135,11 @@ def setup_logging(level: str = "info", logfile: Path | None = None) -> None:
     root.propagate = False
 
 
-class LogFileHandler(logging.FileHandler):
+class LogFileHandler(logging.handlers.WatchedFileHandler):
     """The node's log file; when a line cannot be written (disk full...), one warning on stderr
-    instead of a Python traceback per line, and the console keeps logging."""
+    instead of a Python traceback per line, and the console keeps logging. A file moved away
+    (logrotate) is reopened at its path, so a node that runs for weeks can have its log rotated
+    without ``copytruncate``."""
 
     failed = False
 

@@ -72,3 +72,20 @@ def test_setup_logging_writes_console_and_file(tmp_path, capsys) -> None:  # typ
             h.close()
         root.handlers.clear()
         root.propagate = True
+
+
+def test_a_log_file_moved_away_by_logrotate_is_reopened_at_its_path(tmp_path) -> None:
+    from fedrun.cli.common import LogFileHandler
+
+    path = tmp_path / "aggregator.log"
+    handler = LogFileHandler(path)
+    log = _logger(handler)
+    try:
+        log.info("round 1 started")
+        path.rename(tmp_path / "aggregator.log.1")  # what logrotate does without copytruncate
+        log.info("round 2 started")
+    finally:
+        handler.close()
+
+    assert "round 2" in path.read_text() and "round 1" not in path.read_text()
+    assert "round 2" not in (tmp_path / "aggregator.log.1").read_text()
