@@ -96,12 +96,17 @@ def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
             "see the aggregator's log (logs/aggregator.log) for the cause",
         )
     if code == grpc.StatusCode.UNAVAILABLE and any(h in details.lower() for h in _TLS_HINTS):
-        return CertificateError(
+        # gRPC's words for a connection that broke off or timed out mid-handshake ("tcp
+        # handshaker shutdown", "Handshake read failed") are the same on a congested or broken
+        # network as with a wrong certificate: only diagnose(), which makes a handshake of its
+        # own and reads the aggregator's verdict, may call it a certificate problem
+        return ConnectionFailure(
             "FX-TLS-010",
-            f"TLS handshake with {target} failed: {details}",
-            "check that cert/cert_chain.crt is this federation's chain, that your certificate was "
-            "signed by its CA and has not expired, and that agg_addr matches the aggregator's "
-            "certificate name",
+            f"the connection to the aggregator at {target} broke off during the TLS handshake: "
+            f"{details}",
+            "check the network path to the aggregator (a link that drops or stalls connections "
+            "gives this error); if the network is fine, check that cert/cert_chain.crt is this "
+            "federation's chain and that agg_addr matches the aggregator's certificate name",
         )
     return ConnectionFailure(
         "FX-NET-010",

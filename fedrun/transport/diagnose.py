@@ -114,6 +114,8 @@ def probe_tls(network: Network, name: str | None) -> None:
                 tls.recv(1)  # TLS 1.3 delivers the verdict on our certificate here
             except TimeoutError:
                 return
+            except ssl.SSLEOFError:
+                return  # closed without a verdict (an alert): the network's doing, not ours
             except ssl.SSLError as exc:
                 raise _refused(exc, network) from exc
     except ssl.SSLCertVerificationError as exc:
@@ -137,6 +139,8 @@ def probe_tls(network: Network, name: str | None) -> None:
         raise CertificateError(
             "FX-TLS-004", f"the aggregator's certificate {problem}", fix
         ) from exc
+    except ssl.SSLEOFError:
+        return  # the connection broke off mid-handshake without an alert: connectivity
     except ssl.SSLError as exc:
         raise _refused(exc, network) from exc
     except OSError:

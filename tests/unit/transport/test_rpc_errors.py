@@ -33,6 +33,8 @@ class StatusError(grpc.RpcError):
         (grpc.StatusCode.INVALID_ARGUMENT, "bad tensor", "FX-WIRE-020"),
         (grpc.StatusCode.INTERNAL, "boom", "FX-NET-012"),
         (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", "FX-NET-010"),
+        # gRPC's words for a connection cut off mid-handshake (a stalled or congested link)
+        (grpc.StatusCode.UNAVAILABLE, "ipv4:10.77.0.1:50051: tcp handshaker shutdown", "FX-TLS-010"),
     ],
 )  # fmt: skip
 def test_status_codes_map_to_actionable_errors(code, details, expected):
@@ -60,3 +62,35 @@ def test_a_busy_aggregator_is_reported_with_its_reason_not_as_unreachable(caplog
     # Assert
     assert "cannot take our send result now (FX-STATE-005: cannot write x: full)" in caplog.text
     assert "unreachable" not in caplog.text
+
+
+def test_a_connection_cut_off_mid_handshake_is_retried_not_taken_for_a_certificate_problem():
+    # Prepare: two attempts cut off by the network during the TLS handshake, then an answer
+    # (before: the first one stopped the collaborator with FX-TLS-010, exit 4, certificate advice)
+    from fedrun.errors import CertificateError
+
+    network = Network("127.0.0.1", 9, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
+    answers = [
+        StatusError(grpc.StatusCode.UNAVAILABLE, "ipv4:10.77.0.1:50051: tcp handshaker shutdown"),
+        StatusError(
+            grpc.StatusCode.UNAVAILABLE,
+            "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:10.77.0.1:50051: "
+            "Handshake read failed (Endpoint closing)",
+        ),
+    ]
+
+    def call() -> int:
+        if answers:
+            raise answers.pop()
+        return 7
+
+    # Execute, Assert
+    try:
+        assert client._retry("ping", call) == 7
+    except CertificateError as error:  # pragma: no cover - the failure this test pins
+        pytest.fail(f"taken for a certificate problem: {error}")
+    finally:
+        client.close()
+    cut_off = StatusError(grpc.StatusCode.UNAVAILABLE, "ssl handshake timed out")
+    assert classify_rpc_error(cut_off, "a:1").exit_code == 5  # connection (5), not certificate (4)
