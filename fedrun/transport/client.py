@@ -216,11 +216,12 @@ class AggregatorClient:
                         "FX-NET-011",
                         f"gave up on the aggregator at {self.target} after {elapsed:.0f} s "
                         f"({what}: {code.name})",
-                        "start the aggregator (or check the address), then restart this "
-                        "collaborator; raise network.settings.client_reconnect_timeout to wait "
-                        f"longer{self.network.port_hint}. If the aggregator says the experiment "
-                        "already finished (FX-STATE-021), it stopped before acknowledging this "
-                        "last result: the experiment's models are complete, nothing to redo",
+                        "check that the aggregator runs and that this machine reaches it "
+                        "(agg_addr/agg_port, firewall, network), then restart this collaborator; "
+                        "raise network.settings.client_reconnect_timeout to ride out longer "
+                        f"outages{self.network.port_hint}. If the aggregator, started again, "
+                        "says the experiment already finished (FX-STATE-021), its models are "
+                        "complete: nothing to redo",
                     ) from None
                 if not self._was_down:
                     details = error.details() or ""
