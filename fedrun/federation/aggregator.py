@@ -529,12 +529,27 @@ class Aggregator:
                     "run the tasks the aggregator hands out",
                 )
             key = (collaborator, task)
-            if task in state.done.get(collaborator, set()) or key in state.in_progress:
+            if task in state.done.get(collaborator, set()):
                 raise ProtocolError(
                     "FX-ROUND-005",
                     f"duplicate result from {collaborator!r} for task {task!r} in round {round_num}",
                     "nothing to do: the first result counts",
                 )
+            earlier = self._uploads.get(key)
+            if earlier is not None:
+                # the collaborator sends a result again only after its call failed on its side
+                # (a network cut): the earlier stream will never be acknowledged, and calling
+                # this one a duplicate would tell the collaborator "accepted" for a result that
+                # may never be. The newest upload counts
+                log.info(
+                    "round %d: %s sends its %s result again; its earlier upload, still open "
+                    "here, is dropped",
+                    round_num,
+                    collaborator,
+                    task,
+                )
+                self._forget_upload(earlier)
+                earlier.drop("the collaborator sent the result again")
             for name, value in metrics.items():
                 if not math.isfinite(value):
                     raise ProtocolError(

@@ -1,6 +1,6 @@
 """Spool: the folder where the aggregator writes incoming results while they stream in.
 
-A result is spooled as ``r<round>_<collaborator>_<task>.result`` (a model file) and made durable
+A result is spooled as ``r<round>_<collaborator>_<task>-<n>.result`` (a model file) and made durable
 before it is acknowledged, so an accepted result survives a crash; the round's files are
 dropped once the round is committed. Dropped files are kept as a few ``free-<n>.spool`` files
 and overwritten by the next round's results: rewriting pages already in the page cache costs a
@@ -37,6 +37,7 @@ class Spool:
         self._free: list[tuple[Path, int]] = []  # (file, size)
         self._free_bytes = 0
         self._ids = itertools.count()
+        self._uploads = itertools.count()
         self._lock = threading.Lock()
         # left by an earlier run: its reusable files, and results a kill cut off mid-stream
         # (hidden temporaries: one per crash, up to a model in size)
@@ -44,8 +45,10 @@ class Spool:
             stale.unlink(missing_ok=True)
 
     def path(self, round_num: int, collaborator: str, task: str) -> Path:
-        """Where the accepted result of ``collaborator``'s ``task`` in ``round_num`` lives."""
-        return self.folder / f"r{round_num}_{collaborator}_{task}.result"
+        """A new file for a result of ``collaborator``'s ``task`` in ``round_num``: every
+        upload gets its own, so an upload given up on (a newer one of the same result replaced
+        it) never writes over, or deletes, the file of the one that counts."""
+        return self.folder / f"r{round_num}_{collaborator}_{task}-{next(self._uploads)}.result"
 
     def writer(
         self,

@@ -142,8 +142,10 @@ class FederationServicer(pb_grpc.FederationServicer):
             first = key not in self._refusals
             self._refusals.add(key)
         if first:
-            # a finished experiment's farewell refuses resent results as a matter of course
-            level = logging.INFO if self.aggregator.farewell_of is not None else logging.WARNING
+            # expected, not a problem: a result resent after its acknowledgement was lost, and
+            # results resent to a finished experiment's farewell
+            expected = error.code == "FX-ROUND-005" or self.aggregator.farewell_of is not None
+            level = logging.INFO if expected else logging.WARNING
             log.log(level, "refused %s: %s", peer, error.message)
         context.abort(status_for(error), error.render())
 

@@ -244,3 +244,46 @@ def test_result_files_of_committed_rounds_left_by_a_stop_are_removed(tmp_path):
     # Assert
     assert not (spool / "r0_a_train.result").exists()
     assert (spool / "r1_a_train.result").read_bytes() == b"current"
+
+
+@pytest.mark.parametrize("earlier_finishes", [False, True])
+def test_a_result_sent_again_while_its_first_upload_is_open_replaces_it(tmp_path, earlier_finishes):
+    # Prepare: `a`'s first upload is still open here when `a`, whose call failed on its side
+    # (a network cut), sends the result again
+    agg = make(tmp_path)
+    reference = make(tmp_path / "ref")
+    run_round(reference, None)
+    first = agg.open_result("a", 0, "train", 10, {"loss": 1.0}, len(INITIAL))
+    for name, array in list(trained(0.25).items())[:-1]:
+        first.add(name, array)
+
+    # Execute: the resend is taken (before: refused as a duplicate, which the collaborator reads
+    # as "accepted", while the first upload might never complete)
+    run_round(agg, 64)
+
+    # Assert: the earlier upload is dropped, and whatever it still does counts for nothing and
+    # deletes nothing of the result that counts
+    assert first.dropped
+    with pytest.raises(ProtocolError) as refused:
+        name, array = list(trained(0.25).items())[-1]
+        first.add(name, array)
+        if earlier_finishes:
+            first.commit()
+    assert refused.value.code in ("FX-ROUND-007", "FX-ROUND-002")
+    first.abort()
+    assert agg.round_num == 1
+    assert_same_model(agg, reference)
+
+
+def test_the_resent_result_counts_and_the_dropped_upload_leaves_its_file_alone(tmp_path):
+    agg = make(tmp_path)
+    first = agg.open_result("a", 0, "train", 10, {"loss": 1.0}, len(INITIAL))
+    first.add("conv", trained(0.25)["conv"])
+    send(agg, "a", trained(0.25), 10, 64)  # the resend, committed
+    [kept] = (tmp_path / "spool").glob("r0_a_train-*.result")
+
+    with pytest.raises(ProtocolError):
+        first.add("bias", trained(0.25)["bias"])
+    first.abort()
+
+    assert kept.is_file() and agg.round.done["a"] == {"train"}

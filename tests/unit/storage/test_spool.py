@@ -22,9 +22,9 @@ def test_a_retired_result_file_is_overwritten_by_the_next_round(tmp_path):
     assert not first.exists() and [p.name for p in tmp_path.iterdir()] == ["free-0.spool"]
     # a shorter result in the same file: the old tail is cut off
     second = write(spool, 1, "a", np.arange(10, dtype=np.float32))
-    assert second.name == "r1_a_train.result" and second.stat().st_ino == inode
+    assert second.name.startswith("r1_a_train-") and second.stat().st_ino == inode
     np.testing.assert_array_equal(load_model(second).tensors["w"], np.arange(10))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r1_a_train.result"]
+    assert [p.name for p in tmp_path.iterdir()] == [second.name]
 
 
 def test_the_free_list_is_bounded_and_dropped_at_the_end(tmp_path):
