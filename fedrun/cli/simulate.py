@@ -67,11 +67,12 @@ def simulate(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedrun.metrics.summary import metrics_table
-    from fedrun.simulate.local import LocalFederation
+    from fedrun.simulate.local import LocalFederation, refuse_owned_settings
 
     con = console(stderr=False)
     if workspace is not None and template is not None:
         raise click.UsageError("--workspace uses an existing workspace; drop --template")
+    refuse_owned_settings(plan_set)  # before a workspace is made or copied
     stamp = time.strftime("%Y%m%d-%H%M%S")
     # a workspace this command makes is removed again if preparing it fails (a plan typo...)
     made_here = False

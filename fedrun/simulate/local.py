@@ -118,6 +118,22 @@ class SimulationResult:
 SIMULATION_OWNS = (["agg_addr"], ["agg_port"], ["use_tls"], ["tls"])
 
 
+def refuse_owned_settings(plan_set: Sequence[str]) -> None:
+    """``FX-SIM-004`` for a ``--plan-set`` of a setting the simulation chooses itself (before
+    anything is created or copied)."""
+    for item in plan_set:
+        keys, _ = parse_override(item)
+        if keys[:2] == ["network", "settings"] and keys[2:3] in SIMULATION_OWNS:
+            raise WorkspaceError(
+                "FX-SIM-004",
+                f"--plan-set {item}: fx simulate sets network.settings.{keys[2]} itself "
+                "(localhost, a free port, TLS unless --no-tls), so the value would not be used",
+                "leave it out (use --no-tls to run without TLS); to run on other addresses, "
+                "start the aggregator and collaborators with `fx aggregator start` and "
+                "`fx collaborator start`",
+            )
+
+
 class LocalFederation:
     """Prepare and run a federation of local processes.
 
@@ -160,17 +176,7 @@ class LocalFederation:
         self.count = collaborators
         self.rounds = rounds
         self.plan_set = list(plan_set)
-        for item in self.plan_set:
-            keys, _ = parse_override(item)
-            if keys[:2] == ["network", "settings"] and keys[2:3] in SIMULATION_OWNS:
-                raise WorkspaceError(
-                    "FX-SIM-004",
-                    f"--plan-set {item}: fx simulate sets network.settings.{keys[2]} itself "
-                    "(localhost, a free port, TLS unless --no-tls), so the value would not be used",
-                    "leave it out (use --no-tls to run without TLS); to run on other addresses, "
-                    "start the aggregator and collaborators with `fx aggregator start` and "
-                    "`fx collaborator start`",
-                )
+        refuse_owned_settings(self.plan_set)
         self.tls = tls
         self.seed = seed
         self.python = python

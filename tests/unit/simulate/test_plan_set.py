@@ -25,3 +25,26 @@ def test_a_setting_the_simulation_owns_is_refused(tmp_path: Path, item: str):
 
 def test_other_network_settings_pass(tmp_path: Path):
     LocalFederation(tmp_path / "ws", template="no-op", plan_set=["network.chunk_bytes=2097152"])
+
+
+def test_a_refused_setting_leaves_no_copy_or_folder_behind(tmp_path: Path, monkeypatch):
+    # Prepare: an existing workspace to simulate, and a fresh folder for --template runs
+    from click.testing import CliRunner
+
+    from fedrun.cli.main import cli
+    from fedrun.workspace.create import create_workspace
+
+    create_workspace(tmp_path / "ws1", "no-op")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    # Execute: twice within a second (a copy left by the first made the second fail otherwise)
+    runs = [
+        CliRunner().invoke(cli, ["simulate", *where, "--plan-set", "network.agg_addr=127.0.0.1"])
+        for where in (["--workspace", "ws1"], ["--workspace", "ws1"], ["--template", "no-op"])
+    ]
+
+    # Assert
+    for result in runs:
+        assert result.exit_code == 3 and "FX-SIM-004" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
