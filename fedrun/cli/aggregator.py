@@ -72,8 +72,7 @@ def start(
     from fedrun.metrics.summary import round_table
 
     if agg.round_history:
-        earlier = agg.rounds_closed - len(agg.round_history)
-        console(stderr=False).print(round_table(agg.round_history, earlier))
+        console(stderr=False).print(round_table(agg.round_history))
     if agg.finished_event.is_set():
         exit_now(0)
     console().print(

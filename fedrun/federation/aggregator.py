@@ -290,8 +290,6 @@ class Aggregator:
         self.listeners: list[Callable[[RoundSummary], None]] = []
         #: the last ROUND_HISTORY_KEPT rounds this process closed (all are in metrics.jsonl)
         self.round_history: list[RoundSummary] = []
-        #: how many rounds this process closed
-        self.rounds_closed = 0
         self.round: RoundState = self._open_round(self.round_num)
 
     # ------------------------------------------------------------------ setup helpers
@@ -913,7 +911,6 @@ class Aggregator:
             ),
         )
         self.round_history.append(summary)
-        self.rounds_closed += 1
         del self.round_history[:-ROUND_HISTORY_KEPT]
         self.metrics.forget_before(state.number + 1)
         label = "final validation" if state.final_validation else f"round {state.number}"

@@ -9,9 +9,10 @@ from fedrun.metrics.records import MetricRecord
 from fedrun.units import human_bytes
 
 
-def round_table(history: Sequence[Any], earlier: int = 0) -> Any:
-    """A rich Table with one row per round and one column per aggregated metric; ``earlier``
-    rounds before the first row are counted in its caption."""
+def round_table(history: Sequence[Any]) -> Any:
+    """A rich Table with one row per round and one column per aggregated metric; rounds
+    before the first row (closed before a resume, or beyond the rows kept) are counted in its
+    caption."""
     from rich.table import Table
 
     columns: list[str] = []
@@ -20,6 +21,7 @@ def round_table(history: Sequence[Any], earlier: int = 0) -> Any:
             if key not in columns:
                 columns.append(key)
     table = Table(title="Rounds", title_justify="left")
+    earlier = history[0].number if history else 0
     if earlier:
         table.caption = f"{earlier} earlier rounds are in logs/metrics.jsonl"
         table.caption_justify = "left"
@@ -27,6 +29,7 @@ def round_table(history: Sequence[Any], earlier: int = 0) -> Any:
     for key in columns:
         table.add_column(_header(key), justify="right")
     table.add_column("seconds", justify="right")
+    table.add_column("new model s", justify="right")
     cpu = any(summary.cpu_seconds is not None for summary in history)
     if cpu:
         table.add_column("aggregator\nCPU s", justify="right")
@@ -35,6 +38,7 @@ def round_table(history: Sequence[Any], earlier: int = 0) -> Any:
         label = "final" if summary.final_validation else str(summary.number)
         cells = [_fmt(summary.metrics.get(k)) for k in columns]
         cells.append(f"{summary.duration:.1f}")
+        cells.append(f"{summary.aggregation_seconds:.2f}")
         if cpu:
             seconds = summary.cpu_seconds
             cells.append("" if seconds is None else f"{seconds:.2f}")

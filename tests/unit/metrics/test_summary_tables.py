@@ -44,6 +44,15 @@ def test_rounds_table_has_no_cpu_column_without_measurements():
 
 
 def test_rounds_the_table_no_longer_holds_are_counted_in_its_caption():
-    text = _render(round_table([_summary(118, None), _summary(119, None)], earlier=118))
+    text = _render(round_table([_summary(118, None), _summary(119, None)]))
 
     assert "118 earlier rounds are in logs/metrics.jsonl" in " ".join(text.split())  # wrapped
+
+
+def test_rounds_table_has_the_new_model_time_of_the_round_log_line():
+    summary = _summary(0, 0.42)
+    summary.aggregation_seconds = 0.37
+
+    text = _render(round_table([summary]))
+
+    assert "new model s" in text and "0.37" in text
