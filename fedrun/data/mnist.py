@@ -450,7 +450,7 @@ def download_mnist(
 
 
 def _not_found(searched: list[Path], missing: list[str], failures: list[str]) -> DataError:
-    where = "\n".join(f"    {d}" for d in searched)
+    where = "\n".join(f"    {os.path.abspath(d)}" for d in searched)
     files = ", ".join(f"{n}[.gz]" for n in MNIST_FILES)
     message = (
         f"MNIST files not found: need the four files {files}; missing {', '.join(missing)}. "

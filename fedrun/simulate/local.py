@@ -268,6 +268,17 @@ class LocalFederation:
         ):
             env[key] = str(threads)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # the nodes run inside the workspace: a data folder given relative to where `fx
+        # simulate` was started would be looked for there
+        for key in (
+            "FEDRUN_MNIST_DIR",
+            "FEDRUN_HISTOLOGY_DIR",
+            "FEDRUN_BRATS_DIR",
+            "FEDRUN_LOG_FILE",
+        ):
+            value = env.get(key, "").strip()
+            if value and not os.path.isabs(os.path.expanduser(value)):
+                env[key] = os.path.abspath(os.path.expanduser(value))
         return env
 
     def _spawn(self, name: str, args: list[str], threads: int) -> None:

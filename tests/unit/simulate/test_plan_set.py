@@ -48,3 +48,15 @@ def test_a_refused_setting_leaves_no_copy_or_folder_behind(tmp_path: Path, monke
     for result in runs:
         assert result.exit_code == 3 and "FX-SIM-004" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_relative_data_folder_is_handed_to_the_nodes_as_absolute(tmp_path: Path, monkeypatch):
+    # the nodes run inside the workspace, where "../shared/data/mnist" would name another folder
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEDRUN_MNIST_DIR", "../shared/data/mnist")
+    monkeypatch.setenv("FEDRUN_HISTOLOGY_DIR", "/already/absolute")
+
+    env = LocalFederation(tmp_path / "ws", template="no-op")._env(threads=1)
+
+    assert env["FEDRUN_MNIST_DIR"] == str(tmp_path.parent / "shared" / "data" / "mnist")
+    assert env["FEDRUN_HISTOLOGY_DIR"] == "/already/absolute"
