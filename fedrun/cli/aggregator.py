@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from fedrun.cli.common import (
+    confirm,
     console,
     exit_now,
     handle_errors,
@@ -144,7 +145,7 @@ def certify(fqdn: str | None, silent: bool) -> None:
         )
     digest = csr_hash(paths.csr.read_bytes())
     console(stderr=False).print(f"CSR hash (SHA-384): {digest}")
-    if not silent and not click.confirm("Do you want to sign this certificate?", default=True):
+    if not silent and not confirm("Do you want to sign this certificate?"):
         raise not_confirmed(paths.csr)
     sign_csr(ca, paths.csr, paths.crt, server=True)
     ok(f"aggregator certificate {paths.crt}")

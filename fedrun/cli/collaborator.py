@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fedrun.cli.common import (
+    confirm,
     console,
     exit_now,
     handle_errors,
@@ -214,7 +215,7 @@ def certify(
         )
     digest = csr_hash(csr_pem)
     console(stderr=False).print(f"CSR hash (SHA-384) of {col_name!r}: {digest}")
-    if not silent and not click.confirm("Does it match the collaborator's? Sign it?", default=True):
+    if not silent and not confirm("Does it match the collaborator's? Sign it?"):
         raise not_confirmed(request_pkg or f"the request of {col_name!r}")
     paths = collaborator_paths(Path("cert"), col_name)
     already = same_public_key(paths.crt, csr_pem)

@@ -237,6 +237,17 @@ def ok(message: str) -> None:
     console(stderr=False).print(f"[green]✔[/] {escape(message)}", soft_wrap=True)
 
 
+def confirm(question: str) -> bool:
+    """Ask a yes/no question (default yes). No answer at all (input closed: a script without
+    ``-s``) is no; Ctrl-C at the prompt is an interruption."""
+    try:
+        return click.confirm(question, default=True)
+    except click.Abort:
+        if sys.stdin is not None and sys.stdin.isatty():
+            raise KeyboardInterrupt from None
+        return False
+
+
 def not_confirmed(request: object) -> FedrunError:
     """The refusal when the CA operator answers no to a certificate request's hash."""
     from fedrun.errors import CertificateError

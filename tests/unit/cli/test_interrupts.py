@@ -53,7 +53,8 @@ def test_help_exits_0():
     fx_main.main(["--help"])  # returns: no SystemExit for success
 
 
-def test_declining_the_hash_is_a_clear_refusal(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("answer", ["n\n", ""])  # "": input closed (a script without -s)
+def test_declining_the_hash_is_a_clear_refusal(tmp_path: Path, monkeypatch, answer):
     ws = create_workspace(tmp_path / "ws", "no-op")
     monkeypatch.chdir(ws)
     runner = CliRunner()
@@ -61,7 +62,7 @@ def test_declining_the_hash_is_a_clear_refusal(tmp_path: Path, monkeypatch):
     request = ["aggregator", "generate-cert-request", "--fqdn", "localhost"]
     assert runner.invoke(cli, request).exit_code == 0
 
-    result = runner.invoke(cli, ["aggregator", "certify", "--fqdn", "localhost"], input="n\n")
+    result = runner.invoke(cli, ["aggregator", "certify", "--fqdn", "localhost"], input=answer)
 
     assert_clean_failure(result, 4, "FX-PKI-021")
     assert not list((ws / "cert" / "server").glob("*.crt"))
