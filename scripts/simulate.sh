@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (if needed) and run a whole local federation: fx simulate on the offline torch/digits
-# template (1 aggregator + 2 collaborator processes, mutual TLS on 127.0.0.1). Extra arguments
+# template (1 aggregator + 2 collaborator processes, mutual TLS on localhost). Extra arguments
 # go to `fx simulate` (see `fx simulate --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
