@@ -171,7 +171,7 @@ def _client(plan: Plan, name: str) -> Any:
 def run_collaborator(plan: Plan, name: str) -> Any:
     """Build the task runner, connect, and run tasks until the experiment ends."""
     from fedrun.buffers import limit_malloc_arenas
-    from fedrun.plan.components import build_collaborator, build_task_runner
+    from fedrun.plan.components import build_collaborator, build_task_runner, collaborator_timeout
 
     limit_malloc_arenas()
 
@@ -203,7 +203,7 @@ def run_collaborator(plan: Plan, name: str) -> Any:
             reply.rounds_to_train,
             plan.hash[:12],
         )
-        timeout = float(plan.settings("aggregator").get("collaborator_timeout") or 300)
+        timeout = collaborator_timeout(plan)
         client.start_heartbeat(min(30.0, timeout / 3))
         collaborator = build_collaborator(plan, name, client, runner)
         while True:

@@ -15,7 +15,11 @@ from typing import Any
 
 from fedrun.aggregation.base import AggregationFunction
 from fedrun.compression.base import CompressionPipeline
-from fedrun.constants import RECONNECT_MAX_SECONDS, RECONNECT_TIMEOUT_SECONDS
+from fedrun.constants import (
+    COLLABORATOR_TIMEOUT_SECONDS,
+    RECONNECT_MAX_SECONDS,
+    RECONNECT_TIMEOUT_SECONDS,
+)
 from fedrun.errors import ExperimentFinished, PlanError, StateError, WorkspaceError
 from fedrun.federation.aggregator import Aggregator, require_collaborators
 from fedrun.federation.assigner import Assigner
@@ -223,9 +227,8 @@ def build_aggregator(
                 "run `fx plan initialize` in the workspace first",
             )
 
-    require_collaborators(
-        plan.cols, plan.cols_path
-    )  # before any saved state or model is moved or deleted
+    # before any saved state or model is moved or deleted
+    require_collaborators(plan.cols, plan.cols_path)
     if reset or not settings.get("persist_checkpoint"):
         require_init()  # the run starts from it: check before anything is moved or deleted
     chosen = assigner(plan, task_group)
@@ -318,13 +321,19 @@ def build_aggregator(
         final_validation=bool(settings.get("final_validation", True)) and not evaluation,
         accept_optimizer_state=opt == "CONTINUE_GLOBAL",
         save_models=not evaluation,
-        collaborator_timeout=float(settings.get("collaborator_timeout") or 300),
+        collaborator_timeout=collaborator_timeout(plan),
         durable=isinstance(store, SqliteStateStore),
         # the aggregator has its process to itself: its CPU per round is worth reporting
         cpu_clock=time.process_time,
     )
     agg.resume(saved.results)
     return agg
+
+
+def collaborator_timeout(plan: Plan) -> float:
+    """``aggregator.settings.collaborator_timeout`` in seconds (default 300)."""
+    value = plan.settings("aggregator").get("collaborator_timeout")
+    return float(value or COLLABORATOR_TIMEOUT_SECONDS)
 
 
 def _farewell_seconds(saved: SavedState, reconnect_timeout: float) -> float:
@@ -341,7 +350,6 @@ def _finished_aggregator(
 ) -> Aggregator:
     """An aggregator of a finished experiment: no model, no metrics, nothing written but the
     note that the end was heard."""
-    settings = plan.settings("aggregator")
     return Aggregator(
         plan_hash=plan.hash,
         federation_id=plan.federation_id,
@@ -354,7 +362,7 @@ def _finished_aggregator(
         aggregation_functions={},
         spool_dir=plan.workspace / "local_state" / "spool",
         state_store=store,
-        collaborator_timeout=float(settings.get("collaborator_timeout") or 300),
+        collaborator_timeout=collaborator_timeout(plan),
         durable=True,
     )
 

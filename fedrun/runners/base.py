@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -83,6 +84,18 @@ class TaskRunner:
 
     def reset_opt_vars(self) -> None:
         """Give the optimizer a fresh state (RESET); runners override this."""
+
+    def _reset_misfit_optimizer_state(self, misfit: list[str], log: logging.Logger) -> None:
+        """The global optimizer state came from other optimizers (another optimizer class or
+        model code on some node): loading it would fail at the first step, so this round
+        starts from a fresh optimizer state, with a warning on the runner's ``log``."""
+        log.warning(
+            "the global optimizer state does not fit this optimizer (%d tensors, e.g. %r): "
+            "this round starts from a fresh optimizer state",
+            len(misfit),
+            misfit[0],
+        )
+        self.reset_opt_vars()
 
     def get_train_data_size(self) -> int:
         """Number of training samples in this collaborator's shard."""

@@ -383,15 +383,7 @@ class KerasTaskRunner(TaskRunner):
                 if tuple(np.shape(tensor_dict[n])) != tuple(int(d) for d in v.shape)
             ]
             if misfit:
-                # the aggregate came from other optimizers (another optimizer or model code on
-                # some node): start this round from a fresh optimizer state instead of failing
-                log.warning(
-                    "the global optimizer state does not fit this optimizer (%d tensors, e.g. "
-                    "%r): this round starts from a fresh optimizer state",
-                    len(misfit),
-                    misfit[0],
-                )
-                self.reset_opt_vars()
+                self._reset_misfit_optimizer_state(misfit, log)
                 return
             for name, variable in state:
                 _assign(variable, tensor_dict[name], name)

@@ -179,15 +179,7 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
                 continue
             state[index][key] = torch.from_numpy(np.array(array, copy=True))
         if misfit:
-            # the aggregate came from other optimizers (another optimizer class or model code
-            # on some node): loading it would fail at the first step, so start this round fresh
-            log.warning(
-                "the global optimizer state does not fit this optimizer (%d tensors, e.g. %r): "
-                "this round starts from a fresh optimizer state",
-                len(misfit),
-                misfit[0],
-            )
-            self.reset_opt_vars()
+            self._reset_misfit_optimizer_state(misfit, log)
             return
         self.optimizer.load_state_dict(
             {"state": dict(state), "param_groups": current["param_groups"]}

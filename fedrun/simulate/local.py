@@ -270,12 +270,7 @@ class LocalFederation:
         env.setdefault("PYTHONUNBUFFERED", "1")
         # the nodes run inside the workspace: a data folder given relative to where `fx
         # simulate` was started would be looked for there
-        for key in (
-            "FEDRUN_MNIST_DIR",
-            "FEDRUN_HISTOLOGY_DIR",
-            "FEDRUN_BRATS_DIR",
-            "FEDRUN_LOG_FILE",
-        ):
+        for key in ("FEDRUN_MNIST_DIR", "FEDRUN_HISTOLOGY_DIR", "FEDRUN_BRATS_DIR"):
             value = env.get(key, "").strip()
             if value and not os.path.isabs(os.path.expanduser(value)):
                 env[key] = os.path.abspath(os.path.expanduser(value))
