@@ -705,6 +705,16 @@ class Aggregator:
             del self._uploads[key]
             self.round.in_progress.discard(key)
 
+    def _upload_progress(self) -> dict[str, float]:
+        """When each collaborator's open uploads last delivered data (lock held): a result
+        streaming in for longer than the collaborator timeout (a large model on a slow link)
+        means the collaborator is there, though it makes no new request meanwhile."""
+        progress: dict[str, float] = {}
+        for upload in self._uploads.values():
+            col = upload.collaborator
+            progress[col] = max(progress.get(col, upload.last_progress), upload.last_progress)
+        return progress
+
     def _drop_stalled_uploads(self, now: float) -> None:
         """Give up on uploads that sent nothing for too long (lock held): a peer that keeps its
         stream open but sends no data must not hold the round open (a cut-off policy waits for
@@ -794,8 +804,12 @@ class Aggregator:
                 self._check_finished()
                 return None
             now = self.clock()
+            uploading = self._upload_progress()
             for col in self.collaborators:
-                seen = self.last_seen.get(col)
+                seen = max(
+                    (t for t in (self.last_seen.get(col), uploading.get(col)) if t is not None),
+                    default=None,
+                )
                 if (
                     col in self.reported_gone
                     or col in self.quit_sent
@@ -816,7 +830,7 @@ class Aggregator:
                     )
                 else:
                     log.warning(
-                        "collaborator %s is gone: no request for %.0f s (round %d waits for it "
+                        "collaborator %s is gone: nothing heard from it for %.0f s (round %d waits for it "
                         "unless the straggler policy closes the round)",
                         col,
                         now - seen,

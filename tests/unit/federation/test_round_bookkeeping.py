@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from result_uploads import INITIAL, ORDER, make, send, trained, validate
+from result_uploads import INITIAL, ORDER, header, make, send, trained, validate
 
 from fedrun.errors import ProtocolError, StateError
 from fedrun.federation.aggregator import Aggregator
@@ -168,6 +168,40 @@ def test_a_listed_collaborator_that_never_connects_is_reported_once(tmp_path, ca
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert sum("collaborator b has not connected in the 70 s" in w for w in warnings) == 1
     assert not any("collaborator a " in w for w in warnings)
+
+
+def test_a_collaborator_whose_upload_keeps_moving_is_not_reported_gone(tmp_path, caplog):
+    # Prepare: `a` streams a large result over a slow link for longer than the timeout, making
+    # no other request meanwhile
+    clock = Clock()
+    agg = make(tmp_path, clock=clock, collaborator_timeout=60.0)
+    agg.get_tasks("b", wait=0)
+    upload = agg.open_result("a", 0, "train", 10, {"loss": 1.0}, len(INITIAL))
+    conv = trained(0.25)["conv"]
+    incoming = upload.open_tensor(header("conv", conv), conv.dtype)
+    assert incoming is not None
+    payload = memoryview(conv.tobytes())
+
+    # Execute: data arrives every 50 s for 150 s
+    with caplog.at_level(logging.WARNING, logger="fedrun.aggregator"):
+        for step in range(3):
+            clock.now += 50
+            incoming.write(payload[16 * step : 16 * (step + 1)])
+            agg.get_tasks("b", wait=0)
+            agg.tick()
+        # then it stops sending: gone after the timeout, like its upload
+        clock.now += 61
+        agg.get_tasks("b", wait=0)
+        agg.tick()
+    upload.abort()
+
+    # Assert
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [w for w in warnings if "collaborator a is gone" in w] == [
+        "collaborator a is gone: nothing heard from it for 61 s (round 0 waits for it unless the "
+        "straggler policy closes the round)"
+    ]
+    assert any("dropped a's upload of train: no data for 61 s" in w for w in warnings)
 
 
 class CommitFailsOnce(InMemoryStateStore):
