@@ -114,3 +114,16 @@ def file_access_error(exc: OSError) -> WorkspaceError:
         f"cannot use {where}: {exc.strerror or exc}",
         fixes.get(exc.errno or 0, "check the path, its permissions and the disk"),
     )
+
+
+#: characters of a peer-supplied text an error message shows
+SHOWN_CHARACTERS = 64
+
+
+def shown(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """``text`` as an error message or log line quotes it when a peer chose it (a claimed name,
+    a metric's name): quoted with control characters escaped, so it cannot start a line of its
+    own or colour the console, and cut to ``limit`` characters, so it cannot fill the log."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

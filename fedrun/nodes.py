@@ -22,10 +22,9 @@ log = logging.getLogger("fedrun")
 
 
 def _server_credentials(plan: Plan, network: Network) -> Any:
+    if network.unprotected:
+        log.warning("%s", network.unprotected)
     if not network.use_tls:
-        log.warning(
-            "TLS is OFF (network.settings.use_tls: false): traffic and identities are unprotected"
-        )
         return None
     from fedrun.transport.tls import server_credentials
 
@@ -148,14 +147,12 @@ def _client(plan: Plan, name: str) -> Any:
 
     network = Network.from_plan(plan)
     credentials = None
+    if network.unprotected:
+        log.warning("%s", network.unprotected)
     if network.use_tls:
         from fedrun.transport.tls import client_credentials
 
         credentials = client_credentials(network.cert_folder, name, network.require_client_auth)
-    else:
-        log.warning(
-            "TLS is OFF (network.settings.use_tls: false): traffic and identities are unprotected"
-        )
     pipeline = compression_pipeline(plan)
     return AggregatorClient(
         network,

@@ -85,6 +85,11 @@ def validate(plan_config: str, cols_config: str | None, data_config: str | None)
     )
     from rich.markup import escape
 
+    from fedrun.transport.network import Network
+
+    unprotected = Network.from_plan(loaded).unprotected
+    if unprotected:
+        console(stderr=False).print(f"  [yellow]warning:[/] {escape(unprotected)}", soft_wrap=True)
     for note in loaded.ignored_settings():
         console(stderr=False).print(f"  note: {escape(note)}", soft_wrap=True)
 

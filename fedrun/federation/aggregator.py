@@ -32,7 +32,7 @@ from fedrun.constants import (
     OPTIMIZER_STATE_FACTOR,
     UPLOAD_STALL_SECONDS,
 )
-from fedrun.errors import ExperimentFinished, ProtocolError
+from fedrun.errors import ExperimentFinished, ProtocolError, shown
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.round_aggregation import TaskUpdates
 from fedrun.federation.stragglers import StragglerPolicy, WaitForAllPolicy
@@ -394,20 +394,24 @@ class Aggregator:
         return replayed
 
     # ------------------------------------------------------------------ identity checks
-    def check_identity(self, collaborator: str, plan_hash: str, federation_id: str) -> None:
-        """Refuse unknown collaborators and other experiments (ProtocolError)."""
+    def check_member(self, collaborator: str) -> None:
+        """Refuse a name that is not in cols.yaml (ProtocolError FX-AUTH-003)."""
         if collaborator not in self.collaborators:
             raise ProtocolError(
                 "FX-AUTH-003",
-                f"collaborator {collaborator!r} is not in this federation's plan/cols.yaml",
+                f"collaborator {shown(collaborator)} is not in this federation's plan/cols.yaml",
                 "on the aggregator, certify it with `fx collaborator certify` or add it to "
                 "cols.yaml; if it is listed there already, restart the aggregator (it reads "
                 "cols.yaml when it starts, and resumes where it stopped)",
             )
+
+    def check_identity(self, collaborator: str, plan_hash: str, federation_id: str) -> None:
+        """Refuse unknown collaborators and other experiments (ProtocolError)."""
+        self.check_member(collaborator)
         if plan_hash != self.plan_hash or federation_id != self.federation_id:
             raise ProtocolError(
                 "FX-AUTH-004",
-                f"collaborator {collaborator!r} runs a different plan (hash {plan_hash[:12]}, "
+                f"collaborator {collaborator!r} runs a different plan (hash {shown(plan_hash[:12])}, "
                 f"aggregator {self.plan_hash[:12]})",
                 "use the same plan.yaml (and defaults) on every node: copy the aggregator's plan",
             )
@@ -548,15 +552,15 @@ class Aggregator:
                 )
                 self._forget_upload(earlier)
                 earlier.drop("the collaborator sent the result again")
-            for name, value in metrics.items():
-                if not math.isfinite(value):
-                    raise ProtocolError(
-                        "FX-DATA-010",
-                        f"{collaborator!r} reported metric {task}/{name} = {value}",
-                        "check the collaborator's training: a metric must be finite",
-                    )
-            if data_size < 0:
-                raise ProtocolError("FX-DATA-011", f"{collaborator!r} sent data_size {data_size}")
+            check_metrics(collaborator, task, metrics)
+            if not 0 <= data_size <= MAX_DATA_SIZE:
+                raise ProtocolError(
+                    "FX-DATA-011",
+                    f"{collaborator!r} sent data_size {data_size} for {task!r}: not a number of "
+                    "samples",
+                    "the task runner's data loader reports how many samples it trained or "
+                    f"validated on (0 to {MAX_DATA_SIZE})",
+                )
             if tensor_count and task not in state.accumulators:
                 raise ProtocolError(
                     "FX-DATA-012",
@@ -1168,6 +1172,40 @@ def require_collaborators(collaborators: Sequence[str], source: object = "plan/c
             f"no collaborator is authorized ({source} lists none)",
             "certify collaborators with `fx collaborator certify`, or add names to cols.yaml",
         )
+
+
+#: the largest data_size (samples a result stands for) a result may claim: exactly representable
+#: as the float64 weight it becomes, and far beyond any data set
+MAX_DATA_SIZE = 2**53 - 1
+#: metrics one result may report, and the longest name one may have
+MAX_METRICS_PER_RESULT = 4096
+MAX_METRIC_NAME_CHARACTERS = 128
+
+
+def check_metrics(collaborator: str, task: str, metrics: Mapping[str, float]) -> None:
+    """Refuse metrics the aggregator would log, store and show that no task runner reports:
+    too many, a name too long or with control characters (it could forge log lines), a value
+    that is not finite (ProtocolError)."""
+    if len(metrics) > MAX_METRICS_PER_RESULT:
+        raise ProtocolError(
+            "FX-DATA-043",
+            f"{collaborator!r} reported {len(metrics)} metrics for {task!r}; at most "
+            f"{MAX_METRICS_PER_RESULT} are taken",
+            "report fewer metrics from the task runner",
+        )
+    for name, value in metrics.items():
+        if not name or len(name) > MAX_METRIC_NAME_CHARACTERS or not name.isprintable():
+            raise ProtocolError(
+                "FX-DATA-043",
+                f"{collaborator!r} reported a metric for {task!r} named {shown(name)}",
+                f"name metrics with 1 to {MAX_METRIC_NAME_CHARACTERS} printable characters",
+            )
+        if not math.isfinite(value):
+            raise ProtocolError(
+                "FX-DATA-010",
+                f"{collaborator!r} reported metric {task}/{name} = {value}",
+                "check the collaborator's training: a metric must be finite",
+            )
 
 
 class ResultUpload:

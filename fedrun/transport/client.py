@@ -73,6 +73,20 @@ def reconnect_options(network: Network) -> list[tuple[str, int]]:
     ]
 
 
+#: gRPC's text when the aggregator runs as many calls as its server takes
+_SERVER_FULL = "Concurrent RPC limit exceeded"
+
+
+def _busy(error: grpc.RpcError) -> bool:
+    """The aggregator refused the call for now: it runs as many calls as it takes, or this
+    collaborator's name has as many open as it may (FX-AUTH-011). Retried, unlike a message
+    too large, which gRPC reports with the same status."""
+    details = error.details() or ""
+    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+        details.startswith("FX-AUTH-011") or _SERVER_FULL in details
+    )
+
+
 def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
     """Turn a gRPC error into the fedrun error a person can act on."""
     code = error.code()
@@ -83,6 +97,13 @@ def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
         return RoundClosed("FX-ROUND-010", details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ProtocolError("FX-WIRE-020", f"the aggregator rejected our data: {details}")
+    if _busy(error):
+        return ConnectionFailure(
+            "FX-NET-014",
+            f"the aggregator at {target} is taking no more calls now: {details}",
+            "it takes calls again as soon as others end; if this lasts, see the aggregator's "
+            "log for a peer holding many calls",
+        )
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ProtocolError(
             "FX-WIRE-021",
@@ -203,7 +224,8 @@ class AggregatorClient:
             except grpc.RpcError as error:
                 code = error.code()
                 fedrun_error = classify_rpc_error(error, self.target)
-                if code not in _RETRYABLE or isinstance(fedrun_error, CertificateError):
+                retryable = code in _RETRYABLE or _busy(error)
+                if not retryable or isinstance(fedrun_error, CertificateError):
                     raise fedrun_error from None
                 if _closed_during_handshake(error):
                     # raises when the cause is ours to fix (certificates); a ConnectionFailure
@@ -225,7 +247,7 @@ class AggregatorClient:
                     ) from None
                 if not self._was_down:
                     details = error.details() or ""
-                    if details.startswith("FX-"):
+                    if details.startswith("FX-") or _busy(error):
                         # the aggregator answered: it cannot take the call now (disk full...)
                         log.warning(
                             "the aggregator at %s cannot take our %s now (%s); retrying",

@@ -48,6 +48,24 @@ class Network:
         )
 
     @property
+    def unprotected(self) -> str | None:
+        """What these settings leave unprotected, as the warning every node and `fx plan
+        validate` print; None with mutual TLS."""
+        if not self.use_tls:
+            return (
+                "TLS is OFF (network.settings.use_tls: false): traffic and identities are "
+                "unprotected"
+            )
+        if not self.require_client_auth:
+            return (
+                "client certificates are not checked (network.settings.require_client_auth: "
+                "false, or OpenFL's disable_client_auth: true): anyone who reaches the "
+                "aggregator can claim to be any collaborator in cols.yaml; remove the setting "
+                "for mutual TLS"
+            )
+        return None
+
+    @property
     def port_hint(self) -> str:
         """What to check when nothing answers at the port (empty for a fixed port)."""
         if not self.agg_port_auto:

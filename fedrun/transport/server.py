@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import threading
@@ -23,7 +24,7 @@ import grpc
 from fedrun.buffers import POOL
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import GRPC_MAX_MESSAGE_BYTES
-from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError, StateError
+from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError, StateError, shown
 from fedrun.federation.aggregator import Aggregator, IncomingTensor
 from fedrun.federation.collaborator_processes import CollaboratorProcesses
 from fedrun.protocol import federation_pb2 as pb
@@ -40,6 +41,12 @@ from fedrun.protocol.codec import (
     expand_frames,
     parse_frame,
     serialize_frame,
+)
+from fedrun.transport.admission import (
+    FIRST_MESSAGE_SECONDS,
+    CallAdmission,
+    call_limit,
+    worker_threads,
 )
 from fedrun.transport.network import Network
 from fedrun.transport.tls import peer_common_name
@@ -67,6 +74,8 @@ MIN_RECEIVE_WINDOW_BYTES = 4 << 20
 #: a global model of at most this many bytes is framed once per round and the same messages go to
 #: every collaborator (this much memory at most); a larger one is read from its file per download
 FRAMED_MODEL_MAX_BYTES = 64 << 20
+#: distinct (peer, reason) refusals logged; later ones are refused without a line
+MAX_REFUSALS_LOGGED = 10_000
 
 
 def peer_address(context: grpc.ServicerContext) -> str:
@@ -94,11 +103,21 @@ def server_options(chunk_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def _no_client_certificate(address: str) -> ProtocolError:
+    return ProtocolError(
+        "FX-AUTH-001",
+        f"connection from {address} presented no client certificate",
+        "collaborators need a certificate signed by the federation's CA",
+    )
+
+
 def status_for(error: FedrunError) -> grpc.StatusCode:
     """gRPC status code for a refusal, so the client can tell the reasons apart."""
     code = error.code
     if code.startswith("FX-AUTH-00") and code in ("FX-AUTH-001", "FX-AUTH-002"):
         return grpc.StatusCode.UNAUTHENTICATED
+    if code == "FX-AUTH-011":
+        return grpc.StatusCode.RESOURCE_EXHAUSTED  # too many calls at once: retried
     if code.startswith("FX-AUTH"):
         return grpc.StatusCode.PERMISSION_DENIED
     if code == "FX-ROUND-007":
@@ -129,6 +148,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.long_poll_seconds = long_poll_seconds
         self.name = name
         self._refusals: set[tuple[str, str]] = set()
+        self.admission = CallAdmission()
         self._refusal_lock = threading.Lock()
         self.bytes_sent = 0
         #: (round, serialized messages) of the last small global model framed for download
@@ -136,11 +156,21 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._framed_lock = threading.Lock()
 
     # ------------------------------------------------------------------ auth
-    def _refuse(self, context: grpc.ServicerContext, error: FedrunError, peer: str) -> None:
-        key = (peer, error.code)
+    def _refuse(
+        self,
+        context: grpc.ServicerContext,
+        error: FedrunError,
+        peer: str,
+        identity: str | None = None,
+    ) -> None:
+        """End the call with ``error``; logged once per ``identity`` (the peer's certificate
+        name or host; ``peer`` if not given) and error code, so a peer calling again and again
+        cannot fill the log."""
+        key = (identity or peer, error.code)
         with self._refusal_lock:
-            first = key not in self._refusals
-            self._refusals.add(key)
+            first = key not in self._refusals and len(self._refusals) < MAX_REFUSALS_LOGGED
+            if first:
+                self._refusals.add(key)
         if first:
             # expected, not a problem: a result resent after its acknowledgement was lost, and
             # results resent to a finished experiment's farewell
@@ -149,43 +179,72 @@ class FederationServicer(pb_grpc.FederationServicer):
             log.log(level, "refused %s: %s", peer, error.message)
         context.abort(status_for(error), error.render())
 
+    def _admit(self, context: grpc.ServicerContext) -> None:
+        """Refuse a call before it can hold a server thread when its certificate names no
+        collaborator of cols.yaml, or its peer has as many calls open as it may
+        (:mod:`fedrun.transport.admission`); count it until it ends otherwise."""
+        if not self.verify_peer_name:
+            return
+        address = peer_address(context)
+        cn = peer_common_name(context)
+        if cn is None:
+            host = address.rpartition(":")[0] or address
+            self._refuse(context, _no_client_certificate(address), f"? ({address})", host)
+            return
+        label = f"{shown(cn)} ({address})"
+        try:
+            self.aggregator.check_member(cn)
+        except ProtocolError as error:
+            self._refuse(context, error, label, cn)
+        if not self.admission.enter(cn):
+            self._refuse(
+                context,
+                ProtocolError(
+                    "FX-AUTH-011",
+                    f"{cn} has {self.admission.per_peer} calls open at the aggregator already",
+                    "a collaborator needs at most five at once: if two processes run under "
+                    "this name, stop one; the collaborator retries",
+                ),
+                label,
+                cn,
+            )
+        if not context.add_callback(functools.partial(self.admission.leave, cn)):
+            self.admission.leave(cn)  # the call ended already
+
     def _authenticate(self, header: pb.Header, context: grpc.ServicerContext) -> str:
         claimed = header.collaborator
-        peer = f"{claimed or '?'} ({peer_address(context)})"
+        address = peer_address(context)
+        peer = f"{shown(claimed) if claimed else '?'} ({address})"
+        identity: str | None = address.rpartition(":")[0] or address
         if self.verify_peer_name:
             cn = peer_common_name(context)
             if cn is None:
-                self._refuse(
-                    context,
-                    ProtocolError(
-                        "FX-AUTH-001",
-                        f"connection from {peer} presented no client certificate",
-                        "collaborators need a certificate signed by the federation's CA",
-                    ),
-                    peer,
-                )
+                self._refuse(context, _no_client_certificate(address), peer, identity)
+            identity = cn
             if cn != claimed:
                 self._refuse(
                     context,
                     ProtocolError(
                         "FX-AUTH-002",
-                        f"certificate of {cn!r} used to claim the name {claimed!r}",
+                        f"certificate of {shown(cn or '')} used to claim the name {shown(claimed)}",
                         "start the collaborator with the name its certificate was issued for",
                     ),
                     peer,
+                    identity,
                 )
         try:
             self.aggregator.check_identity(claimed, header.plan_hash, header.federation_id)
         except ProtocolError as error:
-            self._refuse(context, error, peer)
+            self._refuse(context, error, peer, identity)
         try:
-            self.processes.heard(claimed, header.process, peer_address(context), time.monotonic())
+            self.processes.heard(claimed, header.process, address, time.monotonic())
         except ProtocolError as error:
-            self._refuse(context, error, peer)
+            self._refuse(context, error, peer, identity)
         return claimed
 
     # ------------------------------------------------------------------ RPCs
     def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
+        self._admit(context)
         name = self._authenticate(request.header, context)
         self.aggregator.touch(name)
         agg = self.aggregator
@@ -202,6 +261,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     def GetTasks(
         self, request: pb.GetTasksRequest, context: grpc.ServicerContext
     ) -> pb.GetTasksResponse:
+        self._admit(context)
         name = self._authenticate(request.header, context)
         wait = min(request.wait_ms / 1000.0, self.long_poll_seconds)
         remaining = context.time_remaining()
@@ -220,6 +280,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     def GetTensors(
         self, request: pb.GetTensorsRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
+        self._admit(context)
         name = self._authenticate(request.header, context)
         try:
             model = self.aggregator.get_global_model(name, request.round)
@@ -267,11 +328,19 @@ class FederationServicer(pb_grpc.FederationServicer):
         request_iterator: Iterator[pb.TensorFrame | DataChunk | FrameBatch | UnreadableFrame],
         context: grpc.ServicerContext,
     ) -> pb.SubmitResultsResponse:
+        self._admit(context)
         frames = expand_frames(request_iterator)
+        # a collaborator sends the result's header at once: a stream that sends nothing is
+        # ended (the thread it holds freed); the collaborator sends its result again
+        silent = threading.Timer(FIRST_MESSAGE_SECONDS, context.cancel)
+        silent.daemon = True
+        silent.start()
         try:
             first = next(frames, None)
         except ProtocolError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.render())
+        finally:
+            silent.cancel()
         if (
             first is None
             or not isinstance(first, pb.TensorFrame)
@@ -367,6 +436,16 @@ class FederationServicer(pb_grpc.FederationServicer):
                     result.task,
                 )
             raise
+        except Exception:
+            # a fault of the aggregator's own: logged here with its traceback; the peer is
+            # told where to look, not the aggregator's internals
+            upload.abort()
+            log.exception("result of %s for %s failed at the aggregator", name, result.task)
+            context.abort(
+                grpc.StatusCode.INTERNAL,
+                "FX-STATE-031: the aggregator failed storing this result\n  fix: see the "
+                "aggregator's log (logs/aggregator.log) for the cause",
+            )
         except BaseException:
             upload.abort()
             raise
@@ -476,11 +555,11 @@ class AggregatorServer:
     ) -> None:
         self.aggregator = aggregator
         self.network = network
-        workers = max_workers or max(16, 2 * len(aggregator.collaborators) + 8)
+        workers = max_workers or worker_threads(len(aggregator.collaborators))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fedrun-rpc"),
             options=server_options(network.chunk_bytes),
-            maximum_concurrent_rpcs=None,
+            maximum_concurrent_rpcs=call_limit(workers),
         )
         self.servicer = FederationServicer(
             aggregator,
@@ -522,7 +601,11 @@ class AggregatorServer:
             self.network.bind_target,
             "mutual TLS"
             if self.servicer.verify_peer_name
-            else ("TLS" if self.network.use_tls else "INSECURE: no TLS"),
+            else (
+                "TLS, client certificates NOT checked"
+                if self.network.use_tls
+                else "INSECURE: no TLS"
+            ),
         )
 
     def serve_until_finished(self, stop: threading.Event | None = None) -> None:

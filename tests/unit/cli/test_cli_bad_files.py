@@ -202,3 +202,33 @@ def test_validate_notes_openfl_settings_that_have_no_effect(runner, workspace):
         "note: aggregator.settings.log_memory_usage: True has no effect in fedrun" in result.output
     )
     assert "note: collaborator.settings.write_logs: True has no effect in fedrun" in result.output
+
+
+@pytest.mark.parametrize(
+    ("settings", "warning"),
+    [
+        ({"require_client_auth": False}, "client certificates are not checked"),
+        ({"disable_client_auth": True}, "client certificates are not checked"),
+        ({"use_tls": False}, "TLS is OFF"),
+        ({}, None),
+    ],
+)
+def test_validate_warns_when_the_plan_turns_off_part_of_mutual_tls(
+    runner, workspace, settings, warning
+):
+    import yaml
+
+    path = workspace / "plan" / "plan.yaml"
+    config = yaml.safe_load(path.read_text())
+    if "disable_client_auth" in settings:  # OpenFL 1.6's name, instead of the current one
+        config["network"]["settings"].pop("require_client_auth", None)
+    config["network"]["settings"].update(settings)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    result = runner.invoke(cli, ["plan", "validate"])
+
+    assert result.exit_code == 0, result.output
+    if warning is None:
+        assert "warning:" not in result.output
+    else:
+        assert f"warning: {warning}" in result.output

@@ -628,6 +628,26 @@ REFUSALS = {
         lambda a: submit(a, "one", 0, "aggregated_model_validation", -1, {"acc": 0.5}, {}),
         "FX-DATA-011",
     ),
+    "data size no float weight holds exactly (one result would outweigh every other)": (
+        lambda a: submit(
+            a, "one", 0, "train", 2**63 - 1, {}, good_train(scale=np.array(1e30, dtype=np.float64))
+        ),
+        "FX-DATA-011",
+    ),
+    "metric name forging a log line": (
+        lambda a: submit(a, "one", 0, "train", 10, {"loss\nERROR forged": 1.0}, good_train()),
+        "FX-DATA-043",
+    ),
+    "metric name filling the log": (
+        lambda a: submit(a, "one", 0, "train", 10, {"x" * 129: 1.0}, good_train()),
+        "FX-DATA-043",
+    ),
+    "metrics by the thousand": (
+        lambda a: submit(
+            a, "one", 0, "train", 10, {f"m{i}": 1.0 for i in range(4097)}, good_train()
+        ),
+        "FX-DATA-043",
+    ),
 }
 
 
@@ -647,8 +667,7 @@ def test_refusal_leaves_the_round_untouched(tmp_path, case):
 
     # Assert: refused with its code, nothing of it counted or left on disk
     assert caught.value.code == code
-    if code != "FX-DATA-011":  # the one refusal without a fix text
-        assert caught.value.fix
+    assert caught.value.fix
     assert round_snapshot(aggregator) == before
     assert spool_files(tmp_path) == []
 

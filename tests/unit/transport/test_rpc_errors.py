@@ -64,6 +64,41 @@ def test_a_busy_aggregator_is_reported_with_its_reason_not_as_unreachable(caplog
     assert "unreachable" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "details",
+    [
+        "FX-AUTH-011: one has 6 calls open at the aggregator already",
+        "Concurrent RPC limit exceeded!",
+    ],
+)
+def test_an_aggregator_taking_no_more_calls_for_now_is_retried(caplog, details):
+    # Prepare: twice refused for now (this name's allowance of calls, or the server's), then
+    # an answer; a message too large, with the same status, is not retried (above)
+    network = Network("127.0.0.1", 9, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
+    answers = [StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, details) for _ in range(2)]
+
+    def call() -> int:
+        if answers:
+            raise answers.pop()
+        return 7
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedrun"):
+        assert client._retry("ask for tasks", call) == 7
+    client.close()
+
+    # Assert: one line, naming the reason
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"the aggregator at 127.0.0.1:9 cannot take our ask for tasks now ({details}); retrying"
+    ]
+    assert (
+        classify_rpc_error(StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, details), "a:1").code
+        == "FX-NET-014"
+    )
+
+
 def test_a_connection_cut_off_mid_handshake_is_retried_not_taken_for_a_certificate_problem():
     # Prepare: two attempts cut off by the network during the TLS handshake, then an answer
     # (before: the first one stopped the collaborator with FX-TLS-010, exit 4, certificate advice)
