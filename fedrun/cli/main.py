@@ -7,12 +7,16 @@ trains nothing imports an ML framework.
 from __future__ import annotations
 
 import importlib
+import os
+import stat
 import sys
 from typing import Any
 
 import click
 
 from fedrun import __version__
+
+WORLD_WRITABLE = stat.S_IWOTH
 
 GROUPS = {
     "workspace": (
@@ -75,6 +79,10 @@ def cli(ctx: click.Context, log_level: str, no_warnings: bool) -> None:
         import warnings
 
         warnings.simplefilter("ignore")
+    # nothing fx writes is world-writable, whatever umask it was started with: a
+    # world-writable cert/ or save/ would let any local user replace the federation's trust
+    # anchor or its models (group permissions stay as the umask says)
+    os.umask(os.umask(0) | WORLD_WRITABLE)
     ctx.ensure_object(dict)
     ctx.obj["log_level"] = log_level
 

@@ -15,6 +15,7 @@ import io
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,8 +49,9 @@ def _umask() -> int:
     return mask
 
 
-#: mkstemp makes 0600 files; model files are not secrets, so they get the usual 0644
-FILE_MODE = 0o666 & ~_umask()
+#: mkstemp makes 0600 files; model files are not secrets, so they get the usual 0644 (as the
+#: umask says, but never world-writable)
+FILE_MODE = 0o666 & ~(_umask() | stat.S_IWOTH)
 
 
 @dataclass

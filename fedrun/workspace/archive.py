@@ -173,6 +173,27 @@ def _safe_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:
     return members
 
 
+#: free space an import leaves on the disk beyond what it unpacks
+IMPORT_MARGIN_BYTES = 64 << 20
+
+
+def _check_room(archive: Path, members: list[zipfile.ZipInfo], folder: Path) -> None:
+    """Refuse an archive whose members unpack to more than the disk has free (a zip bomb, or a
+    workspace with its data in it on a small disk) before anything is written: zipfile writes
+    no more than each member declares, so the declared sizes bound what unpacking takes."""
+    unpacked = sum(m.file_size for m in members)
+    free = shutil.disk_usage(folder).free
+    if unpacked + IMPORT_MARGIN_BYTES > free:
+        raise WorkspaceError(
+            "FX-WS-025",
+            f"{archive} unpacks to {unpacked / 1e6:.1f} MB and {folder} has "
+            f"{free / 1e6:.1f} MB free",
+            "free space there, or run the import in a folder on another disk; an archive "
+            "made by `fx workspace export` holds the plan and code, not data, so one this "
+            "large was made some other way",
+        )
+
+
 def import_workspace(
     archive: str | Path, destination: str | Path | None = None, *, install: bool = False
 ) -> Path:
@@ -205,6 +226,7 @@ def import_workspace(
                         f"{source} is not a workspace archive (no plan/plan.yaml)",
                         "make the archive with `fx workspace export` on the aggregator node",
                     )
+                _check_room(source, members, target.parent)
                 zf.extractall(staging, members)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
             raise WorkspaceError(

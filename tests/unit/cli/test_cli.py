@@ -38,6 +38,37 @@ def test_workspace_create_writes_a_workspace(runner, tmp_path, monkeypatch):
         assert (tmp_path / "ws" / folder).is_dir(), folder
 
 
+def test_nothing_fx_writes_is_world_writable_whatever_the_umask(runner, tmp_path, monkeypatch):
+    # Prepare: started with umask 000 (a world-writable cert/ would let any local user replace
+    # the federation's trust anchor)
+    import os
+    import stat
+
+    monkeypatch.chdir(tmp_path)
+    before = os.umask(0)
+    try:
+        # Execute
+        result = runner.invoke(
+            cli, ["workspace", "create", "--prefix", "ws", "--template", "no-op"]
+        )
+        assert result.exit_code == 0, result.output
+        monkeypatch.chdir(tmp_path / "ws")
+        for args in (["plan", "initialize"], ["workspace", "certify"]):
+            result = runner.invoke(cli, args)
+            assert result.exit_code == 0, result.output
+    finally:
+        os.umask(before)
+
+    # Assert
+    writable = [
+        str(path.relative_to(tmp_path))
+        for path in [tmp_path / "ws", *(tmp_path / "ws").rglob("*")]
+        if path.stat().st_mode & stat.S_IWOTH
+    ]
+    assert writable == []
+    assert (tmp_path / "ws" / "save" / "init.pbuf").is_file()
+
+
 def test_workspace_create_into_a_non_empty_folder(runner, tmp_path, monkeypatch):
     # Prepare
     monkeypatch.chdir(tmp_path)
