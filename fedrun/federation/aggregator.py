@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -360,6 +360,13 @@ class Aggregator:
         for result in results:
             if result.round != self.round_num:
                 continue
+            if result.spool_path:
+                # the file in this workspace's spool, whatever folder the workspace was in when
+                # the result was saved (moved or copied since, the old path names another
+                # workspace's file, or none)
+                result = replace(
+                    result, spool_path=str(self.spool.folder / Path(result.spool_path).name)
+                )
             if result.collaborator not in self.collaborators:
                 # removed from cols.yaml since: its work no longer counts (kept on disk, so it
                 # counts again if the collaborator is authorized again before the round ends)
@@ -390,6 +397,10 @@ class Aggregator:
                 self._apply_result(result, replay=True)
             replayed += 1
         with self._lock:
+            if replayed and self.round.started_at is None:
+                # the round was open before the restart, and a collaborator that finished its
+                # tasks asks for none now: a cut-off policy counts from the restart
+                self.round.started_at = self.clock()
             self._maybe_close_round()
         return replayed
 

@@ -145,11 +145,12 @@ class MetricHub:
 
 
 def read_metrics(path: str | Path) -> Iterator[MetricRecord]:
-    """Read back a metrics.jsonl file (partial last lines are skipped)."""
+    """Read back a metrics.jsonl file (partial last lines, and lines damaged into something
+    that is no record, are skipped)."""
     p = Path(path)
     if not p.is_file():
         return
-    yield from _parse_records(p.read_text(encoding="utf-8").splitlines())
+    yield from _parse_records(p.read_text(encoding="utf-8", errors="replace").splitlines())
 
 
 def _parse_records(lines: Iterable[str]) -> Iterator[MetricRecord]:

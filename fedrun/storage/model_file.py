@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import io
 import os
 import re
@@ -205,10 +206,12 @@ class AtomicFile:
                 fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", dir=self.target.parent)
                 self.tmp = Path(name)
         except OSError as exc:
+            if exc.errno in DISK_FAILURES:
+                raise write_failure(self.target, exc) from exc
             raise StateError(
                 "FX-STATE-001",
-                f"cannot write the model file {self.target}: {exc.strerror}",
-                f"make {self.target.parent} writable, or point the plan's *_state_path elsewhere",
+                f"cannot create {self.target}: {exc.strerror or exc}",
+                f"make {self.target.parent} a folder this user can write to",
             ) from exc
         raw = io.FileIO(fd, "wb")
         self.out: io.BufferedWriter = EagerWritebackFile(raw) if durable else io.BufferedWriter(raw)
@@ -306,13 +309,18 @@ def save_model(
     return out.commit()
 
 
+#: errors of the disk, not of the path: a full disk, a quota, a failing device
+DISK_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
 def write_failure(path: Path, exc: OSError) -> StateError:
     """A model or result file could not be written (disk full, permissions, I/O error)."""
     return StateError(
         "FX-STATE-005",
         f"cannot write {path}: {exc.strerror or exc}",
-        f"free space on (or fix the permissions of) {path.parent}; work already acknowledged "
-        "is on disk, and a restarted aggregator resumes from it",
+        f"free space on (or fix the permissions or the device of) {path.parent}, then run "
+        "the command again: nothing written before is lost (an aggregator resumes from the "
+        "work it acknowledged)",
     )
 
 

@@ -191,7 +191,8 @@ class SqliteStateStore(StateStore):
                         result.task,
                         result.data_size,
                         json.dumps(result.metrics),
-                        result.spool_path,
+                        # the name alone: the spool is the workspace's, wherever it is moved
+                        os.path.basename(result.spool_path),
                         result.tensor_bytes,
                         result.raw_bytes,
                     ),

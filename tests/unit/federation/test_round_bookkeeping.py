@@ -72,6 +72,80 @@ def test_a_damaged_spool_file_is_dropped_and_the_task_done_again(tmp_path, caplo
     assert again.round_num == 1
 
 
+def _saved_round(folder: Path) -> None:
+    """`a`'s training result of round 0 saved in ``folder`` (state file and spool)."""
+    store = SqliteStateStore(folder / "tensor.db")
+    store.start("h" * 64, 0)
+    send(start(folder, store, ("a", "b")), "a", trained(0.25), 10, 64)
+    store.close()
+
+
+def test_a_moved_workspace_resumes_from_its_own_spool_files(tmp_path, caplog):
+    # Prepare: the workspace is moved (or restored elsewhere from a backup) after a stop
+    _saved_round(tmp_path / "before")
+    (tmp_path / "before").rename(tmp_path / "after")
+
+    # Execute
+    store = SqliteStateStore(tmp_path / "after" / "tensor.db")
+    with caplog.at_level(logging.WARNING, logger="fedrun.aggregator"):
+        again = start(tmp_path / "after", store, ("a", "b"))
+
+    # Assert: the saved result counts (it was dropped and the task done again)
+    assert "cannot be read back" not in caplog.text
+    assert again.round.done["a"] == {"train"}
+    send(again, "b", trained(-1.5), 30, 64)
+    validate(again, "a")
+    validate(again, "b")
+    expected = (INITIAL["conv"] * 0 + np.float32(0.25)) * 10 / 40 + np.float32(-1.5) * 30 / 40
+    assert np.allclose(again.global_model["conv"] - INITIAL["conv"], expected, atol=1e-6)
+    store.close()
+
+
+def test_a_copied_workspace_never_reads_or_deletes_the_original_s_files(tmp_path):
+    # Prepare: a copy of a stopped workspace; then the original's result file is damaged
+    import shutil
+
+    _saved_round(tmp_path / "original")
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+    (original_file,) = (tmp_path / "original" / "spool").glob("*.result")
+    os.truncate(original_file, 100)
+
+    # Execute: the copy resumes
+    store = SqliteStateStore(tmp_path / "copy" / "tensor.db")
+    again = start(tmp_path / "copy", store, ("a", "b"))
+
+    # Assert: the copy's own intact file counts; the original's is left as it was
+    assert again.round.done["a"] == {"train"}
+    assert original_file.stat().st_size == 100
+    store.close()
+
+
+def test_a_resumed_round_is_cut_off_counting_from_the_restart(tmp_path):
+    from fedrun.federation.stragglers import CutoffTimePolicy
+
+    # Prepare: `a` finished round 0, `b` never came; the aggregator stopped before the cut-off
+    clock = Clock()
+    store = InMemoryStateStore()
+    policy = dict(straggler_policy=CutoffTimePolicy(straggler_cutoff_time=20, minimum_reporting=1))
+    first = make(tmp_path, cols=("a", "b"), state_store=store, clock=clock, **policy)
+    first.get_tasks("a", wait=0)
+    send(first, "a", trained(0.25), 10, 64)
+    validate(first, "a")
+
+    # Execute: restarted; `a` asks for tasks (it has none left in round 0), `b` stays away
+    again = make(tmp_path, cols=("a", "b"), state_store=store, clock=clock, **policy)
+    again.resume(store.load().results)
+    again.get_tasks("a", wait=0)
+    clock.now += 19
+    again.tick()
+    assert again.round_num == 0
+    clock.now += 2
+    again.tick()
+
+    # Assert: closed 20 s after the restart (it waited forever: nothing started the cut-off)
+    assert again.round_num == 1
+
+
 def test_results_of_another_run_are_refused_and_of_this_run_accepted(tmp_path):
     # Prepare: tasks handed out by this run; a result from a run started over since
     store = InMemoryStateStore()

@@ -46,3 +46,17 @@ def test_a_follower_returns_only_whole_lines_written_since_its_last_call(tmp_pat
 
     path.write_text(lines[0] + "\n")  # replaced by a new, shorter file: read from its start
     assert [r.round for r in follower.new_records()] == [0]
+
+
+def test_a_damaged_file_is_read_back_without_its_damaged_lines(tmp_path):
+    # a disk error or a stray write left bytes that are no UTF-8 (the aggregator stopped at
+    # resume with a UnicodeDecodeError traceback)
+    from fedrun.metrics.records import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    good = MetricRecord(0, "aggregator", "aggregated_model_validation", "acc", 0.5, 1.0)
+    path.write_bytes(
+        (good.to_json() + "\n").encode() + b"\x9d\xff{not json\n" + b"[1, 2]\n" + b"\x00\x81"
+    )
+
+    assert list(read_metrics(path)) == [good]

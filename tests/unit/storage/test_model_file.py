@@ -123,6 +123,28 @@ def test_save_into_an_unwritable_place_is_a_state_error(tmp_path):
     assert caught.value.fix
 
 
+@pytest.mark.parametrize("failure", ["ENOSPC", "EIO"])
+def test_a_disk_failing_as_the_file_is_created_is_a_write_failure(tmp_path, monkeypatch, failure):
+    # a result file the disk cannot create (full, or an I/O error) is FX-STATE-005 like any
+    # failed write: the collaborator sends the result again; it was FX-STATE-001 with advice
+    # about permissions and *_state_path
+    import errno
+    import os
+
+    from fedrun.storage import model_file
+
+    def failing(*args, **kwargs):
+        code = getattr(errno, failure)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(model_file.tempfile, "mkstemp", failing)
+    with pytest.raises(StateError) as caught:
+        save_model(tmp_path / "spool" / "r1_a_train-0.result", {"w": np.ones(1)}, round_num=0)
+
+    assert caught.value.code == "FX-STATE-005"
+    assert "state_path" not in caught.value.fix and "run the command again" in caught.value.fix
+
+
 def test_missing_file_is_a_state_error(tmp_path):
     # Execute
     with pytest.raises(StateError) as caught:
