@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from fedrun.errors import WorkspaceError
 from fedrun.plan.components import build_task_runner
 from fedrun.plan.loader import Plan
-from fedrun.storage.model_file import load_model
+from fedrun.storage.model_file import FILE_MODE, load_model
 
 
 def get_model(
@@ -56,5 +57,34 @@ def save_native(runner: Any, output: str | os.PathLike[str]) -> Path:
             "implement save_native(path) in the task runner",
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    runner.save_native(out)
+    # written beside the target under a hidden name with the same suffix (a framework may
+    # insist on it) and renamed once whole: a full disk leaves no truncated model.pt, and an
+    # earlier file of that name stays as it was
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
+    os.close(fd)
+    partial = Path(name)
+    os.chmod(partial, FILE_MODE)  # mkstemp made it private; a model is not a secret
+    try:
+        runner.save_native(partial)
+        os.replace(partial, out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        if exc.filename is None or exc.filename == str(partial):
+            exc.filename = str(out.absolute())
+        raise
+    except RuntimeError as exc:
+        # torch reports a write that failed (a full disk) as "[enforce fail at
+        # inline_container.cc...] unexpected pos"
+        partial.unlink(missing_ok=True)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = out.absolute()
+        raise WorkspaceError(
+            "FX-MODEL-011",
+            f"cannot write {where}: {reason}",
+            f"check that {where.parent} has free space and is writable, then run the command "
+            f"again ({out.name} was left as it was)",
+        ) from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return out

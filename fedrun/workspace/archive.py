@@ -123,6 +123,21 @@ def export_workspace(
         ) from exc
     target = export_target(ws, output, force)
     tmp = target.with_suffix(".zip.part")
+    try:
+        _write_archive(tmp, ws, init)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # a half-written archive is of no use to anyone
+        if exc.filename is None:  # a failed write names no file: it is the archive's
+            exc.filename = str(target)
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+    return target
+
+
+def _write_archive(tmp: Path, ws: Path, init: Path) -> None:
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for folder in ("plan", "src"):
             for path in sorted((ws / folder).rglob("*")):
@@ -141,8 +156,6 @@ def export_workspace(
         zf.write(init, init.relative_to(ws).as_posix())
         for folder in EMPTY_DIRS:
             zf.writestr(f"{folder}/", b"")
-    os.replace(tmp, target)
-    return target
 
 
 def _safe_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:

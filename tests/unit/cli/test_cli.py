@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -373,6 +374,31 @@ def test_model_save_writes_into_an_existing_folder_and_refuses_only_an_existing_
     assert (workspace / "exports" / "notes.txt").read_text() == "kept"
     assert_clean_failure(again, 3, "FX-WS-012")
     assert "model.pt already exists" in again.output
+
+
+def test_model_save_on_a_full_disk_leaves_no_truncated_model_and_names_the_file(
+    runner, workspace, monkeypatch
+):
+    import torch
+
+    assert runner.invoke(cli, ["plan", "initialize", "-a", "localhost"]).exit_code == 0
+    (workspace / "m.pt").write_bytes(b"an earlier export")
+    real_save = torch.save
+
+    def full_disk(obj, path, *args, **kwargs):  # what torch raises when the disk fills up
+        real_save(obj, path, *args, **kwargs)
+        os.truncate(path, 100)
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 2176 vs 2128"
+        )
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    result = runner.invoke(cli, ["model", "save", "-i", "save/init.pbuf", "-o", "m.pt", "--force"])
+
+    assert_clean_failure(result, 3, "FX-MODEL-011")
+    assert f"cannot write {workspace / 'm.pt'}" in result.output
+    assert (workspace / "m.pt").read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in workspace.iterdir() if p.name.startswith(".m.pt")) == []
 
 
 def test_model_save_default_output_is_openfl_s_file(runner, workspace):

@@ -153,3 +153,27 @@ def test_a_local_build_is_pinned_by_its_public_version(monkeypatch: pytest.Monke
 
     # Assert: any 2.13.0 build satisfies the pin; the comment keeps which build was exported
     assert lines == ["numpy==2.3.1", "torch==2.13.0  # exported from the local build 2.13.0+cpu"]
+
+
+def test_an_export_the_disk_cannot_hold_leaves_no_partial_archive_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import errno
+    import os
+
+    from fedrun.errors import file_access_error
+
+    ws = create_workspace(tmp_path / "ws", "no-op")
+    initialize_plan(ws / "plan" / "plan.yaml")
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full)
+    with pytest.raises(OSError) as caught:
+        export_workspace(ws)
+
+    assert [p.name for p in ws.iterdir() if p.name.startswith("ws.zip")] == []
+    error = file_access_error(caught.value)  # what fx prints
+    assert error.message == f"cannot use {ws / 'ws.zip'}: No space left on device"
+    assert "free space" in error.fix
