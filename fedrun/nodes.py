@@ -110,7 +110,7 @@ def _serve(plan: Plan, *, task_group: str | None, reset_state: bool) -> Aggregat
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        log.warning("received signal %d: stopping the aggregator", signum)
+        log.warning("received %s: stopping the aggregator", signal.Signals(signum).name)
         aggregator.stopped_by_signal = signum
         stop.set()
 
@@ -165,6 +165,19 @@ def _client(plan: Plan, name: str) -> Any:
     )
 
 
+def _say_when_stopped(what: str) -> None:
+    """On SIGTERM (``systemctl stop``, ``docker stop``, ``kill``) log why ``what`` stops and exit
+    143, unwinding (the connection is closed) instead of vanishing without a line."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers belong to the main thread (an in-process test's node)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.warning("received %s: stopping %s", signal.Signals(signum).name, what)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+
+
 def run_collaborator(plan: Plan, name: str) -> Any:
     """Build the task runner, connect, and run tasks until the experiment ends."""
     from fedrun.buffers import limit_malloc_arenas
@@ -180,10 +193,14 @@ def run_collaborator(plan: Plan, name: str) -> Any:
             f"collaborator {name!r} has no entry in {plan.data_path}",
             f"run `fx collaborator create -n {name} -d <data path or shard>`",
         )
+    _say_when_stopped(f"collaborator {name}")
     runner = build_task_runner(plan, name)
     torch = sys.modules.get("torch")
     if torch is not None:
-        log.info("collaborator %s trains with %d threads", name, torch.get_num_threads())
+        threads = torch.get_num_threads()
+        log.info(
+            "collaborator %s trains with %d thread%s", name, threads, "" if threads == 1 else "s"
+        )
     client = _client(plan, name)  # its credentials check this node's key and certificate
     if client.network.use_tls and client.network.require_client_auth:
         from fedrun.transport.diagnose import expiry_warning
@@ -208,7 +225,10 @@ def run_collaborator(plan: Plan, name: str) -> Any:
                 collaborator.run()
                 break
             except RoundClosed as closed:
-                log.info("round closed while working (%s); asking for new tasks", closed.message)
+                log.info(
+                    "round closed while working (%s); asking for new tasks",
+                    closed.message.splitlines()[0],
+                )
         log.info(
             "collaborator %s done: %d rounds%s, %.1f MiB sent",
             name,

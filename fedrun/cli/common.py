@@ -26,10 +26,28 @@ def console(stderr: bool = True) -> Any:
     return Console(stderr=stderr, highlight=False)
 
 
+def _to_log_files(level: int, text: str) -> None:
+    """``text`` into the node's log file (if it has one) only: what stopped a node belongs in
+    the file an operator reads afterwards, not twice on the console."""
+    root = logging.getLogger("fedrun")
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        return
+    # one line per event, also when the message quotes another error's rendering
+    line = " ".join(text.replace("\n  fix: ", "; fix: ").split("\n"))
+    record = root.makeRecord("fedrun", level, "", 0, "%s", (line,), None)
+    for handler in files:
+        if level >= handler.level:
+            handler.handle(record)
+
+
 def show_error(error: FedrunError) -> None:
     """Print a FedrunError as a short block: code, message, fix. Never a traceback."""
     from rich.markup import escape
 
+    fix = f"; fix: {error.fix}" if error.fix else ""
+    level = logging.INFO if error.exit_code == 0 else logging.ERROR
+    _to_log_files(level, f"{error.code}: {error.message}{fix}")
     con = console()
     # message and fix quote user input (names, paths, YAML): never read as markup
     message, fix = escape(error.message), escape(error.fix)
@@ -58,6 +76,7 @@ def handle_errors(fn: F) -> F:
             show_error(failure)
             sys.exit(failure.exit_code)
         except KeyboardInterrupt:
+            _to_log_files(logging.WARNING, "interrupted (Ctrl-C)")
             console().print("[yellow]interrupted[/]")
             sys.exit(130)
 

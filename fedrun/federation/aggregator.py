@@ -428,9 +428,16 @@ class Aggregator:
             )
 
     def touch(self, collaborator: str) -> None:
+        """``collaborator`` called: logged when it is its first call to this aggregator (a
+        collaborator pings before it asks for tasks) or its first since it was reported gone."""
         with self._lock:
+            first = collaborator not in self.last_seen
             self.last_seen[collaborator] = self.clock()
-            if collaborator in self.reported_gone:
+            if first:
+                self.reported_gone.discard(collaborator)  # "has not connected" was said
+                if self.farewell_of is None:
+                    log.info("collaborator %s joined (round %d)", collaborator, self.round_num)
+            elif collaborator in self.reported_gone:
                 self.reported_gone.discard(collaborator)
                 log.info("collaborator %s is back", collaborator)
 
@@ -440,10 +447,7 @@ class Aggregator:
         # the long poll waits in real time whatever clock drives round deadlines
         deadline = time.monotonic() + max(0.0, wait)
         with self._lock:
-            first = collaborator not in self.last_seen
             self.touch(collaborator)
-            if first:
-                log.info("collaborator %s joined (round %d)", collaborator, self.round_num)
             while True:
                 if self.done:
                     if collaborator not in self.quit_sent:

@@ -187,6 +187,8 @@ class AggregatorClient:
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self._was_down = False
+        #: the aggregator answered a call of this client once: later failures are outages
+        self._answered = False
 
     def close(self) -> None:
         self._heartbeat_stop.set()
@@ -217,9 +219,10 @@ class AggregatorClient:
         while True:
             try:
                 result = call()
-                if self._was_down:
+                if self._was_down and self._answered:
                     log.info("reconnected to the aggregator at %s", self.target)
-                    self._was_down = False
+                self._was_down = False
+                self._answered = True
                 return result
             except grpc.RpcError as error:
                 code = error.code()
@@ -254,6 +257,17 @@ class AggregatorClient:
                             self.target,
                             what,
                             details.splitlines()[0],
+                        )
+                    elif not self._answered:
+                        # not an outage: the aggregator is not up yet (nodes are started in
+                        # any order), or this node's address or port is not its
+                        log.info(
+                            "aggregator at %s not reachable yet (%s); waiting for it for up to "
+                            "%.0f s%s",
+                            self.target,
+                            code.name,
+                            self.network.client_reconnect_timeout,
+                            self.network.port_hint,
                         )
                     else:
                         log.warning(

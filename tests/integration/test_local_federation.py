@@ -37,7 +37,7 @@ def test_simulate_runs_to_the_end(tmp_path: Path, count: int) -> None:
 
     threads = max(1, (os.cpu_count() or 1) // count)
     log = (tmp_path / "ws" / "logs" / "collaborator_collaborator1.log").read_text()
-    assert f"trains with {threads} threads" in log
+    assert f"trains with {threads} thread{'' if threads == 1 else 's'}" in log
     # round 2 is the validation of the final aggregate: last.pbuf is that model
     final = [r for r in records if r.origin == "aggregator" and r.round == 2]
     assert [r.task for r in final] == ["aggregated_model_validation"]
@@ -72,13 +72,16 @@ def test_collaborator_started_first_waits_and_joins(tmp_path: Path, nodes: Nodes
     ws = _workspace(tmp_path, ["one", "two"])
     fx(ws, "--log-level", "info", "plan", "validate")
     nodes.start("one", ws, "collaborator", "start", "-n", "one")
-    nodes.wait_for_log("one", "unreachable")
+    nodes.wait_for_log("one", "not reachable yet")  # information, not an outage's warning
     nodes.start("aggregator", ws, "aggregator", "start")
     nodes.start("two", ws, "collaborator", "start", "-n", "two")
     assert nodes.wait("one") == 0, nodes.log("one")
     assert nodes.wait("two") == 0, nodes.log("two")
     assert nodes.wait("aggregator") == 0, nodes.log("aggregator")
-    assert "reconnected" in nodes.log("one")
+    assert "unreachable" not in nodes.log("one") and "reconnected" not in nodes.log("one")
+    assert "connected to 127.0.0.1" in nodes.log("one")
+    log = (ws / "logs" / "aggregator.log").read_text()
+    assert "collaborator one joined" in log and "collaborator two joined" in log
     assert "INSECURE" in nodes.log("aggregator") or "TLS is OFF" in nodes.log("aggregator")
     assert "two processes" not in nodes.log("aggregator")  # a reconnect is the same process
 
@@ -281,6 +284,31 @@ def test_a_stopped_aggregator_exits_with_the_shells_code_for_its_signal(
 
     assert nodes.wait("aggregator", timeout=60) == code, nodes.log("aggregator")
     assert "run the same command again to resume" in nodes.log("aggregator")
+
+
+def test_a_stopped_or_refused_collaborator_says_why_in_its_log_file(
+    tmp_path: Path, nodes: Nodes
+) -> None:
+    ws = _workspace(tmp_path, ["one"])
+    (ws / "plan" / "data.yaml").write_text("one,1\nmallory,2\n")  # mallory: not in cols.yaml
+    nodes.start("aggregator", ws, "aggregator", "start")
+    nodes.wait_for_log("aggregator", "listening on")
+    one = nodes.start("one", ws, "collaborator", "start", "-n", "one")
+    nodes.wait_for_log("one", "connected to")
+
+    # Execute: `one` is stopped as systemctl or docker stop it; mallory is refused
+    os.kill(one.pid, signal.SIGTERM)
+    nodes.start("mallory", ws, "collaborator", "start", "-n", "mallory")
+
+    # Assert: both reasons are in the nodes' log files, not only on their consoles
+    assert nodes.wait("one", timeout=60) == 143, nodes.log("one")
+    one_log = (ws / "logs" / "collaborator_one.log").read_text()
+    assert "WARNING fedrun: received SIGTERM: stopping collaborator one" in one_log
+    assert nodes.wait("mallory", timeout=60) == 5, nodes.log("mallory")
+    mallory_log = (ws / "logs" / "collaborator_mallory.log").read_text()
+    assert "ERROR fedrun: FX-AUTH-010: the aggregator at 127.0.0.1" in mallory_log
+    (line,) = [line for line in mallory_log.splitlines() if "FX-AUTH-010" in line]
+    assert "FX-AUTH-003" in line and "; fix: " in line  # the aggregator's reason, on one line
 
 
 def test_fx_simulate_shows_why_no_best_model_was_saved(tmp_path: Path) -> None:

@@ -244,6 +244,28 @@ def test_a_listed_collaborator_that_never_connects_is_reported_once(tmp_path, ca
     assert not any("collaborator a " in w for w in warnings)
 
 
+def test_a_collaborator_is_said_to_join_at_its_first_call_whatever_the_call(tmp_path, caplog):
+    # Prepare: `fx collaborator start` pings before it asks for tasks; `b` is late
+    clock = Clock()
+    agg = make(tmp_path, clock=clock, collaborator_timeout=60.0)
+
+    # Execute
+    with caplog.at_level(logging.INFO, logger="fedrun.aggregator"):
+        agg.touch("a")  # a Ping
+        agg.get_tasks("a", wait=0)
+        clock.now += 70
+        agg.tick()  # b has not connected
+        agg.touch("b")
+        agg.get_tasks("b", wait=0)
+
+    # Assert: one "joined" each, at the first call; b was never there, so it is not "back"
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if "joined" in line or "is back" in line] == [
+        "collaborator a joined (round 0)",
+        "collaborator b joined (round 0)",
+    ]
+
+
 def test_a_collaborator_whose_upload_keeps_moving_is_not_reported_gone(tmp_path, caplog):
     # Prepare: `a` streams a large result over a slow link for longer than the timeout, making
     # no other request meanwhile
