@@ -20,10 +20,24 @@ from fedrun.errors import FedrunError, StateError, file_access_error
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: columns of output that goes to a file or a pipe (rich would wrap it at 80): wide enough for
+#: a path, a CSR hash or a table row on one line
+FILE_OUTPUT_COLUMNS = 200
+
+
 def console(stderr: bool = True) -> Any:
+    """A rich console on stderr (or stdout). On a terminal it wraps to the terminal's width; into
+    a file or a pipe (a node's .out file, `fx ... > log`) it never wraps a line, so a CSR hash or
+    a path stays whole for whoever compares or copies it, and tables get room for their cells."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return Console(stderr=stderr, highlight=False)
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() and int(columns) > 0 else FILE_OUTPUT_COLUMNS
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def _to_log_files(level: int, text: str) -> None:

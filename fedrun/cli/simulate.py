@@ -50,8 +50,10 @@ from fedrun.cli.common import console, handle_errors
     type=click.FloatRange(min=0, min_open=True),
     help="give up after this many seconds",
 )
+@click.pass_context
 @handle_errors
 def simulate(
+    ctx: click.Context,
     template: str | None,
     workspace: Path | None,
     prefix: Path | None,
@@ -103,6 +105,7 @@ def simulate(
         plan_set=plan_set,
         tls=not no_tls,
         seed=seed,
+        log_level=(ctx.obj or {}).get("log_level", "info"),
     )
     con.print(f"preparing workspace {fed.workspace} ...")
     try:

@@ -101,6 +101,8 @@ class Collaborator:
         self.final_validation_done = False
         self.bytes_sent = 0
         self.idle_seconds = 0.0
+        #: seconds the last task's result took to send (retries included)
+        self.send_seconds = 0.0
         for name, spec in self.tasks.items():
             if not callable(getattr(task_runner, spec.function, None)):
                 raise PlanError(
@@ -121,6 +123,12 @@ class Collaborator:
                 return
             if not assignment.tasks:
                 continue
+            log.debug(
+                "round %d: tasks %s (asked %.2f s before)",
+                assignment.round,
+                ", ".join(assignment.tasks),
+                time.monotonic() - asked,
+            )
             self.idle_seconds += time.monotonic() - asked
             self.run_tasks(assignment)
             if assignment.last:
@@ -144,12 +152,15 @@ class Collaborator:
                     "use the same plan on every node",
                 )
             sent = self.do_task(spec, round_num)
+            took = time.monotonic() - started
+            # apart: sending includes any retries while the aggregator was out of reach
             log.info(
-                "%s: %s done in %.2f s (%s sent)",
+                "%s: %s done in %.2f s, its result (%s) sent in %.2f s",
                 label,
                 task_name,
-                time.monotonic() - started,
+                took - self.send_seconds,
                 human_bytes(sent),
+                self.send_seconds,
             )
         self.store.clean_up()
         if assignment.final_validation:
@@ -163,12 +174,21 @@ class Collaborator:
             # the previous round's tensors would be dropped after this one anyway: drop them
             # now and let the download reuse their memory instead of faulting in fresh pages
             self.store.make_room(round_num, POOL)
+            started = time.monotonic()
             model = self.connection.get_global_model(round_num)
+            log.debug(
+                "round %d: global model downloaded (%s in %.2f s)",
+                round_num,
+                human_bytes(sum(int(a.nbytes) for a in model.values())),
+                time.monotonic() - started,
+            )
             self.store.put(round_num, "global", model)
         return model
 
     def do_task(self, spec: TaskSpec, round_num: int) -> int:
-        """Run one task and send its result; returns payload bytes sent."""
+        """Run one task and send its result; returns payload bytes sent (the time sending
+        took is :attr:`send_seconds`)."""
+        self.send_seconds = 0.0
         function = getattr(self.runner, spec.function)
         if spec.uses_local_model:
             inputs = self.store.get(round_num, "trained")
@@ -179,7 +199,7 @@ class Collaborator:
                     round_num,
                     spec.name,
                 )
-                return self.connection.submit(round_num, spec.name, 0, {}, {}, ())
+                return self._send(round_num, spec.name, 0, {}, {}, set())
         else:
             inputs = self._global_model(round_num)
         seed_task(round_num, spec.name, getattr(self.runner, "data_loader", None))
@@ -203,7 +223,22 @@ class Collaborator:
                 tensors, deltas = self._deltas(round_num, tensors)
         data_size = result.data_size
         metrics = {k: float(v) for k, v in result.metrics.items()}
-        return self.connection.submit(round_num, spec.name, data_size, metrics, tensors, deltas)
+        return self._send(round_num, spec.name, data_size, metrics, tensors, deltas)
+
+    def _send(
+        self,
+        round_num: int,
+        task: str,
+        data_size: int,
+        metrics: Mapping[str, float],
+        tensors: Mapping[str, np.ndarray],
+        deltas: set[str],
+    ) -> int:
+        started = time.monotonic()
+        try:
+            return self.connection.submit(round_num, task, data_size, metrics, tensors, deltas)
+        finally:
+            self.send_seconds = time.monotonic() - started
 
     def _deltas(
         self, round_num: int, trained: Mapping[str, np.ndarray]

@@ -153,6 +153,8 @@ class LocalFederation:
         Mutual TLS with a CA made for this workspace (default); False runs insecure.
     seed:
         Seed for reproducible training.
+    log_level:
+        The nodes' ``fx --log-level`` (``fx --log-level debug simulate`` passes it on).
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class LocalFederation:
         tls: bool = True,
         seed: int | None = None,
         python: str = sys.executable,
+        log_level: str = "info",
     ) -> None:
         if collaborators < 1:
             raise WorkspaceError(
@@ -180,6 +183,7 @@ class LocalFederation:
         self.tls = tls
         self.seed = seed
         self.python = python
+        self.log_level = log_level
         self.names = collaborator_names(collaborators)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.late: list[str] = []  # collaborators stopped because they never joined in time
@@ -281,7 +285,7 @@ class LocalFederation:
         log_dir.mkdir(exist_ok=True)
         out = open(log_dir / f"{name}.out", "wb")  # noqa: SIM115 - owned by the child
         self.processes[name] = subprocess.Popen(
-            [self.python, "-m", "fedrun.cli.main", *args],
+            [self.python, "-m", "fedrun.cli.main", "--log-level", self.log_level, *args],
             cwd=self.workspace,
             env=self._env(threads),
             stdout=out,

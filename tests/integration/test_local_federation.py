@@ -328,3 +328,19 @@ def test_fx_simulate_shows_why_no_best_model_was_saved(tmp_path: Path) -> None:
     out = " ".join(proc.stdout.split())  # rich wraps long lines
     assert f"best_model_metric '{metric}' is not among the round's metrics" in out
     assert "aggregated_model_validation/accuracy" in out
+
+
+def test_fx_simulate_passes_its_log_level_to_the_nodes(tmp_path: Path) -> None:
+    proc = fx(
+        tmp_path,
+        *("--log-level", "debug", "simulate", "--template", "no-op", "--rounds", "1"),
+        *("--no-tls", "--prefix", "ws"),
+        check=False,
+        timeout=300,
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    logs = tmp_path / "ws" / "logs"
+    for node in ("aggregator", "collaborator_collaborator1"):
+        assert " DEBUG " in (logs / f"{node}.log").read_text(), node
+    assert "global model downloaded" in (logs / "collaborator_collaborator1.log").read_text()

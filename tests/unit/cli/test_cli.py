@@ -423,3 +423,16 @@ def test_plan_initialize_refuses_an_address_collaborators_could_never_reach(
     assert repr(address) in result.output
     assert (workspace / "plan" / "plan.yaml").read_text() == before
     assert not (workspace / "save" / "init.pbuf").exists()
+
+
+def test_output_into_a_file_or_pipe_keeps_a_csr_hash_on_one_line(runner, workspace, monkeypatch):
+    # operators compare the hash between nodes; rich wrapped it at 80 columns (outside a
+    # terminal) into two lines
+    import re
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+    result = runner.invoke(cli, ["collaborator", "generate-cert-request", "-n", "hospital_a"])
+
+    assert result.exit_code == 0, result.output
+    assert re.search(r"CSR hash \(SHA-384\): [0-9a-f]{96}  \(compare it", result.output)

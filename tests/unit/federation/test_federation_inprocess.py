@@ -8,6 +8,8 @@ abort on any failure), so every number below can be computed by hand.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from collections.abc import Collection, Mapping
@@ -1086,3 +1088,34 @@ def test_tensors_sent_with_a_validation_result_never_reach_the_global_model(tmp_
     # Assert
     assert aggregator.done
     assert_same_model(aggregator.global_model, INITIAL)
+
+
+class SlowToSend(InProcessConnection):
+    """An aggregator out of reach for a while: each result takes 0.4 s to get through."""
+
+    def submit(self, *args, **kwargs) -> int:
+        time.sleep(0.4)
+        return super().submit(*args, **kwargs)
+
+
+def test_a_task_s_time_is_logged_apart_from_the_time_its_result_took_to_send(tmp_path, caplog):
+    # a task's line counted the upload's retries as the task's time ("train done in 47.69 s"
+    # when training took 8 s and the aggregator was down for 40)
+    aggregator = make_aggregator(tmp_path, ["one"], rounds=1, final_validation=False)
+    collaborator = Collaborator(
+        collaborator_name="one",
+        connection=SlowToSend(aggregator, "one"),
+        task_runner=NumpyRunner(*PROFILES["one"]),
+        tasks=TASKS,
+    )
+
+    with caplog.at_level(logging.INFO, logger="fedrun.collaborator"):
+        collaborator.run()
+
+    lines = [r.getMessage() for r in caplog.records if "train done" in r.getMessage()]
+    assert len(lines) == 1
+    match = re.fullmatch(
+        r"round 0: train done in (\S+) s, its result \(.+\) sent in (\S+) s", lines[0]
+    )
+    assert match is not None, lines[0]
+    assert float(match[1]) < 0.3 and float(match[2]) >= 0.4
