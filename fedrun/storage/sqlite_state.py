@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -149,6 +150,8 @@ class SqliteStateStore(StateStore):
                 ).fetchall()
             except sqlite3.DatabaseError as exc:
                 raise unreadable_state(self.path, exc) from exc
+        if not plan_hash:
+            self._refuse_lost_progress()
         self._drop_stale_checkpoints(None if state.experiment_done else state.round)
         for row in rows:
             # a result whose spool file is gone or damaged is dropped by the aggregator when it
@@ -271,6 +274,26 @@ class SqliteStateStore(StateStore):
                 ) from exc
         for old in (self.checkpoint_path(finished_round), self.state_path(finished_round)):
             old.unlink(missing_ok=True)
+
+    def _refuse_lost_progress(self) -> None:
+        """A state file with no experiment in it beside checkpoints of a later round: the file
+        (or its -wal file, which holds the latest commits) was deleted or replaced, e.g. by a
+        backup that copied tensor.db alone. Starting over would delete those checkpoints."""
+        rounds = sorted(
+            int(m[1])
+            for p in self.checkpoint_dir.glob("global_r*.pbuf")
+            if (m := re.fullmatch(r"global_r(\d+)\.pbuf", p.name)) and int(m[1]) > 0
+        )
+        if rounds:
+            raise StateError(
+                "FX-STATE-022",
+                f"{self.path} holds no experiment, but {self.checkpoint_dir} holds the "
+                f"checkpoint of round {rounds[-1]} of one: {self.path.name} or its "
+                f"{self.path.name}-wal file (which holds the latest commits) was deleted or "
+                "replaced",
+                f"to resume, restore {self.path.parent} from a backup ({self.path.name} together "
+                f"with {self.path.name}-wal); to start over, `fx aggregator start --reset-state`",
+            )
 
     def _drop_stale_checkpoints(self, current: int | None) -> None:
         """Delete checkpoints of rounds other than ``current`` (None: all) and temporaries a

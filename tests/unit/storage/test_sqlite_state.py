@@ -134,3 +134,28 @@ def test_checkpoints_a_kill_left_behind_are_removed_when_the_state_is_loaded(tmp
     assert sorted(p.name for p in folder.iterdir()) == ["global_r2.pbuf"]
     model, _ = again.load_checkpoint(2)
     assert np.array_equal(model["w"], np.zeros(3))
+
+
+def test_a_state_file_lost_beside_checkpoints_of_a_later_round_is_refused_not_started_over(
+    tmp_path: Path,
+):
+    # Prepare: an experiment at round 2, then its tensor.db (and -wal) deleted or replaced
+    store = SqliteStateStore(tmp_path / "tensor.db")
+    store.start("h" * 64, 0)
+    store.close()
+    checkpoint = tmp_path / "checkpoints" / "global_r2.pbuf"
+    checkpoint.write_bytes(b"the model of round 2")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{tmp_path / 'tensor.db'}{suffix}").unlink(missing_ok=True)
+
+    # Execute
+    again = SqliteStateStore(tmp_path / "tensor.db")
+    with pytest.raises(StateError) as caught:
+        again.load()
+    again.close()
+
+    # Assert: refused, naming the round, and the checkpoint is kept (starting over deleted it)
+    assert caught.value.code == "FX-STATE-022"
+    assert "checkpoint of round 2" in caught.value.message and "--reset-state" in caught.value.fix
+    assert checkpoint.read_bytes() == b"the model of round 2"
+
