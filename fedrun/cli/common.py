@@ -183,8 +183,8 @@ class LogFileHandler(logging.handlers.WatchedFileHandler):
         error = sys.exc_info()[1]
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.write(
-                f"warning: cannot write the log file {self.baseFilename}: {error}; "
-                "logging to the console only from now on\n"
+                f"warning: cannot write the log file {self.baseFilename}: {error}; the "
+                "lines it cannot take are on the console only (said once)\n"
             )
 
 

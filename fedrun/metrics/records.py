@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,23 +42,55 @@ class MetricRecord:
 MetricSink = Callable[[MetricRecord], None]
 
 
+#: metric lines a writer holds back while the disk takes none (a full disk); later ones are lost
+MAX_HELD_BACK_BYTES = 16 << 20
+
+
 class JsonlMetricWriter:
-    """Appends one JSON object per metric to a file, flushed per line."""
+    """Appends one JSON object per metric to a file, written through per line.
+
+    Lines the disk cannot take (full, over quota) are held back, up to
+    :data:`MAX_HELD_BACK_BYTES`, and written before the next record once it takes them again, so
+    a full disk delays records instead of losing them; a line is never left half-written in
+    the middle of the file (what a write took is not written twice)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._out = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived handle
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self._held = bytearray()
+        #: records lost because too many were held back already
+        self.lost = 0
 
     def __call__(self, record: MetricRecord) -> None:
+        line = (record.to_json() + "\n").encode("utf-8")
         with self._lock:
-            self._out.write(record.to_json() + "\n")
-            self._out.flush()
+            if len(self._held) + len(line) > MAX_HELD_BACK_BYTES:
+                self.lost += 1
+            else:
+                self._held += line
+            self._write_held()
+
+    def _write_held(self) -> None:
+        while self._held:
+            try:
+                written = os.write(self._fd, self._held)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"{exc.strerror}: {len(self._held)} bytes of records are held back and "
+                    "written as soon as it takes them"
+                    + (f" ({self.lost} records lost)" if self.lost else ""),
+                    str(self.path),
+                ) from exc
+            del self._held[:written]
 
     def close(self) -> None:
         with self._lock:
-            self._out.close()
+            with contextlib.suppress(OSError):
+                self._write_held()
+            os.close(self._fd)
 
 
 class TensorBoardSink:
@@ -127,6 +161,8 @@ class MetricHub:
                 if i not in self._failed and self.on_error:
                     self.on_error(f"metric sink {type(sink).__name__} failed: {exc}")
                 self._failed.add(i)
+            else:
+                self._failed.discard(i)  # working again: a later failure is said again
 
     def forget_before(self, round_num: int) -> None:
         """Rounds before ``round_num`` are committed and emit nothing again: stop remembering

@@ -158,4 +158,3 @@ def test_a_state_file_lost_beside_checkpoints_of_a_later_round_is_refused_not_st
     assert caught.value.code == "FX-STATE-022"
     assert "checkpoint of round 2" in caught.value.message and "--reset-state" in caught.value.fix
     assert checkpoint.read_bytes() == b"the model of round 2"
-
