@@ -97,6 +97,8 @@ class RoundState:
     finished_names: set[str] = field(default_factory=set)
     #: no round can follow this one: collaborators may leave once its results are acknowledged
     last: bool = False
+    #: opened by an earlier run of the aggregator, which stopped: its times count from the restart
+    resumed: bool = False
 
     def count_metrics(self, result: AcceptedResult) -> None:
         """Add a result's metrics to the round's data-size-weighted sums."""
@@ -145,6 +147,8 @@ class RoundSummary:
     cpu_seconds: float | None = None
     #: seconds from the last result to the new model saved (aggregation and writing it)
     aggregation_seconds: float = 0.0
+    #: the round began before the aggregator restarted: ``duration`` counts from the restart
+    resumed: bool = False
 
 
 class ModelSink:
@@ -353,9 +357,11 @@ class Aggregator:
                 state.accumulators[task] = fn.begin_round(number, self.global_model)
         return state
 
-    def resume(self, results: list[AcceptedResult]) -> int:
+    def resume(self, results: list[AcceptedResult], *, restarted: bool = True) -> int:
         """Replay results accepted before a restart (their spool files hold the tensors, read
-        when the round closes)."""
+        when the round closes). ``restarted``: an earlier run of the aggregator opened the
+        current round (its times then count from now, and say so)."""
+        self.round.resumed = restarted
         replayed = 0
         for result in results:
             if result.round != self.round_num:
@@ -937,6 +943,7 @@ class Aggregator:
             stragglers=stragglers,
             bytes_received=state.bytes_received,
             final_validation=state.final_validation,
+            resumed=state.resumed,
             cpu_seconds=(
                 self.cpu_clock() - state.cpu_at_open
                 if self.cpu_clock is not None and state.cpu_at_open is not None
@@ -950,9 +957,10 @@ class Aggregator:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in summary_metrics.items())
         cpu = "" if summary.cpu_seconds is None else f", aggregator CPU {summary.cpu_seconds:.2f} s"
         log.info(
-            "%s finished in %.2f s (%s received, new model in %.2f s%s): %s",
+            "%s finished in %.2f s%s (%s received, new model in %.2f s%s): %s",
             label,
             summary.duration,
+            " since the restart" if state.resumed else "",
             human_bytes(summary.bytes_received),
             aggregation_seconds,
             cpu,
@@ -981,7 +989,10 @@ class Aggregator:
         closes the saved round at once opens the next one before the server reports it)."""
         if self._announced != self.round_num:
             self._announced = self.round_num
-            log.info("round %d started", self.round_num)
+            if self.round.resumed:
+                log.info("round %d resumed (it began before the restart)", self.round_num)
+            else:
+                log.info("round %d started", self.round_num)
 
     def _save_best(self, round_num: int, summary_metrics: Mapping[str, float]) -> None:
         """Save the round's input model as ``best`` when its validation score improved."""

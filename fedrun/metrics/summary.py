@@ -22,8 +22,13 @@ def round_table(history: Sequence[Any]) -> Any:
                 columns.append(key)
     table = Table(title="Rounds", title_justify="left")
     earlier = history[0].number if history else 0
+    notes = []
     if earlier:
-        table.caption = f"{earlier} earlier rounds are in logs/metrics.jsonl"
+        notes.append(f"{earlier} earlier rounds are in logs/metrics.jsonl")
+    if any(getattr(summary, "resumed", False) for summary in history):
+        notes.append("* seconds since the aggregator restarted: the round began before")
+    if notes:
+        table.caption = "\n".join(notes)
         table.caption_justify = "left"
     table.add_column("round", justify="right")
     for key in columns:
@@ -37,7 +42,7 @@ def round_table(history: Sequence[Any]) -> Any:
     for summary in history:
         label = "final" if summary.final_validation else str(summary.number)
         cells = [_fmt(summary.metrics.get(k)) for k in columns]
-        cells.append(f"{summary.duration:.1f}")
+        cells.append(f"{summary.duration:.1f}{'*' if getattr(summary, 'resumed', False) else ''}")
         cells.append(f"{summary.aggregation_seconds:.2f}")
         if cpu:
             seconds = summary.cpu_seconds

@@ -326,7 +326,7 @@ def build_aggregator(
         # the aggregator has its process to itself: its CPU per round is worth reporting
         cpu_clock=time.process_time,
     )
-    agg.resume(saved.results)
+    agg.resume(saved.results, restarted=bool(saved.plan_hash))
     return agg
 
 

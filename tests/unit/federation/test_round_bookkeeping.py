@@ -368,3 +368,37 @@ def test_a_long_experiment_holds_a_bounded_history_and_metric_memory(tmp_path, m
     assert [s.number for s in agg.round_history] == [1]
     assert {r.round for r in logged} == {0, 1}
     assert not hub._seen  # every round is committed: nothing can be logged twice any more
+
+
+def test_a_round_resumed_after_a_restart_says_so_and_counts_its_time_from_the_restart(
+    tmp_path, caplog
+):
+    # "round 3 finished in 1.38 s" of a round that ran 19 s, 18 of them before a kill
+    from rich.console import Console
+
+    from fedrun.metrics.summary import round_table
+
+    store = InMemoryStateStore()
+    store.start("h" * 64, 0)
+    first = start(tmp_path, store, ("a", "b"))
+    send(first, "a", trained(0.25), 10, 64)
+    validate(first, "a")
+
+    with caplog.at_level(logging.INFO, logger="fedrun.aggregator"):
+        again = start(tmp_path, store, ("a", "b"))
+        again.announce_round()
+        send(again, "b", trained(-1.5), 30, 64)
+        validate(again, "b")
+        again.announce_round()
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert "round 0 resumed (it began before the restart)" in lines
+    assert any(
+        line.startswith("round 0 finished in ") and " s since the restart (" in line
+        for line in lines
+    )
+    assert "round 1 started" in lines
+    console = Console(width=200, record=True)
+    console.print(round_table(again.round_history))
+    text = console.export_text()
+    assert "* seconds since the aggregator restarted" in text
