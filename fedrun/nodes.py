@@ -202,6 +202,11 @@ def run_collaborator(plan: Plan, name: str) -> Any:
             "collaborator %s trains with %d thread%s", name, threads, "" if threads == 1 else "s"
         )
     client = _client(plan, name)  # its credentials check this node's key and certificate
+    if client.network.use_tls:
+        from fedrun.transport.grpc_log import capture_handshake_failures
+
+        # gRPC's own handshake lines say less than the check that follows a failed handshake
+        capture_handshake_failures(log_refusals=False)
     if client.network.use_tls and client.network.require_client_auth:
         from fedrun.transport.diagnose import expiry_warning
 
