@@ -296,7 +296,8 @@ _ROUND_FINISHED = re.compile(
 )
 
 _FINISHED_TASKS = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ round (\d+): (\S+) finished its tasks",
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [+-]\d{4}) \S+ \S+ round (\d+): (\S+) finished "
+    r"its tasks",
     re.MULTILINE,
 )
 
@@ -307,7 +308,7 @@ def peer_waits(log_text: str, started_epoch: float) -> dict[str, list[tuple[floa
     synchronous round cannot avoid. Read from the aggregator's log (millisecond timestamps)."""
     by_round: dict[int, list[tuple[float, str]]] = {}
     for m in _FINISHED_TASKS.finditer(log_text):
-        when = _dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        when = _dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f %z").timestamp()
         by_round.setdefault(int(m.group(2)), []).append((when - started_epoch, m.group(3)))
     waits: dict[str, list[tuple[float, float]]] = {}
     for entries in by_round.values():

@@ -163,9 +163,18 @@ def setup_logging(level: str = "info", logfile: Path | None = None) -> None:
                 f"cannot write the log file {target}: {exc.strerror or exc}",
                 f"make {target.parent} writable by this user (or free space on it)",
             ) from exc
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        fh.setFormatter(LogFileFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
     root.propagate = False
+
+
+class LogFileFormatter(logging.Formatter):
+    """Log file lines stamped ``2026-12-07 15:02:00,649 -0500``: local time with its UTC offset,
+    so the logs of nodes in different time zones (or with different TZ settings) line up."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        offset = time.strftime("%z", self.converter(record.created))
+        return f"{super().formatTime(record, datefmt)} {offset}"
 
 
 class LogFileHandler(logging.handlers.WatchedFileHandler):

@@ -89,3 +89,36 @@ def test_a_log_file_moved_away_by_logrotate_is_reopened_at_its_path(tmp_path) ->
 
     assert "round 2" in path.read_text() and "round 1" not in path.read_text()
     assert "round 2" not in (tmp_path / "aggregator.log.1").read_text()
+
+
+def test_log_file_lines_carry_their_utc_offset_and_the_benchmarks_read_them(
+    tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # nodes in different time zones (or TZ settings) wrote local times with no offset
+    import time
+
+    from benchmarks.fedrun_runner import peer_waits
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    setup_logging("info", tmp_path / "node.log")
+    try:
+        logging.getLogger("fedrun.aggregator").info("round 0: one finished its tasks")
+        logging.getLogger("fedrun.aggregator").info("round 0: two finished its tasks")
+        text = (tmp_path / "node.log").read_text()
+    finally:
+        root = logging.getLogger("fedrun")
+        for h in root.handlers:
+            h.close()
+        root.handlers.clear()
+        root.propagate = True
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+    first = text.splitlines()[0]
+    assert re.match(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} -0[45]00 INFO fedrun.aggregator: ", first
+    )
+    waits = peer_waits(text, time.time() - 60)
+    assert set(waits) == {"one", "two"}
+    assert all(0 <= end - start < 5 for spans in waits.values() for start, end in spans)
