@@ -954,7 +954,10 @@ class Aggregator:
         del self.round_history[:-ROUND_HISTORY_KEPT]
         self.metrics.forget_before(state.number + 1)
         label = "final validation" if state.final_validation else f"round {state.number}"
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in summary_metrics.items())
+        shown = ", ".join(
+            f"{k}={v:.0f}" if k.startswith("communication/") else f"{k}={v:.4f}"  # byte counts
+            for k, v in summary_metrics.items()
+        )
         cpu = "" if summary.cpu_seconds is None else f", aggregator CPU {summary.cpu_seconds:.2f} s"
         log.info(
             "%s finished in %.2f s%s (%s received, new model in %.2f s%s): %s",

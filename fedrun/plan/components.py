@@ -156,7 +156,7 @@ def reset_state(plan: Plan) -> None:
             for item in folder.iterdir():
                 if item.is_file():
                     item.unlink()
-    log.warning("aggregator state reset: %s removed", path)
+    log.info("aggregator state reset (as asked): %s removed", path)
 
 
 def _model_paths(plan: Plan) -> list[Path]:
