@@ -27,15 +27,24 @@ def aggregator() -> None:
 
 @aggregator.command()
 @click.option(
-    "-p", "--plan", "--plan_config", "plan_config", default="plan/plan.yaml", show_default=True
+    "-p",
+    "--plan",
+    "--plan_config",
+    "--plan-config",
+    "plan_config",
+    default="plan/plan.yaml",
+    show_default=True,
+    help="federated learning plan",
 )
 @click.option(
     "-c",
     "--authorized_cols",
     "--cols_config",
+    "--cols-config",
     "cols_config",
     default=None,  # the plan's workspace's plan/cols.yaml; a named file must exist
     show_default="plan/cols.yaml",
+    help="authorized collaborator list",
 )
 @click.option(
     "--task-group",
@@ -75,6 +84,14 @@ def start(
     if agg.round_history:
         console(stderr=False).print(round_table(agg.round_history))
     if agg.finished_event.is_set():
+        settings = loaded.settings("aggregator")
+        models = [
+            str(path)
+            for key in ("last_state_path", "best_state_path")
+            if (path := loaded.resolve_path(settings[key])).is_file()
+        ]
+        if models:
+            ok(f"models: {' and '.join(models)}")
         exit_now(0)
     console().print(
         "[yellow]aggregator stopped before the experiment finished[/]; run the same command "

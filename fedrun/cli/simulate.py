@@ -80,6 +80,9 @@ def simulate(
     made_here = False
     if workspace is None:
         template = template or "torch/digits"
+        from fedrun.workspace.templates_catalog import template_dir
+
+        template_dir(template)  # an unknown name is refused before anything is said or made
         if prefix is None:
             prefix = Path("fedrun-workspaces") / f"{template.replace('/', '_')}-{stamp}"
         target, create_from = prefix, template

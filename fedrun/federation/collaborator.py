@@ -103,6 +103,7 @@ class Collaborator:
         self.idle_seconds = 0.0
         #: seconds the last task's result took to send (retries included)
         self.send_seconds = 0.0
+        self._started = False
         for name, spec in self.tasks.items():
             if not callable(getattr(task_runner, spec.function, None)):
                 raise PlanError(
@@ -113,8 +114,11 @@ class Collaborator:
                 )
 
     def run(self) -> None:
-        """Work until the aggregator says the experiment is over."""
-        log.info("collaborator %s started", self.name)
+        """Work until the aggregator says the experiment is over (called again after a round
+        closed while it worked)."""
+        if not self._started:
+            self._started = True
+            log.info("collaborator %s started", self.name)
         while True:
             asked = time.monotonic()
             assignment = self.connection.get_tasks()

@@ -115,12 +115,20 @@ def metric_hub(plan: Plan, *, resuming: bool = False, from_round: int = 0) -> Me
             for r in read_metrics(path)
             if r.round >= from_round
         }
-    elif path.is_file() and path.stat().st_size:
+    else:
+        # a new experiment: an earlier one's files go aside, TensorBoard would otherwise draw
+        # both experiments' curves over each other
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path.rename(path.with_name(f"metrics.{stamp}.jsonl"))
+        if path.is_file() and path.stat().st_size:
+            path.rename(path.with_name(f"metrics.{stamp}.jsonl"))
+        board = plan.workspace / "logs" / "tensorboard"
+        if board.is_dir() and any(board.iterdir()):
+            board.rename(board.with_name(f"tensorboard.{stamp}"))
     sinks: list[Any] = [JsonlMetricWriter(path)]
     if settings.get("write_logs"):
-        sinks.append(TensorBoardSink(plan.workspace / "logs" / "tensorboard"))
+        board = plan.workspace / "logs" / "tensorboard"
+        log.info("TensorBoard event files go to %s (tensorboard --logdir %s)", board, board)
+        sinks.append(TensorBoardSink(board))
     callback = metric_callback(plan)
     if callback is not None:
         sinks.append(CallbackSink(callback))

@@ -336,7 +336,25 @@ class SqliteStateStore(StateStore):
                 f"the checkpoint of round {round_num} ({path}) is missing",
                 "do not delete local_state/ while an experiment runs; start over with --reset-state",
             )
-        model = open_model_view(path).tensors
+        try:
+            model = open_model_view(path).tensors
+        except StateError as exc:
+            if exc.code != "FX-STATE-002":
+                raise
+            shared = path.stat().st_nlink > 1
+            raise StateError(
+                "FX-STATE-002",
+                f"the checkpoint of round {round_num} ({path}) is damaged"
+                + (
+                    " (it is one file with the model of that round in save/, last.pbuf unless "
+                    "the plan names another: a change to either is a change to both)"
+                    if shared
+                    else ""
+                )
+                + f": {exc.message}",
+                f"restore {self.path.parent} and save/ from a backup to resume, or start over "
+                "with `fx aggregator start --reset-state`",
+            ) from exc
         state_file = self.state_path(round_num)
         agg_state = load_model(state_file).tensors if state_file.is_file() else {}
         return model, agg_state

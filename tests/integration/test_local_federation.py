@@ -82,6 +82,9 @@ def test_collaborator_started_first_waits_and_joins(tmp_path: Path, nodes: Nodes
     assert "connected to 127.0.0.1" in nodes.log("one")
     log = (ws / "logs" / "aggregator.log").read_text()
     assert "collaborator one joined" in log and "collaborator two joined" in log
+    assert f"models: {ws / 'save' / 'last.pbuf'} and {ws / 'save' / 'best.pbuf'}" in nodes.log(
+        "aggregator"
+    )  # where the experiment's result is, at its end
     assert "INSECURE" in nodes.log("aggregator") or "TLS is OFF" in nodes.log("aggregator")
     assert "two processes" not in nodes.log("aggregator")  # a reconnect is the same process
 

@@ -436,3 +436,27 @@ def test_output_into_a_file_or_pipe_keeps_a_csr_hash_on_one_line(runner, workspa
 
     assert result.exit_code == 0, result.output
     assert re.search(r"CSR hash \(SHA-384\): [0-9a-f]{96}  \(compare it", result.output)
+
+
+def test_aggregator_start_takes_the_plan_options_as_every_other_command_does(runner):
+    result = runner.invoke(cli, ["aggregator", "start", "--help"])
+
+    assert result.exit_code == 0
+    for option in (
+        "--plan-config",
+        "--cols-config",
+        "--authorized_cols",
+        "federated learning plan",
+    ):
+        assert option in result.output, option
+
+
+def test_simulate_with_an_unknown_template_says_only_that(runner, tmp_path, monkeypatch):
+    # it printed "preparing workspace fedrun-workspaces/nope-... ..." first, a folder it never made
+    monkeypatch.chdir(tmp_path)
+
+    result = runner.invoke(cli, ["simulate", "--template", "nope"])
+
+    assert_clean_failure(result, 3, "FX-WS-001")
+    assert "preparing" not in result.output
+    assert list(tmp_path.iterdir()) == []

@@ -1119,3 +1119,23 @@ def test_a_task_s_time_is_logged_apart_from_the_time_its_result_took_to_send(tmp
     )
     assert match is not None, lines[0]
     assert float(match[1]) < 0.3 and float(match[2]) >= 0.4
+
+
+def test_a_collaborator_says_it_started_once_when_a_closed_round_makes_it_ask_again(
+    tmp_path, caplog
+):
+    # a round closed while it worked (RoundClosed) makes the node call run() again: it logged
+    # "collaborator X started" a second time
+    aggregator = make_aggregator(tmp_path, ["one"], rounds=1, final_validation=False)
+    collaborator = Collaborator(
+        collaborator_name="one",
+        connection=InProcessConnection(aggregator, "one"),
+        task_runner=NumpyRunner(*PROFILES["one"]),
+        tasks=TASKS,
+    )
+
+    with caplog.at_level(logging.INFO, logger="fedrun.collaborator"):
+        collaborator.run()
+        collaborator.run()  # the experiment is over: it is told to stop at once
+
+    assert [r.getMessage() for r in caplog.records].count("collaborator one started") == 1

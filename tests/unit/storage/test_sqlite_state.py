@@ -158,3 +158,26 @@ def test_a_state_file_lost_beside_checkpoints_of_a_later_round_is_refused_not_st
     assert caught.value.code == "FX-STATE-022"
     assert "checkpoint of round 2" in caught.value.message and "--reset-state" in caught.value.fix
     assert checkpoint.read_bytes() == b"the model of round 2"
+
+
+def test_a_damaged_checkpoint_says_it_is_one_file_with_the_saved_model(tmp_path: Path):
+    # truncating save/last.pbuf damaged the checkpoint: the error named a file the user had
+    # not touched, and pointed at a save/previous-*/ folder that did not exist
+    import os
+
+    from fedrun.storage.model_file import save_model
+
+    store = SqliteStateStore(tmp_path / "local_state" / "tensor.db")
+    last = tmp_path / "save" / "last.pbuf"
+    save_model(last, {"w": np.ones(1000, np.float32)}, round_num=1)
+    os.link(last, store.checkpoint_path(1))  # as a round's commit links them
+    os.truncate(last, 100)
+
+    with pytest.raises(StateError) as caught:
+        store.load_checkpoint(1)
+    store.close()
+
+    assert caught.value.code == "FX-STATE-002"
+    assert "checkpoint of round 1" in caught.value.message
+    assert "one file with the model of that round in save/" in caught.value.message
+    assert "--reset-state" in caught.value.fix and "previous-" not in caught.value.fix
