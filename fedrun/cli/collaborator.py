@@ -19,6 +19,16 @@ from fedrun.cli.common import (
     setup_logging,
 )
 
+#: -n NAME, as OpenFL spells it
+name_option = click.option(
+    "-n",
+    "--collaborator_name",
+    "--collaborator-name",
+    "name",
+    required=True,
+    help="the collaborator's name (as in plan/cols.yaml and its certificate)",
+)
+
 
 @click.group()
 def collaborator() -> None:
@@ -26,7 +36,7 @@ def collaborator() -> None:
 
 
 @collaborator.command()
-@click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
+@name_option
 @click.option(
     "-d",
     "--data_path",
@@ -52,7 +62,7 @@ def create(name: str, data_path: str | None, silent: bool) -> None:
 
 
 @collaborator.command()
-@click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
+@name_option
 @plan_options
 @click.pass_context
 @handle_errors
@@ -78,7 +88,7 @@ def start(
 
 
 @collaborator.command()
-@click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
+@name_option
 @plan_options
 @handle_errors
 def ping(name: str, plan_config: str, cols_config: str | None, data_config: str | None) -> None:
@@ -95,7 +105,7 @@ def ping(name: str, plan_config: str, cols_config: str | None, data_config: str 
 
 
 @collaborator.command("generate-cert-request")
-@click.option("-n", "--collaborator_name", "--collaborator-name", "name", required=True)
+@name_option
 @click.option("-s", "--silent", is_flag=True, help="do not print the CSR hash")
 @click.option("-x", "--skip-package", is_flag=True, help="do not write the request zip")
 @click.option(
@@ -132,7 +142,14 @@ def generate_cert_request(
 
 
 @collaborator.command()
-@click.option("-n", "--collaborator_name", "--collaborator-name", "name", default=None)
+@click.option(
+    "-n",
+    "--collaborator_name",
+    "--collaborator-name",
+    "name",
+    default=None,
+    help="the collaborator's name, checked against the request or certificate package",
+)
 @click.option("-s", "--silent", is_flag=True, help="sign without confirming the CSR hash")
 @click.option(
     "-r",
