@@ -41,7 +41,7 @@ def round_table(history: Sequence[Any]) -> Any:
     table.add_column("received", justify="right")
     for summary in history:
         label = "final" if summary.final_validation else str(summary.number)
-        cells = [_fmt(summary.metrics.get(k)) for k in columns]
+        cells = [_fmt(summary.metrics.get(k), k) for k in columns]
         cells.append(f"{summary.duration:.1f}{'*' if getattr(summary, 'resumed', False) else ''}")
         cells.append(f"{summary.aggregation_seconds:.2f}")
         if cpu:
@@ -70,7 +70,7 @@ def metrics_table(records: Iterable[MetricRecord], rounds_to_train: int) -> Any:
         table.add_column(_header(key), justify="right")
     for number in sorted(rows):
         label = f"{number} (final model)" if number >= rounds_to_train else str(number)
-        table.add_row(label, *[_fmt(rows[number].get(k)) for k in columns])
+        table.add_row(label, *[_fmt(rows[number].get(k), k) for k in columns])
     return table
 
 
@@ -86,5 +86,9 @@ def _header(key: str) -> str:
     return f"{_SHORT_TASKS.get(task, task)}\n{metric}"
 
 
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+def _fmt(value: float | None, key: str = "") -> str:
+    if value is None:
+        return ""
+    if key.startswith("communication/bytes"):
+        return f"{value:.0f}"  # a count of bytes
+    return f"{value:.4f}"

@@ -56,3 +56,17 @@ def test_rounds_table_has_the_new_model_time_of_the_round_log_line():
     text = _render(round_table([summary]))
 
     assert "new model s" in text and "0.37" in text
+
+
+def test_byte_counts_are_whole_numbers_and_other_metrics_keep_four_decimals():
+    summary = _summary(0, None)
+    summary.metrics = {
+        "train/loss": 0.5,
+        "communication/bytes_received": 109648.0,
+        "communication/compression_ratio": 1.0,
+    }
+
+    text = _render(round_table([summary]))
+
+    assert "109648 " in text and "109648.0000" not in text
+    assert "0.5000" in text and "1.0000" in text
