@@ -112,11 +112,13 @@ def show(plan_config: str, cols_config: str | None, data_config: str | None) -> 
 @plan.command()
 @click.option(
     "-p",
+    "--plan",
     "--plan_config",
     "--plan-config",
     "plan_config",
     default="plan/plan.yaml",
     show_default=True,
+    help="federated learning plan",
 )
 @handle_errors
 def freeze(plan_config: str) -> None:

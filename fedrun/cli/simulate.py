@@ -34,7 +34,13 @@ from fedrun.cli.common import console, handle_errors
     type=click.IntRange(1, 512),
     help="collaborator processes",
 )
-@click.option("-r", "--rounds", default=None, type=click.IntRange(1), help="rounds to train")
+@click.option(
+    "-r",
+    "--rounds",
+    default=None,
+    type=click.IntRange(1),
+    help="rounds to train  [default: the plan's rounds_to_train]",
+)
 @click.option(
     "--plan-set",
     "plan_set",
