@@ -11,6 +11,7 @@ import contextlib
 import errno
 import functools
 import logging
+import re
 import socket
 import threading
 import time
@@ -103,6 +104,17 @@ def server_options(chunk_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def _label(name: str) -> str:
+    """A peer's name as log lines show it: as it is when it is a plain name, quoted, escaped
+    and cut short (:func:`fedrun.errors.shown`) otherwise, since the peer chose it."""
+    if not name:
+        return "?"
+    return name if _PLAIN_NAME.fullmatch(name) else shown(name)
+
+
 def _no_client_certificate(address: str) -> ProtocolError:
     return ProtocolError(
         "FX-AUTH-001",
@@ -191,7 +203,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             host = address.rpartition(":")[0] or address
             self._refuse(context, _no_client_certificate(address), f"? ({address})", host)
             return
-        label = f"{shown(cn)} ({address})"
+        label = f"{_label(cn)} ({address})"
         try:
             self.aggregator.check_member(cn)
         except ProtocolError as error:
@@ -214,7 +226,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     def _authenticate(self, header: pb.Header, context: grpc.ServicerContext) -> str:
         claimed = header.collaborator
         address = peer_address(context)
-        peer = f"{shown(claimed) if claimed else '?'} ({address})"
+        peer = f"{_label(claimed)} ({address})"
         identity: str | None = address.rpartition(":")[0] or address
         if self.verify_peer_name:
             cn = peer_common_name(context)
