@@ -517,7 +517,7 @@ class Aggregator:
             if run and run != self.run_id:
                 raise ProtocolError(
                     "FX-ROUND-006",
-                    f"result of {collaborator!r} for task {task!r} of round {round_num} refused: "
+                    f"result of {collaborator!r} for task {shown(task)} of round {round_num} refused: "
                     "it answers tasks of an earlier run of this experiment (the aggregator was "
                     "started over with --reset-state since)",
                     "nothing to do: the collaborator asks for the current run's tasks",
@@ -525,7 +525,7 @@ class Aggregator:
             if self.farewell_of is not None:
                 raise ProtocolError(
                     "FX-ROUND-002",
-                    f"result of {collaborator!r} for task {task!r} of round {round_num} is not "
+                    f"result of {collaborator!r} for task {shown(task)} of round {round_num} is not "
                     "needed: the experiment finished (the aggregator stopped before it "
                     "acknowledged every result)",
                     "nothing to do: the collaborator asks for tasks and is told to stop",
@@ -533,7 +533,7 @@ class Aggregator:
             if self.done or round_num != state.number:
                 raise ProtocolError(
                     "FX-ROUND-002",
-                    f"result of {collaborator!r} for task {task!r} of round {round_num} refused: "
+                    f"result of {collaborator!r} for task {shown(task)} of round {round_num} refused: "
                     f"round {round_num} is closed (aggregator at round {self.round_num})",
                     "nothing to do: the collaborator joins the next round",
                 )
@@ -547,7 +547,7 @@ class Aggregator:
             if task not in state.assigned.get(collaborator, []):
                 raise ProtocolError(
                     "FX-ROUND-004",
-                    f"{collaborator!r} sent a result for task {task!r}, which it was not assigned "
+                    f"{collaborator!r} sent a result for task {shown(task)}, which it was not assigned "
                     f"in round {round_num}",
                     "run the tasks the aggregator hands out",
                 )
@@ -555,7 +555,7 @@ class Aggregator:
             if task in state.done.get(collaborator, set()):
                 raise ProtocolError(
                     "FX-ROUND-005",
-                    f"duplicate result from {collaborator!r} for task {task!r} in round {round_num}",
+                    f"duplicate result from {collaborator!r} for task {shown(task)} in round {round_num}",
                     "nothing to do: the first result counts",
                 )
             earlier = self._uploads.get(key)
@@ -577,7 +577,7 @@ class Aggregator:
             if not 0 <= data_size <= MAX_DATA_SIZE:
                 raise ProtocolError(
                     "FX-DATA-011",
-                    f"{collaborator!r} sent data_size {data_size} for {task!r}: not a number of "
+                    f"{collaborator!r} sent data_size {data_size} for {shown(task)}: not a number of "
                     "samples",
                     "the task runner's data loader reports how many samples it trained or "
                     f"validated on (0 to {MAX_DATA_SIZE})",
@@ -585,7 +585,7 @@ class Aggregator:
             if tensor_count and task not in state.accumulators:
                 raise ProtocolError(
                     "FX-DATA-012",
-                    f"{collaborator!r} sent tensors for task {task!r}, which produces none",
+                    f"{collaborator!r} sent tensors for task {shown(task)}, which produces none",
                 )
             state.in_progress.add(key)
             upload = ResultUpload(
@@ -603,7 +603,7 @@ class Aggregator:
         delta: bool,
     ) -> None:
         """Refuse a tensor the global model has not, or of another shape or dtype."""
-        where = f"{upload.collaborator!r}, task {upload.task!r}, round {upload.round}"
+        where = f"{upload.collaborator!r}, task {shown(upload.task)}, round {upload.round}"
         reference = self.global_model.get(name)
         if self.accept_optimizer_state and name.startswith(OPTIMIZER_PREFIX):
             if not delta:
@@ -613,25 +613,25 @@ class Aggregator:
                 return
             if reference is None:
                 raise ProtocolError(
-                    "FX-DATA-016", f"delta for {name!r} from {where} has no base tensor"
+                    "FX-DATA-016", f"delta for {shown(name)} from {where} has no base tensor"
                 )
         elif reference is None:
             raise ProtocolError(
                 "FX-DATA-013",
-                f"unknown tensor {name!r} from {where}: not part of the global model",
+                f"unknown tensor {shown(name)} from {where}: not part of the global model",
                 "the collaborator's model must have the same layers as the aggregator's",
             )
         ref_shape, ref_dtype = reference.shape, reference.dtype
         if shape != ref_shape:
             raise ProtocolError(
                 "FX-DATA-014",
-                f"tensor {name!r} from {where} has shape {shape}, expected {ref_shape}",
+                f"tensor {shown(name)} from {where} has shape {shape}, expected {ref_shape}",
                 "the collaborator's model must match the plan's initial model",
             )
         if dtype != ref_dtype:
             raise ProtocolError(
                 "FX-DATA-015",
-                f"tensor {name!r} from {where} has dtype {dtype}, expected {ref_dtype}",
+                f"tensor {shown(name)} from {where} has dtype {dtype}, expected {ref_dtype}",
                 "the collaborator's model must match the plan's initial model",
             )
 
@@ -675,11 +675,11 @@ class Aggregator:
         self, upload: ResultUpload, name: str, array: np.ndarray, delta: bool
     ) -> None:
         self._check_layout(upload, name, array.shape, array.dtype, delta)
-        where = f"{upload.collaborator!r}, task {upload.task!r}, round {upload.round}"
+        where = f"{upload.collaborator!r}, task {shown(upload.task)}, round {upload.round}"
         if array.dtype.kind == "f" and not all_finite(array):
             raise ProtocolError(
                 "FX-DATA-010",
-                f"tensor {name!r} from {where} holds NaN or infinite values",
+                f"tensor {shown(name)} from {where} holds NaN or infinite values",
                 "the collaborator's training diverged; lower its learning rate",
             )
 
@@ -713,7 +713,7 @@ class Aggregator:
             if not self.state_store.record_result(result):
                 raise ProtocolError(
                     "FX-ROUND-005",
-                    f"duplicate result from {upload.collaborator!r} for task {upload.task!r}",
+                    f"duplicate result from {upload.collaborator!r} for task {shown(upload.task)}",
                 )
             failpoints.hit("result_recorded")
             self._apply_result(result, replay=False)
@@ -954,10 +954,13 @@ class Aggregator:
         del self.round_history[:-ROUND_HISTORY_KEPT]
         self.metrics.forget_before(state.number + 1)
         label = "final validation" if state.final_validation else f"round {state.number}"
-        shown = ", ".join(
-            f"{k}={v:.0f}" if k.startswith("communication/") else f"{k}={v:.4f}"  # byte counts
-            for k, v in summary_metrics.items()
+        items = list(summary_metrics.items())
+        listed = ", ".join(
+            f"{k}={v:.0f}" if k.startswith("communication/bytes") else f"{k}={v:.4f}"
+            for k, v in items[:METRICS_PER_LOG_LINE]
         )
+        if len(items) > METRICS_PER_LOG_LINE:
+            listed += f" and {len(items) - METRICS_PER_LOG_LINE} more in logs/metrics.jsonl"
         cpu = "" if summary.cpu_seconds is None else f", aggregator CPU {summary.cpu_seconds:.2f} s"
         log.info(
             "%s finished in %.2f s%s (%s received, new model in %.2f s%s): %s",
@@ -967,7 +970,7 @@ class Aggregator:
             human_bytes(summary.bytes_received),
             aggregation_seconds,
             cpu,
-            shown or "no metrics",
+            listed or "no metrics",
         )
         for listener in self.listeners:
             listener(summary)
@@ -1206,6 +1209,8 @@ def require_collaborators(collaborators: Sequence[str], source: object = "plan/c
 #: the largest data_size (samples a result stands for) a result may claim: exactly representable
 #: as the float64 weight it becomes, and far beyond any data set
 MAX_DATA_SIZE = 2**53 - 1
+#: metrics a round's log line lists (all of them are in metrics.jsonl)
+METRICS_PER_LOG_LINE = 24
 #: metrics one result may report, and the longest name one may have
 MAX_METRICS_PER_RESULT = 4096
 MAX_METRIC_NAME_CHARACTERS = 128
@@ -1218,7 +1223,7 @@ def check_metrics(collaborator: str, task: str, metrics: Mapping[str, float]) ->
     if len(metrics) > MAX_METRICS_PER_RESULT:
         raise ProtocolError(
             "FX-DATA-043",
-            f"{collaborator!r} reported {len(metrics)} metrics for {task!r}; at most "
+            f"{collaborator!r} reported {len(metrics)} metrics for {shown(task)}; at most "
             f"{MAX_METRICS_PER_RESULT} are taken",
             "report fewer metrics from the task runner",
         )
@@ -1226,7 +1231,7 @@ def check_metrics(collaborator: str, task: str, metrics: Mapping[str, float]) ->
         if not name or len(name) > MAX_METRIC_NAME_CHARACTERS or not name.isprintable():
             raise ProtocolError(
                 "FX-DATA-043",
-                f"{collaborator!r} reported a metric for {task!r} named {shown(name)}",
+                f"{collaborator!r} reported a metric for {shown(task)} named {shown(name)}",
                 f"name metrics with 1 to {MAX_METRIC_NAME_CHARACTERS} printable characters",
             )
         if not math.isfinite(value):
@@ -1275,7 +1280,7 @@ class ResultUpload:
     def _check_new(self, name: str) -> None:
         if name in self.names or name in self._streaming:
             raise ProtocolError(
-                "FX-DATA-017", f"tensor {name!r} sent twice by {self.collaborator!r}"
+                "FX-DATA-017", f"tensor {shown(name)} sent twice by {self.collaborator!r}"
             )
         if len(self.names) + len(self._streaming) >= self.tensor_count:
             raise ProtocolError(
@@ -1326,7 +1331,7 @@ class ResultUpload:
     def dropped_error(self) -> ProtocolError:
         return ProtocolError(
             "FX-ROUND-007",
-            f"the upload of {self.collaborator!r}'s result for {self.task!r} (round {self.round}) "
+            f"the upload of {self.collaborator!r}'s result for {shown(self.task)} (round {self.round}) "
             f"was dropped: {self.dropped}",
             "send the result again; it counts if its round is still open",
         )
@@ -1354,7 +1359,7 @@ class ResultUpload:
             raise ProtocolError(
                 "FX-DATA-020",
                 f"{self.collaborator!r} sent more optimizer state than the model can have "
-                f"(at {name!r}: {self.optimizer_tensors} tensors, "
+                f"(at {shown(name)}: {self.optimizer_tensors} tensors, "
                 f"{human_bytes(self.optimizer_bytes)}; at most {max_tensors} tensors, "
                 f"{human_bytes(max_bytes)}, {OPTIMIZER_STATE_FACTOR}x the model's weights)",
                 "the collaborator's optimizer state must belong to the plan's model; with "
@@ -1424,7 +1429,7 @@ class IncomingTensor:
         if end > self.expected:
             raise ProtocolError(
                 "FX-WIRE-007",
-                f"tensor {self.name!r} sent more than its declared {self.expected} bytes",
+                f"tensor {shown(self.name)} sent more than its declared {self.expected} bytes",
             )
         if self.dtype.kind == "f":
             data: memoryview | bytes = chunk
@@ -1436,7 +1441,7 @@ class IncomingTensor:
             if not all_finite(values):
                 raise ProtocolError(
                     "FX-DATA-010",
-                    f"tensor {self.name!r} from {upload.collaborator!r}, task {upload.task!r}, "
+                    f"tensor {shown(self.name)} from {upload.collaborator!r}, task {shown(upload.task)}, "
                     f"round {upload.round} holds non-finite value(s) (NaN or inf); "
                     "the update was refused",
                     "the collaborator's training diverged; lower its learning rate",

@@ -21,7 +21,7 @@ from google.protobuf.internal.encoder import _VarintBytes
 from fedrun.buffers import BufferPool
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import CHUNK_BYTES, MAX_TENSOR_BYTES
-from fedrun.errors import ProtocolError
+from fedrun.errors import ProtocolError, shown
 from fedrun.protocol import federation_pb2 as pb
 
 #: dtypes that may cross the wire (numeric and bool; never object or structured dtypes)
@@ -60,9 +60,9 @@ def parse_dtype(text: str) -> np.dtype:
     try:
         dt = np.dtype(text)
     except TypeError as exc:
-        raise ProtocolError("FX-WIRE-002", f"unknown dtype {text!r} in tensor header") from exc
+        raise ProtocolError("FX-WIRE-002", f"unknown dtype {shown(text)} in tensor header") from exc
     if dt.kind not in ALLOWED_KINDS:
-        raise ProtocolError("FX-WIRE-002", f"dtype {text!r} is not allowed on the wire")
+        raise ProtocolError("FX-WIRE-002", f"dtype {shown(text)} is not allowed on the wire")
     return dt
 
 
@@ -184,7 +184,7 @@ def data_view(frame: pb.TensorFrame, tensor: str) -> memoryview:
     if frame.WhichOneof("body") != "data":
         raise ProtocolError(
             "FX-WIRE-007",
-            f"tensor {tensor!r} ended before its declared size "
+            f"tensor {shown(tensor)} ended before its declared size "
             f"(a {frame.WhichOneof('body')!r} frame came inside it)",
         )
     return memoryview(frame.data)
@@ -385,24 +385,24 @@ def check_header(header: pb.TensorHeader, max_bytes: int = MAX_TENSOR_BYTES) -> 
         raise ProtocolError("FX-WIRE-003", "tensor header without a name")
     dtype = parse_dtype(header.dtype)
     if any(d < 0 for d in header.shape):
-        raise ProtocolError("FX-WIRE-004", f"tensor {header.name!r} has a negative dimension")
+        raise ProtocolError("FX-WIRE-004", f"tensor {shown(header.name)} has a negative dimension")
     expected = dtype.itemsize * int(np.prod(header.shape, dtype=np.float64))
     if expected > max_bytes or header.payload_bytes > max_bytes:
         raise ProtocolError(
             "FX-WIRE-005",
-            f"tensor {header.name!r} declares {max(expected, header.payload_bytes)} bytes, "
+            f"tensor {shown(header.name)} declares {max(expected, header.payload_bytes)} bytes, "
             f"over the limit of {max_bytes}",
         )
     if header.encoding in ("", "none") and header.payload_bytes != expected:
         raise ProtocolError(
             "FX-WIRE-006",
-            f"tensor {header.name!r}: {header.payload_bytes} payload bytes for dtype "
+            f"tensor {shown(header.name)}: {header.payload_bytes} payload bytes for dtype "
             f"{dtype} and shape {tuple(header.shape)} (expected {expected})",
         )
     if header.payload_bytes > encoded_limit(expected):
         raise ProtocolError(
             "FX-WIRE-006",
-            f"tensor {header.name!r}: {header.payload_bytes} encoded payload bytes for "
+            f"tensor {shown(header.name)}: {header.payload_bytes} encoded payload bytes for "
             f"{expected} bytes of dtype {dtype} and shape {tuple(header.shape)}; no pipeline "
             f"makes more than {encoded_limit(expected)}",
         )
@@ -454,7 +454,7 @@ class TensorAssembler:
             if self._header is not None:
                 raise ProtocolError(
                     "FX-WIRE-007",
-                    f"tensor {self._header.name!r} ended after {self._filled} of "
+                    f"tensor {shown(self._header.name)} ended after {self._filled} of "
                     f"{self._header.payload_bytes} bytes",
                 )
             self._dtype = check_header(frame.header, self.max_bytes)
@@ -477,7 +477,7 @@ class TensorAssembler:
         if header.encoding not in ("", "none") and header.encoding not in self.pipelines:
             raise ProtocolError(
                 "FX-WIRE-010",
-                f"tensor {header.name!r} uses encoding {header.encoding!r}, "
+                f"tensor {shown(header.name)} uses encoding {shown(header.encoding)}, "
                 "which this side's plan does not use",
                 "use the same compression_pipeline on every node",
             )
@@ -489,7 +489,7 @@ class TensorAssembler:
         if end > len(self._buffer):
             raise ProtocolError(
                 "FX-WIRE-007",
-                f"tensor {self._header.name!r} sent more than its declared "
+                f"tensor {shown(self._header.name)} sent more than its declared "
                 f"{self._header.payload_bytes} bytes",
             )
         self._buffer[self._filled : end] = np.frombuffer(chunk, dtype=np.uint8)
@@ -514,7 +514,7 @@ class TensorAssembler:
             array = pipeline.decode(buffer.data, header.encoding_meta, dtype, shape)
         except ValueError as exc:
             raise ProtocolError(
-                "FX-WIRE-011", f"tensor {header.name!r} could not be decoded: {exc}"
+                "FX-WIRE-011", f"tensor {shown(header.name)} could not be decoded: {exc}"
             ) from exc
         if self.pool is not None and not np.shares_memory(array, buffer):
             self.pool.give(buffer)  # the decoded array is new memory; the payload is done
@@ -525,7 +525,7 @@ class TensorAssembler:
         if self._header is not None:
             raise ProtocolError(
                 "FX-WIRE-007",
-                f"stream ended inside tensor {self._header.name!r} "
+                f"stream ended inside tensor {shown(self._header.name)} "
                 f"({self._filled} of {self._header.payload_bytes} bytes)",
             )
 

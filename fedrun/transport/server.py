@@ -18,7 +18,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from concurrent import futures
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger("fedrun.server")
+T = TypeVar("T")
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
@@ -121,6 +122,20 @@ def _no_client_certificate(address: str) -> ProtocolError:
         f"connection from {address} presented no client certificate",
         "collaborators need a certificate signed by the federation's CA",
     )
+
+
+def first_message(messages: Iterator[T], context: grpc.ServicerContext) -> T | None:
+    """The call's first message, None when the call ends without one. Every call is served as
+    a stream (see :func:`register_servicer`), so waiting for it happens here, after the call
+    was admitted, and a call that sends nothing for ``FIRST_MESSAGE_SECONDS`` is ended (the
+    thread it holds freed): a client sends its request, or an upload its header, at once."""
+    silent = threading.Timer(FIRST_MESSAGE_SECONDS, context.cancel)
+    silent.daemon = True
+    silent.start()
+    try:
+        return next(messages, None)
+    finally:
+        silent.cancel()
 
 
 def status_for(error: FedrunError) -> grpc.StatusCode:
@@ -255,8 +270,21 @@ class FederationServicer(pb_grpc.FederationServicer):
         return claimed
 
     # ------------------------------------------------------------------ RPCs
-    def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingResponse:
+    def _request(self, requests: Iterator[T], context: grpc.ServicerContext) -> T:
+        """The one request of a call with a single request (admitted first)."""
         self._admit(context)
+        request = first_message(requests, context)
+        if request is None:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "FX-WIRE-016: the call carried no request"
+            )
+        assert request is not None  # context.abort above raised otherwise
+        return request
+
+    def Ping(
+        self, requests: Iterator[pb.PingRequest], context: grpc.ServicerContext
+    ) -> pb.PingResponse:
+        request = self._request(requests, context)
         name = self._authenticate(request.header, context)
         self.aggregator.touch(name)
         agg = self.aggregator
@@ -271,9 +299,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         )
 
     def GetTasks(
-        self, request: pb.GetTasksRequest, context: grpc.ServicerContext
+        self, requests: Iterator[pb.GetTasksRequest], context: grpc.ServicerContext
     ) -> pb.GetTasksResponse:
-        self._admit(context)
+        request = self._request(requests, context)
         name = self._authenticate(request.header, context)
         wait = min(request.wait_ms / 1000.0, self.long_poll_seconds)
         remaining = context.time_remaining()
@@ -290,9 +318,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         )
 
     def GetTensors(
-        self, request: pb.GetTensorsRequest, context: grpc.ServicerContext
+        self, requests: Iterator[pb.GetTensorsRequest], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        self._admit(context)
+        request = self._request(requests, context)
         name = self._authenticate(request.header, context)
         try:
             model = self.aggregator.get_global_model(name, request.round)
@@ -307,7 +335,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                     ProtocolError(
                         "FX-DATA-019",
                         f"{name!r} asked for tensors that are not in the global model: "
-                        f"{', '.join(missing[:5])}",
+                        f"{', '.join(shown(n) for n in missing[:5])}",
                         "a collaborator can only fetch the global model's tensors",
                     ),
                     name,
@@ -342,17 +370,11 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.SubmitResultsResponse:
         self._admit(context)
         frames = expand_frames(request_iterator)
-        # a collaborator sends the result's header at once: a stream that sends nothing is
-        # ended (the thread it holds freed); the collaborator sends its result again
-        silent = threading.Timer(FIRST_MESSAGE_SECONDS, context.cancel)
-        silent.daemon = True
-        silent.start()
         try:
-            first = next(frames, None)
+            # an upload silent from the start is ended; the collaborator sends its result again
+            first = first_message(frames, context)
         except ProtocolError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.render())
-        finally:
-            silent.cancel()
         if (
             first is None
             or not isinstance(first, pb.TensorFrame)
@@ -469,19 +491,26 @@ SERVICE = "fedrun.v1.Federation"
 
 def register_servicer(servicer: FederationServicer, server: grpc.Server) -> None:
     """Register the service; the tensor streams use the fast frame (de)serializers, whose
-    bytes on the wire are exactly the generated protobuf code's (see fedrun.protocol.codec)."""
+    bytes on the wire are exactly the generated protobuf code's (see fedrun.protocol.codec).
+
+    Every method is served as one taking a stream of requests; the wire is the same (a unary
+    call is a stream of one message), and clients call them as the .proto declares. gRPC
+    reads a unary request on a server thread before the method runs, with no time limit: a
+    peer that opens calls and never sends their request held every thread, before any check
+    of who it is could run. Served as streams, a call is admitted first and its request
+    waited for under a time limit (:func:`first_message`)."""
     handlers = {
-        "Ping": grpc.unary_unary_rpc_method_handler(
+        "Ping": grpc.stream_unary_rpc_method_handler(
             servicer.Ping,
             request_deserializer=pb.PingRequest.FromString,
             response_serializer=pb.PingResponse.SerializeToString,
         ),
-        "GetTasks": grpc.unary_unary_rpc_method_handler(
+        "GetTasks": grpc.stream_unary_rpc_method_handler(
             servicer.GetTasks,
             request_deserializer=pb.GetTasksRequest.FromString,
             response_serializer=pb.GetTasksResponse.SerializeToString,
         ),
-        "GetTensors": grpc.unary_stream_rpc_method_handler(
+        "GetTensors": grpc.stream_stream_rpc_method_handler(
             servicer.GetTensors,
             request_deserializer=pb.GetTensorsRequest.FromString,
             response_serializer=serialize_frame,

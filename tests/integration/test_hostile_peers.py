@@ -31,7 +31,14 @@ from fedrun.transport.network import Network
 from fedrun.transport.server import AggregatorServer
 from fedrun.transport.tls import client_credentials, server_credentials
 
-SUBMIT = "/fedrun.v1.Federation/SubmitResults"
+SERVICE = "/fedrun.v1.Federation/"
+#: every method, as a call whose request (or upload) never comes: (name, whether it streams back)
+SILENT_CALLS = [
+    ("SubmitResults", False),
+    ("Ping", False),
+    ("GetTasks", False),
+    ("GetTensors", True),
+]
 
 
 class Federation:
@@ -90,29 +97,38 @@ def federation(tmp_path: Path) -> Iterator[Federation]:
         fed.close()
 
 
-def silent_uploads(fed: Federation, certificate: str, count: int, release: threading.Event):
-    """``count`` uploads that open and send nothing until ``release``; their futures."""
+def silent_calls(
+    fed: Federation, certificate: str, count: int, release: threading.Event, method: str
+):
+    """``count`` calls of ``method`` that open and send nothing until ``release`` (a peer can
+    do that to a method with one request too); their futures."""
 
     def nothing() -> Iterator[bytes]:
         release.wait(60)
         return
         yield b""
 
+    streams_back = dict(SILENT_CALLS)[method]
     calls = []
     for _ in range(count):
-        method = fed.channel(certificate).stream_unary(SUBMIT)
-        calls.append(method.future(nothing(), timeout=60))
+        channel = fed.channel(certificate)
+        if streams_back:
+            calls.append(channel.stream_stream(SERVICE + method)(nothing(), timeout=60))
+        else:
+            calls.append(channel.stream_unary(SERVICE + method).future(nothing(), timeout=60))
     return calls
 
 
+@pytest.mark.parametrize("method", [m for m, _ in SILENT_CALLS])
 def test_a_certified_peer_not_in_cols_yaml_is_refused_before_it_holds_a_thread(
-    federation: Federation, caplog: pytest.LogCaptureFixture
+    federation: Federation, caplog: pytest.LogCaptureFixture, method: str
 ) -> None:
-    # Execute: mallory opens far more silent uploads than the aggregator has threads
+    # Execute: mallory opens far more silent calls than the aggregator has threads (a Ping
+    # whose request never came held its thread before any check: gRPC waited for it)
     release = threading.Event()
     with caplog.at_level(logging.WARNING, logger="fedrun.server"):
         try:
-            calls = silent_uploads(federation, "mallory", 60, release)
+            calls = silent_calls(federation, "mallory", 60, release, method)
             # Assert: every one is refused at once, naming the reason...
             for call in calls:
                 error = call.exception(timeout=20)
@@ -127,15 +143,16 @@ def test_a_certified_peer_not_in_cols_yaml_is_refused_before_it_holds_a_thread(
     assert "'mallory' is not in this federation's plan/cols.yaml" in refusals[0]
 
 
-def test_a_member_holds_at_most_its_allowance_and_a_silent_upload_ends(
-    federation: Federation, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("method", [m for m, _ in SILENT_CALLS])
+def test_a_member_holds_at_most_its_allowance_and_a_silent_call_ends(
+    federation: Federation, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
-    # Prepare: an upload that sends nothing for 2 s is ended
+    # Prepare: a call that sends nothing for 2 s is ended
     monkeypatch.setattr(server_module, "FIRST_MESSAGE_SECONDS", 2.0)
     release = threading.Event()
     try:
-        # Execute: collaborator2 opens as many silent uploads as it may
-        calls = silent_uploads(federation, "collaborator2", MAX_CALLS_PER_PEER, release)
+        # Execute: collaborator2 opens as many silent calls as it may
+        calls = silent_calls(federation, "collaborator2", MAX_CALLS_PER_PEER, release, method)
         deadline = time.monotonic() + 10
         while federation.server.servicer.admission.open_calls("collaborator2") < len(calls):
             assert time.monotonic() < deadline, "the uploads never reached the aggregator"
@@ -148,7 +165,7 @@ def test_a_member_holds_at_most_its_allowance_and_a_silent_upload_ends(
         assert info.value.details().startswith("FX-AUTH-011: collaborator2 has 6 calls open")
         assert federation.ping("collaborator1") == "ok"
 
-        # ... and the silent uploads are ended after 2 s, freeing their threads
+        # ... and the silent calls are ended after 2 s, freeing their threads
         started = time.monotonic()
         for call in calls:
             error = call.exception(timeout=20)

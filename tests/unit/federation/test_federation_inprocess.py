@@ -1139,3 +1139,21 @@ def test_a_collaborator_says_it_started_once_when_a_closed_round_makes_it_ask_ag
         collaborator.run()  # the experiment is over: it is told to stop at once
 
     assert [r.getMessage() for r in caplog.records].count("collaborator one started") == 1
+
+
+def test_a_round_with_many_metrics_lists_some_in_its_log_line_and_points_to_the_rest(
+    tmp_path, caplog
+):
+    # 4096 metrics of 128 characters made a 600 KB log line every round
+    aggregator = make_aggregator(tmp_path, ["one"], rounds=1, final_validation=False)
+    aggregator.get_tasks("one")
+    many = {f"class_{i:04d}_accuracy": 0.5 for i in range(100)}
+    submit(aggregator, "one", 0, "aggregated_model_validation", 5, many, {})
+
+    with caplog.at_level(logging.INFO, logger="fedrun.aggregator"):
+        complete_round(aggregator, ["one"])
+
+    (line,) = [r.getMessage() for r in caplog.records if "round 0 finished" in r.getMessage()]
+    assert line.count("=") == 24  # metrics listed
+    assert line.endswith(" more in logs/metrics.jsonl") and len(line) < 2000
+    assert len(aggregator.round_history[0].metrics) > 100  # every metric is still recorded

@@ -190,3 +190,21 @@ def test_a_result_lacking_model_tensors_is_said_once(tmp_path, caplog):
         send(agg, "a", partial, 10, 1 << 10)
 
     assert "a's result for train lacks 1 of the model's 3 tensors (e.g. 'bias')" in caplog.text
+
+
+def test_names_a_peer_chooses_are_quoted_escaped_and_cut_in_refusals(tmp_path):
+    # a tensor or task name with a line break, a terminal escape and a megabyte of text went
+    # into the aggregator's log as it was
+    agg = make(tmp_path)
+    forged = "w\n2026-01-01 ERROR fedrun.aggregator: forged\x1b[31m" + "x" * 1_000_000
+    with pytest.raises(ProtocolError) as task:
+        agg.open_result("a", 0, forged, 10, {"loss": 1.0}, 1)
+    upload = agg.open_result("a", 0, "train", 10, {"loss": 1.0}, 1)
+    with pytest.raises(ProtocolError) as tensor:
+        upload.open_tensor(header(forged, np.zeros(3, np.float32)), np.dtype(np.float32))
+    upload.abort()
+
+    for caught in (task, tensor):
+        message = caught.value.message
+        assert len(message) < 400 and "\n" not in message and "\x1b" not in message, message
+        assert "'w\\n2026-01-01 ERROR" in message

@@ -34,6 +34,9 @@ class Context:
     def abort(self, code, details):
         raise ProtocolError("FX-TEST-ABORT", f"{code}: {details}")
 
+    def cancel(self) -> None:
+        raise AssertionError("the request was there: nothing to cancel")
+
 
 def make_servicer(tmp_path: Path, cols: list[str]) -> FederationServicer:
     groups = [{"name": "train", "percentage": 1.0, "tasks": ["train"]}]
@@ -57,7 +60,7 @@ def make_servicer(tmp_path: Path, cols: list[str]) -> FederationServicer:
 def download(servicer: FederationServicer, name: str, round_num: int, names=()) -> list[bytes]:
     header = pb.Header(collaborator=name, plan_hash=PLAN_HASH, federation_id="plan_test")
     request = pb.GetTensorsRequest(header=header, round=round_num, names=list(names))
-    return [serialize_frame(m) for m in servicer.GetTensors(request, Context())]
+    return [serialize_frame(m) for m in servicer.GetTensors(iter([request]), Context())]
 
 
 def decode(messages: list[bytes]) -> dict[str, np.ndarray]:
