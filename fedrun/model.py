@@ -60,6 +60,7 @@ def save_native(runner: Any, output: str | os.PathLike[str]) -> Path:
     # written beside the target under a hidden name with the same suffix (a framework may
     # insist on it) and renamed once whole: a full disk leaves no truncated model.pt, and an
     # earlier file of that name stays as it was
+    existed = out.exists()
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
     os.close(fd)
     partial = Path(name)
@@ -70,19 +71,20 @@ def save_native(runner: Any, output: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         partial.unlink(missing_ok=True)
         if exc.filename is None or exc.filename == str(partial):
-            exc.filename = str(out.absolute())
+            exc.filename = os.path.abspath(out)
         raise
     except RuntimeError as exc:
         # torch reports a write that failed (a full disk) as "[enforce fail at
         # inline_container.cc...] unexpected pos"
         partial.unlink(missing_ok=True)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = out.absolute()
+        where = Path(os.path.abspath(out))
         raise WorkspaceError(
             "FX-MODEL-011",
-            f"cannot write {where}: {reason}",
+            f"cannot write {where}: the file could not be written whole (a full disk?): {reason}",
             f"check that {where.parent} has free space and is writable, then run the command "
-            f"again ({out.name} was left as it was)",
+            "again "
+            + (f"({out.name} was left as it was)" if existed else "(nothing was left behind)"),
         ) from exc
     except BaseException:
         partial.unlink(missing_ok=True)

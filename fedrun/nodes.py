@@ -249,6 +249,10 @@ def run_collaborator(plan: Plan, name: str) -> Any:
 def ping(plan: Plan, name: str) -> dict[str, Any]:
     """One Ping: connectivity, certificates, name authorisation and plan hash."""
     client = _client(plan, name)
+    if client.network.use_tls:
+        from fedrun.transport.grpc_log import capture_handshake_failures
+
+        capture_handshake_failures(log_refusals=False)  # the check after a failure says more
     started = time.monotonic()
     try:
         reply = client.ping()

@@ -32,7 +32,7 @@ from fedrun.constants import (
     OPTIMIZER_STATE_FACTOR,
     UPLOAD_STALL_SECONDS,
 )
-from fedrun.errors import ExperimentFinished, ProtocolError, shown
+from fedrun.errors import ExperimentFinished, FedrunError, ProtocolError, StateError, shown
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.round_aggregation import TaskUpdates
 from fedrun.federation.stragglers import StragglerPolicy, WaitForAllPolicy
@@ -876,14 +876,31 @@ class Aggregator:
             # memory (the global model, a rule's state, the best score) may be ahead of what is
             # committed, and closing the round again here would aggregate onto the new model.
             # The aggregator stops; started again, it resumes from the last commit
-            self.broken = error
-            if isinstance(error, Exception):
+            stop: BaseException = error
+            if isinstance(error, OSError):
+                # reading a saved result back (an I/O error...): a state error like any other
+                # of the disk, said with what to do, not a file error of whatever command
+                stop = StateError(
+                    "FX-STATE-005",
+                    f"cannot use {error.filename or 'a file'} ({error.strerror or error}) to "
+                    f"finish round {self.round.number}",
+                    "check the disk (free space, errors in the system log), then start the "
+                    "aggregator again with the same command: it resumes the round from its "
+                    "saved results",
+                )
+                stop.__cause__ = error
+            self.broken = stop
+            if isinstance(stop, Exception):
                 log.error(
                     "round %d could not be finished, the aggregator stops: %s",
                     self.round.number,
-                    error,
+                    stop.render().replace("\n  fix: ", "; fix: ")
+                    if isinstance(stop, FedrunError)
+                    else stop,
                 )
-            raise
+            if stop is error:
+                raise
+            raise stop from error
 
     def _end_round(self) -> None:
         state = self.round

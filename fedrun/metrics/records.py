@@ -46,6 +46,17 @@ MetricSink = Callable[[MetricRecord], None]
 MAX_HELD_BACK_BYTES = 16 << 20
 
 
+def _ends_mid_line(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            if file.seek(0, 2) == 0:
+                return False
+            file.seek(-1, 2)
+            return file.read(1) != b"\n"
+    except OSError:
+        return False
+
+
 class JsonlMetricWriter:
     """Appends one JSON object per metric to a file, written through per line.
 
@@ -60,6 +71,10 @@ class JsonlMetricWriter:
         self._lock = threading.Lock()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         self._held = bytearray()
+        if _ends_mid_line(self.path):
+            # a line cut off (a kill mid-write, a damaged disk): the next record starts a line
+            # of its own instead of being glued to it, and lost with it
+            self._held += b"\n"
         #: records lost because too many were held back already
         self.lost = 0
 

@@ -26,7 +26,7 @@ def round_table(history: Sequence[Any]) -> Any:
     if earlier:
         notes.append(f"{earlier} earlier rounds are in logs/metrics.jsonl")
     if any(getattr(summary, "resumed", False) for summary in history):
-        notes.append("* seconds since the aggregator restarted: the round began before")
+        notes.append("* since the aggregator restarted")
     if notes:
         table.caption = "\n".join(notes)
         table.caption_justify = "left"

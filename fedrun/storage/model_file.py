@@ -309,8 +309,9 @@ def save_model(
     return out.commit()
 
 
-#: errors of the disk, not of the path: a full disk, a quota, a failing device
-DISK_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+#: errors of the disk, not of the path: a full disk, a quota, a failing device, a file system
+#: that went read-only (ext4 does after errors)
+DISK_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
 def write_failure(path: Path, exc: OSError) -> StateError:
@@ -318,9 +319,9 @@ def write_failure(path: Path, exc: OSError) -> StateError:
     return StateError(
         "FX-STATE-005",
         f"cannot write {path}: {exc.strerror or exc}",
-        f"free space on (or fix the permissions or the device of) {path.parent}, then run "
-        "the command again: nothing written before is lost (an aggregator resumes from the "
-        "work it acknowledged)",
+        f"free space on {path.parent} (or fix its permissions, or remount or repair its file "
+        "system), then run the command again: nothing written before is lost (an aggregator "
+        "resumes from the work it acknowledged)",
     )
 
 

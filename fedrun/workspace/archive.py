@@ -188,6 +188,10 @@ def _safe_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:
 
 #: free space an import leaves on the disk beyond what it unpacks
 IMPORT_MARGIN_BYTES = 64 << 20
+#: an archive unpacking to more than this and more than BOMB_RATIO times its size is refused
+#: (text and code compress 3-10 times; only a made-up archive compresses a hundred times)
+BOMB_MIN_BYTES = 100_000_000
+BOMB_RATIO = 100
 
 
 def _check_room(archive: Path, members: list[zipfile.ZipInfo], folder: Path) -> None:
@@ -195,6 +199,14 @@ def _check_room(archive: Path, members: list[zipfile.ZipInfo], folder: Path) -> 
     workspace with its data in it on a small disk) before anything is written: zipfile writes
     no more than each member declares, so the declared sizes bound what unpacking takes."""
     unpacked = sum(m.file_size for m in members)
+    packed = archive.stat().st_size
+    if unpacked > BOMB_MIN_BYTES and unpacked > BOMB_RATIO * packed:
+        raise WorkspaceError(
+            "FX-WS-025",
+            f"{archive} ({packed / 1e6:.1f} MB) unpacks to {unpacked / 1e6:.1f} MB: "
+            f"{unpacked / max(packed, 1):.0f} times its size, which no workspace is (a zip bomb?)",
+            "ask for an archive made by `fx workspace export`: it holds the plan and code, not data",
+        )
     free = shutil.disk_usage(folder).free
     if unpacked + IMPORT_MARGIN_BYTES > free:
         raise WorkspaceError(

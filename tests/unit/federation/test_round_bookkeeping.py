@@ -401,4 +401,33 @@ def test_a_round_resumed_after_a_restart_says_so_and_counts_its_time_from_the_re
     console = Console(width=200, record=True)
     console.print(round_table(again.round_history))
     text = console.export_text()
-    assert "* seconds since the aggregator restarted" in text
+    assert "* since the aggregator restarted" in text
+
+
+def test_a_result_file_that_cannot_be_read_back_stops_the_aggregator_with_a_state_error(
+    tmp_path, monkeypatch
+):
+    # an I/O error reading a saved result at the round's end went out as a traceback ("failed
+    # at the aggregator") and a file error of fx aggregator start (FX-WS-040, no resume advice)
+    import errno
+
+    from fedrun.federation import round_aggregation
+
+    agg = make(tmp_path)
+    for who, offset in (("a", 0.25), ("b", -1.5)):
+        send(agg, who, trained(offset), 10, 64)
+    validate(agg, "a")
+
+    def failing_disk(path, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(round_aggregation, "TensorFileReader", failing_disk)
+    with pytest.raises(StateError) as caught:
+        validate(agg, "b")
+
+    assert caught.value.code == "FX-STATE-005"
+    assert "Input/output error" in caught.value.message and "finish round 0" in caught.value.message
+    assert "resumes the round from its saved results" in caught.value.fix
+    assert agg.broken is caught.value
+    with pytest.raises(StateError):
+        agg.tick()  # the serving loop stops on it

@@ -104,3 +104,19 @@ def test_records_a_full_disk_cannot_take_are_written_once_it_takes_them_again(
     assert list(read_metrics(path)) == sent[:5]
     assert len(warnings) == 2  # once per spell of failures, naming the file
     assert str(path) in warnings[0] and "held back" in warnings[0]
+
+
+def test_a_record_after_a_cut_off_line_starts_a_line_of_its_own(tmp_path):
+    # a kill mid-write left half a line; the next record was glued to it and lost with it
+    from fedrun.metrics.records import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    kept = MetricRecord(0, "aggregator", "validate", "acc", 0.25, 1.0)
+    path.write_text(kept.to_json() + '\n{"round": 1, "origin": "collabor')
+    record = MetricRecord(1, "aggregator", "validate", "acc", 0.5, 2.0)
+
+    writer = JsonlMetricWriter(path)
+    writer(record)
+    writer.close()
+
+    assert list(read_metrics(path)) == [kept, record]

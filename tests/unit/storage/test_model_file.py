@@ -123,7 +123,7 @@ def test_save_into_an_unwritable_place_is_a_state_error(tmp_path):
     assert caught.value.fix
 
 
-@pytest.mark.parametrize("failure", ["ENOSPC", "EIO"])
+@pytest.mark.parametrize("failure", ["ENOSPC", "EIO", "EROFS"])
 def test_a_disk_failing_as_the_file_is_created_is_a_write_failure(tmp_path, monkeypatch, failure):
     # a result file the disk cannot create (full, or an I/O error) is FX-STATE-005 like any
     # failed write: the collaborator sends the result again; it was FX-STATE-001 with advice

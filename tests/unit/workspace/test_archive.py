@@ -111,18 +111,15 @@ def test_an_archive_carrying_a_key_is_refused_and_leaves_nothing(tmp_path: Path)
 def test_an_archive_that_unpacks_to_more_than_the_disk_holds_is_refused_before_writing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    # Prepare: a 2 MB archive (a zip bomb) declaring 200 MB of zeros; the disk has 100 MB free
+    # Prepare: a workspace archive, and a disk with 10 MB free (an import keeps 64 MiB free)
     ws = create_workspace(tmp_path / "ws", "no-op")
     initialize_plan(ws / "plan" / "plan.yaml")
     archive = export_workspace(ws)
-    with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("data/zeros.bin", bytes(200_000_000))
-    assert archive.stat().st_size < 2_000_000
     real_usage = archive_module.shutil.disk_usage
 
     def usage(path):
         total, used, _ = real_usage(path)
-        return type(real_usage(path))(total, used, 100_000_000)
+        return type(real_usage(path))(total, used, 10_000_000)
 
     monkeypatch.setattr(archive_module.shutil, "disk_usage", usage)
     node = tmp_path / "node"
@@ -134,8 +131,24 @@ def test_an_archive_that_unpacks_to_more_than_the_disk_holds_is_refused_before_w
 
     # Assert: named with the sizes, nothing written
     assert caught.value.code == "FX-WS-025"
-    assert re.search(r"unpacks to 20\d\.\d MB", caught.value.message)  # the bomb and the rest
-    assert "100.0 MB free" in caught.value.message
+    assert re.search(r"unpacks to \d+\.\d MB and .*node has 10\.0 MB free", caught.value.message)
+    assert list(node.iterdir()) == []
+
+
+def test_a_zip_bomb_is_refused_before_writing_whatever_the_free_space(tmp_path: Path):
+    # a 1.2 MB archive declaring 200 MB of zeros unpacked in full on a disk with room for it
+    ws = create_workspace(tmp_path / "ws", "no-op")
+    initialize_plan(ws / "plan" / "plan.yaml")
+    archive = export_workspace(ws)
+    with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("data/zeros.bin", bytes(200_000_000))
+    node = tmp_path / "node"
+    node.mkdir()
+
+    with pytest.raises(WorkspaceError) as caught:
+        import_workspace(archive, node / "ws", install=False)
+
+    assert caught.value.code == "FX-WS-025" and "zip bomb" in caught.value.message
     assert list(node.iterdir()) == []
 
 
