@@ -13,8 +13,12 @@ beyond :func:`call_limit` are refused by gRPC before they take memory.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 
 #: calls one certified peer may have open at the aggregator at once
 MAX_CALLS_PER_PEER = 6
@@ -64,3 +68,50 @@ class CallAdmission:
     def open_calls(self, peer: str) -> int:
         with self._lock:
             return self._open[peer]
+
+
+class SilenceWatchdog:
+    """Calls ``on_silence`` of calls still waiting for their first message after ``seconds``.
+
+    One thread for every call, not a timer thread per call: starting a thread for each call a
+    collaborator makes cost the aggregator a measurable share of its CPU per round."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Callable[[], object]]] = []
+        self._waiting: set[int] = set()
+        self._ids = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, seconds: float, on_silence: Callable[[], object]) -> int:
+        """Start watching; returns the token :meth:`heard` takes."""
+        token = next(self._ids)
+        with self._wake:
+            heapq.heappush(self._due, (time.monotonic() + seconds, token, on_silence))
+            self._waiting.add(token)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="fedrun-silence-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif self._due[0][1] == token:
+                self._wake.notify()
+        return token
+
+    def heard(self, token: int) -> None:
+        """The call's first message came (or the call ended): nothing to do for it."""
+        with self._wake:
+            self._waiting.discard(token)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._due and self._due[0][1] not in self._waiting:
+                    heapq.heappop(self._due)  # heard from already
+                now = time.monotonic()
+                if not self._due or self._due[0][0] > now:
+                    self._wake.wait(None if not self._due else self._due[0][0] - now)
+                    continue
+                _, token, on_silence = heapq.heappop(self._due)
+                self._waiting.discard(token)
+            on_silence()

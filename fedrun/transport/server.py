@@ -46,6 +46,7 @@ from fedrun.protocol.codec import (
 from fedrun.transport.admission import (
     FIRST_MESSAGE_SECONDS,
     CallAdmission,
+    SilenceWatchdog,
     call_limit,
     worker_threads,
 )
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger("fedrun.server")
+#: ends calls whose first message does not come (see first_message)
+WATCHDOG = SilenceWatchdog()
 T = TypeVar("T")
 
 CHANNEL_OPTIONS = [
@@ -129,13 +132,11 @@ def first_message(messages: Iterator[T], context: grpc.ServicerContext) -> T | N
     a stream (see :func:`register_servicer`), so waiting for it happens here, after the call
     was admitted, and a call that sends nothing for ``FIRST_MESSAGE_SECONDS`` is ended (the
     thread it holds freed): a client sends its request, or an upload its header, at once."""
-    silent = threading.Timer(FIRST_MESSAGE_SECONDS, context.cancel)
-    silent.daemon = True
-    silent.start()
+    token = WATCHDOG.watch(FIRST_MESSAGE_SECONDS, context.cancel)
     try:
         return next(messages, None)
     finally:
-        silent.cancel()
+        WATCHDOG.heard(token)
 
 
 def status_for(error: FedrunError) -> grpc.StatusCode:
