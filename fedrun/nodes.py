@@ -106,22 +106,31 @@ def note_ignored_settings(plan: Plan) -> None:
 
 
 def _serve(plan: Plan, *, task_group: str | None, reset_state: bool) -> Aggregator:
-    aggregator, server = start_aggregator(plan, task_group=task_group, reset_state=reset_state)
     stop = threading.Event()
+    signals: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.warning("received %s: stopping the aggregator", signal.Signals(signum).name)
-        aggregator.stopped_by_signal = signum
+        signals.append(signum)
         stop.set()
 
+    # before the server starts: a SIGTERM right after "listening on" killed the process
+    # unhandled (exit -15, no resume hint) instead of stopping it
     previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        aggregator, server = start_aggregator(plan, task_group=task_group, reset_state=reset_state)
+    except BaseException:
+        signal.signal(signal.SIGTERM, previous)
+        raise
     try:
         server.serve_until_finished(stop)
     except KeyboardInterrupt:
         log.warning("interrupted: stopping the aggregator")
-        aggregator.stopped_by_signal = signal.SIGINT
+        signals.append(signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if signals:
+            aggregator.stopped_by_signal = signals[0]
         server.stop(grace=1.0)
         if aggregator.finished_event.is_set():
             aggregator.state_store.record_ended()  # a restart need not wait for anybody
