@@ -59,9 +59,9 @@ def show_error(error: FedrunError) -> None:
     """Print a FedrunError as a short block: code, message, fix. Never a traceback."""
     from rich.markup import escape
 
-    fix = f"; fix: {error.fix}" if error.fix else ""
+    logged_fix = f"; fix: {error.fix}" if error.fix else ""
     level = logging.INFO if error.exit_code == 0 else logging.ERROR
-    _to_log_files(level, f"{error.code}: {error.message}{fix}")
+    _to_log_files(level, f"{error.code}: {error.message}{logged_fix}")
     con = console()
     # message and fix quote user input (names, paths, YAML): never read as markup
     message, fix = escape(error.message), escape(error.fix)
