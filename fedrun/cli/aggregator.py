@@ -15,6 +15,7 @@ from fedrun.cli.common import (
     key_type_option,
     not_confirmed,
     ok,
+    plan_config_option,
     require_workspace,
     setup_logging,
 )
@@ -26,16 +27,7 @@ def aggregator() -> None:
 
 
 @aggregator.command()
-@click.option(
-    "-p",
-    "--plan",
-    "--plan_config",
-    "--plan-config",
-    "plan_config",
-    default="plan/plan.yaml",
-    show_default=True,
-    help="federated learning plan",
-)
+@plan_config_option
 @click.option(
     "-c",
     "--authorized_cols",

@@ -233,7 +233,12 @@ def plan_options(fn: F) -> F:
         show_default="plan/cols.yaml",
         help="authorized collaborator list",
     )(fn)
-    fn = click.option(
+    return plan_config_option(fn)
+
+
+def plan_config_option(fn: F) -> F:
+    """-p/--plan/--plan_config/--plan-config: the plan file (default plan/plan.yaml)."""
+    option = click.option(
         "-p",
         "--plan",
         "--plan_config",
@@ -242,8 +247,8 @@ def plan_options(fn: F) -> F:
         default="plan/plan.yaml",
         show_default=True,
         help="federated learning plan",
-    )(fn)
-    return fn
+    )
+    return option(fn)  # type: ignore[no-any-return]
 
 
 def key_type_option(fn: F) -> F:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from fedrun.cli.common import console, handle_errors, ok, plan_options
+from fedrun.cli.common import console, handle_errors, ok, plan_config_option, plan_options
 
 
 @click.group()
@@ -110,16 +110,7 @@ def show(plan_config: str, cols_config: str | None, data_config: str | None) -> 
 
 
 @plan.command()
-@click.option(
-    "-p",
-    "--plan",
-    "--plan_config",
-    "--plan-config",
-    "plan_config",
-    default="plan/plan.yaml",
-    show_default=True,
-    help="federated learning plan",
-)
+@plan_config_option
 @handle_errors
 def freeze(plan_config: str) -> None:
     """Write a read-only plan/plan_<hash>.yaml copy of the merged plan for auditing."""

@@ -24,6 +24,15 @@ def _logger(handler: logging.Handler) -> logging.Logger:
     return log
 
 
+def _reset_fedrun_logger() -> None:
+    """Undo setup_logging: close and drop its handlers."""
+    root = logging.getLogger("fedrun")
+    for h in root.handlers:
+        h.close()
+    root.handlers.clear()
+    root.propagate = True
+
+
 def test_one_line_with_time_level_and_message() -> None:
     out = io.StringIO()
     _logger(ConsoleLogHandler(out)).info("round %d started", 3)
@@ -67,11 +76,7 @@ def test_setup_logging_writes_console_and_file(tmp_path, capsys) -> None:  # typ
         text = (tmp_path / "logs" / "node.log").read_text()
         assert "INFO fedrun.aggregator: model saved" in text
     finally:
-        root = logging.getLogger("fedrun")
-        for h in root.handlers:
-            h.close()
-        root.handlers.clear()
-        root.propagate = True
+        _reset_fedrun_logger()
 
 
 def test_a_log_file_moved_away_by_logrotate_is_reopened_at_its_path(tmp_path) -> None:
@@ -107,11 +112,7 @@ def test_log_file_lines_carry_their_utc_offset_and_the_benchmarks_read_them(
         logging.getLogger("fedrun.aggregator").info("round 0: two finished its tasks")
         text = (tmp_path / "node.log").read_text()
     finally:
-        root = logging.getLogger("fedrun")
-        for h in root.handlers:
-            h.close()
-        root.handlers.clear()
-        root.propagate = True
+        _reset_fedrun_logger()
         monkeypatch.delenv("TZ")
         time.tzset()
 

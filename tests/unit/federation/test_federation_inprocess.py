@@ -1090,6 +1090,17 @@ def test_tensors_sent_with_a_validation_result_never_reach_the_global_model(tmp_
     assert_same_model(aggregator.global_model, INITIAL)
 
 
+def lone_collaborator(tmp_path, connection=InProcessConnection) -> Collaborator:
+    """Collaborator "one", alone in a one-round federation, talking through ``connection``."""
+    aggregator = make_aggregator(tmp_path, ["one"], rounds=1, final_validation=False)
+    return Collaborator(
+        collaborator_name="one",
+        connection=connection(aggregator, "one"),
+        task_runner=NumpyRunner(*PROFILES["one"]),
+        tasks=TASKS,
+    )
+
+
 class SlowToSend(InProcessConnection):
     """An aggregator out of reach for a while: each result takes 0.4 s to get through."""
 
@@ -1101,13 +1112,7 @@ class SlowToSend(InProcessConnection):
 def test_a_task_s_time_is_logged_apart_from_the_time_its_result_took_to_send(tmp_path, caplog):
     # a task's line counted the upload's retries as the task's time ("train done in 47.69 s"
     # when training took 8 s and the aggregator was down for 40)
-    aggregator = make_aggregator(tmp_path, ["one"], rounds=1, final_validation=False)
-    collaborator = Collaborator(
-        collaborator_name="one",
-        connection=SlowToSend(aggregator, "one"),
-        task_runner=NumpyRunner(*PROFILES["one"]),
-        tasks=TASKS,
-    )
+    collaborator = lone_collaborator(tmp_path, SlowToSend)
 
     with caplog.at_level(logging.INFO, logger="fedrun.collaborator"):
         collaborator.run()
@@ -1126,13 +1131,7 @@ def test_a_collaborator_says_it_started_once_when_a_closed_round_makes_it_ask_ag
 ):
     # a round closed while it worked (RoundClosed) makes the node call run() again: it logged
     # "collaborator X started" a second time
-    aggregator = make_aggregator(tmp_path, ["one"], rounds=1, final_validation=False)
-    collaborator = Collaborator(
-        collaborator_name="one",
-        connection=InProcessConnection(aggregator, "one"),
-        task_runner=NumpyRunner(*PROFILES["one"]),
-        tasks=TASKS,
-    )
+    collaborator = lone_collaborator(tmp_path)
 
     with caplog.at_level(logging.INFO, logger="fedrun.collaborator"):
         collaborator.run()
