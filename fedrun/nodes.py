@@ -159,9 +159,12 @@ def _client(plan: Plan, name: str) -> Any:
     if network.unprotected:
         log.warning("%s", network.unprotected)
     if network.use_tls:
+        from fedrun.transport.grpc_log import capture_handshake_failures
         from fedrun.transport.tls import client_credentials
 
         credentials = client_credentials(network.cert_folder, name, network.require_client_auth)
+        # gRPC's own handshake lines say less than the check that follows a failed handshake
+        capture_handshake_failures(log_refusals=False)
     pipeline = compression_pipeline(plan)
     return AggregatorClient(
         network,
@@ -211,11 +214,6 @@ def run_collaborator(plan: Plan, name: str) -> Any:
             "collaborator %s trains with %d thread%s", name, threads, "" if threads == 1 else "s"
         )
     client = _client(plan, name)  # its credentials check this node's key and certificate
-    if client.network.use_tls:
-        from fedrun.transport.grpc_log import capture_handshake_failures
-
-        # gRPC's own handshake lines say less than the check that follows a failed handshake
-        capture_handshake_failures(log_refusals=False)
     if client.network.use_tls and client.network.require_client_auth:
         from fedrun.transport.diagnose import expiry_warning
 
@@ -258,10 +256,6 @@ def run_collaborator(plan: Plan, name: str) -> Any:
 def ping(plan: Plan, name: str) -> dict[str, Any]:
     """One Ping: connectivity, certificates, name authorisation and plan hash."""
     client = _client(plan, name)
-    if client.network.use_tls:
-        from fedrun.transport.grpc_log import capture_handshake_failures
-
-        capture_handshake_failures(log_refusals=False)  # the check after a failure says more
     started = time.monotonic()
     try:
         reply = client.ping()

@@ -192,7 +192,17 @@ class Collaborator:
     def do_task(self, spec: TaskSpec, round_num: int) -> int:
         """Run one task and send its result; returns payload bytes sent (the time sending
         took is :attr:`send_seconds`)."""
-        self.send_seconds = 0.0
+        data_size, metrics, tensors, deltas = self._result(spec, round_num)
+        started = time.monotonic()
+        try:
+            return self.connection.submit(round_num, spec.name, data_size, metrics, tensors, deltas)
+        finally:
+            self.send_seconds = time.monotonic() - started
+
+    def _result(
+        self, spec: TaskSpec, round_num: int
+    ) -> tuple[int, dict[str, float], dict[str, np.ndarray], set[str]]:
+        """Run one task: what its result sends (data size, metrics, tensors, delta names)."""
         function = getattr(self.runner, spec.function)
         if spec.uses_local_model:
             inputs = self.store.get(round_num, "trained")
@@ -203,7 +213,7 @@ class Collaborator:
                     round_num,
                     spec.name,
                 )
-                return self._send(round_num, spec.name, 0, {}, {}, set())
+                return 0, {}, {}, set()
         else:
             inputs = self._global_model(round_num)
         seed_task(round_num, spec.name, getattr(self.runner, "data_loader", None))
@@ -225,24 +235,8 @@ class Collaborator:
             self.store.put(round_num, "trained", tensors)
             if self.send_deltas:
                 tensors, deltas = self._deltas(round_num, tensors)
-        data_size = result.data_size
         metrics = {k: float(v) for k, v in result.metrics.items()}
-        return self._send(round_num, spec.name, data_size, metrics, tensors, deltas)
-
-    def _send(
-        self,
-        round_num: int,
-        task: str,
-        data_size: int,
-        metrics: Mapping[str, float],
-        tensors: Mapping[str, np.ndarray],
-        deltas: set[str],
-    ) -> int:
-        started = time.monotonic()
-        try:
-            return self.connection.submit(round_num, task, data_size, metrics, tensors, deltas)
-        finally:
-            self.send_seconds = time.monotonic() - started
+        return result.data_size, metrics, tensors, deltas
 
     def _deltas(
         self, round_num: int, trained: Mapping[str, np.ndarray]

@@ -207,18 +207,19 @@ class FederationServicer(pb_grpc.FederationServicer):
             log.log(level, "refused %s: %s", peer, error.message)
         context.abort(status_for(error), error.render())
 
-    def _admit(self, context: grpc.ServicerContext) -> None:
+    def _admit(self, context: grpc.ServicerContext) -> str | None:
         """Refuse a call before it can hold a server thread when its certificate names no
         collaborator of cols.yaml, or its peer has as many calls open as it may
-        (:mod:`fedrun.transport.admission`); count it until it ends otherwise."""
+        (:mod:`fedrun.transport.admission`); count it until it ends otherwise. Returns the
+        certificate's name (None without client certificates)."""
         if not self.verify_peer_name:
-            return
+            return None
         address = peer_address(context)
         cn = peer_common_name(context)
         if cn is None:
             host = address.rpartition(":")[0] or address
             self._refuse(context, _no_client_certificate(address), f"? ({address})", host)
-            return
+            raise AssertionError("unreachable: abort raises")
         label = f"{_label(cn)} ({address})"
         try:
             self.aggregator.check_member(cn)
@@ -238,28 +239,28 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
         if not context.add_callback(functools.partial(self.admission.leave, cn)):
             self.admission.leave(cn)  # the call ended already
+        return cn
 
-    def _authenticate(self, header: pb.Header, context: grpc.ServicerContext) -> str:
+    def _authenticate(
+        self, header: pb.Header, context: grpc.ServicerContext, cn: str | None
+    ) -> str:
+        """The name the call claims, checked against ``cn`` (its certificate's name, from
+        :meth:`_admit`), cols.yaml, the plan and the collaborator's process."""
         claimed = header.collaborator
         address = peer_address(context)
         peer = f"{_label(claimed)} ({address})"
-        identity: str | None = address.rpartition(":")[0] or address
-        if self.verify_peer_name:
-            cn = peer_common_name(context)
-            if cn is None:
-                self._refuse(context, _no_client_certificate(address), peer, identity)
-            identity = cn
-            if cn != claimed:
-                self._refuse(
-                    context,
-                    ProtocolError(
-                        "FX-AUTH-002",
-                        f"certificate of {shown(cn or '')} used to claim the name {shown(claimed)}",
-                        "start the collaborator with the name its certificate was issued for",
-                    ),
-                    peer,
-                    identity,
-                )
+        identity = cn if cn is not None else (address.rpartition(":")[0] or address)
+        if self.verify_peer_name and cn != claimed:
+            self._refuse(
+                context,
+                ProtocolError(
+                    "FX-AUTH-002",
+                    f"certificate of {shown(cn or '')} used to claim the name {shown(claimed)}",
+                    "start the collaborator with the name its certificate was issued for",
+                ),
+                peer,
+                identity,
+            )
         try:
             self.aggregator.check_identity(claimed, header.plan_hash, header.federation_id)
         except ProtocolError as error:
@@ -271,22 +272,25 @@ class FederationServicer(pb_grpc.FederationServicer):
         return claimed
 
     # ------------------------------------------------------------------ RPCs
-    def _request(self, requests: Iterator[T], context: grpc.ServicerContext) -> T:
-        """The one request of a call with a single request (admitted first)."""
-        self._admit(context)
+    def _request(
+        self, requests: Iterator[T], context: grpc.ServicerContext
+    ) -> tuple[T, str | None]:
+        """The one request of a call with a single request (admitted first), and the name on
+        the caller's certificate."""
+        cn = self._admit(context)
         request = first_message(requests, context)
         if request is None:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "FX-WIRE-016: the call carried no request"
             )
         assert request is not None  # context.abort above raised otherwise
-        return request
+        return request, cn
 
     def Ping(
         self, requests: Iterator[pb.PingRequest], context: grpc.ServicerContext
     ) -> pb.PingResponse:
-        request = self._request(requests, context)
-        name = self._authenticate(request.header, context)
+        request, cn = self._request(requests, context)
+        name = self._authenticate(request.header, context, cn)
         self.aggregator.touch(name)
         agg = self.aggregator
         return pb.PingResponse(
@@ -302,8 +306,8 @@ class FederationServicer(pb_grpc.FederationServicer):
     def GetTasks(
         self, requests: Iterator[pb.GetTasksRequest], context: grpc.ServicerContext
     ) -> pb.GetTasksResponse:
-        request = self._request(requests, context)
-        name = self._authenticate(request.header, context)
+        request, cn = self._request(requests, context)
+        name = self._authenticate(request.header, context, cn)
         wait = min(request.wait_ms / 1000.0, self.long_poll_seconds)
         remaining = context.time_remaining()
         if remaining is not None:
@@ -321,8 +325,8 @@ class FederationServicer(pb_grpc.FederationServicer):
     def GetTensors(
         self, requests: Iterator[pb.GetTensorsRequest], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        request = self._request(requests, context)
-        name = self._authenticate(request.header, context)
+        request, cn = self._request(requests, context)
+        name = self._authenticate(request.header, context, cn)
         try:
             model = self.aggregator.get_global_model(name, request.round)
         except ProtocolError as error:
@@ -369,7 +373,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         request_iterator: Iterator[pb.TensorFrame | DataChunk | FrameBatch | UnreadableFrame],
         context: grpc.ServicerContext,
     ) -> pb.SubmitResultsResponse:
-        self._admit(context)
+        cn = self._admit(context)
         frames = expand_frames(request_iterator)
         try:
             # an upload silent from the start is ended; the collaborator sends its result again
@@ -387,7 +391,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
         assert isinstance(first, pb.TensorFrame)  # context.abort above raised otherwise
         result = first.result
-        name = self._authenticate(result.header, context)
+        name = self._authenticate(result.header, context, cn)
         try:
             upload = self.aggregator.open_result(
                 name,

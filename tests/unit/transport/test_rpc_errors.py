@@ -43,21 +43,30 @@ def test_status_codes_map_to_actionable_errors(code, details, expected):
     assert details in error.message
 
 
-def test_a_busy_aggregator_is_reported_with_its_reason_not_as_unreachable(caplog):
-    # Prepare: the aggregator answers UNAVAILABLE with its reason once (disk full), then accepts
+def retried(what: str, answers: list[StatusError]) -> int:
+    """A call through a client's retry loop that fails with ``answers`` (last first), then
+    returns 7; no real sleep between attempts."""
     network = Network("127.0.0.1", 9, "127.0.0.1", use_tls=False)
     client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
-    answers = [StatusError(grpc.StatusCode.UNAVAILABLE, "FX-STATE-005: cannot write x: full")]
 
     def call() -> int:
         if answers:
             raise answers.pop()
         return 7
 
+    try:
+        return client._retry(what, call)
+    finally:
+        client.close()
+
+
+def test_a_busy_aggregator_is_reported_with_its_reason_not_as_unreachable(caplog):
+    # Prepare: the aggregator answers UNAVAILABLE with its reason once (disk full), then accepts
+    answers = [StatusError(grpc.StatusCode.UNAVAILABLE, "FX-STATE-005: cannot write x: full")]
+
     # Execute
     with caplog.at_level(logging.WARNING, logger="fedrun"):
-        assert client._retry("send result", call) == 7
-    client.close()
+        assert retried("send result", answers) == 7
 
     # Assert
     assert "cannot take our send result now (FX-STATE-005: cannot write x: full)" in caplog.text
@@ -74,19 +83,11 @@ def test_a_busy_aggregator_is_reported_with_its_reason_not_as_unreachable(caplog
 def test_an_aggregator_taking_no_more_calls_for_now_is_retried(caplog, details):
     # Prepare: twice refused for now (this name's allowance of calls, or the server's), then
     # an answer; a message too large, with the same status, is not retried (above)
-    network = Network("127.0.0.1", 9, "127.0.0.1", use_tls=False)
-    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
     answers = [StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, details) for _ in range(2)]
-
-    def call() -> int:
-        if answers:
-            raise answers.pop()
-        return 7
 
     # Execute
     with caplog.at_level(logging.WARNING, logger="fedrun"):
-        assert client._retry("ask for tasks", call) == 7
-    client.close()
+        assert retried("ask for tasks", answers) == 7
 
     # Assert: one line, naming the reason
     lines = [r.getMessage() for r in caplog.records]

@@ -17,10 +17,22 @@ from fedrun.workspace.create import create_workspace
 USER_REQUIREMENTS = "# what our site needs\nsetuptools\ntorch==2.7.0\ntorchvision==0.22.0\n"
 
 
-def test_export_ships_the_workspace_s_own_requirements_as_they_are(tmp_path: Path):
-    # Prepare: a workspace whose requirements.txt the user wrote by hand (an OpenFL one, say)
+def initialized_workspace(tmp_path: Path) -> Path:
+    """A no-op workspace with its initial model, as `fx workspace export` needs it."""
     ws = create_workspace(tmp_path / "ws", "no-op")
     initialize_plan(ws / "plan" / "plan.yaml")
+    return ws
+
+
+def empty_folder(path: Path) -> Path:
+    """The node's folder an archive is imported into."""
+    path.mkdir()
+    return path
+
+
+def test_export_ships_the_workspace_s_own_requirements_as_they_are(tmp_path: Path):
+    # Prepare: a workspace whose requirements.txt the user wrote by hand (an OpenFL one, say)
+    ws = initialized_workspace(tmp_path)
     (ws / "requirements.txt").write_text(USER_REQUIREMENTS)
 
     # Execute
@@ -36,8 +48,7 @@ def test_export_ships_the_workspace_s_own_requirements_as_they_are(tmp_path: Pat
 
 
 def test_a_workspace_without_requirements_gets_this_environment_pinned(tmp_path: Path):
-    ws = create_workspace(tmp_path / "ws", "no-op")
-    initialize_plan(ws / "plan" / "plan.yaml")
+    ws = initialized_workspace(tmp_path)
     (ws / "requirements.txt").unlink(missing_ok=True)
 
     with zipfile.ZipFile(export_workspace(ws)) as zf:
@@ -50,8 +61,7 @@ def test_import_only_unpacks_unless_asked_and_never_moves_fedrun_s_packages(tmp_
     # Prepare: an archive whose requirements pin another numpy than the one fedrun runs on
     from importlib import metadata
 
-    ws = create_workspace(tmp_path / "ws", "no-op")
-    initialize_plan(ws / "plan" / "plan.yaml")
+    ws = initialized_workspace(tmp_path)
     (ws / "requirements.txt").write_text("numpy==1.26.0\n")
     archive = export_workspace(ws)
     before = metadata.version("numpy")
@@ -69,8 +79,7 @@ def test_import_only_unpacks_unless_asked_and_never_moves_fedrun_s_packages(tmp_
 
 def test_a_damaged_archive_leaves_nothing_and_a_good_copy_then_imports(tmp_path: Path):
     # Prepare: an exported workspace, and a copy with one byte flipped inside a member
-    ws = create_workspace(tmp_path / "ws", "no-op")
-    initialize_plan(ws / "plan" / "plan.yaml")
+    ws = initialized_workspace(tmp_path)
     archive = export_workspace(ws)
     data = bytearray(archive.read_bytes())
     with zipfile.ZipFile(archive) as zf:
@@ -78,8 +87,7 @@ def test_a_damaged_archive_leaves_nothing_and_a_good_copy_then_imports(tmp_path:
         data[info.header_offset + 30 + len(info.filename) + 10] ^= 0xFF
     damaged = tmp_path / "damaged.zip"
     damaged.write_bytes(bytes(data))
-    node = tmp_path / "node"
-    node.mkdir()
+    node = empty_folder(tmp_path / "node")
 
     # Execute / Assert: refused, nothing left in the node's folder; the good archive imports
     with pytest.raises(WorkspaceError) as caught:
@@ -93,13 +101,11 @@ def test_a_damaged_archive_leaves_nothing_and_a_good_copy_then_imports(tmp_path:
 
 
 def test_an_archive_carrying_a_key_is_refused_and_leaves_nothing(tmp_path: Path):
-    ws = create_workspace(tmp_path / "ws", "no-op")
-    initialize_plan(ws / "plan" / "plan.yaml")
+    ws = initialized_workspace(tmp_path)
     archive = export_workspace(ws)
     with zipfile.ZipFile(archive, "a") as zf:
         zf.writestr("cert/client/col_x.key", "-----BEGIN PRIVATE KEY-----\n")
-    node = tmp_path / "node"
-    node.mkdir()
+    node = empty_folder(tmp_path / "node")
 
     with pytest.raises(WorkspaceError) as caught:
         import_workspace(archive, node / "ws", install=False)
@@ -112,8 +118,7 @@ def test_an_archive_that_unpacks_to_more_than_the_disk_holds_is_refused_before_w
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     # Prepare: a workspace archive, and a disk with 10 MB free (an import keeps 64 MiB free)
-    ws = create_workspace(tmp_path / "ws", "no-op")
-    initialize_plan(ws / "plan" / "plan.yaml")
+    ws = initialized_workspace(tmp_path)
     archive = export_workspace(ws)
     real_usage = archive_module.shutil.disk_usage
 
@@ -122,8 +127,7 @@ def test_an_archive_that_unpacks_to_more_than_the_disk_holds_is_refused_before_w
         return type(real_usage(path))(total, used, 10_000_000)
 
     monkeypatch.setattr(archive_module.shutil, "disk_usage", usage)
-    node = tmp_path / "node"
-    node.mkdir()
+    node = empty_folder(tmp_path / "node")
 
     # Execute
     with pytest.raises(WorkspaceError) as caught:
@@ -137,13 +141,11 @@ def test_an_archive_that_unpacks_to_more_than_the_disk_holds_is_refused_before_w
 
 def test_a_zip_bomb_is_refused_before_writing_whatever_the_free_space(tmp_path: Path):
     # a 1.2 MB archive declaring 200 MB of zeros unpacked in full on a disk with room for it
-    ws = create_workspace(tmp_path / "ws", "no-op")
-    initialize_plan(ws / "plan" / "plan.yaml")
+    ws = initialized_workspace(tmp_path)
     archive = export_workspace(ws)
     with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("data/zeros.bin", bytes(200_000_000))
-    node = tmp_path / "node"
-    node.mkdir()
+    node = empty_folder(tmp_path / "node")
 
     with pytest.raises(WorkspaceError) as caught:
         import_workspace(archive, node / "ws", install=False)
@@ -176,8 +178,7 @@ def test_an_export_the_disk_cannot_hold_leaves_no_partial_archive_and_names_it(
 
     from fedrun.errors import file_access_error
 
-    ws = create_workspace(tmp_path / "ws", "no-op")
-    initialize_plan(ws / "plan" / "plan.yaml")
+    ws = initialized_workspace(tmp_path)
 
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
