@@ -45,8 +45,9 @@ END_GRACE_SECONDS = 30.0
 
 # Unary RPC deadline (ping, small calls)
 UNARY_DEADLINE_SECONDS = 30.0
-# Deadline for one tensor stream (download or upload); large models need long ones
-STREAM_DEADLINE_SECONDS = 3600.0
+# A model download that brings no data for this long is given up and asked for again (a
+# stream has no deadline as a whole: a large model on a slow link may take hours)
+STREAM_STALL_SECONDS = 300.0
 
 # Port range used when network.settings.agg_port is "auto" (derived from the plan hash)
 AUTO_PORT_MIN = 49152

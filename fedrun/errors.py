@@ -7,6 +7,8 @@ traceback for these. The README's troubleshooting table lists the codes.
 
 from __future__ import annotations
 
+import re
+
 
 class FedrunError(Exception):
     """Base class of every user-facing error.
@@ -127,3 +129,24 @@ def shown(text: str, limit: int = SHOWN_CHARACTERS) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+#: characters of a status message from a peer (an error's text and fix) an error message shows
+PEER_DETAILS_CHARACTERS = 1000
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def peer_details(text: str, limit: int = PEER_DETAILS_CHARACTERS) -> str:
+    """A status message a peer sent (the aggregator's error text and fix), fit to show: control
+    characters other than line breaks escaped, so it cannot colour the console or retitle the
+    terminal; every line after the first indented, so it cannot pass for a log line of this
+    node's own; cut to ``limit`` characters, so it cannot fill the log."""
+    cut = text[:limit]
+    cleaned = _CONTROL_CHARACTERS.sub(lambda m: repr(m.group())[1:-1], cut)
+    lines = cleaned.split("\n")
+    cleaned = "\n".join(
+        [lines[0], *(f"  {line}" if line[:1] != " " else line for line in lines[1:])]
+    )
+    if len(text) > limit:
+        cleaned += f"... ({len(text)} characters)"
+    return cleaned

@@ -20,6 +20,10 @@ from fedrun.transport.network import Network
 
 log = logging.getLogger("fedrun")
 
+#: the longest pause between requests for tasks after rounds closed again and again under a
+#: collaborator that got no task done in between
+ROUND_CLOSED_PAUSE_MAX_SECONDS = 5.0
+
 
 def _server_credentials(plan: Plan, network: Network) -> Any:
     if network.unprotected:
@@ -232,7 +236,9 @@ def run_collaborator(plan: Plan, name: str) -> Any:
         timeout = collaborator_timeout(plan)
         client.start_heartbeat(min(30.0, timeout / 3))
         collaborator = build_collaborator(plan, name, client, runner)
+        closed_in_a_row = 0
         while True:
+            done_before = collaborator.tasks_done
             try:
                 collaborator.run()
                 break
@@ -241,6 +247,14 @@ def run_collaborator(plan: Plan, name: str) -> Any:
                     "round closed while working (%s); asking for new tasks",
                     closed.message.splitlines()[0],
                 )
+                # a round closes under a collaborator once in a while; again and again with no
+                # task done in between, the aggregator is faulty: ask at a slowing pace
+                progressed = collaborator.tasks_done > done_before
+                closed_in_a_row = 0 if progressed else closed_in_a_row + 1
+                if closed_in_a_row > 1:
+                    time.sleep(
+                        min(ROUND_CLOSED_PAUSE_MAX_SECONDS, 0.1 * 2 ** (closed_in_a_row - 2))
+                    )
         log.info(
             "collaborator %s done: %d rounds%s, %.1f MiB sent",
             name,

@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol
 
 import numpy as np
 
 from fedrun.buffers import POOL
-from fedrun.errors import PlanError
+from fedrun.errors import PlanError, ProtocolError, shown
 from fedrun.federation.aggregator import OPTIMIZER_PREFIX, TaskAssignment
 from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult, TaskRunnerInterface, TaskSpec
 from fedrun.federation.tensor_store import TensorStore
+from fedrun.protocol.codec import ExpectedModel
 from fedrun.seeding import seed_task
 from fedrun.units import human_bytes
 
 log = logging.getLogger("fedrun.collaborator")
+
+#: an answer with no tasks that comes back sooner than this is followed by a pause (the
+#: aggregator holds a request for tasks until it has some: only a faulty one answers at once)
+QUICK_ANSWER_SECONDS = 0.5
+#: the pause after the first quick empty answer, doubled after each one in a row, up to the most
+EMPTY_ANSWER_PAUSE_SECONDS = 0.05
+EMPTY_ANSWER_PAUSE_MAX_SECONDS = 2.0
 
 
 class AggregatorConnection(Protocol):
@@ -30,7 +39,11 @@ class AggregatorConnection(Protocol):
 
     def get_tasks(self) -> TaskAssignment: ...
 
-    def get_global_model(self, round_num: int) -> dict[str, np.ndarray]: ...
+    def get_global_model(
+        self, round_num: int, expected: ExpectedModel | None = None
+    ) -> dict[str, np.ndarray]:
+        """The global model of ``round_num``; its tensors held to ``expected`` as they come."""
+        ...
 
     def submit(
         self,
@@ -65,6 +78,9 @@ class Collaborator:
         RESET, CONTINUE_LOCAL or CONTINUE_GLOBAL.
     db_store_rounds:
         Rounds of local tensors kept in memory.
+    rounds_to_train:
+        The plan's rounds: the aggregator may not assign rounds beyond them (its final
+        validation is round ``rounds_to_train``). None: not checked.
     """
 
     def __init__(
@@ -78,6 +94,7 @@ class Collaborator:
         lossy_updates: bool = False,
         opt_treatment: str = "RESET",
         db_store_rounds: int = 1,
+        rounds_to_train: int | None = None,
         **ignored: Any,
     ) -> None:
         if opt_treatment not in OPT_TREATMENTS:
@@ -97,6 +114,11 @@ class Collaborator:
         self.store = TensorStore(db_store_rounds)
         self.runner.set_optimizer_treatment(opt_treatment)
         self.rounds_done: list[int] = []
+        self.rounds_to_train = rounds_to_train
+        #: tasks whose results the aggregator acknowledged
+        self.tasks_done = 0
+        self.sleep: Callable[[float], None] = time.sleep
+        self._expected: ExpectedModel | None = None
         #: whether this collaborator validated the final model (after the last training round)
         self.final_validation_done = False
         self.bytes_sent = 0
@@ -119,6 +141,7 @@ class Collaborator:
         if not self._started:
             self._started = True
             log.info("collaborator %s started", self.name)
+        quick_empty = 0
         while True:
             asked = time.monotonic()
             assignment = self.connection.get_tasks()
@@ -126,7 +149,18 @@ class Collaborator:
                 log.info("collaborator %s: experiment finished, stopping", self.name)
                 return
             if not assignment.tasks:
+                if time.monotonic() - asked < QUICK_ANSWER_SECONDS:
+                    self.sleep(
+                        min(
+                            EMPTY_ANSWER_PAUSE_MAX_SECONDS,
+                            EMPTY_ANSWER_PAUSE_SECONDS * 2**quick_empty,
+                        )
+                    )
+                    quick_empty = min(quick_empty + 1, 16)
+                else:
+                    quick_empty = 0
                 continue
+            quick_empty = 0
             log.debug(
                 "round %d: tasks %s (asked %.2f s before)",
                 assignment.round,
@@ -141,21 +175,57 @@ class Collaborator:
                 log.info("collaborator %s: its last tasks are in, stopping", self.name)
                 return
 
-    def run_tasks(self, assignment: TaskAssignment) -> None:
-        """Run one round's tasks in order."""
+    def _check_assignment(self, assignment: TaskAssignment) -> None:
+        """Refuse an assignment the plan does not allow: this node's data is trained on only
+        within the rounds and tasks every participant agreed to."""
         round_num = assignment.round
-        label = "final validation" if assignment.final_validation else f"round {round_num}"
+        last = self.rounds_to_train
+        beyond = round_num < 0 or (
+            last is not None
+            and (round_num > last or (round_num == last and not assignment.final_validation))
+        )
+        if beyond:
+            raise ProtocolError(
+                "FX-ROUND-011",
+                f"the aggregator assigned round {round_num}, outside the plan's rounds "
+                f"(0 to {'?' if last is None else last - 1}, then the final validation)",
+                "the aggregator runs another plan or is faulty: check that it runs this "
+                "plan; this collaborator stops rather than work beyond what the plan agreed",
+            )
+        repeated = sorted(t for t, n in Counter(assignment.tasks).items() if n > 1)
+        if repeated:
+            raise ProtocolError(
+                "FX-ROUND-012",
+                f"the aggregator assigned {', '.join(shown(t) for t in repeated[:3])} more than "
+                f"once in round {round_num}",
+                "the aggregator is faulty: every task runs once per round",
+            )
         for task_name in assignment.tasks:
-            started = time.monotonic()
             spec = self.tasks.get(task_name)
             if spec is None:
                 raise PlanError(
                     "FX-PLAN-022",
-                    f"the aggregator assigned task {task_name!r}, which this collaborator's plan "
-                    "does not define",
+                    f"the aggregator assigned task {shown(task_name)}, which this "
+                    "collaborator's plan does not define",
                     "use the same plan on every node",
                 )
-            sent = self.do_task(spec, round_num)
+            if assignment.final_validation and not spec.is_validation:
+                raise ProtocolError(
+                    "FX-ROUND-011",
+                    f"the aggregator assigned {shown(task_name)}, which trains, in the final "
+                    "validation",
+                    "the aggregator runs another plan or is faulty: check that it runs this plan",
+                )
+
+    def run_tasks(self, assignment: TaskAssignment) -> None:
+        """Run one round's tasks in order."""
+        self._check_assignment(assignment)
+        round_num = assignment.round
+        label = "final validation" if assignment.final_validation else f"round {round_num}"
+        for task_name in assignment.tasks:
+            started = time.monotonic()
+            sent = self.do_task(self.tasks[task_name], round_num)
+            self.tasks_done += 1
             took = time.monotonic() - started
             # apart: sending includes any retries while the aggregator was out of reach
             log.info(
@@ -179,7 +249,9 @@ class Collaborator:
             # now and let the download reuse their memory instead of faulting in fresh pages
             self.store.make_room(round_num, POOL)
             started = time.monotonic()
-            model = self.connection.get_global_model(round_num)
+            if self._expected is None:
+                self._expected = ExpectedModel.of(self.runner.get_tensor_dict(with_opt_vars=True))
+            model = self.connection.get_global_model(round_num, self._expected)
             log.debug(
                 "round %d: global model downloaded (%s in %.2f s)",
                 round_num,

@@ -539,4 +539,5 @@ def build_collaborator(
         lossy_updates=compression_pipeline(plan).lossy,
         opt_treatment=str(settings.get("opt_treatment") or "RESET"),
         db_store_rounds=int(settings.get("db_store_rounds") or 1),
+        rounds_to_train=plan.rounds_to_train,
     )

@@ -21,7 +21,7 @@ from google.protobuf.internal.encoder import _VarintBytes
 from fedrun.buffers import BufferPool
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import CHUNK_BYTES, MAX_TENSOR_BYTES
-from fedrun.errors import ProtocolError, shown
+from fedrun.errors import PlanError, ProtocolError, shown
 from fedrun.protocol import federation_pb2 as pb
 
 #: dtypes that may cross the wire (numeric and bool; never object or structured dtypes)
@@ -387,6 +387,15 @@ def check_header(header: pb.TensorHeader, max_bytes: int = MAX_TENSOR_BYTES) -> 
     if any(d < 0 for d in header.shape):
         raise ProtocolError("FX-WIRE-004", f"tensor {shown(header.name)} has a negative dimension")
     expected = dtype.itemsize * int(np.prod(header.shape, dtype=np.float64))
+    # a zero dimension makes the size 0 whatever the others are; numpy still refuses the shape
+    # when they are absurd, so they are held to the limit as well
+    spanned = dtype.itemsize * int(np.prod([d for d in header.shape if d], dtype=np.float64))
+    if expected == 0 and spanned > max_bytes:
+        raise ProtocolError(
+            "FX-WIRE-004",
+            f"tensor {shown(header.name)} has an impossible shape "
+            f"{shown(str(tuple(header.shape)))}",
+        )
     if expected > max_bytes or header.payload_bytes > max_bytes:
         raise ProtocolError(
             "FX-WIRE-005",
@@ -419,6 +428,71 @@ def encoded_limit(raw: int) -> int:
     return 2 * raw + (64 << 10)
 
 
+#: what a downloaded model may hold beyond ``UNKNOWN_FACTOR`` times the tensors a collaborator's
+#: model has (e.g. optimizer state the aggregator keeps that the runner has not made yet)
+UNKNOWN_SLACK_BYTES = 64 << 20
+UNKNOWN_FACTOR = 3
+
+
+class ExpectedModel:
+    """What a global model downloaded by a collaborator may hold, known before it arrives: its
+    own model's tensor names and shapes. A tensor is checked when its header comes, before any
+    memory is taken for it: a name sent twice, a known tensor of another shape, or more bytes
+    in all than the model (with room for tensors it does not know, such as optimizer state)
+    end the download with an error instead of growing memory without bound."""
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], nbytes: int) -> None:
+        self.shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
+        self.model_bytes = int(nbytes)
+        self.budget = UNKNOWN_FACTOR * self.model_bytes + UNKNOWN_SLACK_BYTES
+        self._seen: set[str] = set()
+        self._declared = 0
+
+    @classmethod
+    def of(cls, tensors: Mapping[str, np.ndarray]) -> ExpectedModel:
+        """The expectation a model's own tensors set."""
+        return cls(
+            {n: tuple(a.shape) for n, a in tensors.items()},
+            sum(int(a.nbytes) for a in tensors.values()),
+        )
+
+    def start(self) -> None:
+        """A new download (a retried one starts over)."""
+        self._seen.clear()
+        self._declared = 0
+
+    def admit(self, header: pb.TensorHeader, dtype: np.dtype) -> None:
+        """Accept ``header`` or raise why not."""
+        name = header.name
+        if name in self._seen:
+            raise ProtocolError(
+                "FX-WIRE-023",
+                f"the aggregator sent tensor {shown(name)} twice in one model",
+                "the aggregator is faulty or not a fedrun aggregator of this version: check "
+                "agg_addr/agg_port and the aggregator's fedrun version",
+            )
+        self._seen.add(name)
+        shape = tuple(int(d) for d in header.shape)
+        wanted = self.shapes.get(name)
+        if wanted is not None and shape != wanted:
+            raise PlanError(
+                "FX-MODEL-002",
+                f"tensor {shown(name)} has shape {shown(str(shape))}, the model expects {wanted}",
+                "every node must run the same task runner code (src/)",
+            )
+        raw = dtype.itemsize * int(np.prod(shape, dtype=np.float64))
+        self._declared += max(raw, int(header.payload_bytes))
+        if self._declared > self.budget:
+            raise ProtocolError(
+                "FX-WIRE-024",
+                f"the model the aggregator sends holds more than {self.budget} bytes after "
+                f"{len(self._seen)} tensors; this collaborator's model has {len(self.shapes)} "
+                f"tensors of {self.model_bytes} bytes",
+                "the aggregator serves another model: check that it runs this plan and task "
+                "runner code (src/), and that agg_addr/agg_port point at it",
+            )
+
+
 class TensorAssembler:
     """Rebuilds tensors from a frame stream, one at a time.
 
@@ -431,10 +505,12 @@ class TensorAssembler:
         pipelines: Mapping[str, CompressionPipeline] | None = None,
         max_bytes: int = MAX_TENSOR_BYTES,
         pool: BufferPool | None = None,
+        expected: ExpectedModel | None = None,
     ) -> None:
         self.pipelines = dict(pipelines or {})
         self.max_bytes = max_bytes
         self.pool = pool
+        self.expected = expected
         self._header: pb.TensorHeader | None = None
         self._dtype: np.dtype | None = None
         self._buffer: np.ndarray | None = None
@@ -459,6 +535,8 @@ class TensorAssembler:
                 )
             self._dtype = check_header(frame.header, self.max_bytes)
             self._check_encoding(frame.header)
+            if self.expected is not None:
+                self.expected.admit(frame.header, self._dtype)
             self._header = frame.header
             size = int(frame.header.payload_bytes)
             self._buffer = (
@@ -534,9 +612,13 @@ def decode_frames(
     frames: Iterable[pb.TensorFrame | DataChunk],
     pipelines: Mapping[str, CompressionPipeline] | None = None,
     pool: BufferPool | None = None,
+    expected: ExpectedModel | None = None,
 ) -> Iterator[DecodedTensor]:
-    """Yield every tensor of a pure tensor stream (raw tensors in ``pool`` memory if given)."""
-    assembler = TensorAssembler(pipelines, pool=pool)
+    """Yield every tensor of a pure tensor stream (raw tensors in ``pool`` memory if given;
+    each header held to ``expected`` if given)."""
+    if expected is not None:
+        expected.start()
+    assembler = TensorAssembler(pipelines, pool=pool, expected=expected)
     for frame in frames:
         tensor = assembler.feed(frame)
         if tensor is not None:

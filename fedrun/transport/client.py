@@ -23,12 +23,23 @@ import numpy as np
 
 from fedrun.buffers import POOL
 from fedrun.compression.base import CompressionPipeline
-from fedrun.constants import RECONNECT_INITIAL_SECONDS, UNARY_DEADLINE_SECONDS
-from fedrun.errors import CertificateError, ConnectionFailure, ProtocolError, RoundClosed
+from fedrun.constants import (
+    RECONNECT_INITIAL_SECONDS,
+    STREAM_STALL_SECONDS,
+    UNARY_DEADLINE_SECONDS,
+)
+from fedrun.errors import (
+    CertificateError,
+    ConnectionFailure,
+    ProtocolError,
+    RoundClosed,
+    peer_details,
+)
 from fedrun.federation.aggregator import TaskAssignment
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
 from fedrun.protocol.codec import (
+    ExpectedModel,
     batch_frames,
     decode_frames,
     encode_tensor_wire,
@@ -90,7 +101,7 @@ def _busy(error: grpc.RpcError) -> bool:
 def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
     """Turn a gRPC error into the fedrun error a person can act on."""
     code = error.code()
-    details = error.details() or ""
+    details = peer_details(error.details() or "")
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return ConnectionFailure("FX-AUTH-010", f"the aggregator at {target} refused us: {details}")
     if code == grpc.StatusCode.FAILED_PRECONDITION:
@@ -109,6 +120,14 @@ def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
             "FX-WIRE-021",
             f"a message to or from the aggregator at {target} was too large: {details}",
             "use the same fedrun version and plan (network.settings.chunk_bytes) on every node",
+        )
+    if code == grpc.StatusCode.INTERNAL and details.startswith("Exception deserializing"):
+        # gRPC's words when this side could not parse a reply: the aggregator did not fail
+        return ProtocolError(
+            "FX-WIRE-022",
+            f"a reply from the aggregator at {target} is not fedrun's wire format: {details}",
+            "check that agg_addr/agg_port point at a fedrun aggregator of the same version as "
+            "this collaborator",
         )
     if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
         return ProtocolError(
@@ -162,6 +181,8 @@ class AggregatorClient:
         self.pipeline = pipeline
         self.pipelines = dict(pipelines or {})
         self.sleep = sleep
+        #: a streamed reply that brings nothing for this long is given up (and asked again)
+        self.stall_seconds = STREAM_STALL_SECONDS
         self.target = network.target
         options = [*CHANNEL_OPTIONS, *reconnect_options(network)]
         if credentials is None:
@@ -249,7 +270,7 @@ class AggregatorClient:
                         "complete: nothing to redo",
                     ) from None
                 if not self._was_down:
-                    details = error.details() or ""
+                    details = peer_details(error.details() or "")
                     if details.startswith("FX-") or _busy(error):
                         # the aggregator answered: it cannot take the call now (disk full...)
                         log.warning(
@@ -332,18 +353,56 @@ class AggregatorClient:
             reply.run,
         )
 
-    def get_global_model(self, round_num: int) -> dict[str, np.ndarray]:
+    def get_global_model(
+        self, round_num: int, expected: ExpectedModel | None = None
+    ) -> dict[str, np.ndarray]:
+        """The global model of ``round_num`` (each tensor header held to ``expected``)."""
+
         def call() -> dict[str, np.ndarray]:
-            frames = self._get_tensors(pb.GetTensorsRequest(header=self.header, round=round_num))
+            frames = self._watched(
+                self._get_tensors(pb.GetTensorsRequest(header=self.header, round=round_num)),
+                f"the model download of round {round_num}",
+            )
             out: dict[str, np.ndarray] = {}
             received = 0
-            for tensor in decode_frames(expand_frames(frames), self.pipelines, pool=POOL):
+            for tensor in decode_frames(
+                expand_frames(frames), self.pipelines, pool=POOL, expected=expected
+            ):
                 out[tensor.name] = tensor.array
                 received += tensor.payload_bytes
             self.bytes_received += received
             return out
 
         return self._retry("get model", call)
+
+    def _watched(self, call: Iterator[T], what: str) -> Iterator[T]:
+        """The messages of a streamed reply; the call is cancelled (and so retried) when none
+        arrives for ``stall_seconds``: without it a stream the aggregator keeps open but never
+        feeds held this collaborator forever, saying nothing."""
+        last = [time.monotonic()]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(min(1.0, self.stall_seconds)):
+                idle = time.monotonic() - last[0]
+                if idle > self.stall_seconds:
+                    log.warning(
+                        "%s from %s stalled (no data for %.0f s); asking again",
+                        what,
+                        self.target,
+                        idle,
+                    )
+                    call.cancel()  # type: ignore[attr-defined]
+                    return
+
+        watcher = threading.Thread(target=watch, name="fedrun-stream-watch", daemon=True)
+        watcher.start()
+        try:
+            for message in call:
+                last[0] = time.monotonic()
+                yield message
+        finally:
+            done.set()
 
     def submit(
         self,

@@ -118,7 +118,7 @@ class InProcessConnection:
         self._identify()
         return self.aggregator.get_tasks(self.name, wait=self.wait)
 
-    def get_global_model(self, round_num: int) -> dict[str, np.ndarray]:
+    def get_global_model(self, round_num: int, expected=None) -> dict[str, np.ndarray]:
         self._identify()
         model = self.aggregator.get_global_model(self.name, round_num)
         return {k: np.array(v, copy=True) for k, v in model.items()}

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from fedrun.constants import MAX_TENSOR_BYTES
-from fedrun.errors import ProtocolError
+from fedrun.errors import PlanError, ProtocolError
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol.codec import (
+    ExpectedModel,
     TensorAssembler,
     check_header,
     decode_frames,
@@ -368,3 +369,77 @@ def test_negative_dimension_is_refused():
 
     # Assert
     assert error.code == "FX-WIRE-004"
+
+
+def test_absurd_dimensions_beside_a_zero_one_are_refused_as_a_protocol_error():
+    # Execute: numpy refuses the shape outright ("array is too big"), a traceback before
+    error = feed_error(header(shape=[2**62, 2**62, 0], payload_bytes=0))
+
+    # Assert
+    assert error.code == "FX-WIRE-004"
+
+
+# ---------------------------------------------------------------------- a download's expectation
+def expected_model() -> ExpectedModel:
+    return ExpectedModel.of({"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)})
+
+
+def test_a_download_may_hold_its_own_model_and_tensors_it_does_not_know():
+    # Prepare
+    expected = expected_model()
+    frames = [
+        *encode_tensor("w", np.ones((2, 3), np.float32)),
+        *encode_tensor("b", np.ones(3, np.float32)),
+        *encode_tensor("__opt_0_exp_avg", np.ones(6, np.float32)),
+    ]
+
+    # Execute
+    names = [t.name for t in decode_frames(frames, expected=expected)]
+
+    # Assert
+    assert names == ["w", "b", "__opt_0_exp_avg"]
+
+
+def test_a_tensor_sent_twice_is_refused():
+    # Prepare
+    frames = [*encode_tensor("w", np.ones((2, 3), np.float32))] * 2
+
+    # Execute
+    with pytest.raises(ProtocolError) as caught:
+        list(decode_frames(frames, expected=expected_model()))
+
+    # Assert
+    assert caught.value.code == "FX-WIRE-023"
+
+
+def test_a_known_tensor_of_another_shape_is_refused_at_its_header():
+    # Execute: the header declares 4 GiB; refused before any memory is taken
+    with pytest.raises(PlanError) as caught:
+        TensorAssembler(expected=expected_model()).feed(
+            header(name="w", shape=[2**30], payload_bytes=2**32)
+        )
+
+    # Assert
+    assert caught.value.code == "FX-MODEL-002"
+
+
+def test_an_endless_stream_of_unknown_tensors_ends_at_the_budget():
+    # Prepare: 1 MiB tensors of new names without end
+    expected = expected_model()
+
+    def endless():
+        n = 0
+        while True:
+            yield from encode_tensor(f"x{n}", np.zeros(1 << 18, np.float32))
+            n += 1
+
+    # Execute
+    received = 0
+    with pytest.raises(ProtocolError) as caught:
+        for tensor in decode_frames(endless(), expected=expected):
+            received += tensor.payload_bytes
+
+    # Assert: stopped at about the budget (64 MiB beside a 36-byte model)
+    assert caught.value.code == "FX-WIRE-024"
+    assert received <= expected.budget
+    assert received >= expected.budget - (1 << 20)

@@ -130,3 +130,96 @@ def test_a_connection_cut_off_mid_handshake_is_retried_not_taken_for_a_certifica
         client.close()
     cut_off = StatusError(grpc.StatusCode.UNAVAILABLE, "ssl handshake timed out")
     assert classify_rpc_error(cut_off, "a:1").exit_code == 5  # connection (5), not certificate (4)
+
+
+def test_a_reply_this_side_cannot_parse_is_not_blamed_on_the_aggregator():
+    # Prepare: gRPC's words when the collaborator could not parse a reply
+    unreadable = StatusError(grpc.StatusCode.INTERNAL, "Exception deserializing response!")
+
+    # Execute
+    error = classify_rpc_error(unreadable, "agg.example:50051")
+
+    # Assert: the wire format is named, not "see the aggregator's log"
+    assert error.code == "FX-WIRE-022"
+    assert "aggregator's log" not in error.fix
+
+
+HOSTILE = "\x1b[31;1mRED\x1b[0m\x1b]0;title\x07\n[12:00:00] INFO     fake line" + "D" * 5000
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.UNAVAILABLE,
+    ],
+)
+def test_an_aggregators_status_message_cannot_colour_forge_lines_or_flood(code):
+    # Execute
+    error = classify_rpc_error(StatusError(code, HOSTILE), "agg.example:50051")
+
+    # Assert: no escape character, no line of the peer's at column 0, bounded
+    assert "\x1b" not in error.message and "\x07" not in error.message
+    assert all(not line.startswith("[12:00:00]") for line in error.message.splitlines())
+    assert len(error.message) < 1200
+
+
+def test_a_busy_aggregators_reason_is_shown_escaped_and_cut(caplog):
+    # Prepare
+    answers = [StatusError(grpc.StatusCode.UNAVAILABLE, "FX-X " + HOSTILE)]
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedrun"):
+        assert retried("get tasks", answers) == 7
+
+    # Assert
+    assert "\x1b" not in caplog.text and "\\x1b[31;1m" in caplog.text
+    assert len(caplog.text) < 1500
+
+
+class SilentStream:
+    """A streamed reply the aggregator keeps open and never feeds: iterating blocks until the
+    call is cancelled, then raises as gRPC does."""
+
+    def __init__(self, first: list[int]) -> None:
+        import threading
+
+        self.first = list(first)
+        self.cancelled = threading.Event()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> int:
+        if self.first:
+            return self.first.pop(0)
+        if not self.cancelled.wait(10):
+            raise AssertionError("never cancelled")
+        raise StatusError(grpc.StatusCode.CANCELLED, "Locally cancelled by application!")
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def test_a_stream_that_stops_bringing_data_is_cancelled_not_waited_on_forever(caplog):
+    # Prepare
+    network = Network("127.0.0.1", 9, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
+    client.stall_seconds = 0.3
+    stream = SilentStream([1, 2])
+    received: list[int] = []
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedrun"), pytest.raises(grpc.RpcError) as caught:
+        for message in client._watched(stream, "the model download of round 3"):
+            received.append(message)
+    client.close()
+
+    # Assert: what came is kept, the call is cancelled (a retryable status), and said
+    assert received == [1, 2]
+    assert caught.value.code() == grpc.StatusCode.CANCELLED
+    assert "the model download of round 3 from 127.0.0.1:9 stalled (no data for 0 s)" in (
+        caplog.text
+    )

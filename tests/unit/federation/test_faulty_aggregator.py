@@ -1,0 +1,188 @@
+"""A faulty or hostile aggregator cannot make a collaborator work beyond the plan, spin, or
+take memory without bound (the collaborator is a hospital's or a bank's machine)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+import numpy as np
+import pytest
+
+from fedrun.errors import PlanError, ProtocolError
+from fedrun.federation.aggregator import TaskAssignment
+from fedrun.federation.collaborator import Collaborator
+from fedrun.federation.tasks import TaskResult, TaskSpec
+
+TASKS = {
+    "aggregated_model_validation": TaskSpec(
+        "aggregated_model_validation", "validate_task", {"apply": "global", "metrics": ["acc"]}
+    ),
+    "train": TaskSpec("train", "train_task", {"metrics": ["loss"], "epochs": 1}),
+}
+MODEL = {"w": np.ones((2, 3), np.float32)}
+
+
+class Runner:
+    """Counts what it was made to do."""
+
+    def __init__(self) -> None:
+        self.trained = 0
+
+    def get_tensor_dict(self, with_opt_vars: bool = False) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in MODEL.items()}
+
+    def set_tensor_dict(self, tensor_dict, with_opt_vars: bool = False) -> None:
+        pass
+
+    def set_optimizer_treatment(self, treatment: str) -> None:
+        pass
+
+    def get_train_data_size(self) -> int:
+        return 1
+
+    def get_valid_data_size(self) -> int:
+        return 1
+
+    def train_task(self, col_name, round_num, input_tensor_dict, **kwargs) -> TaskResult:
+        self.trained += 1
+        return TaskResult({"loss": 0.0}, dict(input_tensor_dict), 1)
+
+    def validate_task(self, col_name, round_num, input_tensor_dict, **kwargs) -> TaskResult:
+        return TaskResult({"acc": 1.0}, {}, 1)
+
+
+class ScriptedAggregator:
+    """Hands out the given assignments in turn, then "quit"."""
+
+    def __init__(self, assignments: list[TaskAssignment]) -> None:
+        self.assignments = list(assignments)
+        self.asked = 0
+        self.submitted: list[tuple[int, str]] = []
+        self.expected = None
+
+    def get_tasks(self) -> TaskAssignment:
+        self.asked += 1
+        if self.assignments:
+            return self.assignments.pop(0)
+        return TaskAssignment(0, [], quit=True)
+
+    def get_global_model(self, round_num: int, expected=None) -> dict[str, np.ndarray]:
+        self.expected = expected
+        return {k: v.copy() for k, v in MODEL.items()}
+
+    def submit(
+        self,
+        round_num: int,
+        task: str,
+        data_size: int,
+        metrics: Mapping[str, float],
+        tensors: Mapping[str, np.ndarray],
+        deltas: Collection[str],
+    ) -> int:
+        self.submitted.append((round_num, task))
+        return 0
+
+
+def collaborator(script: list[TaskAssignment], rounds: int = 2) -> tuple[Collaborator, Runner]:
+    runner = Runner()
+    built = Collaborator(
+        collaborator_name="one",
+        connection=ScriptedAggregator(script),
+        task_runner=runner,
+        tasks=TASKS,
+        rounds_to_train=rounds,
+    )
+    return built, runner
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        TaskAssignment(2, ["train"]),  # the plan has rounds 0 and 1
+        TaskAssignment(2**31 - 1, ["train"]),
+        TaskAssignment(-5, ["train"]),
+        TaskAssignment(2, ["train"], final_validation=True),  # training in the final validation
+        TaskAssignment(3, ["aggregated_model_validation"], final_validation=True),
+    ],
+)
+def test_rounds_the_plan_does_not_have_are_refused_before_any_work(assignment):
+    # Prepare
+    built, runner = collaborator([TaskAssignment(0, ["train"]), assignment])
+
+    # Execute
+    with pytest.raises(ProtocolError) as caught:
+        built.run()
+
+    # Assert: round 0 was worked, the assignment beyond the plan was not
+    assert caught.value.code == "FX-ROUND-011"
+    assert runner.trained == 1
+    assert built.connection.submitted == [(0, "train")]
+
+
+def test_the_final_validation_is_worked():
+    # Prepare
+    script = [TaskAssignment(2, ["aggregated_model_validation"], final_validation=True)]
+    built, _ = collaborator(script)
+
+    # Execute
+    built.run()
+
+    # Assert
+    assert built.connection.submitted == [(2, "aggregated_model_validation")]
+
+
+def test_a_task_assigned_twice_in_a_round_is_refused():
+    # Prepare: the same training 200 000 times in one round
+    built, runner = collaborator([TaskAssignment(0, ["train"] * 200_000)])
+
+    # Execute
+    with pytest.raises(ProtocolError) as caught:
+        built.run()
+
+    # Assert
+    assert caught.value.code == "FX-ROUND-012"
+    assert runner.trained == 0
+
+
+def test_an_unknown_task_name_is_shown_escaped_and_cut():
+    # Prepare
+    hostile = "\x1b[31m\nFAKE LOG LINE" + "A" * 2**20
+    built, _ = collaborator([TaskAssignment(0, [hostile])])
+
+    # Execute
+    with pytest.raises(PlanError) as caught:
+        built.run()
+
+    # Assert
+    assert caught.value.code == "FX-PLAN-022"
+    assert "\x1b" not in caught.value.message and "\n" not in caught.value.message
+    assert len(caught.value.message) < 300
+
+
+def test_quick_empty_answers_are_paced_not_spun_on():
+    # Prepare: 30 empty answers that come at once
+    built, _ = collaborator([TaskAssignment(0, []) for _ in range(30)])
+    pauses: list[float] = []
+    built.sleep = pauses.append
+
+    # Execute
+    built.run()
+
+    # Assert: a pause after each, growing to a bound
+    assert len(pauses) == 30
+    assert pauses[0] <= 0.1 and pauses == sorted(pauses)
+    assert 1.0 <= pauses[-1] <= 2.0
+    assert sum(pauses) > 30
+
+
+def test_the_download_is_held_to_this_collaborators_own_model():
+    # Prepare
+    built, _ = collaborator([TaskAssignment(0, ["train"])])
+
+    # Execute
+    built.run()
+
+    # Assert
+    expected = built.connection.expected
+    assert expected is not None and expected.shapes == {"w": (2, 3)}
+    assert expected.model_bytes == 24
