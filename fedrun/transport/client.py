@@ -290,6 +290,14 @@ class AggregatorClient:
                             self.network.client_reconnect_timeout,
                             self.network.port_hint,
                         )
+                    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        # connected, but no answer in time: not the same trouble as no route
+                        log.warning(
+                            "aggregator at %s did not answer our %s in time (%s); retrying",
+                            self.target,
+                            what,
+                            code.name,
+                        )
                     else:
                         log.warning(
                             "aggregator at %s unreachable (%s); retrying", self.target, code.name

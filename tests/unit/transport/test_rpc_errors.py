@@ -223,3 +223,25 @@ def test_a_stream_that_stops_bringing_data_is_cancelled_not_waited_on_forever(ca
     assert "the model download of round 3 from 127.0.0.1:9 stalled (no data for 0 s)" in (
         caplog.text
     )
+
+
+def test_an_aggregator_that_accepts_but_does_not_answer_is_not_called_unreachable(caplog):
+    # Prepare: it answered once, then lets a request for tasks run out of time
+    network = Network("127.0.0.1", 9, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
+    client._retry("ping", lambda: 1)
+    answers = [StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")]
+
+    def call() -> int:
+        if answers:
+            raise answers.pop()
+        return 7
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedrun"):
+        assert client._retry("get tasks", call) == 7
+    client.close()
+
+    # Assert
+    assert "did not answer our get tasks in time (DEADLINE_EXCEEDED)" in caplog.text
+    assert "unreachable" not in caplog.text
