@@ -26,6 +26,8 @@ from fedrun.units import human_bytes
 
 log = logging.getLogger("fedrun.collaborator")
 
+#: a model download taking at least this long is logged as information (else for debugging)
+DOWNLOAD_LINE_SECONDS = 1.0
 #: an answer with no tasks that comes back sooner than this is followed by a pause (the
 #: aggregator holds a request for tasks until it has some: only a faulty one answers at once)
 QUICK_ANSWER_SECONDS = 0.5
@@ -125,6 +127,8 @@ class Collaborator:
         self.idle_seconds = 0.0
         #: seconds the last task's result took to send (retries included)
         self.send_seconds = 0.0
+        #: seconds the last task waited for the global model to download (retries included)
+        self.fetch_seconds = 0.0
         self._started = False
         for name, spec in self.tasks.items():
             if not callable(getattr(task_runner, spec.function, None)):
@@ -224,15 +228,17 @@ class Collaborator:
         label = "final validation" if assignment.final_validation else f"round {round_num}"
         for task_name in assignment.tasks:
             started = time.monotonic()
+            self.fetch_seconds = 0.0
             sent = self.do_task(self.tasks[task_name], round_num)
             self.tasks_done += 1
             took = time.monotonic() - started
-            # apart: sending includes any retries while the aggregator was out of reach
+            # apart: the download and the send include any retries while the aggregator was out
+            # of reach
             log.info(
                 "%s: %s done in %.2f s, its result (%s) sent in %.2f s",
                 label,
                 task_name,
-                took - self.send_seconds,
+                took - self.send_seconds - self.fetch_seconds,
                 human_bytes(sent),
                 self.send_seconds,
             )
@@ -252,11 +258,14 @@ class Collaborator:
             if self._expected is None:
                 self._expected = ExpectedModel.of(self.runner.get_tensor_dict(with_opt_vars=True))
             model = self.connection.get_global_model(round_num, self._expected)
-            log.debug(
+            self.fetch_seconds = time.monotonic() - started
+            # a download worth a line of its own on a slow link (the task's time leaves it out)
+            log.log(
+                logging.INFO if self.fetch_seconds >= DOWNLOAD_LINE_SECONDS else logging.DEBUG,
                 "round %d: global model downloaded (%s in %.2f s)",
                 round_num,
                 human_bytes(sum(int(a.nbytes) for a in model.values())),
-                time.monotonic() - started,
+                self.fetch_seconds,
             )
             self.store.put(round_num, "global", model)
         return model

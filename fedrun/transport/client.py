@@ -234,7 +234,10 @@ class AggregatorClient:
 
     # ------------------------------------------------------------------ retry
     def _retry(self, what: str, call: Callable[[], T]) -> T:
-        started = time.monotonic()
+        # the allowance (client_reconnect_timeout) counts from the call's first failure: counted
+        # from its start, a long transfer used it up while data flowed, and a short outage late
+        # in a large upload or download ended the collaborator without a single retry
+        failed_at: float | None = None
         delay = RECONNECT_INITIAL_SECONDS
         attempt = 0
         while True:
@@ -256,12 +259,14 @@ class AggregatorClient:
                     # means the aggregator is down or restarting: an outage, keep retrying
                     with contextlib.suppress(ConnectionFailure):
                         self.diagnose()
-                elapsed = time.monotonic() - started
+                if failed_at is None:
+                    failed_at = time.monotonic()
+                elapsed = time.monotonic() - failed_at
                 if elapsed >= self.network.client_reconnect_timeout:
                     raise ConnectionFailure(
                         "FX-NET-011",
-                        f"gave up on the aggregator at {self.target} after {elapsed:.0f} s "
-                        f"({what}: {code.name})",
+                        f"gave up on the aggregator at {self.target}: out of reach for "
+                        f"{elapsed:.0f} s ({what}: {code.name})",
                         "check that the aggregator runs and that this machine reaches it "
                         "(agg_addr/agg_port, firewall, network), then restart this collaborator; "
                         "raise network.settings.client_reconnect_timeout to ride out longer "

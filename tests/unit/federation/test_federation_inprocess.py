@@ -1126,6 +1126,31 @@ def test_a_task_s_time_is_logged_apart_from_the_time_its_result_took_to_send(tmp
     assert float(match[1]) < 0.3 and float(match[2]) >= 0.4
 
 
+class SlowToDownload(InProcessConnection):
+    """A slow link: the global model takes 1.1 s to arrive."""
+
+    def get_global_model(self, round_num: int, expected=None) -> dict[str, np.ndarray]:
+        time.sleep(1.1)
+        return super().get_global_model(round_num, expected)
+
+
+def test_a_slow_download_has_its_own_line_and_is_not_counted_as_the_task_s_time(tmp_path, caplog):
+    # a validation that does no work said "done in 83.87 s" on a slow link, the download
+    # unmentioned
+    collaborator = lone_collaborator(tmp_path, SlowToDownload)
+
+    with caplog.at_level(logging.INFO, logger="fedrun.collaborator"):
+        collaborator.run()
+
+    lines = [r.getMessage() for r in caplog.records]
+    downloads = [line for line in lines if "global model downloaded" in line]
+    assert downloads and re.fullmatch(
+        r"round 0: global model downloaded \(.+ in 1\.\d\d s\)", downloads[0]
+    ), downloads
+    validation = next(line for line in lines if "aggregated_model_validation done" in line)
+    assert float(re.search(r"done in (\S+) s", validation)[1]) < 0.5, validation
+
+
 def test_a_collaborator_says_it_started_once_when_a_closed_round_makes_it_ask_again(
     tmp_path, caplog
 ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 import pytest
@@ -245,3 +246,26 @@ def test_an_aggregator_that_accepts_but_does_not_answer_is_not_called_unreachabl
     # Assert
     assert "did not answer our get tasks in time (DEADLINE_EXCEEDED)" in caplog.text
     assert "unreachable" not in caplog.text
+
+
+def test_time_spent_transferring_does_not_count_toward_the_reconnect_allowance():
+    # Prepare: an upload that moves data for 0.8 s and then loses the link, with an allowance
+    # of 0.5 s (before: counted from the upload's start, it was used up before the first
+    # failure, and the collaborator stopped without a single retry)
+    network = Network("127.0.0.1", 9, "127.0.0.1", use_tls=False, client_reconnect_timeout=0.5)
+    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
+    attempts: list[int] = []
+
+    def call() -> int:
+        attempts.append(1)
+        if len(attempts) == 1:
+            time.sleep(0.8)
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+        return 7
+
+    # Execute, Assert: retried, and sent
+    try:
+        assert client._retry("send result", call) == 7
+    finally:
+        client.close()
+    assert len(attempts) == 2
