@@ -56,6 +56,9 @@ log = logging.getLogger("fedrun.aggregator")
 #: round summaries kept for the end-of-run table (every round is in metrics.jsonl)
 ROUND_HISTORY_KEPT = 50
 
+#: while a round waits for collaborators reported gone, the log says so again this often
+WAITING_REMINDER_SECONDS = 600.0
+
 #: tensors whose names start with this carry optimizer state (CONTINUE_GLOBAL)
 
 
@@ -291,6 +294,7 @@ class Aggregator:
         self.released: set[str] = set()
         self.last_seen: dict[str, float] = {}
         self.reported_gone: set[str] = set()
+        self._reminded_at: float | None = None  # when the wait for gone ones was last logged
         self.listeners: list[Callable[[RoundSummary], None]] = []
         #: the last ROUND_HISTORY_KEPT rounds this process closed (all are in metrics.jsonl)
         self.round_history: list[RoundSummary] = []
@@ -740,6 +744,34 @@ class Aggregator:
             progress[col] = max(progress.get(col, upload.last_progress), upload.last_progress)
         return progress
 
+    def _remind_of_waiting(self, now: float) -> None:
+        """Say again, every WAITING_REMINDER_SECONDS, that the round waits for collaborators
+        reported gone (lock held): one line when they went left an operator reading the log's
+        end later with no clue why nothing moves."""
+        waited_for = sorted(
+            c
+            for c in self.reported_gone
+            if c in self.round.participants and not self.round.finished(c)
+        )
+        if not waited_for:
+            self._reminded_at = None
+            return
+        if self._reminded_at is None:
+            self._reminded_at = now  # the "gone" line was just said
+            return
+        if now - self._reminded_at < WAITING_REMINDER_SECONDS:
+            return
+        self._reminded_at = now
+        log.warning(
+            "round %d still waits for %s (open for %.0f min): start %s again, or give the "
+            "plan a straggler_handling_policy (e.g. PercentageBasedStragglerHandling) so rounds "
+            "close without them and restart the aggregator (it resumes the round)",
+            self.round_num,
+            ", ".join(waited_for),
+            (now - self.round.opened_at) / 60,
+            "it" if len(waited_for) == 1 else "them",
+        )
+
     def _drop_stalled_uploads(self, now: float) -> None:
         """Give up on uploads that sent nothing for too long (lock held): a peer that keeps its
         stream open but sends no data must not hold the round open (a cut-off policy waits for
@@ -861,6 +893,7 @@ class Aggregator:
                         now - seen,
                         self.round_num,
                     )
+            self._remind_of_waiting(now)
             self._drop_stalled_uploads(now)
             self._maybe_close_round()
             deadline = self.policy.deadline(self.round.started_at)

@@ -431,3 +431,27 @@ def test_a_result_file_that_cannot_be_read_back_stops_the_aggregator_with_a_stat
     assert agg.broken is caught.value
     with pytest.raises(StateError):
         agg.tick()  # the serving loop stops on it
+
+
+def test_a_round_waiting_for_a_gone_collaborator_says_so_again_every_ten_minutes(tmp_path, caplog):
+    # Prepare: a is gone for good under the wait-for-all policy (before: one line, then a
+    # silent log for as long as the aggregator ran)
+    clock = Clock()
+    agg = make(tmp_path, clock=clock, collaborator_timeout=60.0)
+    agg.get_tasks("a", wait=0)
+    agg.get_tasks("b", wait=0)
+
+    # Execute: b keeps asking; 25 minutes pass
+    with caplog.at_level(logging.WARNING, logger="fedrun.aggregator"):
+        for _ in range(25):
+            clock.now += 60.5
+            agg.get_tasks("b", wait=0)
+            agg.tick()
+
+    # Assert: gone once, then a reminder every 10 minutes naming the way out
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len([w for w in warnings if "collaborator a is gone" in w]) == 1
+    reminders = [w for w in warnings if "still waits for" in w]
+    assert len(reminders) == 2, warnings
+    assert reminders[0].startswith("round 0 still waits for a (open for 1")
+    assert "straggler_handling_policy" in reminders[0]
