@@ -155,6 +155,49 @@ def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
     )
 
 
+class StallWatch:
+    """Calls ``on_stall(idle seconds)`` once, from a thread of its own, when :meth:`progress`
+    has not been called for ``seconds`` while inside ``with``."""
+
+    def __init__(self, seconds: float, on_stall: Callable[[float], None]) -> None:
+        self.seconds = seconds
+        self.on_stall = on_stall
+        self._last = time.monotonic()
+        self._done = threading.Event()
+
+    def progress(self) -> None:
+        self._last = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.seconds)):
+            idle = time.monotonic() - self._last
+            if idle > self.seconds:
+                self.on_stall(idle)
+                return
+
+    def __enter__(self) -> StallWatch:
+        self._last = time.monotonic()
+        threading.Thread(target=self._watch, name="fedrun-stall-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+
+
+class StalledCall(grpc.RpcError):
+    """A call this side cancelled because it made no progress: retried like a broken one."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return f"no progress for {self.seconds:.0f} s"
+
+
 class AggregatorClient:
     """Implements the collaborator's ``AggregatorConnection`` over gRPC."""
 
@@ -181,8 +224,9 @@ class AggregatorClient:
         self.pipeline = pipeline
         self.pipelines = dict(pipelines or {})
         self.sleep = sleep
-        #: a streamed reply that brings nothing for this long is given up (and asked again)
+        #: a tensor stream that moves nothing for this long is given up (and asked again)
         self.stall_seconds = STREAM_STALL_SECONDS
+        self._stall_said = False  # a stall was logged: the retry that follows needs no line
         self.target = network.target
         options = [*CHANNEL_OPTIONS, *reconnect_options(network)]
         if credentials is None:
@@ -274,7 +318,10 @@ class AggregatorClient:
                         "says the experiment already finished (FX-STATE-021), its models are "
                         "complete: nothing to redo",
                     ) from None
-                if not self._was_down:
+                if self._stall_said:
+                    self._stall_said = False  # said when the stalled call was cancelled
+                    self._was_down = True
+                elif not self._was_down:
                     details = peer_details(error.details() or "")
                     if details.startswith("FX-") or _busy(error):
                         # the aggregator answered: it cannot take the call now (disk full...)
@@ -392,30 +439,18 @@ class AggregatorClient:
         """The messages of a streamed reply; the call is cancelled (and so retried) when none
         arrives for ``stall_seconds``: without it a stream the aggregator keeps open but never
         feeds held this collaborator forever, saying nothing."""
-        last = [time.monotonic()]
-        done = threading.Event()
 
-        def watch() -> None:
-            while not done.wait(min(1.0, self.stall_seconds)):
-                idle = time.monotonic() - last[0]
-                if idle > self.stall_seconds:
-                    log.warning(
-                        "%s from %s stalled (no data for %.0f s); asking again",
-                        what,
-                        self.target,
-                        idle,
-                    )
-                    call.cancel()  # type: ignore[attr-defined]
-                    return
+        def stalled(idle: float) -> None:
+            self._stall_said = True
+            log.warning(
+                "%s from %s stalled (no data for %.0f s); asking again", what, self.target, idle
+            )
+            call.cancel()  # type: ignore[attr-defined]
 
-        watcher = threading.Thread(target=watch, name="fedrun-stream-watch", daemon=True)
-        watcher.start()
-        try:
+        with StallWatch(self.stall_seconds, stalled) as watch:
             for message in call:
-                last[0] = time.monotonic()
+                watch.progress()
                 yield message
-        finally:
-            done.set()
 
     def submit(
         self,
@@ -461,12 +496,36 @@ class AggregatorClient:
         def call() -> int:
             sent[0] = 0
             failure.clear()
-            try:
-                self._submit_results(batch_frames(frames(), self.network.chunk_bytes))
-            except grpc.RpcError:
-                if failure:
-                    raise failure[0] from None  # our own encoding failed, not the aggregator
-                raise
+            watch: StallWatch
+
+            def watched() -> Iterator[pb.TensorFrame | bytes]:
+                for frame in batch_frames(frames(), self.network.chunk_bytes):
+                    watch.progress()
+                    yield frame
+                watch.progress()  # all sent: the answer has as long again to come
+
+            def stalled(idle: float) -> None:
+                self._stall_said = True
+                log.warning(
+                    "the result of %s (round %d) to %s stalled (nothing sent or answered for "
+                    "%.0f s); sending it again",
+                    task,
+                    round_num,
+                    self.target,
+                    idle,
+                )
+                future.cancel()
+
+            with StallWatch(self.stall_seconds, stalled) as watch:
+                future = self._submit_results.future(watched())
+                try:
+                    future.result()
+                except grpc.FutureCancelledError:
+                    raise StalledCall(self.stall_seconds) from None
+                except grpc.RpcError:
+                    if failure:
+                        raise failure[0] from None  # our own encoding failed, not the aggregator
+                    raise
             return sent[0]
 
         try:

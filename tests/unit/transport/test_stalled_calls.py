@@ -1,0 +1,73 @@
+"""A tensor stream that stops moving is given up and tried again, not waited on forever."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+import numpy as np
+
+from fedrun.protocol import federation_pb2 as pb
+from fedrun.transport.client import AggregatorClient
+from fedrun.transport.network import Network
+from fedrun.transport.server import SERVICE
+
+
+class SilentOnce:
+    """SubmitResults that reads the whole upload, then, the first time, never answers."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+
+    def submit(self, requests, context) -> pb.SubmitResultsResponse:
+        self.calls += 1
+        received = sum(len(r) for r in requests)
+        assert received > 0
+        if self.calls == 1:
+            self.release.wait(20)
+        return pb.SubmitResultsResponse(accepted=True, message="ok")
+
+
+def test_an_upload_whose_answer_never_comes_is_sent_again(caplog):
+    # Prepare: a server on 127.0.0.1 that swallows the first upload and says nothing
+    handler = SilentOnce()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "SubmitResults": grpc.stream_unary_rpc_method_handler(
+                        handler.submit,
+                        response_serializer=pb.SubmitResultsResponse.SerializeToString,
+                    )
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
+    client.stall_seconds = 0.5
+
+    # Execute
+    try:
+        with caplog.at_level(logging.WARNING, logger="fedrun"):
+            sent = client.submit(0, "train", 10, {"loss": 1.0}, {"w": np.ones(64, np.float32)}, ())
+    finally:
+        handler.release.set()
+        client.close()
+        server.stop(None)
+
+    # Assert: sent twice, said once, the second answer counts
+    assert sent >= 256
+    assert handler.calls == 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"the result of train (round 0) to 127.0.0.1:{port} stalled (nothing sent or answered for"
+    )
