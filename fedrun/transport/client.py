@@ -309,7 +309,7 @@ class AggregatorClient:
                 if elapsed >= self.network.client_reconnect_timeout:
                     raise ConnectionFailure(
                         "FX-NET-011",
-                        f"gave up on the aggregator at {self.target}: out of reach for "
+                        f"gave up on the aggregator at {self.target}: no answer for "
                         f"{elapsed:.0f} s ({what}: {code.name})",
                         "check that the aggregator runs and that this machine reaches it "
                         "(agg_addr/agg_port, firewall, network), then restart this collaborator; "

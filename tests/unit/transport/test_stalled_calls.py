@@ -71,3 +71,53 @@ def test_an_upload_whose_answer_never_comes_is_sent_again(caplog):
     assert lines[0].startswith(
         f"the result of train (round 0) to 127.0.0.1:{port} stalled (nothing sent or answered for"
     )
+
+
+class NeverFedOnce:
+    """GetTensors that keeps the first download open and sends nothing; the second is an empty
+    model."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = threading.Event()
+
+    def get_tensors(self, request, context):
+        self.calls += 1
+        if self.calls == 1:
+            self.release.wait(20)
+        return iter(())
+
+
+def test_a_download_never_fed_is_asked_again_with_one_line_said(caplog):
+    # Prepare
+    handler = NeverFedOnce()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                SERVICE, {"GetTensors": grpc.unary_stream_rpc_method_handler(handler.get_tensors)}
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
+    client.stall_seconds = 0.5
+    client._retry("get tasks", lambda: 1)  # it has answered before
+
+    # Execute
+    try:
+        with caplog.at_level(logging.WARNING, logger="fedrun"):
+            model = client.get_global_model(3)
+    finally:
+        handler.release.set()
+        client.close()
+        server.stop(None)
+
+    # Assert: the stall is said once (not again as "unreachable"), and the download retried
+    assert model == {}
+    assert handler.calls == 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"the model download of round 3 from 127.0.0.1:{port} stalled")
