@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -13,6 +15,26 @@ from fedrun.protocol import federation_pb2 as pb
 from fedrun.transport.client import AggregatorClient
 from fedrun.transport.network import Network
 from fedrun.transport.server import SERVICE
+
+
+@contextlib.contextmanager
+def serving(method: str, handler) -> Iterator[AggregatorClient]:
+    """A gRPC server on 127.0.0.1 serving one method of the federation service, and a client
+    of it whose streams stall after 0.5 s."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(SERVICE, {method: handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
+    client.stall_seconds = 0.5
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop(None)
 
 
 class SilentOnce:
@@ -34,34 +56,20 @@ class SilentOnce:
 def test_an_upload_whose_answer_never_comes_is_sent_again(caplog):
     # Prepare: a server on 127.0.0.1 that swallows the first upload and says nothing
     handler = SilentOnce()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                SERVICE,
-                {
-                    "SubmitResults": grpc.stream_unary_rpc_method_handler(
-                        handler.submit,
-                        response_serializer=pb.SubmitResultsResponse.SerializeToString,
-                    )
-                },
-            )
-        ]
+    method = grpc.stream_unary_rpc_method_handler(
+        handler.submit, response_serializer=pb.SubmitResultsResponse.SerializeToString
     )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False)
-    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
-    client.stall_seconds = 0.5
 
     # Execute
-    try:
-        with caplog.at_level(logging.WARNING, logger="fedrun"):
-            sent = client.submit(0, "train", 10, {"loss": 1.0}, {"w": np.ones(64, np.float32)}, ())
-    finally:
-        handler.release.set()
-        client.close()
-        server.stop(None)
+    with serving("SubmitResults", method) as client:
+        try:
+            with caplog.at_level(logging.WARNING, logger="fedrun"):
+                sent = client.submit(
+                    0, "train", 10, {"loss": 1.0}, {"w": np.ones(64, np.float32)}, ()
+                )
+        finally:
+            handler.release.set()
+    port = client.network.agg_port
 
     # Assert: sent twice, said once, the second answer counts
     assert sent >= 256
@@ -91,29 +99,17 @@ class NeverFedOnce:
 def test_a_download_never_fed_is_asked_again_with_one_line_said(caplog):
     # Prepare
     handler = NeverFedOnce()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                SERVICE, {"GetTensors": grpc.unary_stream_rpc_method_handler(handler.get_tensors)}
-            )
-        ]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False)
-    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
-    client.stall_seconds = 0.5
-    client._retry("get tasks", lambda: 1)  # it has answered before
+    method = grpc.unary_stream_rpc_method_handler(handler.get_tensors)
 
     # Execute
-    try:
-        with caplog.at_level(logging.WARNING, logger="fedrun"):
-            model = client.get_global_model(3)
-    finally:
-        handler.release.set()
-        client.close()
-        server.stop(None)
+    with serving("GetTensors", method) as client:
+        client._retry("get tasks", lambda: 1)  # it has answered before
+        try:
+            with caplog.at_level(logging.WARNING, logger="fedrun"):
+                model = client.get_global_model(3)
+        finally:
+            handler.release.set()
+    port = client.network.agg_port
 
     # Assert: the stall is said once (not again as "unreachable"), and the download retried
     assert model == {}
