@@ -13,16 +13,11 @@ import threading
 import time
 from typing import Any
 
-from fedrun.errors import RoundClosed
 from fedrun.federation.aggregator import Aggregator
 from fedrun.plan.loader import Plan
 from fedrun.transport.network import Network
 
 log = logging.getLogger("fedrun")
-
-#: the longest pause between requests for tasks after rounds closed again and again under a
-#: collaborator that got no task done in between
-ROUND_CLOSED_PAUSE_MAX_SECONDS = 5.0
 
 
 def _server_credentials(plan: Plan, network: Network) -> Any:
@@ -236,25 +231,7 @@ def run_collaborator(plan: Plan, name: str) -> Any:
         timeout = collaborator_timeout(plan)
         client.start_heartbeat(min(30.0, timeout / 3))
         collaborator = build_collaborator(plan, name, client, runner)
-        closed_in_a_row = 0
-        while True:
-            done_before = collaborator.tasks_done
-            try:
-                collaborator.run()
-                break
-            except RoundClosed as closed:
-                log.info(
-                    "round closed while working (%s); asking for new tasks",
-                    closed.message.splitlines()[0],
-                )
-                # a round closes under a collaborator once in a while; again and again with no
-                # task done in between, the aggregator is faulty: ask at a slowing pace
-                progressed = collaborator.tasks_done > done_before
-                closed_in_a_row = 0 if progressed else closed_in_a_row + 1
-                if closed_in_a_row > 1:
-                    time.sleep(
-                        min(ROUND_CLOSED_PAUSE_MAX_SECONDS, 0.1 * 2 ** (closed_in_a_row - 2))
-                    )
+        collaborator.work()
         log.info(
             "collaborator %s done: %d rounds%s, %.1f MiB sent",
             name,

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedrun.buffers import POOL
-from fedrun.errors import PlanError, ProtocolError, shown
+from fedrun.errors import PlanError, ProtocolError, RoundClosed, shown
 from fedrun.federation.aggregator import OPTIMIZER_PREFIX, TaskAssignment
 from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult, TaskRunnerInterface, TaskSpec
 from fedrun.federation.tensor_store import TensorStore
@@ -34,6 +34,9 @@ QUICK_ANSWER_SECONDS = 0.5
 #: the pause after the first quick empty answer, doubled after each one in a row, up to the most
 EMPTY_ANSWER_PAUSE_SECONDS = 0.05
 EMPTY_ANSWER_PAUSE_MAX_SECONDS = 2.0
+#: the longest pause before asking for tasks again after rounds closed again and again under
+#: this collaborator with no task done in between
+ROUND_CLOSED_PAUSE_MAX_SECONDS = 5.0
 
 
 class AggregatorConnection(Protocol):
@@ -139,9 +142,32 @@ class Collaborator:
                     "name a method the task runner defines (train_task, validate_task, ...)",
                 )
 
+    def work(self) -> None:
+        """Work until the aggregator says the experiment is over, asking for new tasks when a
+        round closed while this collaborator worked on it."""
+        closed_in_a_row = 0
+        while True:
+            done_before = self.tasks_done
+            try:
+                self.run()
+                return
+            except RoundClosed as closed:
+                log.info(
+                    "round closed while working (%s); asking for new tasks",
+                    closed.message.splitlines()[0],
+                )
+                # a round closes under a collaborator once in a while; again and again with no
+                # task done in between, the aggregator is faulty: ask at a slowing pace
+                progressed = self.tasks_done > done_before
+                closed_in_a_row = 0 if progressed else closed_in_a_row + 1
+                if closed_in_a_row > 1:
+                    self.sleep(
+                        min(ROUND_CLOSED_PAUSE_MAX_SECONDS, 0.1 * 2 ** (closed_in_a_row - 2))
+                    )
+
     def run(self) -> None:
         """Work until the aggregator says the experiment is over (called again after a round
-        closed while it worked)."""
+        closed while it worked, see :meth:`work`)."""
         if not self._started:
             self._started = True
             log.info("collaborator %s started", self.name)

@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import pytest
 
-from fedrun.errors import PlanError, ProtocolError
+from fedrun.errors import PlanError, ProtocolError, RoundClosed
 from fedrun.federation.aggregator import TaskAssignment
 from fedrun.federation.collaborator import Collaborator
 from fedrun.federation.tasks import TaskResult, TaskSpec
@@ -186,3 +186,55 @@ def test_the_download_is_held_to_this_collaborators_own_model():
     expected = built.connection.expected
     assert expected is not None and expected.shapes == {"w": (2, 3)}
     assert expected.model_bytes == 24
+
+
+class ClosesAtOnce(ScriptedAggregator):
+    """Says "round closed" to every request for tasks, 30 times, then "quit"."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.closed = 30
+
+    def get_tasks(self) -> TaskAssignment:
+        if self.closed:
+            self.closed -= 1
+            raise RoundClosed("FX-ROUND-010", "round closed")
+        return super().get_tasks()
+
+
+def test_rounds_closing_again_and_again_with_no_work_done_are_asked_about_at_a_slowing_pace():
+    # Prepare (before: 26 678 requests and as many log lines in 20 s)
+    built, _ = collaborator([])
+    built.connection = ClosesAtOnce()
+    pauses: list[float] = []
+    built.sleep = pauses.append
+
+    # Execute
+    built.work()
+
+    # Assert: no pause after the first (a round may close under anyone), then growing to 5 s
+    assert len(pauses) == 29
+    assert pauses[0] == 0.1 and pauses == sorted(pauses)
+    assert pauses[-1] == 5.0
+
+
+def test_a_round_closing_after_work_was_done_asks_again_at_once():
+    # Prepare: train in round 0, then the round closes under it, then round 1, quit
+    class ClosesAfterWork(ScriptedAggregator):
+        def get_tasks(self) -> TaskAssignment:
+            if self.asked == 1:
+                self.asked += 1
+                raise RoundClosed("FX-ROUND-010", "round 0 closed")
+            return super().get_tasks()
+
+    built, runner = collaborator([])
+    built.connection = ClosesAfterWork([TaskAssignment(0, ["train"]), TaskAssignment(1, ["train"])])
+    pauses: list[float] = []
+    built.sleep = pauses.append
+
+    # Execute
+    built.work()
+
+    # Assert
+    assert pauses == []
+    assert runner.trained == 2
