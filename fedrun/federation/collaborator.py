@@ -34,9 +34,15 @@ QUICK_ANSWER_SECONDS = 0.5
 #: the pause after the first quick empty answer, doubled after each one in a row, up to the most
 EMPTY_ANSWER_PAUSE_SECONDS = 0.05
 EMPTY_ANSWER_PAUSE_MAX_SECONDS = 2.0
-#: the longest pause before asking for tasks again after rounds closed again and again under
-#: this collaborator with no task done in between
+#: the pause before asking for tasks again after rounds closed twice in a row under this
+#: collaborator with no task done in between, doubled each time after, up to the most
+ROUND_CLOSED_PAUSE_SECONDS = 0.1
 ROUND_CLOSED_PAUSE_MAX_SECONDS = 5.0
+
+
+def doubling_pause(step: int, first: float, most: float) -> float:
+    """The ``step``-th (from 0) of pauses that start at ``first`` and double up to ``most``."""
+    return min(most, first * 2.0 ** min(step, 64))
 
 
 class AggregatorConnection(Protocol):
@@ -162,7 +168,11 @@ class Collaborator:
                 closed_in_a_row = 0 if progressed else closed_in_a_row + 1
                 if closed_in_a_row > 1:
                     self.sleep(
-                        min(ROUND_CLOSED_PAUSE_MAX_SECONDS, 0.1 * 2 ** (closed_in_a_row - 2))
+                        doubling_pause(
+                            closed_in_a_row - 2,
+                            ROUND_CLOSED_PAUSE_SECONDS,
+                            ROUND_CLOSED_PAUSE_MAX_SECONDS,
+                        )
                     )
 
     def run(self) -> None:
@@ -181,12 +191,11 @@ class Collaborator:
             if not assignment.tasks:
                 if time.monotonic() - asked < QUICK_ANSWER_SECONDS:
                     self.sleep(
-                        min(
-                            EMPTY_ANSWER_PAUSE_MAX_SECONDS,
-                            EMPTY_ANSWER_PAUSE_SECONDS * 2**quick_empty,
+                        doubling_pause(
+                            quick_empty, EMPTY_ANSWER_PAUSE_SECONDS, EMPTY_ANSWER_PAUSE_MAX_SECONDS
                         )
                     )
-                    quick_empty = min(quick_empty + 1, 16)
+                    quick_empty += 1
                 else:
                     quick_empty = 0
                 continue

@@ -162,6 +162,8 @@ class StallWatch:
     def __init__(self, seconds: float, on_stall: Callable[[float], None]) -> None:
         self.seconds = seconds
         self.on_stall = on_stall
+        #: whether on_stall was called
+        self.fired = False
         self._last = time.monotonic()
         self._done = threading.Event()
 
@@ -172,6 +174,7 @@ class StallWatch:
         while not self._done.wait(min(1.0, self.seconds)):
             idle = time.monotonic() - self._last
             if idle > self.seconds:
+                self.fired = True
                 self.on_stall(idle)
                 return
 
@@ -226,7 +229,6 @@ class AggregatorClient:
         self.sleep = sleep
         #: a tensor stream that moves nothing for this long is given up (and asked again)
         self.stall_seconds = STREAM_STALL_SECONDS
-        self._stall_said = False  # a stall was logged: the retry that follows needs no line
         self.target = network.target
         options = [*CHANNEL_OPTIONS, *reconnect_options(network)]
         if credentials is None:
@@ -318,9 +320,8 @@ class AggregatorClient:
                         "says the experiment already finished (FX-STATE-021), its models are "
                         "complete: nothing to redo",
                     ) from None
-                if self._stall_said:
-                    self._stall_said = False  # said when the stalled call was cancelled
-                    self._was_down = True
+                if isinstance(error, StalledCall):
+                    self._was_down = True  # said when the stalled call was cancelled
                 elif not self._was_down:
                     details = peer_details(error.details() or "")
                     if details.startswith("FX-") or _busy(error):
@@ -436,21 +437,25 @@ class AggregatorClient:
         return self._retry("get model", call)
 
     def _watched(self, call: Iterator[T], what: str) -> Iterator[T]:
-        """The messages of a streamed reply; the call is cancelled (and so retried) when none
-        arrives for ``stall_seconds``: without it a stream the aggregator keeps open but never
-        feeds held this collaborator forever, saying nothing."""
+        """The messages of a streamed reply; the call is cancelled (:class:`StalledCall`, and so
+        retried) when none arrives for ``stall_seconds``: without it a stream the aggregator
+        keeps open but never feeds held this collaborator forever, saying nothing."""
 
         def stalled(idle: float) -> None:
-            self._stall_said = True
             log.warning(
                 "%s from %s stalled (no data for %.0f s); asking again", what, self.target, idle
             )
             call.cancel()  # type: ignore[attr-defined]
 
         with StallWatch(self.stall_seconds, stalled) as watch:
-            for message in call:
-                watch.progress()
-                yield message
+            try:
+                for message in call:
+                    watch.progress()
+                    yield message
+            except grpc.RpcError:
+                if watch.fired:
+                    raise StalledCall(self.stall_seconds) from None
+                raise
 
     def submit(
         self,
@@ -505,7 +510,6 @@ class AggregatorClient:
                 watch.progress()  # all sent: the answer has as long again to come
 
             def stalled(idle: float) -> None:
-                self._stall_said = True
                 log.warning(
                     "the result of %s (round %d) to %s stalled (nothing sent or answered for "
                     "%.0f s); sending it again",
