@@ -3,7 +3,9 @@
 It knows nothing of the network. The gRPC server calls :meth:`Aggregator.get_tasks` (a long
 poll), :meth:`Aggregator.get_global_model` and :meth:`Aggregator.open_result`; the same object
 runs in-process in tests. Results are spooled to disk tensor by tensor as they stream in, checked,
-made durable and recorded, so nothing acknowledged is lost; when the round closes they are read
+made durable and recorded, so nothing acknowledged is lost (see
+:mod:`fedrun.federation.result_upload`; the round's bookkeeping is
+:mod:`fedrun.federation.round_state`); when the round closes they are read
 back name by name, in collaborator order, into the rules' accumulators (see
 :mod:`fedrun.federation.round_aggregation`), and the new model is written out tensor by tensor,
 so memory stays near one tensor's sums whatever the model size and number of collaborators.
@@ -17,14 +19,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fedrun import failpoints
-from fedrun.aggregation.base import Accumulator, AggregationFunction, all_finite
+from fedrun.aggregation.base import AggregationFunction, all_finite
 from fedrun.buffers import POOL
 from fedrun.constants import (
     END_GRACE_SECONDS,
@@ -34,13 +35,17 @@ from fedrun.constants import (
 )
 from fedrun.errors import ExperimentFinished, FedrunError, ProtocolError, StateError, shown
 from fedrun.federation.assigner import Assigner
+from fedrun.federation.result_upload import (
+    MAX_DATA_SIZE,
+    ResultUpload,
+    check_metrics,
+)
 from fedrun.federation.round_aggregation import TaskUpdates
+from fedrun.federation.round_state import RoundState, RoundSummary
 from fedrun.federation.stragglers import StragglerPolicy, WaitForAllPolicy
-from fedrun.federation.tasks import TaskSpec
+from fedrun.federation.tasks import TaskAssignment, TaskSpec
 from fedrun.metrics.records import MetricHub
-from fedrun.protocol import federation_pb2 as pb
 from fedrun.storage.model_file import (
-    TensorFileWriter,
     TensorPieces,
     TensorSequence,
     open_model_view,
@@ -59,99 +64,8 @@ ROUND_HISTORY_KEPT = 50
 #: while a round waits for collaborators reported gone, the log says so again this often
 WAITING_REMINDER_SECONDS = 600.0
 
-#: tensors whose names start with this carry optimizer state (CONTINUE_GLOBAL)
-
-
-@dataclass
-class TaskAssignment:
-    """Answer to a task request."""
-
-    round: int
-    tasks: list[str]
-    quit: bool = False
-    final_validation: bool = False
-    #: the collaborator has no work after these tasks: it may leave once they are acknowledged
-    last: bool = False
-    #: the run of the experiment handing the tasks out; results carry it back
-    run: str = ""
-
-
-@dataclass
-class RoundState:
-    """Everything the aggregator tracks for the round in progress."""
-
-    number: int
-    assigned: dict[str, list[str]]
-    final_validation: bool = False
-    done: dict[str, set[str]] = field(default_factory=dict)
-    in_progress: set[tuple[str, str]] = field(default_factory=set)
-    accumulators: dict[str, Accumulator] = field(default_factory=dict)
-    metric_sums: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    stragglers: set[str] = field(default_factory=set)
-    started_at: float | None = None
-    opened_at: float = field(default_factory=time.monotonic)
-    #: the aggregator process's CPU seconds when the round opened (None: not measured)
-    cpu_at_open: float | None = None
-    bytes_received: int = 0
-    raw_bytes: int = 0
-    accepted: list[AcceptedResult] = field(default_factory=list)
-    #: participants whose every assigned task is done (kept as results land: with many
-    #: collaborators, recounting at each result made a round cost O(N^2))
-    finished_names: set[str] = field(default_factory=set)
-    #: no round can follow this one: collaborators may leave once its results are acknowledged
-    last: bool = False
-    #: opened by an earlier run of the aggregator, which stopped: its times count from the restart
-    resumed: bool = False
-
-    def count_metrics(self, result: AcceptedResult) -> None:
-        """Add a result's metrics to the round's data-size-weighted sums."""
-        for metric, value in result.metrics.items():
-            sums = self.metric_sums.setdefault((result.task, metric), [0.0, 0.0, 0.0])
-            sums[0] += float(value) * result.data_size
-            sums[1] += result.data_size
-            sums[2] += 1
-
-    def finished(self, collaborator: str) -> bool:
-        return collaborator in self.finished_names or not self.assigned.get(collaborator)
-
-    def mark_done(self, collaborator: str, task: str) -> bool:
-        """Record a task as done; True when that completes the collaborator's round."""
-        done = self.done.setdefault(collaborator, set())
-        done.add(task)
-        if (
-            collaborator in self.finished_names
-            or not set(self.assigned.get(collaborator, [])) <= done
-        ):
-            return False
-        self.finished_names.add(collaborator)
-        return True
-
-    @property
-    def finished_count(self) -> int:
-        return len(self.finished_names)
-
-    @cached_property
-    def participants(self) -> list[str]:
-        return [c for c, t in self.assigned.items() if t]
-
-
-@dataclass
-class RoundSummary:
-    """Handed to listeners when a round closes."""
-
-    number: int
-    metrics: dict[str, float]
-    duration: float
-    collaborators: list[str]
-    stragglers: list[str]
-    bytes_received: int
-    final_validation: bool
-    #: CPU seconds the aggregator's process spent during the round (None: not measured)
-    cpu_seconds: float | None = None
-    #: seconds from the last result to the new model saved (aggregation and writing it)
-    aggregation_seconds: float = 0.0
-    #: the round began before the aggregator restarted: ``duration`` counts from the restart
-    resumed: bool = False
+#: metrics a round's log line lists (all of them are in metrics.jsonl)
+METRICS_PER_LOG_LINE = 24
 
 
 class ModelSink:
@@ -1254,255 +1168,3 @@ def require_collaborators(collaborators: Sequence[str], source: object = "plan/c
             f"no collaborator is authorized ({source} lists none)",
             "certify collaborators with `fx collaborator certify`, or add names to cols.yaml",
         )
-
-
-#: the largest data_size (samples a result stands for) a result may claim: exactly representable
-#: as the float64 weight it becomes, and far beyond any data set
-MAX_DATA_SIZE = 2**53 - 1
-#: metrics a round's log line lists (all of them are in metrics.jsonl)
-METRICS_PER_LOG_LINE = 24
-#: metrics one result may report, and the longest name one may have
-MAX_METRICS_PER_RESULT = 4096
-MAX_METRIC_NAME_CHARACTERS = 128
-
-
-def check_metrics(collaborator: str, task: str, metrics: Mapping[str, float]) -> None:
-    """Refuse metrics the aggregator would log, store and show that no task runner reports:
-    too many, a name too long or with control characters (it could forge log lines), a value
-    that is not finite (ProtocolError)."""
-    if len(metrics) > MAX_METRICS_PER_RESULT:
-        raise ProtocolError(
-            "FX-DATA-043",
-            f"{collaborator!r} reported {len(metrics)} metrics for {shown(task)}; at most "
-            f"{MAX_METRICS_PER_RESULT} are taken",
-            "report fewer metrics from the task runner",
-        )
-    for name, value in metrics.items():
-        if not name or len(name) > MAX_METRIC_NAME_CHARACTERS or not name.isprintable():
-            raise ProtocolError(
-                "FX-DATA-043",
-                f"{collaborator!r} reported a metric for {shown(task)} named {shown(name)}",
-                f"name metrics with 1 to {MAX_METRIC_NAME_CHARACTERS} printable characters",
-            )
-        if not math.isfinite(value):
-            raise ProtocolError(
-                "FX-DATA-010",
-                f"{collaborator!r} reported metric {task}/{name} = {value}",
-                "check the collaborator's training: a metric must be finite",
-            )
-
-
-class ResultUpload:
-    """One task result being received: check and spool tensors, then commit or abort."""
-
-    def __init__(
-        self,
-        aggregator: Aggregator,
-        round_num: int,
-        collaborator: str,
-        task: str,
-        data_size: int,
-        metrics: dict[str, float],
-        tensor_count: int,
-    ) -> None:
-        self.aggregator = aggregator
-        self.round = round_num
-        self.collaborator = collaborator
-        self.task = task
-        self.data_size = data_size
-        self.metrics = metrics
-        self.tensor_count = tensor_count
-        self.names: set[str] = set()
-        self.nbytes = 0
-        self.raw_bytes = 0
-        self.optimizer_bytes = 0
-        self.optimizer_tensors = 0
-        #: clock of the last data received (tick() drops uploads that stall)
-        self.last_progress = aggregator.clock()
-        #: why the aggregator gave up on this upload (None: it has not)
-        self.dropped: str | None = None
-        #: called (from another thread) when the upload is dropped: the transport ends the call
-        self.on_drop: Callable[[], None] | None = None
-        self._writer: TensorFileWriter | None = None
-        self._streaming: dict[str, IncomingTensor] = {}
-        self._closed = False
-
-    def _check_new(self, name: str) -> None:
-        if name in self.names or name in self._streaming:
-            raise ProtocolError(
-                "FX-DATA-017", f"tensor {shown(name)} sent twice by {self.collaborator!r}"
-            )
-        if len(self.names) + len(self._streaming) >= self.tensor_count:
-            raise ProtocolError(
-                "FX-DATA-018",
-                f"{self.collaborator!r} sent more tensors than the {self.tensor_count} it announced",
-            )
-
-    def _spool(self) -> TensorFileWriter:
-        if self._writer is None:
-            self._writer = self.aggregator.spool.writer(
-                self.round,
-                self.collaborator,
-                self.task,
-                tensor_count=self.tensor_count,
-                plan_hash=self.aggregator.plan_hash,
-                durable=self.aggregator.durable,
-            )
-        return self._writer
-
-    def open_tensor(self, header: pb.TensorHeader, dtype: np.dtype) -> IncomingTensor | None:
-        """Check a tensor's header (name, shape, dtype against the global model) before any of
-        its payload is received; then receive a raw tensor slice by slice straight into the
-        spool, checking each slice (no tensor-sized buffer), or return None when it must arrive
-        whole through :meth:`add` (compressed or delta tensors: at most the size the header
-        declares, which now matches the model)."""
-        self.progressed()
-        agg = self.aggregator
-        name = header.name
-        shape = tuple(int(d) for d in header.shape)
-        self._check_new(name)
-        agg._check_layout(self, name, shape, np.dtype(dtype), bool(header.delta))
-        if name.startswith(OPTIMIZER_PREFIX):
-            self._count_optimizer_state(name, np.dtype(dtype).itemsize * math.prod(shape))
-        if header.encoding not in ("", "none") or header.delta or header.payload_bytes == 0:
-            return None
-        incoming = IncomingTensor(self, header, np.dtype(dtype))
-        self._streaming[name] = incoming
-        self._spool().begin_tensor(header)
-        return incoming
-
-    def drop(self, reason: str) -> None:
-        """Give up on this upload (the aggregator's lock held): whatever arrives after is
-        refused, and the transport is asked to end the call."""
-        self.dropped = reason
-        if self.on_drop is not None:
-            self.on_drop()
-
-    def dropped_error(self) -> ProtocolError:
-        return ProtocolError(
-            "FX-ROUND-007",
-            f"the upload of {self.collaborator!r}'s result for {shown(self.task)} (round {self.round}) "
-            f"was dropped: {self.dropped}",
-            "send the result again; it counts if its round is still open",
-        )
-
-    def progressed(self) -> None:
-        """Data arrived: refuse it if the upload was dropped or its round has closed, else note
-        the time."""
-        if self.dropped:
-            raise self.dropped_error()
-        agg = self.aggregator
-        if agg.done or agg.round.number != self.round:
-            raise ProtocolError(
-                "FX-ROUND-002",
-                f"result of {self.collaborator!r} for round {self.round} arrived after the "
-                "round closed",
-                "nothing to do: the collaborator joins the next round",
-            )
-        self.last_progress = agg.clock()
-
-    def _count_optimizer_state(self, name: str, nbytes: int) -> None:
-        max_bytes, max_tensors = self.aggregator.optimizer_state_budget()
-        self.optimizer_bytes += nbytes
-        self.optimizer_tensors += 1
-        if self.optimizer_bytes > max_bytes or self.optimizer_tensors > max_tensors:
-            raise ProtocolError(
-                "FX-DATA-020",
-                f"{self.collaborator!r} sent more optimizer state than the model can have "
-                f"(at {shown(name)}: {self.optimizer_tensors} tensors, "
-                f"{human_bytes(self.optimizer_bytes)}; at most {max_tensors} tensors, "
-                f"{human_bytes(max_bytes)}, {OPTIMIZER_STATE_FACTOR}x the model's weights)",
-                "the collaborator's optimizer state must belong to the plan's model; with "
-                "another optimizer set task_runner.settings.opt_treatment to RESET",
-            )
-
-    def add(self, name: str, array: np.ndarray, delta: bool = False, wire_bytes: int = 0) -> None:
-        """Check one whole tensor and spool it."""
-        self.progressed()
-        self._check_new(name)
-        self.aggregator._check_tensor(self, name, array, delta)
-        self._spool().write(name, array, delta=delta)
-        self.names.add(name)
-        self.nbytes += wire_bytes or array.nbytes
-        self.raw_bytes += array.nbytes
-
-    def commit(self) -> None:
-        """All tensors arrived: make the result durable and record it."""
-        if len(self.names) != self.tensor_count:
-            self.abort()
-            raise ProtocolError(
-                "FX-DATA-018",
-                f"{self.collaborator!r} announced {self.tensor_count} tensors but sent {len(self.names)}",
-            )
-        self.aggregator._warn_if_partial(self)
-        spool = self._writer.commit() if self._writer is not None else None
-        self._closed = True
-        try:
-            self.aggregator._commit_result(self, spool, self.nbytes)
-        except Exception:
-            if spool is not None:
-                spool.unlink(missing_ok=True)
-            raise
-
-    def abort(self) -> None:
-        """Drop a partial result (stream broken, bad tensor): nothing of it was counted."""
-        if self._closed:
-            return
-        self._closed = True
-        self._streaming.clear()
-        if self._writer is not None:
-            self._writer.abort()
-        self.aggregator._abort_result(self)
-
-
-class IncomingTensor:
-    """A raw tensor arriving chunk by chunk: each chunk is checked (a float tensor must be
-    finite) and spooled, then dropped."""
-
-    def __init__(self, upload: ResultUpload, header: pb.TensorHeader, dtype: np.dtype) -> None:
-        self.upload = upload
-        self.name = header.name
-        self.dtype = dtype
-        self.expected = int(header.payload_bytes)
-        self.received = 0
-        self._carry = b""  # a chunk that ended inside an element
-
-    @property
-    def complete(self) -> bool:
-        return self.received == self.expected
-
-    def write(self, chunk: memoryview) -> bool:
-        """Take the next payload chunk; True when it was the last one (the tensor counts)."""
-        upload = self.upload
-        upload.progressed()
-        end = self.received + len(chunk)
-        if end > self.expected:
-            raise ProtocolError(
-                "FX-WIRE-007",
-                f"tensor {shown(self.name)} sent more than its declared {self.expected} bytes",
-            )
-        if self.dtype.kind == "f":
-            data: memoryview | bytes = chunk
-            if self._carry:
-                data = self._carry + bytes(chunk)
-            usable = len(data) - len(data) % self.dtype.itemsize
-            self._carry = bytes(data[usable:])
-            values = np.frombuffer(data, dtype=self.dtype, count=usable // self.dtype.itemsize)
-            if not all_finite(values):
-                raise ProtocolError(
-                    "FX-DATA-010",
-                    f"tensor {shown(self.name)} from {upload.collaborator!r}, task {shown(upload.task)}, "
-                    f"round {upload.round} holds non-finite value(s) (NaN or inf); "
-                    "the update was refused",
-                    "the collaborator's training diverged; lower its learning rate",
-                )
-        assert upload._writer is not None
-        upload._writer.write_payload(chunk)
-        self.received = end
-        if not self.complete:
-            return False
-        del upload._streaming[self.name]
-        upload.names.add(self.name)
-        upload.nbytes += self.expected
-        upload.raw_bytes += self.expected
-        return True

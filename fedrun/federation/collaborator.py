@@ -16,9 +16,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedrun.buffers import POOL
+from fedrun.constants import OPTIMIZER_PREFIX
 from fedrun.errors import PlanError, ProtocolError, RoundClosed, shown
-from fedrun.federation.aggregator import OPTIMIZER_PREFIX, TaskAssignment
-from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult, TaskRunnerInterface, TaskSpec
+from fedrun.federation.tasks import (
+    OPT_TREATMENTS,
+    TaskAssignment,
+    TaskResult,
+    TaskRunnerInterface,
+    TaskSpec,
+)
 from fedrun.federation.tensor_store import TensorStore
 from fedrun.protocol.codec import ExpectedModel
 from fedrun.seeding import seed_task

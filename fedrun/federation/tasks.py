@@ -16,6 +16,20 @@ if TYPE_CHECKING:  # plan loading and the PKI commands never need numpy: keep `f
 OPT_TREATMENTS = ("RESET", "CONTINUE_LOCAL", "CONTINUE_GLOBAL")
 
 
+@dataclass
+class TaskAssignment:
+    """Answer to a task request."""
+
+    round: int
+    tasks: list[str]
+    quit: bool = False
+    final_validation: bool = False
+    #: the collaborator has no work after these tasks: it may leave once they are acknowledged
+    last: bool = False
+    #: the run of the experiment handing the tasks out; results carry it back
+    run: str = ""
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One entry of the plan's ``tasks`` section.

@@ -35,7 +35,7 @@ from fedrun.errors import (
     RoundClosed,
     peer_details,
 )
-from fedrun.federation.aggregator import TaskAssignment
+from fedrun.federation.tasks import TaskAssignment
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
 from fedrun.protocol.codec import (

@@ -26,8 +26,9 @@ from fedrun.buffers import POOL
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import GRPC_MAX_MESSAGE_BYTES
 from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError, StateError, shown
-from fedrun.federation.aggregator import Aggregator, IncomingTensor
+from fedrun.federation.aggregator import Aggregator
 from fedrun.federation.collaborator_processes import CollaboratorProcesses
+from fedrun.federation.result_upload import IncomingTensor
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
 from fedrun.protocol.codec import (

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from fedrun.errors import PlanError, ProtocolError, RoundClosed
-from fedrun.federation.aggregator import TaskAssignment
 from fedrun.federation.collaborator import Collaborator
-from fedrun.federation.tasks import TaskResult, TaskSpec
+from fedrun.federation.tasks import TaskAssignment, TaskResult, TaskSpec
 
 TASKS = {
     "aggregated_model_validation": TaskSpec(

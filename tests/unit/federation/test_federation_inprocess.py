@@ -20,11 +20,11 @@ import pytest
 
 from fedrun.aggregation import WeightedAverage
 from fedrun.errors import PlanError, ProtocolError
-from fedrun.federation.aggregator import Aggregator, ModelSink, TaskAssignment
+from fedrun.federation.aggregator import Aggregator, ModelSink
 from fedrun.federation.assigner import RandomGroupedAssigner
 from fedrun.federation.collaborator import Collaborator
 from fedrun.federation.stragglers import CutoffTimePolicy, StragglerPolicy
-from fedrun.federation.tasks import TaskResult, TaskRunnerInterface, TaskSpec
+from fedrun.federation.tasks import TaskAssignment, TaskResult, TaskRunnerInterface, TaskSpec
 
 PLAN_HASH = "ab" * 32
 FEDERATION_ID = "plan_abababababab"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedrun.federation.aggregator import RoundState
+from fedrun.federation.round_state import RoundState
 
 
 def _state() -> RoundState:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from fedrun.federation.aggregator import RoundSummary
+from fedrun.federation.round_state import RoundSummary
 from fedrun.metrics.summary import round_table
 
 
