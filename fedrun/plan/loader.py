@@ -17,7 +17,6 @@ import inspect
 import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,17 @@ from fedrun.errors import FedrunError, PlanError
 from fedrun.federation.tasks import TaskSpec
 from fedrun.plan import schema
 from fedrun.plan.aliases import ALIASES, SHORT_NAMES, resolve_template
-from fedrun.plan.openfl_names import is_provided, provided_names, serve_openfl_names
+from fedrun.plan.openfl_names import serve_openfl_names
 from fedrun.plan.schema import CLASS_SCHEMAS, SECTIONS, TASK_KEYS, USER_SECTIONS, Setting
+from fedrun.plan.workspace_code import (
+    class_defs,
+    failing_import,
+    imports_name,
+    methods_of,
+    openfl_import_error,
+    unprovided_openfl_import,
+    user_code_error,
+)
 
 PACKAGED_DEFAULTS = Path(__file__).resolve().parent / "defaults"
 
@@ -437,7 +445,7 @@ class Plan:
         except ImportError as exc:
             if exc.name and (exc.name == "openfl" or exc.name.startswith("openfl.")):
                 raise openfl_import_error(
-                    where, module_name, _failing_import(exc), str(exc)
+                    where, module_name, failing_import(exc), str(exc)
                 ) from exc
             if not isinstance(exc, ModuleNotFoundError):
                 raise
@@ -627,13 +635,13 @@ class Plan:
                     f"check the name; workspace modules live in {self.workspace / 'src'}",
                 )
             return
-        unprovided = _unprovided_openfl_import(source)
+        unprovided = unprovided_openfl_import(source)
         if unprovided is not None:
             line, what = unprovided
             rel = Path(*module_name.split(".")).with_suffix(".py")
             raise openfl_import_error(where, module_name, f"{rel}:{line}", f"it imports {what}")
-        classes = _class_defs(source)
-        if attr not in classes and not _imports_name(source, attr):
+        classes = class_defs(source)
+        if attr not in classes and not imports_name(source, attr):
             raise PlanError(
                 "FX-PLAN-007",
                 f"{where}: {module_name}.py defines no {attr!r}{did_you_mean(attr, classes)}",
@@ -664,7 +672,7 @@ class Plan:
         source = self._module_source(module_name)
         if source is None:
             return None
-        return _methods_of(source, attr, set())
+        return methods_of(source, attr, set())
 
     def _validate_tasks(self) -> None:
         where = f"{self.path.name}: tasks"
@@ -993,127 +1001,6 @@ def check_signature(
                 f"{where}: unknown key {key!r}{did_you_mean(key, options)}",
                 f"{getattr(target, '__name__', target)} accepts: {', '.join(options) or 'nothing'}",
             )
-
-
-def openfl_import_error(
-    where: str, module_name: str, location: str | None, detail: str = ""
-) -> PlanError:
-    """The error for workspace code that imports a part of OpenFL fedrun does not stand in for."""
-    at = f" ({location})" if location else ""
-    why = f": {detail}" if detail else ""
-    return PlanError(
-        "FX-PLAN-030",
-        f"{where}: {module_name!r} imports a part of OpenFL that fedrun does not provide{at}{why}",
-        f"fedrun stands in for {provided_names()}; port the rest of that code to fedrun's API "
-        "(or drop the import if it is unused)",
-    )
-
-
-def user_code_error(
-    where: str, template: str, exc: BaseException, workspace: Path, doing: str = "building"
-) -> PlanError:
-    """A PlanError for an exception raised while importing or building a workspace class: the
-    exception, and the innermost lines of the workspace's own code it passed through (the
-    user's to fix)."""
-    frames = [
-        f"{Path(f.filename).relative_to(workspace)}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
-        for f in traceback.extract_tb(exc.__traceback__)
-        if Path(f.filename).is_relative_to(workspace)
-    ][-3:]
-    where_in_code = ("\n  " + "\n  ".join(frames)) if frames else ""
-    return PlanError(
-        "FX-PLAN-032",
-        f"{where}: {doing} {template} failed: {type(exc).__name__}: {exc}{where_in_code}",
-        "fix the workspace code at the line shown (run it with a debugger or print calls to see "
-        "more); code written for OpenFL may use attributes fedrun's runners do not have",
-    )
-
-
-def _unprovided_openfl_import(tree: ast.Module) -> tuple[int, str] | None:
-    """Line and name of the first import of an OpenFL module or name fedrun does not serve."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            module = node.module
-            if module != "openfl" and not module.startswith("openfl."):
-                continue
-            for alias in node.names:
-                if not is_provided(module, alias.name):
-                    return node.lineno, f"{module}.{alias.name}"
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                top = alias.name
-                if (top == "openfl" or top.startswith("openfl.")) and not is_provided(top):
-                    return node.lineno, top
-    return None
-
-
-_IMPORT_MACHINERY = (str(Path(importlib.__file__).parent), __file__)
-
-
-def _failing_import(exc: BaseException) -> str | None:
-    """``file:line`` of the innermost frame of ``exc`` outside the import machinery (and this
-    loader); None when the plan itself names the missing module."""
-    location = None
-    tb = exc.__traceback__
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if not filename.startswith("<frozen") and not filename.startswith(_IMPORT_MACHINERY):
-            location = f"{filename}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return location
-
-
-def _class_defs(tree: ast.Module) -> list[str]:
-    return [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
-
-
-def _imports_name(tree: ast.Module, name: str) -> bool:
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom | ast.Import):
-            for alias in node.names:
-                if (alias.asname or alias.name.split(".")[-1]) == name:
-                    return True
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if isinstance(target, ast.Name) and target.id == name:
-                    return True
-    return False
-
-
-#: base classes whose task methods are known without importing them
-_KNOWN_RUNNER_BASES = {
-    "TaskRunner",
-    "PyTorchTaskRunner",
-    "KerasTaskRunner",
-}
-
-
-def _methods_of(tree: ast.Module, class_name: str, seen: set[str]) -> set[str] | None:
-    if class_name in seen:
-        return set()
-    seen.add(class_name)
-    node = next(
-        (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name), None
-    )
-    if node is None:
-        return None
-    methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
-    for base in node.bases:
-        base_name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", None)
-        if base_name is None:
-            return None
-        if base_name in _KNOWN_RUNNER_BASES:
-            from fedrun.runners.base import TaskRunner
-
-            methods |= {n for n in dir(TaskRunner) if not n.startswith("__")}
-            continue
-        if base_name in ("object", "nn", "Module"):
-            continue
-        inherited = _methods_of(tree, base_name, seen)
-        if inherited is None:
-            return None
-        methods |= inherited
-    return methods
 
 
 __all__ = [
