@@ -10,17 +10,18 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedrun.aggregation.base import AggregationFunction
+from fedrun.aggregation.base import AggregationFunction, all_finite
 from fedrun.compression.base import CompressionPipeline
 from fedrun.constants import (
     COLLABORATOR_TIMEOUT_SECONDS,
     RECONNECT_MAX_SECONDS,
     RECONNECT_TIMEOUT_SECONDS,
 )
-from fedrun.errors import ExperimentFinished, PlanError, StateError, WorkspaceError
+from fedrun.errors import ExperimentFinished, PlanError, StateError, WorkspaceError, shown
 from fedrun.federation.aggregator import Aggregator, require_collaborators
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.collaborator import AggregatorConnection, Collaborator
@@ -209,6 +210,19 @@ def keep_previous_models(models: list[Path]) -> list[Path]:
     return made
 
 
+def require_finite_model(tensors: Mapping[str, Any], source: object, fix: str) -> None:
+    """``FX-MODEL-004`` when a model a federation would start from holds NaN or inf: every
+    result trained from it would be refused as diverged, round after round."""
+    for name, array in tensors.items():
+        if not all_finite(array):
+            raise WorkspaceError(
+                "FX-MODEL-004",
+                f"the model {source} holds non-finite values (NaN or inf) in tensor {shown(name)}; "
+                "a federation started from it cannot train",
+                fix,
+            )
+
+
 def build_aggregator(
     plan: Plan,
     *,
@@ -227,6 +241,8 @@ def build_aggregator(
     settings = plan.settings("aggregator")
     init_path = plan.resolve_path(settings["init_state_path"])
 
+    checked: list[Path] = []
+
     def require_init() -> None:
         if not init_path.is_file():
             raise WorkspaceError(
@@ -234,6 +250,14 @@ def build_aggregator(
                 f"the initial model {init_path} does not exist",
                 "run `fx plan initialize` in the workspace first",
             )
+        if not checked:
+            require_finite_model(
+                open_model_view(init_path).tensors,
+                init_path,
+                "initialize again (`fx plan initialize`, or `-i` with a model whose weights are "
+                "finite)",
+            )
+            checked.append(init_path)
 
     # before any saved state or model is moved or deleted
     require_collaborators(plan.cols, plan.cols_path)

@@ -8,7 +8,7 @@ from typing import Any
 
 from fedrun.errors import CertificateError, PlanError, WorkspaceError
 from fedrun.pki.names import default_fqdn, validate_fqdn
-from fedrun.plan.components import build_task_runner
+from fedrun.plan.components import build_task_runner, require_finite_model
 from fedrun.plan.loader import Plan, load_yaml
 from fedrun.storage.model_file import load_model, save_model
 
@@ -75,6 +75,13 @@ def _write_initial_model(plan: Plan, init_model: str | os.PathLike[str] | None) 
     else:
         runner = build_task_runner(plan, None)
         tensors = runner.get_tensor_dict(with_opt_vars=False)
+    require_finite_model(
+        tensors,
+        Path(init_model) if init_model else f"that {plan.template('task_runner')} builds",
+        "pass a model whose weights are finite"
+        if init_model
+        else "the task runner's model starts with NaN or inf: check how src/ initializes it",
+    )
     save_model(target, tensors, round_num=0, plan_hash=plan.hash, kind="init")
     return target
 
