@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fxnodes import Nodes, copy, free_port, fx, set_plan
+from fxnodes import Nodes, copy, fx, set_plan
+from ports import free_port
 
 from fedrun.storage.model_file import load_model
 

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fxnodes import Nodes, free_port, fx, fx_env, set_plan
+from fxnodes import Nodes, fx, fx_env, set_plan
+from ports import free_port
 
 from fedrun.metrics.records import read_metrics
 from fedrun.simulate.local import LocalFederation

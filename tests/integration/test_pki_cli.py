@@ -9,7 +9,8 @@ import zipfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fxnodes import Nodes, free_port, fx, fx_env, set_plan
+from fxnodes import Nodes, fx, fx_env, set_plan
+from ports import free_port
 
 from fedrun import pki
 

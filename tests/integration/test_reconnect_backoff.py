@@ -9,7 +9,7 @@ import time
 from concurrent import futures
 
 import grpc
-from fxnodes import free_port
+from ports import free_port
 
 from fedrun.transport.client import AggregatorClient
 from fedrun.transport.network import Network

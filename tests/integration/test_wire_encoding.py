@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from fxnodes import free_port, fx, set_plan
+from fxnodes import fx, set_plan
+from ports import free_port
 
 from fedrun.plan.components import build_aggregator, compression_pipeline
 from fedrun.plan.loader import Plan

@@ -6,13 +6,9 @@ import contextlib
 import socket
 from collections.abc import Iterator
 
+from ports import free_port
+
 from fedrun.transport.server import bind_problem
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
