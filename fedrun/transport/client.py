@@ -256,10 +256,43 @@ class AggregatorClient:
         self._was_down = False
         #: the aggregator answered a call of this client once: later failures are outages
         self._answered = False
+        #: guards _was_down, which the retry loop and the connectivity watch both change
+        self._outage_lock = threading.Lock()
+        self._watching_return = False
 
     def close(self) -> None:
         self._heartbeat_stop.set()
+        self._stop_watching_return()
         self.channel.close()
+
+    def _returned(self) -> None:
+        """The aggregator is back: say so once per outage."""
+        with self._outage_lock:
+            if self._was_down and self._answered:
+                log.info("reconnected to the aggregator at %s", self.target)
+            self._was_down = False
+
+    def _on_connectivity(self, state: grpc.ChannelConnectivity) -> None:
+        if state == grpc.ChannelConnectivity.READY:
+            self._returned()
+            self._stop_watching_return()
+
+    def _watch_for_return(self) -> None:
+        """While the aggregator is out of reach, say it is back as soon as the channel connects
+        again (its TLS handshake done), not when the retried call completes: that call may be
+        a transfer of minutes. gRPC polls the channel for this, so only during an outage."""
+        with self._outage_lock:
+            if self._watching_return:
+                return
+            self._watching_return = True
+        self.channel.subscribe(self._on_connectivity, try_to_connect=False)
+
+    def _stop_watching_return(self) -> None:
+        with self._outage_lock:
+            if not self._watching_return:
+                return
+            self._watching_return = False
+        self.channel.unsubscribe(self._on_connectivity)
 
     def start_heartbeat(self, interval: float) -> None:
         """Ping every ``interval`` seconds in the background, so a collaborator busy with a long
@@ -289,9 +322,8 @@ class AggregatorClient:
         while True:
             try:
                 result = call()
-                if self._was_down and self._answered:
-                    log.info("reconnected to the aggregator at %s", self.target)
-                self._was_down = False
+                self._stop_watching_return()
+                self._returned()
                 self._answered = True
                 return result
             except grpc.RpcError as error:
@@ -355,7 +387,10 @@ class AggregatorClient:
                         log.warning(
                             "aggregator at %s unreachable (%s); retrying", self.target, code.name
                         )
-                    self._was_down = True
+                    with self._outage_lock:
+                        self._was_down = True
+                    if code == grpc.StatusCode.UNAVAILABLE and self._answered:
+                        self._watch_for_return()
                 attempt += 1
                 pause = random.uniform(0, delay)
                 remaining = self.network.client_reconnect_timeout - elapsed
