@@ -456,10 +456,12 @@ class ExpectedModel:
             sum(int(a.nbytes) for a in tensors.values()),
         )
 
-    def start(self) -> None:
-        """A new download (a retried one starts over)."""
-        self._seen.clear()
-        self._declared = 0
+    def start(self, held: Mapping[str, np.ndarray] | None = None) -> None:
+        """A new download; one resumed after a break starts with the tensors it already holds
+        (not to be sent again, and counted against the budget)."""
+        held = held or {}
+        self._seen = set(held)
+        self._declared = sum(int(a.nbytes) for a in held.values())
 
     def admit(self, header: pb.TensorHeader, dtype: np.dtype) -> None:
         """Accept ``header`` or raise why not."""
@@ -613,11 +615,13 @@ def decode_frames(
     pipelines: Mapping[str, CompressionPipeline] | None = None,
     pool: BufferPool | None = None,
     expected: ExpectedModel | None = None,
+    held: Mapping[str, np.ndarray] | None = None,
 ) -> Iterator[DecodedTensor]:
     """Yield every tensor of a pure tensor stream (raw tensors in ``pool`` memory if given;
-    each header held to ``expected`` if given)."""
+    each header held to ``expected`` if given, which counts ``held``: tensors of the same model
+    received before, which the stream must not send again)."""
     if expected is not None:
-        expected.start()
+        expected.start(held)
     assembler = TensorAssembler(pipelines, pool=pool, expected=expected)
     for frame in frames:
         tensor = assembler.feed(frame)

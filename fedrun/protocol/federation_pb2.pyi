@@ -67,14 +67,16 @@ class GetTasksResponse(_message.Message):
     def __init__(self, round: _Optional[int] = ..., tasks: _Optional[_Iterable[str]] = ..., quit: _Optional[bool] = ..., final_validation: _Optional[bool] = ..., last: _Optional[bool] = ..., run: _Optional[str] = ...) -> None: ...
 
 class GetTensorsRequest(_message.Message):
-    __slots__ = ("header", "round", "names")
+    __slots__ = ("header", "round", "names", "held")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     header: Header
     round: int
     names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
+    held: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., names: _Optional[_Iterable[str]] = ..., held: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TensorHeader(_message.Message):
     __slots__ = ("name", "dtype", "shape", "payload_bytes", "encoding", "encoding_meta", "delta")

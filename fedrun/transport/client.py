@@ -49,6 +49,7 @@ from fedrun.protocol.codec import (
 )
 from fedrun.transport.network import Network
 from fedrun.transport.server import CHANNEL_OPTIONS, SERVICE
+from fedrun.units import human_bytes
 
 log = logging.getLogger("fedrun.client")
 
@@ -452,21 +453,28 @@ class AggregatorClient:
     def get_global_model(
         self, round_num: int, expected: ExpectedModel | None = None
     ) -> dict[str, np.ndarray]:
-        """The global model of ``round_num`` (each tensor header held to ``expected``)."""
+        """The global model of ``round_num`` (each tensor header held to ``expected``). A
+        download that breaks off is resumed: the tensors already received are kept and not
+        asked for again."""
+        out: dict[str, np.ndarray] = {}
 
         def call() -> dict[str, np.ndarray]:
+            if out:
+                log.info(
+                    "resuming the model download of round %d: %d tensors (%s) already here",
+                    round_num,
+                    len(out),
+                    human_bytes(sum(int(a.nbytes) for a in out.values())),
+                )
+            request = pb.GetTensorsRequest(header=self.header, round=round_num, held=list(out))
             frames = self._watched(
-                self._get_tensors(pb.GetTensorsRequest(header=self.header, round=round_num)),
-                f"the model download of round {round_num}",
+                self._get_tensors(request), f"the model download of round {round_num}"
             )
-            out: dict[str, np.ndarray] = {}
-            received = 0
             for tensor in decode_frames(
-                expand_frames(frames), self.pipelines, pool=POOL, expected=expected
+                expand_frames(frames), self.pipelines, pool=POOL, expected=expected, held=out
             ):
                 out[tensor.name] = tensor.array
-                received += tensor.payload_bytes
-            self.bytes_received += received
+                self.bytes_received += tensor.payload_bytes
             return out
 
         return self._retry("get model", call)

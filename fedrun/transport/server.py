@@ -333,8 +333,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         except ProtocolError as error:
             self._refuse(context, error, name)
             return
-        if request.names:
-            missing = [n for n in request.names if n not in model]
+        if request.names or request.held:
+            missing = [n for n in (*request.names, *request.held) if n not in model]
             if missing:
                 self._refuse(
                     context,
@@ -346,7 +346,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                     ),
                     name,
                 )
-            yield from self._frames({n: model[n] for n in request.names})
+            held = set(request.held)
+            wanted = request.names or model
+            yield from self._frames({n: model[n] for n in wanted if n not in held})
             return
         yield from self._framed_model(request.round, model)
 

@@ -57,9 +57,13 @@ def make_servicer(tmp_path: Path, cols: list[str]) -> FederationServicer:
     )
 
 
-def download(servicer: FederationServicer, name: str, round_num: int, names=()) -> list[bytes]:
+def download(
+    servicer: FederationServicer, name: str, round_num: int, names=(), held=()
+) -> list[bytes]:
     header = pb.Header(collaborator=name, plan_hash=PLAN_HASH, federation_id="plan_test")
-    request = pb.GetTensorsRequest(header=header, round=round_num, names=list(names))
+    request = pb.GetTensorsRequest(
+        header=header, round=round_num, names=list(names), held=list(held)
+    )
     return [serialize_frame(m) for m in servicer.GetTensors(iter([request]), Context())]
 
 
@@ -134,6 +138,24 @@ def test_asking_for_some_tensors_gets_only_those(tmp_path):
     got = decode(download(servicer, "one", 0, names=["b"]))
 
     assert_model(got, {"b": MODEL["b"]})
+
+
+def test_a_resumed_download_gets_the_tensors_not_yet_held(tmp_path):
+    servicer = make_servicer(tmp_path, ["one"])
+    download(servicer, "one", 0)  # the whole model is framed first
+
+    got = decode(download(servicer, "one", 0, held=["w"]))
+
+    assert_model(got, {"b": MODEL["b"]})
+
+
+def test_a_resumed_download_holding_a_tensor_the_model_lacks_is_refused(tmp_path):
+    servicer = make_servicer(tmp_path, ["one"])
+
+    with pytest.raises(ProtocolError) as caught:
+        download(servicer, "one", 0, held=["w", "not-in-the-model"])
+
+    assert "FX-DATA-019" in caught.value.message and "not-in-the-model" in caught.value.message
 
 
 def test_the_model_of_another_round_is_refused(tmp_path):

@@ -1,0 +1,102 @@
+"""A model download that breaks off resumes where it stopped: the tensors already received are
+kept, and the aggregator is asked only for the rest."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+from fedrun.errors import ProtocolError
+from fedrun.protocol import federation_pb2 as pb
+from fedrun.protocol.codec import ExpectedModel, batch_frames, encode_tensor_wire
+from fedrun.transport.client import AggregatorClient
+from fedrun.transport.network import Network
+from fedrun.transport.server import SERVICE
+
+MODEL = {
+    "a": np.arange(1000, dtype=np.float32),
+    "b": np.full((20, 30), 2.5, dtype=np.float32),
+    "c": np.arange(7, dtype=np.int64),
+}
+
+
+class BreaksOnce:
+    """GetTensors that, the first time, sends the model's first tensor and then fails as a lost
+    link does; later calls send what the request does not hold (or, with ``resend``, all)."""
+
+    def __init__(self, resend: bool = False) -> None:
+        self.requests: list[pb.GetTensorsRequest] = []
+        self.resend = resend
+
+    def get_tensors(self, request: pb.GetTensorsRequest, context):
+        self.requests.append(request)
+        held = set() if self.resend else set(request.held)
+        names = [n for n in MODEL if n not in held]
+        if len(self.requests) == 1:
+            names = names[:1]
+        frames = (f for n in names for f in encode_tensor_wire(n, MODEL[n], chunk_bytes=1 << 20))
+        yield from batch_frames(frames, 1 << 20)
+        if len(self.requests) == 1:
+            time.sleep(0.3)  # the first tensor reaches the client before the break
+            context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+
+
+def _client_of(handler: BreaksOnce) -> tuple[AggregatorClient, grpc.Server]:
+    method = grpc.unary_stream_rpc_method_handler(
+        handler.get_tensors,
+        request_deserializer=pb.GetTensorsRequest.FromString,
+        response_serializer=lambda message: message,
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(SERVICE, {"GetTensors": method})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
+    return client, server
+
+
+def test_a_broken_download_resumes_with_the_tensors_already_received(caplog):
+    # Prepare
+    caplog.set_level(logging.INFO, logger="fedrun")
+    handler = BreaksOnce()
+    client, server = _client_of(handler)
+
+    # Execute
+    try:
+        got = client.get_global_model(0, ExpectedModel.of(MODEL))
+    finally:
+        client.close()
+        server.stop(None)
+
+    # Assert: the second request held the first tensor, and the model is whole
+    assert [list(r.held) for r in handler.requests] == [[], ["a"]]
+    assert sorted(got) == sorted(MODEL)
+    for name, array in MODEL.items():
+        np.testing.assert_array_equal(got[name], array)
+    assert client.bytes_received == sum(a.nbytes for a in MODEL.values())
+    assert any(
+        "resuming the model download of round 0: 1 tensors" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_a_resumed_download_that_sends_a_held_tensor_again_is_refused():
+    handler = BreaksOnce(resend=True)
+    client, server = _client_of(handler)
+
+    try:
+        with pytest.raises(ProtocolError) as caught:
+            client.get_global_model(0, ExpectedModel.of(MODEL))
+    finally:
+        client.close()
+        server.stop(None)
+
+    assert caught.value.code == "FX-WIRE-023"
