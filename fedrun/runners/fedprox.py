@@ -32,14 +32,18 @@ class _Proximal:
             w.detach().clone().to(p.device) for w, p in zip(old_weights, params, strict=True)
         ]
 
-    def _proximal_grads(self, mu: float) -> None:
+    def _proximal_grads(self) -> None:
+        """Add ``mu * (w - w_global)`` to every gradient, with each param group's own ``mu``."""
         anchor = getattr(self, "_anchor", None)
-        if not mu or anchor is None:
+        if anchor is None:
             return
-        params = [p for group in self.param_groups for p in group["params"]]
-        for p, w in zip(params, anchor, strict=True):
-            if p.grad is not None:
-                p.grad.add_(p.detach() - w, alpha=mu)
+        weights = iter(anchor)
+        for group in self.param_groups:
+            mu = float(group.get("mu", getattr(self, "mu", 0.0)))
+            for p in group["params"]:
+                w = next(weights)
+                if mu and p.grad is not None:
+                    p.grad.add_(p.detach() - w, alpha=mu)
 
 
 class FedProxOptimizer(_Proximal, Optimizer):
@@ -77,7 +81,7 @@ class FedProxOptimizer(_Proximal, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._proximal_grads(self.param_groups[0]["mu"])
+        self._proximal_grads()
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -105,8 +109,17 @@ class FedProxAdam(_Proximal, torch.optim.Adam):
             raise ValueError("FedProxAdam needs mu >= 0")
         super().__init__(params, **kwargs)
         self.mu = float(mu)
+        for group in self.param_groups:  # a group may set its own mu
+            group.setdefault("mu", self.mu)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # noqa: D102
-        self._proximal_grads(self.mu)
-        return super().step(closure)
+        loss = None
+        if closure is not None:
+            # the closure computes the gradients: the proximal term goes on top of those, so
+            # Adam's step must not run the closure again (it would recompute them without it)
+            with torch.enable_grad():
+                loss = closure()
+        self._proximal_grads()
+        super().step()
+        return loss

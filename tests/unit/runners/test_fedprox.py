@@ -56,6 +56,46 @@ def test_momentum_and_adam_variants_run() -> None:
         FedProxOptimizer([p], lr=0.1, mu=-1)
 
 
+@pytest.mark.parametrize("make", [FedProxOptimizer, FedProxAdam])
+def test_a_step_with_a_closure_keeps_the_proximal_term(make) -> None:
+    # Prepare: one optimizer stepped with a closure, one with gradients computed beforehand
+    def run(with_closure: bool) -> torch.Tensor:
+        p = _param([2.0])
+        opt = make([p], lr=0.1, mu=1.0)
+        opt.set_old_weights([torch.tensor([0.0], dtype=torch.float64)])
+        p.data.fill_(3.0)  # one unit further from the anchor than the loss's own pull
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = p.sum() * 0.1  # gradient 0.1
+            loss.backward()
+            return loss
+
+        if with_closure:
+            opt.step(closure)
+        else:
+            closure()
+            opt.step()
+        return p.detach().clone()
+
+    # Assert: the same step either way (the closure must not recompute the gradients after
+    # the proximal term was added)
+    assert torch.equal(run(True), run(False))
+
+
+def test_each_param_group_pulls_with_its_own_mu() -> None:
+    a, b = _param([1.0]), _param([1.0])
+    opt = FedProxOptimizer([{"params": [a], "mu": 0.0}, {"params": [b], "mu": 2.0}], lr=0.1)
+    opt.set_old_weights([torch.zeros(1, dtype=torch.float64)] * 2)
+    a.grad = torch.zeros(1, dtype=torch.float64)
+    b.grad = torch.zeros(1, dtype=torch.float64)
+
+    opt.step()
+
+    assert float(a.detach()) == pytest.approx(1.0)  # mu 0: no pull
+    assert float(b.detach()) == pytest.approx(1.0 - 0.1 * 2.0 * 1.0)
+
+
 def test_train_task_anchors_at_the_received_model() -> None:
     from fedrun.data.loader import DataLoader
     from fedrun.runners.torch import PyTorchTaskRunner
