@@ -103,6 +103,10 @@ class AggregationFunction:
     #: True when the rule needs all updates of a round at once (memory grows with N).
     needs_all_updates: ClassVar[bool] = True
 
+    def check_federation(self, collaborators: int) -> None:
+        """Raise ``ValueError`` (why) when this rule can never aggregate the updates of a
+        federation of ``collaborators`` members; checked before the aggregator starts."""
+
     def begin_round(self, round_num: int, global_model: Mapping[str, np.ndarray]) -> Accumulator:
         """Open the accumulator for one task in round ``round_num``.
 

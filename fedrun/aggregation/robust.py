@@ -26,6 +26,7 @@ from fedrun.aggregation.base import (
 )
 from fedrun.aggregation.median import stack_tensors
 from fedrun.aggregation.weighted_average import accumulation_dtype
+from fedrun.constants import OPTIMIZER_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,10 @@ class Krum(AggregationFunction):
         Krum proper; ``None`` means ``N - f``. When ``m`` exceeds ``N - f`` in a round (fewer
         collaborators reported than planned) it is lowered to ``N - f`` and a warning logged.
 
-    At ``result()`` every name an origin sent is flattened and concatenated into one vector per
-    origin (every origin must send the same names); each origin's score is the sum of squared
+    At ``result()`` the model's weights an origin sent (floating-point tensors; integer counters
+    such as BatchNorm's ``num_batches_tracked``, which grow with the data, and optimizer state are
+    averaged over the selection but not compared) are flattened and concatenated into one vector
+    per origin (every origin must send the same names); each origin's score is the sum of squared
     distances to its ``N - f - 2`` nearest others. Ties go to the origin whose name sorts first,
     so the choice does not depend on arrival order. The accumulator exposes ``selected`` (the
     chosen origins) and ``scores`` after ``result()``. Needs every update of the round at once.
@@ -107,6 +110,15 @@ class Krum(AggregationFunction):
             )
         self.num_byzantine = int(num_byzantine)
         self.multi_krum = None if multi_krum is None else int(multi_krum)
+
+    def check_federation(self, collaborators: int) -> None:
+        f = self.num_byzantine
+        if collaborators <= 2 * f + 2:
+            raise ValueError(
+                f"{type(self).__name__} with num_byzantine = {f} needs more than 2f + 2 = "
+                f"{2 * f + 2} updates per round, and the federation has {collaborators} "
+                "collaborator(s)"
+            )
 
     def begin_round(self, round_num: int, global_model: Mapping[str, np.ndarray]) -> Accumulator:
         return KrumAccumulator(self)
@@ -170,7 +182,13 @@ class KrumAccumulator(Accumulator):
         # the Gram-matrix formula free of cancellation.
         n = len(origins)
         gram = np.zeros((n, n), dtype=np.float64)
-        for name in self._names:
+        first = self._updates[origins[0]]
+        compared = [
+            name
+            for name in self._names
+            if first[name].dtype.kind in "fc" and not name.startswith(OPTIMIZER_PREFIX)
+        ]
+        for name in compared or list(self._names):
             rows = np.stack(
                 [np.ravel(self._updates[origin][name]).astype(np.float64) for origin in origins]
             )

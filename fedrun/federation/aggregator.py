@@ -33,7 +33,14 @@ from fedrun.constants import (
     OPTIMIZER_STATE_FACTOR,
     UPLOAD_STALL_SECONDS,
 )
-from fedrun.errors import ExperimentFinished, FedrunError, ProtocolError, StateError, shown
+from fedrun.errors import (
+    ExperimentFinished,
+    FedrunError,
+    PlanError,
+    ProtocolError,
+    StateError,
+    shown,
+)
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.result_upload import (
     MAX_DATA_SIZE,
@@ -1039,12 +1046,23 @@ class Aggregator:
                 TensorSequence(len(names), tensors()), round_num + 1
             )
         except ValueError as exc:
-            log.error("round %d: aggregation of %s failed: %s", round_num, task, exc)
-            return False, None
+            raise self._rule_failed(round_num, task, exc) from exc
         if last_file is None:
             raise RuntimeError(f"{type(self.model_sink).__name__}.save_last wrote no file")
         self.global_model = open_model_view(last_file).tensors
         return True, last_file
+
+    def _rule_failed(self, round_num: int, task: str, exc: ValueError) -> PlanError:
+        """A task's aggregation rule could not aggregate the round's results: the aggregator
+        stops (a round that changed nothing must not pass for a trained one)."""
+        rule = type(self.aggregation_functions.get(task)).__name__
+        return PlanError(
+            "FX-ROUND-020",
+            f"round {round_num}: the aggregation rule {rule} of task {shown(task)} failed: {exc}",
+            "give the task a rule that suits this federation (tasks.<task>.aggregation_type), "
+            "then start over with `fx aggregator start --reset-state` (a changed plan cannot "
+            "resume this run; the models of the rounds before are moved to save/previous-*)",
+        )
 
     def _aggregate_in_memory(
         self, state: RoundState, updates: Mapping[str, TaskUpdates]
@@ -1060,8 +1078,7 @@ class Aggregator:
                     task_updates.fold(name)
                 result = task_updates.accumulator.result()
             except ValueError as exc:
-                log.error("round %d: aggregation of %s failed: %s", state.number, task, exc)
-                continue
+                raise self._rule_failed(state.number, task, exc) from exc
             produced = {n for n in result if n in new_model or n.startswith(OPTIMIZER_PREFIX)}
             for name in _stale_optimizer_state(new_model, produced):
                 del new_model[name]

@@ -65,6 +65,16 @@ def aggregation_functions(plan: Plan) -> dict[str, AggregationFunction]:
                 f"tasks.{name}.aggregation_type {agg['template']!r} is not an AggregationFunction",
                 "subclass fedrun.aggregation.base.AggregationFunction",
             )
+        try:
+            if plan.cols:  # none yet (before certification): nothing to hold the rule to
+                instance.check_federation(len(plan.cols))
+        except ValueError as exc:
+            raise PlanError(
+                "FX-PLAN-037",
+                f"tasks.{name}.aggregation_type: {exc}",
+                "give the task a rule this federation can meet (fewer Byzantine collaborators "
+                "to tolerate, or WeightedAverage / Median), or certify more collaborators",
+            ) from None
         out[name] = instance
     return out
 
@@ -261,6 +271,7 @@ def build_aggregator(
 
     # before any saved state or model is moved or deleted
     require_collaborators(plan.cols, plan.cols_path)
+    rules = aggregation_functions(plan)
     if reset or not settings.get("persist_checkpoint"):
         require_init()  # the run starts from it: check before anything is moved or deleted
     chosen = assigner(plan, task_group)
@@ -342,7 +353,7 @@ def build_aggregator(
         best_score=saved.best_score,
         best_round=saved.best_round,
         rule_states=rule_states,
-        aggregation_functions=aggregation_functions(plan),
+        aggregation_functions=rules,
         spool_dir=plan.workspace / "local_state" / "spool",
         straggler_policy=policy,
         model_sink=models,

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fedrun.aggregation import WeightedAverage
+from fedrun.aggregation.base import AggregationFunction
 from fedrun.federation.aggregator import Aggregator, ModelSink
 from fedrun.federation.assigner import RandomGroupedAssigner
 from fedrun.federation.tasks import TaskSpec
@@ -35,6 +36,7 @@ def make(
     model=None,
     cols: tuple[str, ...] = ("a", "b"),
     state_store: StateStore | None = None,
+    rules: dict[str, AggregationFunction] | None = None,
     **settings: Any,
 ) -> Aggregator:
     """An aggregator of ``cols`` running ORDER for two rounds, spooling under ``tmp_path``."""
@@ -48,7 +50,7 @@ def make(
         assigner=RandomGroupedAssigner(groups, names, rounds_to_train=2),
         rounds_to_train=2,
         initial_model=model if model is not None else INITIAL,
-        aggregation_functions={"train": WeightedAverage()},
+        aggregation_functions=rules or {"train": WeightedAverage()},
         spool_dir=tmp_path / "spool",
         model_sink=sink,
         state_store=state_store,

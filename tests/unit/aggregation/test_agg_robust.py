@@ -137,6 +137,45 @@ def test_krum_needs_more_than_2f_plus_2_updates(rng, n, f):
         run_krum(Krum(num_byzantine=f), updates)
 
 
+def test_krum_compares_weights_not_counters_or_optimizer_state(rng):
+    # Prepare: four honest updates close together, whose BatchNorm counters and optimizer step
+    # counts differ as data sizes do, and an attacker shifting every weight
+    center = rng.standard_normal(50)
+    updates = []
+    for i, batches in enumerate([10, 60, 140, 190]):
+        tensors = {
+            "w": center + 0.01 * rng.standard_normal(50),
+            "bn.num_batches_tracked": np.array(batches, dtype=np.int64),
+            "__opt_state_step": np.array([float(batches)]),
+        }
+        updates.append((f"honest{i}", 1.0, tensors))
+    evil = {
+        "w": center + 0.5,
+        "bn.num_batches_tracked": np.array(100, dtype=np.int64),
+        "__opt_state_step": np.array([100.0]),
+    }
+    updates.append(("evil", 1.0, evil))
+
+    # Execute
+    _, accumulator = run_krum(Krum(num_byzantine=1), updates)
+
+    # Assert: scored on the weights alone, the attacker is the farthest
+    assert accumulator.selected[0].startswith("honest")
+    assert max(accumulator.scores, key=accumulator.scores.get) == "evil"
+
+
+@pytest.mark.parametrize(
+    ("n", "f", "fits"), [(2, 0, False), (3, 0, True), (4, 1, False), (5, 1, True)]
+)
+def test_krum_says_before_the_start_whether_a_federation_can_meet_it(n, f, fits):
+    rule = Krum(num_byzantine=f)
+    if fits:
+        rule.check_federation(n)
+    else:
+        with pytest.raises(ValueError, match=rf"more than 2f \+ 2 = {2 * f + 2} .* has {n} "):
+            rule.check_federation(n)
+
+
 def test_multi_krum_larger_than_n_minus_f_is_lowered(rng, caplog):
     updates = honest_and_attackers(rng, honest=5, attackers=0)
 
