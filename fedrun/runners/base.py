@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from fedrun.errors import PlanError
+from fedrun.errors import DataError, PlanError
 from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult
 
 
@@ -99,11 +100,24 @@ class TaskRunner:
 
     def get_train_data_size(self) -> int:
         """Number of training samples in this collaborator's shard."""
-        return int(self.data_loader.get_train_data_size()) if self.data_loader else 0
+        if not self.data_loader:
+            return 0
+        return sample_count(self.data_loader.get_train_data_size(), self.data_loader, "train")
 
     def get_valid_data_size(self) -> int:
         """Number of validation samples in this collaborator's shard."""
-        return int(self.data_loader.get_valid_data_size()) if self.data_loader else 0
+        if not self.data_loader:
+            return 0
+        return sample_count(self.data_loader.get_valid_data_size(), self.data_loader, "valid")
+
+    def batches(self, stage: str, batch_size: int | None) -> Iterator[Any]:
+        """The data loader's training (``stage`` "train") or validation ("valid") batches.
+        ``batch_size`` is passed when the loader's method takes it: OpenFL's runners call
+        ``get_train_loader()`` without it, so loaders written for OpenFL often do not."""
+        method = getattr(self.data_loader, f"get_{stage}_loader")
+        if batch_size is not None and _accepts(method, "batch_size"):
+            return method(batch_size=batch_size)
+        return method()
 
     def get_tensor_dict(self, with_opt_vars: bool = False) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -136,3 +150,81 @@ class TaskRunner:
 
     def load_native(self, filepath: str | os.PathLike[str], **kwargs: Any) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not implement load_native")
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _accepts(method: Any, keyword: str) -> bool:
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C method: try the keyword
+        return True
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def sample_count(value: Any, loader: Any, stage: str) -> int:
+    """A data loader's ``get_<stage>_data_size()`` as a number of samples (the result's weight
+    in every average), or ``FX-DATA-011`` naming the method."""
+    whole = (isinstance(value, int | np.integer) and not isinstance(value, bool)) or (
+        isinstance(value, float | np.floating) and float(value).is_integer()
+    )
+    number = int(value) if whole else -1
+    if number < 0:
+        raise DataError(
+            "FX-DATA-011",
+            f"{type(loader).__name__}.get_{stage}_data_size() returned {_brief(value)}: "
+            "not a number of samples",
+            "return how many samples the shard holds (an integer, 0 or more): it weighs this "
+            "collaborator's results in every average",
+        )
+    return number
+
+
+def metric_values(result: Any, where: str) -> dict[str, float]:
+    """What a ``train_``/``validate_`` hook returned (a :class:`Metric`, a mapping of name to
+    value, or a list of Metric or ``(name, value)`` pairs) as ``{name: float}``; anything else
+    is ``FX-MODEL-005`` naming the hook (``where``) and what it returned."""
+
+    def wrong(what: str) -> PlanError:
+        return PlanError(
+            "FX-MODEL-005",
+            f"{where} returned {what}",
+            "return fedrun.Metric(name, value) (a name and one number), a dict of name -> "
+            "number, or a list of Metric; e.g. `return Metric('accuracy', correct / total)`",
+        )
+
+    def number(name: Any, value: Any) -> tuple[str, float]:
+        if not isinstance(name, str) or not name:
+            raise wrong(f"a metric named {_brief(name)} (a name must be a text)")
+        if hasattr(value, "detach"):  # a torch tensor
+            value = value.detach().cpu().numpy()
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise wrong(f"metric {_brief(name)} = {_brief(value)}, not a number") from None
+        if array.size != 1:
+            raise wrong(
+                f"metric {_brief(name)} with {array.size} values (shape {array.shape}); a "
+                "metric is one number"
+            )
+        return name, float(array.reshape(-1)[0])
+
+    if isinstance(result, Metric):
+        return dict([number(result.name, result.value)])
+    if isinstance(result, Mapping):
+        return dict(number(k, v) for k, v in result.items())
+    if isinstance(result, list | tuple) and result:
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], str):
+            return dict([number(result[0], result[1])])
+        pairs = []
+        for item in result:
+            if not isinstance(item, tuple) or len(item) != 2:
+                raise wrong(f"a list holding {type(item).__name__}")
+            pairs.append(number(item[0], item[1]))
+        return dict(pairs)
+    if result is None:
+        raise wrong("nothing (None)")
+    raise wrong(f"a {type(result).__name__} ({_brief(result)})")

@@ -43,7 +43,7 @@ import numpy as np
 
 from fedrun.errors import DataError, PlanError
 from fedrun.federation.tasks import TaskResult
-from fedrun.runners.base import Metric, TaskRunner
+from fedrun.runners.base import Metric, TaskRunner, metric_values
 from fedrun.storage.model_file import FILE_MODE
 
 log = logging.getLogger("fedrun.runners.keras")
@@ -431,16 +431,20 @@ class KerasTaskRunner(TaskRunner):
     ) -> TaskResult:
         """Load the global model, train ``epochs`` epochs, return metrics and trained weights."""
         global_opt = self.load_for_training(input_tensor_dict)
-        loader = self._loader()
+        self._loader()  # FX-DATA-001 when there is none
         wanted = _names(metrics)
         values: dict[str, float] = {}
         if self.get_train_data_size() > 0:
             for _ in range(max(1, int(epochs))):
-                batches = loader.get_train_loader(batch_size=batch_size)
-                values = _metric_dict(self.train_(batches, metrics=wanted, batch_size=batch_size))
+                batches = self.batches("train", batch_size)
+                values = metric_values(
+                    self.train_(batches, metrics=wanted, batch_size=batch_size),
+                    f"{type(self).__name__}.train_",
+                )
         else:
             log.warning("%s has no training data; sending the received model unchanged", col_name)
-            values = {name: float("nan") for name in (wanted or ["loss"])}
+            # weighed by 0 samples, these count in no average
+            values = {name: 0.0 for name in (wanted or ["loss"])}
         return TaskResult(
             metrics=_select(values, wanted, "train"),
             tensors=self.get_tensor_dict(with_opt_vars=global_opt),
@@ -459,13 +463,17 @@ class KerasTaskRunner(TaskRunner):
     ) -> TaskResult:
         """Evaluate the given model (global or locally trained) on the validation shard."""
         self.set_tensor_dict(input_tensor_dict, with_opt_vars=False)
-        loader = self._loader()
+        self._loader()  # FX-DATA-001 when there is none
         wanted = _names(metrics)
         if self.get_valid_data_size() > 0:
-            batches = loader.get_valid_loader(batch_size=batch_size)
-            values = _metric_dict(self.validate_(batches, metrics=wanted, batch_size=batch_size))
+            batches = self.batches("valid", batch_size)
+            values = metric_values(
+                self.validate_(batches, metrics=wanted, batch_size=batch_size),
+                f"{type(self).__name__}.validate_",
+            )
         else:
-            values = {name: float("nan") for name in (wanted or ["loss"])}
+            # weighed by 0 samples, these count in no average (NaN would be refused)
+            values = {name: 0.0 for name in (wanted or ["loss"])}
         return TaskResult(
             metrics=_select(values, wanted, "validation"),
             tensors={},
@@ -498,7 +506,7 @@ class KerasTaskRunner(TaskRunner):
         model = self._require_model()
         with _quiet():
             result = model.evaluate(batch_generator, verbose=0, return_dict=True)
-        return {name: _to_float(value) for name, value in result.items()}
+        return dict(result)
 
     # ------------------------------------------------------------------ native format
     def save_native(self, filepath: str | os.PathLike[str], **kwargs: Any) -> None:
@@ -598,30 +606,12 @@ def _keras_named(path: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _to_float(value: Any) -> float:
-    arr = np.asarray(value, dtype=np.float64)
-    return float(arr.reshape(-1)[0]) if arr.size else float("nan")
-
-
 def _names(metrics: Iterable[str] | str | None) -> list[str]:
     if metrics is None:
         return []
     if isinstance(metrics, str):
         return [metrics]
     return [str(m) for m in metrics]
-
-
-def _metric_dict(result: Any) -> dict[str, float]:
-    """A hook's return value (Metric, list of Metric, or mapping) as name -> float."""
-    if isinstance(result, Metric):
-        return {result.name: _to_float(result.value)}
-    if isinstance(result, Mapping):
-        return {str(k): _to_float(v) for k, v in result.items()}
-    out: dict[str, float] = {}
-    for item in result or ():
-        metric = item if isinstance(item, Metric) else Metric(*item)
-        out[metric.name] = _to_float(metric.value)
-    return out
 
 
 def _select(values: Mapping[str, float], wanted: list[str], stage: str) -> dict[str, float]:

@@ -26,7 +26,7 @@ from torch import nn
 
 from fedrun.errors import PlanError
 from fedrun.federation.tasks import TaskResult
-from fedrun.runners.base import Metric, TaskRunner
+from fedrun.runners.base import Metric, TaskRunner, metric_values
 from fedrun.seeding import current_seed
 
 log = logging.getLogger("fedrun.collaborator")
@@ -213,12 +213,12 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
                 "set self.optimizer in the task runner's __init__ or override build_optimizer()",
             )
         self.train()
-        metric = Metric("loss", float("nan"))
+        metric: Any = Metric("loss", float("nan"))
         for _ in range(int(epochs)):
-            metric = self.train_(self.data_loader.get_train_loader(batch_size=batch_size))
+            metric = self.train_(self.batches("train", batch_size))
         tensors = self.get_tensor_dict(with_opt_vars=global_opt)
         return TaskResult(
-            metrics={metric.name: _scalar(metric.value)},
+            metrics=metric_values(metric, f"{type(self).__name__}.train_"),
             tensors=tensors,
             data_size=self.get_train_data_size(),
         )
@@ -237,9 +237,9 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
         self.set_tensor_dict(input_tensor_dict, with_opt_vars=False)
         self.eval()
         with torch.no_grad():
-            metric = self.validate_(self.data_loader.get_valid_loader(batch_size=batch_size))
+            metric = self.validate_(self.batches("valid", batch_size))
         return TaskResult(
-            metrics={metric.name: _scalar(metric.value)},
+            metrics=metric_values(metric, f"{type(self).__name__}.validate_"),
             tensors={},
             data_size=self.get_valid_data_size(),
         )
@@ -312,10 +312,3 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
             and optimizer_state_dict_key in payload
         ):
             self.optimizer.load_state_dict(payload[optimizer_state_dict_key])
-
-
-def _scalar(value: Any) -> float:
-    if isinstance(value, torch.Tensor):
-        return float(value.detach().cpu().reshape(-1)[0]) if value.numel() else float("nan")
-    arr = np.asarray(value, dtype=np.float64)
-    return float(arr.reshape(-1)[0]) if arr.size else float("nan")

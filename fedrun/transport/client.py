@@ -513,7 +513,7 @@ class AggregatorClient:
             header=self.header,
             round=round_num,
             task=task,
-            data_size=max(0, int(data_size)),
+            data_size=int(data_size),
             metrics={k: float(v) for k, v in metrics.items()},
             tensor_count=len(tensors),
             run=self.run,
