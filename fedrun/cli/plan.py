@@ -92,6 +92,11 @@ def validate(plan_config: str, cols_config: str | None, data_config: str | None)
         console(stderr=False).print(f"  [yellow]warning:[/] {escape(unprotected)}", soft_wrap=True)
     for note in loaded.ignored_settings():
         console(stderr=False).print(f"  note: {escape(note)}", soft_wrap=True)
+    for name, spec in loaded.tasks.items():
+        console(stderr=False).print(
+            f"  task {escape(name)}: {escape(spec.kind)} (function {escape(spec.function)})",
+            soft_wrap=True,
+        )
 
 
 @plan.command()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -139,7 +140,7 @@ class Aggregator:
         metrics: MetricHub | None = None,
         state_store: StateStore | None = None,
         best_model_metric: str | None = None,
-        best_model_mode: str = "max",
+        best_model_mode: str | None = None,
         final_validation: bool = True,
         accept_optimizer_state: bool = False,
         save_models: bool = True,
@@ -181,8 +182,14 @@ class Aggregator:
         #: collaborator_timeout seconds after it
         self.started_at = clock()
         self.cpu_clock = cpu_clock
+        check_best_model_metric(best_model_metric, self.tasks, assigner)
         self.best_metric = best_model_metric or self._default_best_metric()
         self._best_metric_chosen = bool(best_model_metric)  # set in the plan, not derived
+        if self.best_metric is None and save_models:
+            log.warning(
+                "no task of the plan validates the global model (a task whose kwargs carry "
+                "`apply: global`): no best model will be saved, only the last one"
+            )
         self.best_score: float | None = best_score
         self.best_round: int | None = best_round
         for task, state in (rule_states or {}).items():
@@ -568,7 +575,20 @@ class Aggregator:
             return
         weights = [n for n in self.global_model if not n.startswith(OPTIMIZER_PREFIX)]
         missing = [n for n in weights if n not in upload.names]
-        if missing:
+        if missing and not upload.names:
+            self._partial_warned.add(key)
+            spec = self.tasks.get(upload.task)
+            log.warning(
+                "%s's result for %s holds no model tensors, so it counts in no average: "
+                "fedrun treats %s as a training task (function %r, no `apply` in its kwargs); "
+                "if it only validates, give it `apply: global` (or `local`) in the plan (said "
+                "once)",
+                upload.collaborator,
+                upload.task,
+                upload.task,
+                spec.function if spec else "?",
+            )
+        elif missing:
             self._partial_warned.add(key)
             log.warning(
                 "%s's result for %s lacks %d of the model's %d tensors (e.g. %r): those are "
@@ -987,7 +1007,7 @@ class Aggregator:
         if score_key is None or not self.save_models:
             return
         score = summary_metrics[score_key]
-        if self._better(score):
+        if self._better(score, score_key):
             self.best_score, self.best_round = score, round_num
             self.model_sink.save_best(self.global_model, round_num, score, score_key)
             log.info("round %d: new best model saved (%s = %.4f)", round_num, score_key, score)
@@ -1120,12 +1140,23 @@ class Aggregator:
             return None
         return self.best_metric if self.best_metric in metrics else None
 
-    def _better(self, score: float) -> bool:
+    def _better(self, score: float, key: str) -> bool:
         if not math.isfinite(score):
             return False
+        mode = self.best_model_mode
+        if mode is None:
+            mode = "min" if looks_like_a_loss(key) else "max"
+            self.best_model_mode = mode
+            log.info(
+                "best model: the %s %s (best_model_mode %s, from the metric's name; set "
+                "aggregator.settings.best_model_mode to choose)",
+                "lowest" if mode == "min" else "highest",
+                key,
+                mode,
+            )
         if self.best_score is None:
             return True
-        return score < self.best_score if self.best_model_mode == "min" else score > self.best_score
+        return score < self.best_score if mode == "min" else score > self.best_score
 
     def _check_finished(self) -> None:
         left = self.quit_sent | self.released | self._gone_after_done()
@@ -1173,6 +1204,63 @@ def _stale_optimizer_state(model: Iterable[str], produced: set[str]) -> set[str]
     if not any(n.startswith(OPTIMIZER_PREFIX) for n in produced):
         return set()
     return {n for n in model if n.startswith(OPTIMIZER_PREFIX) and n not in produced}
+
+
+#: words (of a metric's name) that mark a loss or an error: lower is better
+LOSS_WORDS = frozenset(
+    {
+        "loss",
+        "error",
+        "err",
+        "mse",
+        "mae",
+        "rmse",
+        "mape",
+        "msle",
+        "nll",
+        "perplexity",
+        "entropy",
+        "crossentropy",
+        "hinge",
+        "kld",
+        "divergence",
+    }
+)
+
+
+def looks_like_a_loss(metric: str) -> bool:
+    """True when a metric's name (``task/metric``) names a loss or an error (``val_mse``,
+    ``mean_squared_error``, ``cross_entropy``...), whose best value is the lowest."""
+    name = metric.rpartition("/")[2].lower()
+    return any(word in LOSS_WORDS for word in re.split(r"[^a-z]+", name))
+
+
+def check_best_model_metric(
+    metric: str | None, tasks: Mapping[str, TaskSpec], assigner: Assigner
+) -> None:
+    """``FX-PLAN-038`` unless ``metric`` (``task/metric``) is a metric of a task that validates
+    the global model: ``best.pbuf`` is a global model, labelled with the score it had."""
+    if not metric:
+        return
+    task, _, name = metric.partition("/")
+    spec = tasks.get(task)
+    if name and spec is not None and spec.is_validation and not spec.uses_local_model:
+        return
+    choices = [
+        t
+        for t in assigner.all_tasks()
+        if t in tasks and tasks[t].is_validation and not tasks[t].uses_local_model
+    ]
+    raise PlanError(
+        "FX-PLAN-038",
+        f"aggregator.settings.best_model_metric {metric!r} is not a metric of a task that "
+        "validates the global model"
+        + (f" ({task!r} {tasks[task].kind})" if spec is not None else ""),
+        "write task/metric with a task of "
+        + (", ".join(choices) if choices else "the plan that has `apply: global`")
+        + " (e.g. aggregated_model_validation/accuracy): the best model is a global model, "
+        "and only those tasks score it",
+    )
 
 
 def require_collaborators(collaborators: Sequence[str], source: object = "plan/cols.yaml") -> None:

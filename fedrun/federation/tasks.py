@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # plan loading and the PKI commands never need numpy: keep `f
 
 OPT_TREATMENTS = ("RESET", "CONTINUE_LOCAL", "CONTINUE_GLOBAL")
 
+#: task runner methods that train, whatever their kwargs (OpenFL's names included)
+TRAINING_FUNCTIONS = frozenset({"train_task", "train", "train_batches", "train_epoch"})
+
 
 @dataclass
 class TaskAssignment:
@@ -58,8 +61,28 @@ class TaskSpec:
 
     @property
     def is_validation(self) -> bool:
-        """A validation task reads a model and returns metrics only."""
-        return "apply" in self.kwargs or "valid" in self.function
+        """A validation task reads a model and returns metrics only; every other task trains.
+
+        A task validates when its kwargs carry ``apply`` (``global`` or ``local``, as every
+        validation task of OpenFL's plans does), or when its function is a validation method by
+        name (``validate_task``, ``validate``, or a name starting with ``validat``)."""
+        if "apply" in self.kwargs:
+            return True
+        if self.function in TRAINING_FUNCTIONS:
+            return False
+        return self.function.startswith("validat")
+
+    @property
+    def kind(self) -> str:
+        """How fedrun treats the task, in words (``fx plan validate`` lists it)."""
+        if not self.is_validation:
+            why = "" if self.function in TRAINING_FUNCTIONS else " (no `apply` in its kwargs)"
+            return f"trains{why}"
+        return (
+            "validates the locally trained model"
+            if self.uses_local_model
+            else ("validates the global model")
+        )
 
     @property
     def uses_local_model(self) -> bool:

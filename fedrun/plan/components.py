@@ -22,7 +22,7 @@ from fedrun.constants import (
     RECONNECT_TIMEOUT_SECONDS,
 )
 from fedrun.errors import ExperimentFinished, PlanError, StateError, WorkspaceError, shown
-from fedrun.federation.aggregator import Aggregator, require_collaborators
+from fedrun.federation.aggregator import Aggregator, check_best_model_metric, require_collaborators
 from fedrun.federation.assigner import Assigner
 from fedrun.federation.collaborator import AggregatorConnection, Collaborator
 from fedrun.federation.stragglers import StragglerPolicy
@@ -90,7 +90,30 @@ def assigner(plan: Plan, task_group: str | None = None) -> Assigner:
         extra["selected_task_group"] = task_group
         settings = {k: v for k, v in settings.items() if k != "selected_task_group"}
     cls_ = plan.import_template(plan.template("assigner"), "assigner.template")
-    return cls_(**settings, **extra)
+    built: Assigner = cls_(**settings, **extra)
+    for group in getattr(built, "task_groups", []):
+        _check_task_order(group, plan.tasks)
+    return built
+
+
+def _check_task_order(group: Mapping[str, Any], tasks: Mapping[str, Any]) -> None:
+    """``FX-PLAN-039`` when a group validates the locally trained model before it trains: a
+    collaborator runs its tasks in list order, so there is no such model yet."""
+    trained = False
+    for name in group.get("tasks") or []:
+        spec = tasks.get(name)
+        if spec is None:
+            continue
+        if not spec.is_validation:
+            trained = True
+        elif spec.uses_local_model and not trained:
+            raise PlanError(
+                "FX-PLAN-039",
+                f"assigner task group {group.get('name')!r} runs {name!r} (it validates the "
+                "locally trained model) before any training task",
+                f"list {name!r} after the group's training task: a collaborator runs its tasks "
+                "in this order",
+            )
 
 
 def metric_callback(plan: Plan) -> Any | None:
@@ -106,8 +129,11 @@ def check_aggregator_parts(plan: Plan) -> None:
     """Build what the aggregator builds from the plan without an ML framework (the assigner and
     its task groups, the metric callback), so that `fx plan validate` refuses what
     `fx aggregator start` would refuse (PlanError)."""
-    assigner(plan)
+    chosen = assigner(plan)
     metric_callback(plan)
+    check_best_model_metric(
+        plan.settings("aggregator").get("best_model_metric"), plan.tasks, chosen
+    )
 
 
 def metric_hub(plan: Plan, *, resuming: bool = False, from_round: int = 0) -> MetricHub:
@@ -360,7 +386,7 @@ def build_aggregator(
         metrics=metric_hub(plan, resuming=bool(saved.plan_hash), from_round=saved.round),
         state_store=store,
         best_model_metric=settings.get("best_model_metric"),
-        best_model_mode=settings.get("best_model_mode") or "max",
+        best_model_mode=settings.get("best_model_mode"),
         final_validation=bool(settings.get("final_validation", True)) and not evaluation,
         accept_optimizer_state=opt == "CONTINUE_GLOBAL",
         save_models=not evaluation,

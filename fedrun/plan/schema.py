@@ -73,7 +73,11 @@ AGGREGATOR: dict[str, Setting] = {
         _STR, None, "task/metric that picks the best model", nullable=True
     ),
     "best_model_mode": Setting(
-        _STR, "max", "whether higher or lower is better", choices=("max", "min")
+        _STR,
+        None,
+        "whether higher or lower is better (default: lower for a loss or error, else higher)",
+        choices=("max", "min"),
+        nullable=True,
     ),
     "final_validation": Setting(_BOOL, True, "collaborators validate the final aggregate"),
     "seed": Setting(

@@ -125,6 +125,49 @@ def test_plan_validate_accepts_a_good_plan(runner, workspace):
     assert Plan.load(workspace / "plan" / "plan.yaml").hash[:16] in result.output
 
 
+def test_plan_validate_says_which_tasks_train_and_which_validate(runner, workspace):
+    result = runner.invoke(cli, ["plan", "validate"])
+
+    assert result.exit_code == 0, result.output
+    assert "task train: trains (function train_task)" in result.output
+    assert "task aggregated_model_validation: validates the global model" in result.output
+    assert "task locally_tuned_model_validation: validates the locally trained model" in (
+        result.output
+    )
+
+
+def _edit(workspace, change) -> None:
+    path = workspace / "plan" / "plan.yaml"
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+
+
+def test_plan_validate_refuses_a_local_validation_before_training(runner, workspace):
+    def local_first(config):
+        group = config["assigner"]["settings"]["task_groups"][0]
+        group["tasks"] = ["locally_tuned_model_validation", "train"]
+
+    _edit(workspace, local_first)
+
+    result = runner.invoke(cli, ["plan", "validate"])
+
+    assert_clean_failure(result, 2, "FX-PLAN-039")
+    assert "'locally_tuned_model_validation'" in result.output
+
+
+def test_plan_validate_refuses_a_best_model_metric_of_training(runner, workspace):
+    _edit(
+        workspace,
+        lambda c: c["aggregator"]["settings"].update(best_model_metric="train/cross_entropy"),
+    )
+
+    result = runner.invoke(cli, ["plan", "validate"])
+
+    assert_clean_failure(result, 2, "FX-PLAN-038")
+    assert "aggregated_model_validation" in result.output
+
+
 def test_plan_validate_on_a_broken_plan_exits_2_with_the_plan_code(runner, workspace):
     # Prepare
     path = workspace / "plan" / "plan.yaml"
