@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ def get_model(
     No collaborator data is needed: the runner is built in model-initialisation mode.
     """
     plan = Plan.load(plan_config, cols_config, data_config)
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        # Keras numbers unnamed models and layers per process (dense, dense_1...): a model built
+        # again in this process would take new names, which the model file (written by fresh
+        # processes) does not have. Reset the numbering; models built before keep working.
+        keras.backend.clear_session()
     runner = build_task_runner(plan, None)
     path = Path(model_protobuf_path)
     if not path.is_absolute() and not path.exists():

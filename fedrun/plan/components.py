@@ -534,6 +534,11 @@ def build_task_runner(plan: Plan, collaborator: str | None) -> Any:
 TASK_CALL_ARGUMENTS = ("col_name", "round_num", "input_tensor_dict")
 
 
+#: keyword arguments of OpenFL's own task methods that have no meaning in fedrun (a progress
+#: bar per batch): OpenFL plans may set them, and fedrun's task methods take them silently
+OPENFL_TASK_OPTIONS = frozenset({"use_tqdm"})
+
+
 def check_task_kwargs(plan: Plan, runner: Any) -> None:
     """Compare each task's ``kwargs`` with the task method's parameters before any training.
 
@@ -568,6 +573,8 @@ def check_task_kwargs(plan: Plan, runner: Any) -> None:
                     f"{where}: {owner} has no parameter {key!r}{did_you_mean(key, named)}",
                     f"remove the key or correct its name ({takes})",
                 )
+            if key in OPENFL_TASK_OPTIONS:
+                continue
             if getattr(method, "__module__", "").startswith("fedrun."):
                 log.warning(
                     "%s is not used by %s (%s)%s; it is ignored",

@@ -368,7 +368,7 @@ class KerasTaskRunner(TaskRunner):
         if missing:
             raise PlanError(
                 "FX-MODEL-001",
-                f"the received model lacks {len(missing)} tensors of {type(self).__name__}, "
+                f"the model being loaded lacks {len(missing)} tensors of {type(self).__name__}, "
                 f"e.g. {missing[0]!r}",
                 "every node must run the same task runner code (src/); build the Keras model "
                 "with fixed model and layer names so that weight names agree between processes",

@@ -35,8 +35,17 @@ log = logging.getLogger("fedrun.collaborator")
 OPT_PREFIX = "__opt_state_"
 
 
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu").numpy().copy()
+def _to_numpy(tensor: torch.Tensor, name: str = "") -> np.ndarray:
+    try:
+        return tensor.detach().to("cpu").numpy().copy()
+    except TypeError:  # bfloat16, float8...: numpy has no such type
+        raise PlanError(
+            "FX-MODEL-006",
+            f"tensor {name!r} of the model is {str(tensor.dtype).removeprefix('torch.')}, which "
+            "numpy (and so fedrun's model files, wire format and aggregation) cannot hold",
+            "keep the model's parameters and buffers in float32, float16 or float64 (e.g. cast "
+            "inside forward, or train under torch.autocast)",
+        ) from None
 
 
 class PyTorchTaskRunner(nn.Module, TaskRunner):
@@ -111,7 +120,7 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
 
     def get_tensor_dict(self, with_opt_vars: bool = False) -> dict[str, np.ndarray]:
         """Model weights (and optimizer state when asked) as numpy copies."""
-        out = {name: _to_numpy(value) for name, value in self.state_dict().items()}
+        out = {name: _to_numpy(value, name) for name, value in self.state_dict().items()}
         if with_opt_vars and self._optimizer is not None:  # one not built yet has no state
             out.update(self._optimizer_tensors())
         return out
@@ -125,7 +134,7 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
         if missing:
             raise PlanError(
                 "FX-MODEL-001",
-                f"the received model lacks {len(missing)} tensors of {type(self).__name__}, "
+                f"the model being loaded lacks {len(missing)} tensors of {type(self).__name__}, "
                 f"e.g. {missing[0]!r}",
                 "every node must run the same task runner code (src/)",
             )
@@ -154,7 +163,7 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
             for key, value in entries.items():
                 name = f"{OPT_PREFIX}{index}_{key}"
                 if isinstance(value, torch.Tensor):
-                    out[name] = _to_numpy(value)
+                    out[name] = _to_numpy(value, name)
                 elif isinstance(value, int | float | bool):
                     out[name] = np.asarray(value)
         return out
@@ -289,9 +298,11 @@ class PyTorchTaskRunner(nn.Module, TaskRunner):
         optimizer_state_dict_key: str = "optimizer_state_dict",
         **kwargs: Any,
     ) -> None:
-        """``torch.save`` of the model (and optimizer) state dicts."""
+        """``torch.save`` of the model's state dict, and the optimizer's when it has state (a
+        fresh optimizer's empty state, e.g. of a model exported from a ``.pbuf``, would pass for
+        the trained one)."""
         payload = {model_state_dict_key: self.state_dict()}
-        if self._optimizer is not None:  # one not built yet has no state to save
+        if self._optimizer is not None and self._optimizer.state:
             payload[optimizer_state_dict_key] = self._optimizer.state_dict()
         torch.save(payload, filepath)
 

@@ -67,6 +67,17 @@ def test_a_key_fedruns_method_would_ignore_is_warned_about(plan_path, caplog):
     assert "did you mean 'epochs'?" in record.getMessage()
 
 
+def test_openfl_s_use_tqdm_is_taken_silently_by_fedrun_s_methods(plan_path, caplog):
+    plan = Plan.load(plan_path, overrides=["tasks.train.kwargs.use_tqdm=true"])
+
+    with caplog.at_level(logging.WARNING, logger="fedrun"):
+        check_task_kwargs(plan, Tiny())
+    assert not caplog.records
+
+    with pytest.raises(PlanError):  # a method that cannot take it would fail when called
+        check_task_kwargs(plan, StrictRunner())
+
+
 def test_user_methods_taking_anything_are_trusted(plan_path, caplog):
     with caplog.at_level(logging.WARNING, logger="fedrun"):
         check_task_kwargs(misspelled(plan_path), OpenRunner())

@@ -111,3 +111,28 @@ def test_a_negative_sample_count_from_the_loader_stops_the_task() -> None:
         runner.train_task("one", 0, runner.get_tensor_dict(), epochs=1)
 
     assert caught.value.code == "FX-DATA-011" and "returned -5" in caught.value.message
+
+
+class BFloat16(Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        self.to(torch.bfloat16)
+
+
+def test_a_bfloat16_model_is_a_coded_error_naming_the_tensor() -> None:
+    with pytest.raises(PlanError) as caught:
+        BFloat16().get_tensor_dict()
+
+    assert caught.value.code == "FX-MODEL-006"
+    assert "'fc.weight' of the model is bfloat16" in caught.value.message
+
+
+def test_an_export_has_no_optimizer_state_unless_the_optimizer_has_some(tmp_path) -> None:
+    fresh = Tiny()  # its optimizer was made in __init__ and never stepped
+    fresh.save_native(tmp_path / "fresh.pt")
+    trained = Tiny()
+    trained.train_task("one", 0, trained.get_tensor_dict(), epochs=1)
+    trained.save_native(tmp_path / "trained.pt")
+
+    assert set(torch.load(tmp_path / "fresh.pt")) == {"model_state_dict"}
+    assert set(torch.load(tmp_path / "trained.pt")) == {"model_state_dict", "optimizer_state_dict"}
