@@ -43,7 +43,9 @@ def test_logs_callback_native_models_and_best_metric(tmp_path: Path) -> None:
             "aggregator.write_logs=true",
             "aggregator.log_metric_callback={template: src.metriclog.record}",
             "aggregator.save_native_model=true",
-            "aggregator.best_model_metric=train/cross_entropy",
+            # a metric of the global model's validation (a training loss scores the collaborators'
+            # models, not a global one: FX-PLAN-038), with the mode turned around
+            "aggregator.best_model_metric=aggregated_model_validation/accuracy",
             "aggregator.best_model_mode=min",
         ],
     )
@@ -70,11 +72,17 @@ def test_logs_callback_native_models_and_best_metric(tmp_path: Path) -> None:
     for r in records:
         assert seen[(r.origin, r.task, r.metric, r.round)] == pytest.approx(r.value)
 
-    # best = lowest aggregated training loss; its file says so
-    losses = {r.round: r.value for r in records if r.origin == "aggregator" and r.task == "train"}
-    best_round = min(losses, key=losses.get)
+    # best = lowest global accuracy (mode min); its file says so
+    scores = {
+        r.round: r.value
+        for r in records
+        if r.origin == "aggregator" and r.task == "aggregated_model_validation"
+    }
+    best_round = min(scores, key=scores.get)
     best = load_model(ws / "save" / "best.pbuf")
-    assert best.metrics == {"train/cross_entropy": pytest.approx(losses[best_round])}
+    assert best.metrics == {
+        "aggregated_model_validation/accuracy": pytest.approx(scores[best_round])
+    }
     assert best.round == best_round
 
     # native models load back into plain torch and predict
