@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fedrun.constants import OPTIMIZER_PREFIX
 from fedrun.errors import WorkspaceError
 from fedrun.plan.components import build_task_runner
 from fedrun.plan.loader import Plan
@@ -36,7 +37,10 @@ def get_model(
     if not path.is_absolute() and not path.exists():
         path = plan.workspace / path
     snapshot = load_model(path)
-    runner.set_tensor_dict(snapshot.tensors, with_opt_vars=False)
+    # a model of a CONTINUE_GLOBAL federation carries the aggregated optimizer state: load it
+    # too, so that an export (fx model save) holds it
+    federated_optimizer = any(n.startswith(OPTIMIZER_PREFIX) for n in snapshot.tensors)
+    runner.set_tensor_dict(snapshot.tensors, with_opt_vars=federated_optimizer)
     return runner
 
 

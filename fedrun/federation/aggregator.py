@@ -582,7 +582,7 @@ class Aggregator:
                 "%s's result for %s holds no model tensors, so it counts in no average: "
                 "fedrun treats %s as a training task (function %r, no `apply` in its kwargs); "
                 "if it only validates, give it `apply: global` (or `local`) in the plan (said "
-                "once)",
+                "once per collaborator)",
                 upload.collaborator,
                 upload.task,
                 upload.task,
@@ -592,7 +592,7 @@ class Aggregator:
             self._partial_warned.add(key)
             log.warning(
                 "%s's result for %s lacks %d of the model's %d tensors (e.g. %r): those are "
-                "averaged without it (said once)",
+                "averaged without it (said once per collaborator)",
                 upload.collaborator,
                 upload.task,
                 len(missing),

@@ -459,13 +459,7 @@ class AggregatorClient:
         out: dict[str, np.ndarray] = {}
 
         def call() -> dict[str, np.ndarray]:
-            if out:
-                log.info(
-                    "resuming the model download of round %d: %d tensors (%s) already here",
-                    round_num,
-                    len(out),
-                    human_bytes(sum(int(a.nbytes) for a in out.values())),
-                )
+            held = len(out), sum(int(a.nbytes) for a in out.values())
             request = pb.GetTensorsRequest(header=self.header, round=round_num, held=list(out))
             frames = self._watched(
                 self._get_tensors(request), f"the model download of round {round_num}"
@@ -473,6 +467,13 @@ class AggregatorClient:
             for tensor in decode_frames(
                 expand_frames(frames), self.pipelines, pool=POOL, expected=expected, held=out
             ):
+                if held[0] and len(out) == held[0]:  # said when data flows again, not per try
+                    log.info(
+                        "resumed the model download of round %d: %d tensors (%s) were already here",
+                        round_num,
+                        held[0],
+                        human_bytes(held[1]),
+                    )
                 out[tensor.name] = tensor.array
                 self.bytes_received += tensor.payload_bytes
             return out

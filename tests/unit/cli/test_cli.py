@@ -168,6 +168,18 @@ def test_plan_validate_refuses_a_best_model_metric_of_training(runner, workspace
     assert "aggregated_model_validation" in result.output
 
 
+def test_plan_validate_refuses_a_rule_the_federation_is_too_small_for(runner, workspace):
+    (workspace / "plan" / "cols.yaml").write_text("collaborators: [one, two]\n")
+    _edit(
+        workspace,
+        lambda c: c["tasks"]["train"].update(aggregation_type={"template": "Krum"}),
+    )
+
+    result = runner.invoke(cli, ["plan", "validate"])
+
+    assert_clean_failure(result, 2, "FX-PLAN-037")
+
+
 def test_plan_validate_on_a_broken_plan_exits_2_with_the_plan_code(runner, workspace):
     # Prepare
     path = workspace / "plan" / "plan.yaml"

@@ -136,3 +136,34 @@ def test_an_export_has_no_optimizer_state_unless_the_optimizer_has_some(tmp_path
 
     assert set(torch.load(tmp_path / "fresh.pt")) == {"model_state_dict"}
     assert set(torch.load(tmp_path / "trained.pt")) == {"model_state_dict", "optimizer_state_dict"}
+
+
+def test_a_model_with_federated_optimizer_state_exports_it(tmp_path) -> None:
+    # Prepare: a digits workspace's model after one training task, with its optimizer state
+    # (what last.pbuf holds under opt_treatment CONTINUE_GLOBAL)
+    import fedrun
+    from fedrun.plan.components import build_task_runner
+    from fedrun.plan.loader import Plan
+    from fedrun.storage.model_file import save_model
+    from fedrun.workspace.create import create_workspace
+
+    ws = create_workspace(tmp_path / "ws", "torch/digits")
+    (ws / "plan" / "data.yaml").write_text("one,1\n")
+    plan = Plan.load(ws / "plan" / "plan.yaml")
+    runner = build_task_runner(plan, "one")
+    runner.train_task("one", 0, runner.get_tensor_dict(), epochs=1)
+    tensors = runner.get_tensor_dict(with_opt_vars=True)
+    assert any(name.startswith("__opt_") for name in tensors)
+    save_model(tmp_path / "last.pbuf", tensors, round_num=1, plan_hash=plan.hash, kind="last")
+
+    # Execute
+    loaded = fedrun.get_model(ws / "plan" / "plan.yaml", None, None, tmp_path / "last.pbuf")
+    loaded.save_native(tmp_path / "model.pt")
+
+    # Assert: the export holds the optimizer state the model carried
+    exported = torch.load(tmp_path / "model.pt")["optimizer_state_dict"]["state"]
+    expected = runner.optimizer.state_dict()["state"]
+    assert exported.keys() == expected.keys()
+    for index, entries in expected.items():
+        for key, value in entries.items():
+            assert torch.equal(torch.as_tensor(exported[index][key]), torch.as_tensor(value))

@@ -29,12 +29,15 @@ class BreaksOnce:
     """GetTensors that, the first time, sends the model's first tensor and then fails as a lost
     link does; later calls send what the request does not hold (or, with ``resend``, all)."""
 
-    def __init__(self, resend: bool = False) -> None:
+    def __init__(self, resend: bool = False, refusals: int = 0) -> None:
         self.requests: list[pb.GetTensorsRequest] = []
         self.resend = resend
+        self.refusals = refusals  # calls after the break that fail before sending anything
 
     def get_tensors(self, request: pb.GetTensorsRequest, context):
         self.requests.append(request)
+        if 1 < len(self.requests) <= 1 + self.refusals:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "still down")
         held = set() if self.resend else set(request.held)
         names = [n for n in MODEL if n not in held]
         if len(self.requests) == 1:
@@ -64,9 +67,9 @@ def _client_of(handler: BreaksOnce) -> tuple[AggregatorClient, grpc.Server]:
 
 
 def test_a_broken_download_resumes_with_the_tensors_already_received(caplog):
-    # Prepare
+    # Prepare: after the break, three tries fail before any data flows again
     caplog.set_level(logging.INFO, logger="fedrun")
-    handler = BreaksOnce()
+    handler = BreaksOnce(refusals=3)
     client, server = _client_of(handler)
 
     # Execute
@@ -77,15 +80,14 @@ def test_a_broken_download_resumes_with_the_tensors_already_received(caplog):
         server.stop(None)
 
     # Assert: the second request held the first tensor, and the model is whole
-    assert [list(r.held) for r in handler.requests] == [[], ["a"]]
+    assert [list(r.held) for r in handler.requests] == [[], ["a"], ["a"], ["a"], ["a"]]
     assert sorted(got) == sorted(MODEL)
     for name, array in MODEL.items():
         np.testing.assert_array_equal(got[name], array)
     assert client.bytes_received == sum(a.nbytes for a in MODEL.values())
-    assert any(
-        "resuming the model download of round 0: 1 tensors" in r.getMessage()
-        for r in caplog.records
-    )
+    said = [r for r in caplog.records if "resumed the model download" in r.getMessage()]
+    assert len(said) == 1  # when data flowed again, not at every try
+    assert "round 0: 1 tensors (3.9 KiB) were already here" in said[0].getMessage()
 
 
 def test_a_resumed_download_that_sends_a_held_tensor_again_is_refused():
