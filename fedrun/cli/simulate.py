@@ -125,6 +125,13 @@ def simulate(
 
             shutil.rmtree(fed.workspace, ignore_errors=True)
         raise
+    from rich.markup import escape
+
+    from fedrun.plan.components import task_kwargs_warnings
+
+    runner_class = plan.import_template(plan.template("task_runner"), "task_runner.template")
+    for warning in task_kwargs_warnings(plan, runner_class):  # else only in the nodes' logs
+        con.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     total = plan.rounds_to_train
     final_validation = bool(plan.settings("aggregator").get("final_validation", True))
     con.print(

@@ -230,12 +230,16 @@ class Aggregator:
 
     # ------------------------------------------------------------------ setup helpers
     def _default_best_metric(self) -> str | None:
-        if "aggregated_model_validation" in self.tasks:
+        """The first metric of aggregated_model_validation, else of the first task validating
+        the global model."""
+        candidates = [
+            name
+            for name, spec in self.tasks.items()
+            if spec.is_validation and not spec.uses_local_model
+        ]
+        if "aggregated_model_validation" in candidates:
             return "aggregated_model_validation/"
-        for name, spec in self.tasks.items():
-            if spec.is_validation and not spec.uses_local_model:
-                return f"{name}/"
-        return None
+        return f"{candidates[0]}/" if candidates else None
 
     def _global_validation_tasks(self) -> list[str]:
         return [
@@ -995,7 +999,8 @@ class Aggregator:
         """Save the round's input model as ``best`` when its validation score improved."""
         score_key = self._score_key(summary_metrics)
         if score_key is None and self._best_metric_chosen and not self._best_metric_warned:
-            metric_names = [k for k in summary_metrics if not k.startswith("communication/")]
+            global_tasks = set(self._global_validation_tasks())
+            metric_names = [k for k in summary_metrics if k.partition("/")[0] in global_tasks]
             if metric_names:  # a round that reported metrics, none of them the chosen one
                 self._best_metric_warned = True
                 log.warning(
@@ -1251,15 +1256,20 @@ def check_best_model_metric(
         for t in assigner.all_tasks()
         if t in tasks and tasks[t].is_validation and not tasks[t].uses_local_model
     ]
+    if not name:
+        problem = "names no task: it is written task/metric"
+    else:
+        problem = "is not a metric of a task that validates the global model" + (
+            f" ({task!r} {spec.kind})" if spec is not None else f" (no task {task!r})"
+        )
+    example = f"{choices[0]}/{name or task}" if choices else "aggregated_model_validation/accuracy"
+    among = ", ".join(choices) or "the tasks with `apply: global`"
     raise PlanError(
         "FX-PLAN-038",
-        f"aggregator.settings.best_model_metric {metric!r} is not a metric of a task that "
-        "validates the global model"
-        + (f" ({task!r} {tasks[task].kind})" if spec is not None else ""),
-        "write task/metric with a task of "
-        + (", ".join(choices) if choices else "the plan that has `apply: global`")
-        + " (e.g. aggregated_model_validation/accuracy): the best model is a global model, "
-        "and only those tasks score it",
+        f"aggregator.settings.best_model_metric {metric!r} {problem}",
+        f"write task/metric, the task one of {among} and the metric a name its validation "
+        f"reports (logs/metrics.jsonl lists them), e.g. {example}: the best model is a global "
+        "model, and only those tasks score it",
     )
 
 

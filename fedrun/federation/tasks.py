@@ -64,25 +64,31 @@ class TaskSpec:
         """A validation task reads a model and returns metrics only; every other task trains.
 
         A task validates when its kwargs carry ``apply`` (``global`` or ``local``, as every
-        validation task of OpenFL's plans does), or when its function is a validation method by
-        name (``validate_task``, ``validate``, or a name starting with ``validat``)."""
+        validation task of OpenFL's plans does), when its function is a validation method by
+        name (``validate_task``, ``validate``, a name starting with ``validat``), or, unless its
+        function is a training method (``train_task``...), when its own name holds ``valid``
+        (OpenFL weighs such a task by the validation data's size)."""
         if "apply" in self.kwargs:
             return True
         if self.function in TRAINING_FUNCTIONS:
             return False
-        return self.function.startswith("validat")
+        return self.function.startswith("validat") or "valid" in self.name
 
     @property
     def kind(self) -> str:
         """How fedrun treats the task, in words (``fx plan validate`` lists it)."""
         if not self.is_validation:
-            why = "" if self.function in TRAINING_FUNCTIONS else " (no `apply` in its kwargs)"
-            return f"trains{why}"
-        return (
-            "validates the locally trained model"
-            if self.uses_local_model
-            else ("validates the global model")
-        )
+            if self.function in TRAINING_FUNCTIONS:
+                return "trains"
+            return "trains (its function is no validation method and it has no `apply`)"
+        if self.uses_local_model:
+            return "validates the locally trained model"
+        if "apply" not in self.kwargs:
+            return (
+                "validates the global model (no `apply` in its kwargs; `apply: local` would "
+                "validate the locally trained one)"
+            )
+        return "validates the global model"
 
     @property
     def uses_local_model(self) -> bool:

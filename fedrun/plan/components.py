@@ -72,8 +72,9 @@ def aggregation_functions(plan: Plan) -> dict[str, AggregationFunction]:
             raise PlanError(
                 "FX-PLAN-037",
                 f"tasks.{name}.aggregation_type: {exc}",
-                "give the task a rule this federation can meet (fewer Byzantine collaborators "
-                "to tolerate, or WeightedAverage / Median), or certify more collaborators",
+                "certify more collaborators (fx simulate: --collaborators), lower the rule's "
+                "num_byzantine if it is above 0, or give the task a rule without that need "
+                "(WeightedAverage, Median)",
             ) from None
         out[name] = instance
     return out
@@ -540,14 +541,17 @@ TASK_CALL_ARGUMENTS = ("col_name", "round_num", "input_tensor_dict")
 OPENFL_TASK_OPTIONS = frozenset({"use_tqdm"})
 
 
-def check_task_kwargs(plan: Plan, runner: Any) -> None:
-    """Compare each task's ``kwargs`` with the task method's parameters before any training.
+def task_kwargs_warnings(plan: Plan, runner: Any) -> list[str]:
+    """Compare each task's ``kwargs`` with the task method's parameters (``runner`` a task
+    runner or its class) before any training.
 
     A keyword the method cannot take fails now (FX-PLAN-033) instead of in round 0. A keyword
     that one of fedrun's own task methods would swallow unused (they take ``**kwargs`` so that
-    OpenFL plans with extra keys run) is logged as a warning with a did-you-mean: a misspelled
+    OpenFL plans with extra keys run) comes back as a warning with a did-you-mean: a misspelled
     ``epoch`` would otherwise silently train the default one epoch.
     """
+    cls = runner if isinstance(runner, type) else type(runner)
+    warnings: list[str] = []
     for task in plan.tasks.values():
         method = getattr(runner, task.function, None)
         if method is None or not task.kwargs:
@@ -559,10 +563,12 @@ def check_task_kwargs(plan: Plan, runner: Any) -> None:
         named = [
             n
             for n, p in params.items()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in TASK_CALL_ARGUMENTS
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and n not in TASK_CALL_ARGUMENTS
+            and n != "self"
         ]
         open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        owner = f"{type(runner).__name__}.{task.function}"
+        owner = f"{cls.__name__}.{task.function}"
         for key in task.kwargs:
             if key in named:
                 continue
@@ -577,13 +583,17 @@ def check_task_kwargs(plan: Plan, runner: Any) -> None:
             if key in OPENFL_TASK_OPTIONS:
                 continue
             if getattr(method, "__module__", "").startswith("fedrun."):
-                log.warning(
-                    "%s is not used by %s (%s)%s; it is ignored",
-                    where,
-                    owner,
-                    takes,
-                    did_you_mean(key, named),
+                warnings.append(
+                    f"{where} is not used by {owner} ({takes}){did_you_mean(key, named)}; "
+                    "it is ignored"
                 )
+    return warnings
+
+
+def check_task_kwargs(plan: Plan, runner: Any) -> None:
+    """:func:`task_kwargs_warnings`, its warnings logged."""
+    for warning in task_kwargs_warnings(plan, runner):
+        log.warning("%s", warning)
 
 
 def build_collaborator(

@@ -26,6 +26,9 @@ from fedrun.federation.tasks import TaskSpec
         (TaskSpec("v", "evaluate", {"apply": "global"}), True),
         (TaskSpec("v", "validate"), True),  # OpenFL 1.6 Keras name
         (TaskSpec("v", "validation_step"), True),
+        # OpenFL weighs a task whose name holds "valid" by the validation data's size
+        (TaskSpec("aggregated_model_validation", "evaluate"), True),
+        (TaskSpec("valid_then_train", "train_task"), False),
     ],
 )
 def test_a_task_validates_when_it_carries_apply_or_is_a_validation_method(spec, validates):
@@ -105,6 +108,14 @@ def test_a_best_model_metric_of_no_global_validation_is_refused(tmp_path: Path, 
     assert caught.value.code == "FX-PLAN-038"
     assert repr(metric) in caught.value.message
     assert "validate" in caught.value.fix  # the task that scores the global model
+
+
+def test_a_bare_metric_name_is_told_to_name_its_task(tmp_path: Path):
+    with pytest.raises(PlanError) as caught:
+        make(tmp_path, best_model_metric="acc")
+
+    assert "names no task: it is written task/metric" in caught.value.message
+    assert "e.g. validate/acc" in caught.value.fix
 
 
 def test_without_a_global_validation_no_best_model_is_said_at_the_start(tmp_path, caplog):
