@@ -8,7 +8,6 @@ It never imports an ML framework or the network stack: both come in through smal
 from __future__ import annotations
 
 import logging
-import operator
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
@@ -18,13 +17,14 @@ import numpy as np
 
 from fedrun.buffers import POOL
 from fedrun.constants import OPTIMIZER_PREFIX
-from fedrun.errors import DataError, PlanError, ProtocolError, RoundClosed, shown
+from fedrun.errors import PlanError, ProtocolError, RoundClosed, shown
 from fedrun.federation.tasks import (
     OPT_TREATMENTS,
     TaskAssignment,
     TaskResult,
     TaskRunnerInterface,
     TaskSpec,
+    sample_count,
 )
 from fedrun.federation.tensor_store import TensorStore
 from fedrun.protocol.codec import ExpectedModel
@@ -359,7 +359,10 @@ class Collaborator:
             if self.send_deltas:
                 tensors, deltas = self._deltas(round_num, tensors)
         metrics = {k: float(v) for k, v in result.metrics.items()}
-        return _sample_count(result.data_size, spec.function), metrics, tensors, deltas
+        size = sample_count(
+            result.data_size, f"task runner method {spec.function!r} reported data_size"
+        )
+        return size, metrics, tensors, deltas
 
     def _deltas(
         self, round_num: int, trained: Mapping[str, np.ndarray]
@@ -377,20 +380,3 @@ class Collaborator:
             else:
                 out[name] = value
         return out, names
-
-
-def _sample_count(value: Any, function: str) -> int:
-    """A task result's ``data_size`` (its weight in every average), or ``FX-DATA-011``."""
-    try:
-        number = operator.index(value)
-    except TypeError:
-        number = -1
-    if isinstance(value, bool) or number < 0:
-        raise DataError(
-            "FX-DATA-011",
-            f"task runner method {function!r} reported data_size {value!r}: not a number of "
-            "samples",
-            "report how many samples the task trained or validated on (an integer, 0 or more; "
-            "the data loader's get_train_data_size / get_valid_data_size)",
-        )
-    return number

@@ -6,9 +6,13 @@ The collaborator never imports an ML framework. It talks to its task runner only
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from fedrun.errors import DataError
 
 if TYPE_CHECKING:  # plan loading and the PKI commands never need numpy: keep `fx` quick
     import numpy as np
@@ -130,3 +134,25 @@ class TaskRunnerInterface(Protocol):
     def get_train_data_size(self) -> int: ...
 
     def get_valid_data_size(self) -> int: ...
+
+
+def sample_count(value: Any, said_by: str) -> int:
+    """``value`` as a number of samples (a result's weight in every average), or
+    ``FX-DATA-011`` quoting ``said_by`` (what reported it, e.g. ``"X.get_train_data_size()
+    returned"``) and the value."""
+    number = -1
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            if isinstance(value, numbers.Real) and float(value).is_integer():
+                number = int(float(value))
+    if number < 0:
+        text = repr(value)
+        raise DataError(
+            "FX-DATA-011",
+            f"{said_by} {text if len(text) <= 80 else text[:77] + '...'}: not a number of samples",
+            "report how many samples were trained or validated on (a whole number, 0 or more): "
+            "it weighs this collaborator's results in every average",
+        )
+    return number

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fedrun.errors import DataError, PlanError
-from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult
+from fedrun.errors import PlanError
+from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult, sample_count
 
 
 class Metric(NamedTuple):
@@ -102,13 +102,19 @@ class TaskRunner:
         """Number of training samples in this collaborator's shard."""
         if not self.data_loader:
             return 0
-        return sample_count(self.data_loader.get_train_data_size(), self.data_loader, "train")
+        return sample_count(
+            self.data_loader.get_train_data_size(),
+            f"{type(self.data_loader).__name__}.get_train_data_size() returned",
+        )
 
     def get_valid_data_size(self) -> int:
         """Number of validation samples in this collaborator's shard."""
         if not self.data_loader:
             return 0
-        return sample_count(self.data_loader.get_valid_data_size(), self.data_loader, "valid")
+        return sample_count(
+            self.data_loader.get_valid_data_size(),
+            f"{type(self.data_loader).__name__}.get_valid_data_size() returned",
+        )
 
     def batches(self, stage: str, batch_size: int | None) -> Iterator[Any]:
         """The data loader's training (``stage`` "train") or validation ("valid") batches.
@@ -163,24 +169,6 @@ def _accepts(method: Any, keyword: str) -> bool:
     except (TypeError, ValueError):  # a builtin or C method: try the keyword
         return True
     return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
-def sample_count(value: Any, loader: Any, stage: str) -> int:
-    """A data loader's ``get_<stage>_data_size()`` as a number of samples (the result's weight
-    in every average), or ``FX-DATA-011`` naming the method."""
-    whole = (isinstance(value, int | np.integer) and not isinstance(value, bool)) or (
-        isinstance(value, float | np.floating) and float(value).is_integer()
-    )
-    number = int(value) if whole else -1
-    if number < 0:
-        raise DataError(
-            "FX-DATA-011",
-            f"{type(loader).__name__}.get_{stage}_data_size() returned {_brief(value)}: "
-            "not a number of samples",
-            "return how many samples the shard holds (an integer, 0 or more): it weighs this "
-            "collaborator's results in every average",
-        )
-    return number
 
 
 def metric_values(result: Any, where: str) -> dict[str, float]:

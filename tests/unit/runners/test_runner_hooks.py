@@ -12,7 +12,8 @@ import torch
 from tiny_torch import Loader, Tiny
 
 from fedrun.errors import DataError, PlanError
-from fedrun.runners.base import Metric, metric_values, sample_count
+from fedrun.federation.tasks import sample_count
+from fedrun.runners.base import Metric, metric_values
 
 
 @pytest.mark.parametrize(
@@ -91,13 +92,13 @@ def test_a_loader_written_for_openfl_is_called_without_batch_size() -> None:
 
 @pytest.mark.parametrize("value", [32, np.int64(32), 32.0])
 def test_a_sample_count_is_a_whole_number(value) -> None:
-    assert sample_count(value, Loader(), "train") == 32
+    assert sample_count(value, "Loader.get_train_data_size() returned") == 32
 
 
 @pytest.mark.parametrize("value", [-5, "abc", 2.5, None, True])
 def test_a_bad_sample_count_names_the_loader_s_method(value) -> None:
     with pytest.raises(DataError) as caught:
-        sample_count(value, Loader(), "train")
+        sample_count(value, "Loader.get_train_data_size() returned")
 
     assert caught.value.code == "FX-DATA-011"
     assert "Loader.get_train_data_size() returned" in caught.value.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import grpc
@@ -221,8 +222,10 @@ def test_a_stream_that_stops_bringing_data_is_cancelled_not_waited_on_forever(ca
     # Assert: what came is kept, the call is cancelled (a retryable status), and said
     assert received == [1, 2]
     assert caught.value.code() == grpc.StatusCode.CANCELLED
-    assert "the model download of round 3 from 127.0.0.1:9 stalled (no data for 0 s)" in (
-        caplog.text
+    # (the idle time is whole seconds: 0 here, 1 when a loaded machine wakes the watch late)
+    assert re.search(
+        r"the model download of round 3 from 127\.0\.0\.1:9 stalled \(no data for [01] s\)",
+        caplog.text,
     )
 
 
