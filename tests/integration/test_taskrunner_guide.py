@@ -39,6 +39,8 @@ def test_the_guide_s_regression_trains_and_keeps_its_lowest_loss(tmp_path: Path)
     plan = yaml.safe_load(plan_path.read_text())
     plan["data_loader"] = {"template": "src.dataloader.LineShard", "settings": {}}
     plan["task_runner"] = {"template": "src.taskrunner.LineFit", "settings": {}}
+    plan["tasks"]["train"]["kwargs"]["use_tqdm"] = True  # OpenFL's: taken silently
+    plan["tasks"]["aggregated_model_validation"]["kwargs"]["batchsize"] = 8  # a typo
     plan_path.write_text(yaml.safe_dump(plan, sort_keys=False))
     shown = fx(ws, "plan", "validate").stdout
     assert "task train: trains (function train_task)" in shown
@@ -54,8 +56,10 @@ def test_the_guide_s_regression_trains_and_keeps_its_lowest_loss(tmp_path: Path)
         cwd=tmp_path,
     )
 
-    # Assert: trained to the line, and the best model is the lowest loss
+    # Assert: trained to the line, and the best model is the lowest loss; the typo was shown
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "kwargs.batchsize is not used by LineFit.validate_task" in proc.stdout
+    assert "did you mean 'batch_size'?" in proc.stdout and "use_tqdm" not in proc.stdout
     run = tmp_path / "run"
     mse = {
         r.round: r.value

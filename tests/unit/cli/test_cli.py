@@ -143,34 +143,6 @@ def _edit(workspace, change) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-def test_plan_validate_warns_of_a_task_kwarg_the_method_ignores(runner, workspace):
-    _edit(workspace, lambda c: c["tasks"]["train"]["kwargs"].update(epoch=2))
-
-    result = runner.invoke(cli, ["plan", "validate"])
-
-    assert result.exit_code == 0, result.output
-    assert "warning: tasks.train.kwargs.epoch is not used by" in result.output
-    assert "did you mean 'epochs'?" in result.output
-
-
-def test_plan_validate_without_the_runner_s_package_notes_what_it_could_not_check(
-    runner, workspace
-):
-    source = workspace / "src" / "taskrunner.py"
-    source.write_text(
-        source.read_text().replace(
-            "from __future__ import annotations\n",
-            "from __future__ import annotations\nimport not_installed_package_xyz\n",
-        )
-    )
-
-    result = runner.invoke(cli, ["plan", "validate"])
-
-    assert result.exit_code == 0, result.output
-    assert "note: tasks' kwargs not checked" in result.output
-    assert "not_installed_package_xyz" in result.output
-
-
 def test_plan_validate_refuses_a_local_validation_before_training(runner, workspace):
     def local_first(config):
         group = config["assigner"]["settings"]["task_groups"][0]
