@@ -232,23 +232,13 @@ class Aggregator:
     def _default_best_metric(self) -> str | None:
         """The first metric of aggregated_model_validation, else of the first task validating
         the global model."""
-        candidates = [
-            name
-            for name, spec in self.tasks.items()
-            if spec.is_validation and not spec.uses_local_model
-        ]
+        candidates = [name for name, spec in self.tasks.items() if spec.validates_global_model]
         if "aggregated_model_validation" in candidates:
             return "aggregated_model_validation/"
         return f"{candidates[0]}/" if candidates else None
 
     def _global_validation_tasks(self) -> list[str]:
-        return [
-            n
-            for n in self.assigner.all_tasks()
-            if n in self.tasks
-            and self.tasks[n].is_validation
-            and not self.tasks[n].uses_local_model
-        ]
+        return global_validation_tasks(self.tasks, self.assigner)
 
     def _open_round(self, number: int) -> RoundState:
         final = number >= self.rounds_to_train
@@ -1240,6 +1230,11 @@ def looks_like_a_loss(metric: str) -> bool:
     return any(word in LOSS_WORDS for word in re.split(r"[^a-z]+", name))
 
 
+def global_validation_tasks(tasks: Mapping[str, TaskSpec], assigner: Assigner) -> list[str]:
+    """The assigner's tasks that validate the global model, in its order."""
+    return [t for t in assigner.all_tasks() if t in tasks and tasks[t].validates_global_model]
+
+
 def check_best_model_metric(
     metric: str | None, tasks: Mapping[str, TaskSpec], assigner: Assigner
 ) -> None:
@@ -1249,13 +1244,9 @@ def check_best_model_metric(
         return
     task, _, name = metric.partition("/")
     spec = tasks.get(task)
-    if name and spec is not None and spec.is_validation and not spec.uses_local_model:
+    if name and spec is not None and spec.validates_global_model:
         return
-    choices = [
-        t
-        for t in assigner.all_tasks()
-        if t in tasks and tasks[t].is_validation and not tasks[t].uses_local_model
-    ]
+    choices = global_validation_tasks(tasks, assigner)
     if not name:
         problem = "names no task: it is written task/metric"
     else:

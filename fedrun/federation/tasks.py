@@ -95,6 +95,11 @@ class TaskSpec:
         return "validates the global model"
 
     @property
+    def validates_global_model(self) -> bool:
+        """True for a validation of the model the collaborator received (not its own)."""
+        return self.is_validation and not self.uses_local_model
+
+    @property
     def uses_local_model(self) -> bool:
         """True when the task validates this collaborator's own trained weights."""
         return self.apply == "local"
@@ -136,6 +141,13 @@ class TaskRunnerInterface(Protocol):
     def get_valid_data_size(self) -> int: ...
 
 
+def brief(value: Any) -> str:
+    """``repr(value)`` cut to 80 characters, for an error about a value the user's code
+    returned."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
 def sample_count(value: Any, said_by: str) -> int:
     """``value`` as a number of samples (a result's weight in every average), or
     ``FX-DATA-011`` quoting ``said_by`` (what reported it, e.g. ``"X.get_train_data_size()
@@ -148,10 +160,9 @@ def sample_count(value: Any, said_by: str) -> int:
             if isinstance(value, numbers.Real) and float(value).is_integer():
                 number = int(float(value))
     if number < 0:
-        text = repr(value)
         raise DataError(
             "FX-DATA-011",
-            f"{said_by} {text if len(text) <= 80 else text[:77] + '...'}: not a number of samples",
+            f"{said_by} {brief(value)}: not a number of samples",
             "report how many samples were trained or validated on (a whole number, 0 or more): "
             "it weighs this collaborator's results in every average",
         )

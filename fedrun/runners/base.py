@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fedrun.errors import PlanError
-from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult, sample_count
+from fedrun.federation.tasks import OPT_TREATMENTS, TaskResult, brief, sample_count
 
 
 class Metric(NamedTuple):
@@ -158,11 +158,6 @@ class TaskRunner:
         raise NotImplementedError(f"{type(self).__name__} does not implement load_native")
 
 
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
-
-
 def _accepts(method: Any, keyword: str) -> bool:
     try:
         parameters = inspect.signature(method).parameters.values()
@@ -186,16 +181,16 @@ def metric_values(result: Any, where: str) -> dict[str, float]:
 
     def number(name: Any, value: Any) -> tuple[str, float]:
         if not isinstance(name, str) or not name:
-            raise wrong(f"a metric named {_brief(name)} (a name must be a text)")
+            raise wrong(f"a metric named {brief(name)} (a name must be a text)")
         if hasattr(value, "detach"):  # a torch tensor
             value = value.detach().cpu().numpy()
         try:
             array = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
-            raise wrong(f"metric {_brief(name)} = {_brief(value)}, not a number") from None
+            raise wrong(f"metric {brief(name)} = {brief(value)}, not a number") from None
         if array.size != 1:
             raise wrong(
-                f"metric {_brief(name)} with {array.size} values (shape {array.shape}); a "
+                f"metric {brief(name)} with {array.size} values (shape {array.shape}); a "
                 "metric is one number"
             )
         return name, float(array.reshape(-1)[0])
@@ -215,4 +210,4 @@ def metric_values(result: Any, where: str) -> dict[str, float]:
         return dict(pairs)
     if result is None:
         raise wrong("nothing (None)")
-    raise wrong(f"a {type(result).__name__} ({_brief(result)})")
+    raise wrong(f"a {type(result).__name__} ({brief(result)})")
