@@ -19,7 +19,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,6 +74,9 @@ WAITING_REMINDER_SECONDS = 600.0
 
 #: metrics a round's log line lists (all of them are in metrics.jsonl)
 METRICS_PER_LOG_LINE = 24
+#: how long a collaborator asking to resume an upload still open here waits for that upload's
+#: stream to end and keep what arrived
+SETTLE_SECONDS = 5.0
 
 
 class ModelSink:
@@ -169,6 +172,9 @@ class Aggregator:
         self._best_metric_warned = False
         #: results being received, by (collaborator, task): watched for stalls by tick()
         self._uploads: dict[tuple[str, str], ResultUpload] = {}
+        #: uploads that broke off, by (collaborator, task): their whole tensors, kept for the
+        #: collaborator process that sent them to resume until the round ends
+        self._suspended: dict[tuple[str, str], ResultUpload] = {}
         #: (collaborator, task) pairs already warned about a result lacking model tensors
         self._partial_warned: set[tuple[str, str]] = set()
         self.best_model_mode = best_model_mode
@@ -434,9 +440,14 @@ class Aggregator:
         metrics: Mapping[str, float],
         tensor_count: int,
         run: str = "",
+        *,
+        process: str = "",
+        held: Collection[str] = (),
     ) -> ResultUpload:
         """Start receiving one task result; checks it belongs to this run and the current round
-        (``run`` empty: sent by a client that does not say, accepted as before)."""
+        (``run`` empty: sent by a client that does not say, accepted as before). With ``held``
+        the upload resumes one of the same ``process`` that broke off (:meth:`result_progress`
+        said which tensors it kept)."""
         with self._lock:
             self.touch(collaborator)
             state = self.round
@@ -513,12 +524,107 @@ class Aggregator:
                     "FX-DATA-012",
                     f"{collaborator!r} sent tensors for task {shown(task)}, which produces none",
                 )
+            kept = self._suspended.pop(key, None)  # resumed now, or replaced
+            if held:
+                resumable = (
+                    kept is not None
+                    and kept.process == process
+                    and kept.round == state.number
+                    and kept.data_size == data_size
+                    and kept.metrics == dict(metrics)
+                    and kept.tensor_count == tensor_count
+                    and kept.names == set(held)
+                )
+                if not resumable:
+                    if kept is not None:
+                        kept.discard()
+                    raise ProtocolError(
+                        "FX-ROUND-021",
+                        f"{collaborator!r} resumed its upload of {shown(task)} (round "
+                        f"{round_num}) but the aggregator no longer holds what arrived of it "
+                        "(it was started again, or the upload was replaced)",
+                        "nothing to do: the collaborator sends the whole result again",
+                    )
+                assert kept is not None
+                kept.resume()
+                state.in_progress.add(key)
+                self._uploads[key] = kept
+                log.info(
+                    "round %d: %s resumes its upload of %s: %d of %d tensors (%s) were already "
+                    "here",
+                    round_num,
+                    collaborator,
+                    task,
+                    len(kept.names),
+                    tensor_count,
+                    human_bytes(kept.nbytes),
+                )
+                return kept
+            if kept is not None:
+                kept.discard()  # sent whole again: what was kept of an earlier upload is moot
             state.in_progress.add(key)
             upload = ResultUpload(
-                self, state.number, collaborator, task, int(data_size), dict(metrics), tensor_count
+                self,
+                state.number,
+                collaborator,
+                task,
+                int(data_size),
+                dict(metrics),
+                tensor_count,
+                process,
             )
             self._uploads[key] = upload
         return upload
+
+    def result_progress(
+        self, collaborator: str, process: str, round_num: int, task: str
+    ) -> tuple[list[str], int]:
+        """The tensors (and their bytes) kept of ``process``'s result for ``task`` whose upload
+        broke off, which it need not send again; none when nothing was kept. An upload of it
+        still open here (its break not noticed yet: the collaborator gave up on it) is ended
+        first, keeping what arrived whole."""
+        key = (collaborator, task)
+        with self._lock:
+            self.touch(collaborator)
+            if self.done or round_num != self.round.number:
+                return [], 0
+            open_upload = self._uploads.get(key)
+            if open_upload is not None and open_upload.process == process:
+                self._forget_upload(open_upload)
+                open_upload.drop("the collaborator resumes it", keep=True)
+                self._changed.wait_for(lambda: open_upload.settled, timeout=SETTLE_SECONDS)
+            kept = self._suspended.get(key)
+            if kept is None or kept.process != process or kept.round != round_num:
+                return [], 0
+            return sorted(kept.names), kept.nbytes
+
+    def _suspend_result(self, upload: ResultUpload) -> bool:
+        """Keep a broken-off upload's whole tensors for its collaborator to resume; False (it
+        is aborted) when its round is over."""
+        key = (upload.collaborator, upload.task)
+        with self._lock:
+            self._forget_upload(upload)
+            state = self.round
+            if (
+                self.done
+                or state.number != upload.round
+                or upload.collaborator in state.stragglers
+                or upload.task in state.done.get(upload.collaborator, set())
+            ):
+                return False
+            earlier = self._suspended.pop(key, None)
+            if earlier is not None and earlier is not upload:
+                earlier.discard()
+            upload.suspended = True
+            self._suspended[key] = upload
+            self._changed.notify_all()
+            return True
+
+    def _discard_suspended(self) -> None:
+        """The round ended: uploads that broke off in it will not be resumed (lock held)."""
+        kept, self._suspended = self._suspended, {}
+        for upload in kept.values():
+            upload.discard()
 
     def _check_layout(
         self,
@@ -733,7 +839,7 @@ class Aggregator:
                     " while the round is open" if not may_close else "",
                 )
                 self._forget_upload(upload)
-                upload.drop(f"no data for {idle:.0f} s")
+                upload.drop(f"no data for {idle:.0f} s", keep=True)
 
     def _retains(self, task: str) -> bool:
         return bool(getattr(self.aggregation_functions.get(task), "needs_all_updates", True))
@@ -917,6 +1023,7 @@ class Aggregator:
             next_model_file=last_file,
         )
         failpoints.hit("round_end_committed")
+        self._discard_suspended()
         self.spool.retire_round(state.number)
         summary = RoundSummary(
             number=state.number,

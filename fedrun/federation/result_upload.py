@@ -1,6 +1,9 @@
 """One task result arriving at the aggregator: each tensor is checked against the global model
 as its header comes, its payload spooled slice by slice, and the whole result made durable and
-recorded only when every tensor it announced has arrived (or dropped with nothing counted)."""
+recorded only when every tensor it announced has arrived (or dropped with nothing counted).
+
+An upload whose stream breaks off keeps the tensors that arrived whole (suspended), until the
+collaborator process that sent it resumes it with the rest or its round ends."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import numpy as np
 
 from fedrun.aggregation.base import all_finite
 from fedrun.constants import OPTIMIZER_PREFIX, OPTIMIZER_STATE_FACTOR
-from fedrun.errors import ProtocolError, shown
+from fedrun.errors import ProtocolError, StateError, shown
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.storage.model_file import TensorFileWriter
 from fedrun.units import human_bytes
@@ -66,6 +69,7 @@ class ResultUpload:
         data_size: int,
         metrics: dict[str, float],
         tensor_count: int,
+        process: str = "",
     ) -> None:
         self.aggregator = aggregator
         self.round = round_num
@@ -74,15 +78,23 @@ class ResultUpload:
         self.data_size = data_size
         self.metrics = metrics
         self.tensor_count = tensor_count
+        #: the collaborator process sending it (PingRequest.header.process): only that process
+        #: can resume it, a restarted one trains anew
+        self.process = process
         self.names: set[str] = set()
         self.nbytes = 0
         self.raw_bytes = 0
         self.optimizer_bytes = 0
         self.optimizer_tensors = 0
+        self._optimizer_sizes: dict[str, int] = {}
         #: clock of the last data received (tick() drops uploads that stall)
         self.last_progress = aggregator.clock()
-        #: why the aggregator gave up on this upload (None: it has not)
+        #: why the aggregator gave up on this upload (None: it has not), and whether what
+        #: arrived whole is kept for the collaborator to resume (a stall, a resume asked for)
         self.dropped: str | None = None
+        self.drop_keeps = False
+        #: the stream broke off; its whole tensors wait for the collaborator to resume it
+        self.suspended = False
         #: called (from another thread) when the upload is dropped: the transport ends the call
         self.on_drop: Callable[[], None] | None = None
         self._writer: TensorFileWriter | None = None
@@ -133,12 +145,67 @@ class ResultUpload:
         self._spool().begin_tensor(header)
         return incoming
 
-    def drop(self, reason: str) -> None:
+    @property
+    def settled(self) -> bool:
+        """No stream writes to it any more: committed, aborted or suspended."""
+        return self._closed or self.suspended
+
+    def drop(self, reason: str, *, keep: bool = False) -> None:
         """Give up on this upload (the aggregator's lock held): whatever arrives after is
-        refused, and the transport is asked to end the call."""
+        refused, and the transport is asked to end the call; with ``keep`` the tensors that
+        arrived whole are kept for the collaborator to resume (see :meth:`suspend`)."""
         self.dropped = reason
+        self.drop_keeps = keep
         if self.on_drop is not None:
             self.on_drop()
+
+    def suspend(self) -> bool:
+        """The stream broke off (or was dropped with ``keep``): keep the tensors that arrived
+        whole, so the collaborator process that sent them resumes the upload with the rest
+        (True); abort as :meth:`abort` does when none did, the drop keeps nothing, or the
+        round has moved on (False). Called by the thread that received the stream."""
+        if self._closed or self.suspended:
+            return self.suspended
+        writer = self._writer
+        if (
+            writer is None
+            or not self.names
+            or not self.process
+            or (self.dropped and not self.drop_keeps)
+        ):
+            self.abort()
+            return False
+        try:
+            writer.cut_back()
+        except StateError:
+            self.abort()
+            return False
+        self._streaming.clear()
+        sizes = {n: b for n, b in self._optimizer_sizes.items() if n in self.names}
+        self._optimizer_sizes = sizes
+        self.optimizer_bytes, self.optimizer_tensors = sum(sizes.values()), len(sizes)
+        self.on_drop = None
+        if not self.aggregator._suspend_result(self):
+            self.abort()
+            return False
+        return True
+
+    def resume(self) -> None:
+        """The collaborator sends the rest (the aggregator's lock held)."""
+        self.suspended = False
+        self.dropped = None
+        self.drop_keeps = False
+        self.last_progress = self.aggregator.clock()
+
+    def discard(self) -> None:
+        """Delete a suspended upload's file (its round ended, or a new upload replaced it;
+        the aggregator's lock held)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.suspended = False
+        if self._writer is not None:
+            self._writer.abort()
 
     def dropped_error(self) -> ProtocolError:
         return ProtocolError(
@@ -165,6 +232,7 @@ class ResultUpload:
 
     def _count_optimizer_state(self, name: str, nbytes: int) -> None:
         max_bytes, max_tensors = self.aggregator.optimizer_state_budget()
+        self._optimizer_sizes[name] = nbytes
         self.optimizer_bytes += nbytes
         self.optimizer_tensors += 1
         if self.optimizer_bytes > max_bytes or self.optimizer_tensors > max_tensors:

@@ -132,7 +132,7 @@ class ModelInfo(_message.Message):
     def __init__(self, round: _Optional[int] = ..., plan_hash: _Optional[str] = ..., tensor_count: _Optional[int] = ..., kind: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("header", "round", "task", "data_size", "metrics", "tensor_count", "run")
+    __slots__ = ("header", "round", "task", "data_size", "metrics", "tensor_count", "run", "held")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class ResultHeader(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     TENSOR_COUNT_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
     header: Header
     round: int
     task: str
@@ -154,7 +155,26 @@ class ResultHeader(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     tensor_count: int
     run: str
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., task: _Optional[str] = ..., data_size: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensor_count: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
+    held: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., task: _Optional[str] = ..., data_size: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensor_count: _Optional[int] = ..., run: _Optional[str] = ..., held: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ResultProgressRequest(_message.Message):
+    __slots__ = ("header", "round", "task")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    header: Header
+    round: int
+    task: str
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., task: _Optional[str] = ...) -> None: ...
+
+class ResultProgress(_message.Message):
+    __slots__ = ("held", "held_bytes")
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    held: _containers.RepeatedScalarFieldContainer[str]
+    held_bytes: int
+    def __init__(self, held: _Optional[_Iterable[str]] = ..., held_bytes: _Optional[int] = ...) -> None: ...
 
 class SubmitResultsResponse(_message.Message):
     __slots__ = ("accepted", "message")

@@ -54,6 +54,11 @@ class FederationStub:
                 request_serializer=fedrun_dot_protocol_dot_federation__pb2.TensorFrame.SerializeToString,
                 response_deserializer=fedrun_dot_protocol_dot_federation__pb2.SubmitResultsResponse.FromString,
                 _registered_method=True)
+        self.GetResultProgress = channel.unary_unary(
+                '/fedrun.v1.Federation/GetResultProgress',
+                request_serializer=fedrun_dot_protocol_dot_federation__pb2.ResultProgressRequest.SerializeToString,
+                response_deserializer=fedrun_dot_protocol_dot_federation__pb2.ResultProgress.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -87,6 +92,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetResultProgress(self, request, context):
+        """Which tensors of a result whose upload broke off the aggregator kept, to resume it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SubmitResults,
                     request_deserializer=fedrun_dot_protocol_dot_federation__pb2.TensorFrame.FromString,
                     response_serializer=fedrun_dot_protocol_dot_federation__pb2.SubmitResultsResponse.SerializeToString,
+            ),
+            'GetResultProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResultProgress,
+                    request_deserializer=fedrun_dot_protocol_dot_federation__pb2.ResultProgressRequest.FromString,
+                    response_serializer=fedrun_dot_protocol_dot_federation__pb2.ResultProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +236,33 @@ class Federation:
             '/fedrun.v1.Federation/SubmitResults',
             fedrun_dot_protocol_dot_federation__pb2.TensorFrame.SerializeToString,
             fedrun_dot_protocol_dot_federation__pb2.SubmitResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResultProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedrun.v1.Federation/GetResultProgress',
+            fedrun_dot_protocol_dot_federation__pb2.ResultProgressRequest.SerializeToString,
+            fedrun_dot_protocol_dot_federation__pb2.ResultProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -177,6 +177,11 @@ class EagerWritebackFile(io.BufferedWriter):
                 self._started = end
         return written
 
+    def rewound(self, offset: int) -> None:
+        """The file continues at ``offset``: writeback is requested again from there."""
+        self._unsent = 0
+        self._started = min(self._started, offset)
+
 
 class AtomicFile:
     """A file written under a temporary name and renamed over ``target`` on :meth:`commit`, so
@@ -243,6 +248,19 @@ class AtomicFile:
             with contextlib.suppress(OSError):  # e.g. the disk is full: flushing fails too
                 self.out.close()
         self.tmp.unlink(missing_ok=True)
+
+    def tell(self) -> int:
+        return self.out.tell()
+
+    def rewind(self, offset: int) -> None:
+        """Continue writing at ``offset`` (what was written beyond it is overwritten, or cut
+        on :meth:`commit`)."""
+        try:
+            self.out.seek(offset)
+        except OSError as exc:
+            raise write_failure(self.target, exc) from exc
+        if isinstance(self.out, EagerWritebackFile):
+            self.out.rewound(offset)
 
 
 def _write_model_header(out: AtomicFile, info: pb.ModelInfo) -> None:
@@ -366,24 +384,43 @@ class TensorFileWriter:
         except BaseException:
             self._file.abort()
             raise
+        #: tensors written whole, and the file offset where the last of them ends
         self.count = 0
+        self.complete_end = self._file.tell()
+        self._payload_left = 0  # of the tensor begun by begin_tensor
 
     def write(self, name: str, array: np.ndarray, *, delta: bool = False) -> None:
         try:
             _write_tensor(self._file.out, name, array, delta)
         except OSError as exc:
             raise write_failure(self.path, exc) from exc
-        self.count += 1
+        self._completed()
 
     def begin_tensor(self, header: pb.TensorHeader) -> None:
         """Start a tensor whose raw payload follows in :meth:`write_payload` calls (as it
         arrives from the network); the caller writes exactly ``header.payload_bytes``."""
         data = pb.TensorFrame(header=header).SerializeToString()
         self._file.write(_VarintBytes(len(data)) + data)
-        self.count += 1
+        self._payload_left = int(header.payload_bytes)
+        if not self._payload_left:
+            self._completed()
 
     def write_payload(self, chunk: memoryview | bytes) -> None:
         self._file.write(chunk)
+        self._payload_left -= len(chunk)
+        if self._payload_left <= 0:
+            self._completed()
+
+    def _completed(self) -> None:
+        self.count += 1
+        self.complete_end = self._file.tell()
+        self._payload_left = 0
+
+    def cut_back(self) -> None:
+        """Drop a tensor begun and not finished: writing continues after the last whole one
+        (an upload that broke off and is resumed)."""
+        self._file.rewind(self.complete_end)
+        self._payload_left = 0
 
     def commit(self) -> Path:
         return self._file.commit()

@@ -248,6 +248,9 @@ class AggregatorClient:
             request_serializer=serialize_frame,
             response_deserializer=pb.SubmitResultsResponse.FromString,
         )
+        self._result_progress = self.stub.GetResultProgress
+        #: the aggregator keeps the start of an upload that broke off (older ones do not)
+        self._resumes_uploads = True
         self.bytes_sent = 0
         #: the run of the experiment whose tasks this client was last given (GetTasksResponse.run)
         self.run = ""
@@ -510,6 +513,9 @@ class AggregatorClient:
         tensors: Mapping[str, np.ndarray],
         deltas: Collection[str],
     ) -> int:
+        """Send one task's result; returns the bytes sent. An upload that breaks off is
+        retried and resumes where it stopped: the tensors the aggregator kept of it
+        (GetResultProgress) are not sent again."""
         header = pb.ResultHeader(
             header=self.header,
             round=round_num,
@@ -520,6 +526,8 @@ class AggregatorClient:
             run=self.run,
         )
         sent = [0]
+        attempts = [0]
+        held: set[str] = set()
 
         failure: list[BaseException] = []
 
@@ -527,6 +535,8 @@ class AggregatorClient:
             try:
                 yield pb.TensorFrame(result=header)
                 for name, array in tensors.items():
+                    if name in held:
+                        continue
                     is_delta = name in deltas
                     for frame in encode_tensor_wire(
                         name,
@@ -543,8 +553,25 @@ class AggregatorClient:
                 raise
 
         def call() -> int:
+            attempts[0] += 1
+            held.clear()
+            if attempts[0] > 1:
+                held.update(self._kept_of_result(round_num, task))
+            try:
+                return send()
+            except grpc.RpcError as error:
+                if not held or "FX-ROUND-021" not in (error.details() or ""):
+                    raise
+            # what the aggregator kept is gone since it said so (it was started again...)
+            log.info("the aggregator no longer holds the start of our %s result", task)
+            held.clear()
+            return send()
+
+        def send() -> int:
             sent[0] = 0
             failure.clear()
+            del header.held[:]
+            header.held.extend(sorted(held))
             watch: StallWatch
 
             def watched() -> Iterator[pb.TensorFrame | bytes]:
@@ -586,3 +613,29 @@ class AggregatorClient:
             raise
         self.bytes_sent += nbytes
         return nbytes
+
+    def _kept_of_result(self, round_num: int, task: str) -> list[str]:
+        """The tensors of our result for ``task`` the aggregator kept from an upload that broke
+        off (none from an aggregator too old to keep any)."""
+        if not self._resumes_uploads:
+            return []
+        try:
+            progress = self._result_progress(
+                pb.ResultProgressRequest(header=self.header, round=round_num, task=task),
+                timeout=UNARY_DEADLINE_SECONDS,
+            )
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            self._resumes_uploads = False
+            return []
+        if progress.held:
+            log.info(
+                "resuming the upload of our %s result (round %d): %d tensors (%s) are at the "
+                "aggregator already",
+                task,
+                round_num,
+                len(progress.held),
+                human_bytes(progress.held_bytes),
+            )
+        return list(progress.held)

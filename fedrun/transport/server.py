@@ -28,7 +28,7 @@ from fedrun.constants import GRPC_MAX_MESSAGE_BYTES
 from fedrun.errors import ConnectionFailure, FedrunError, ProtocolError, StateError, shown
 from fedrun.federation.aggregator import Aggregator
 from fedrun.federation.collaborator_processes import CollaboratorProcesses
-from fedrun.federation.result_upload import IncomingTensor
+from fedrun.federation.result_upload import IncomingTensor, ResultUpload
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
 from fedrun.protocol.codec import (
@@ -53,6 +53,7 @@ from fedrun.transport.admission import (
 )
 from fedrun.transport.network import Network
 from fedrun.transport.tls import peer_common_name
+from fedrun.units import human_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -201,9 +202,13 @@ class FederationServicer(pb_grpc.FederationServicer):
             if first:
                 self._refusals.add(key)
         if first:
-            # expected, not a problem: a result resent after its acknowledgement was lost, and
-            # results resent to a finished experiment's farewell
-            expected = error.code == "FX-ROUND-005" or self.aggregator.farewell_of is not None
+            # expected, not a problem: a result resent after its acknowledgement was lost, an
+            # upload resumed after what was kept of it went (it is sent whole), and results
+            # resent to a finished experiment's farewell
+            expected = (
+                error.code in ("FX-ROUND-005", "FX-ROUND-021")
+                or self.aggregator.farewell_of is not None
+            )
             level = logging.INFO if expected else logging.WARNING
             log.log(level, "refused %s: %s", peer, error.message)
         context.abort(status_for(error), error.render())
@@ -404,6 +409,8 @@ class FederationServicer(pb_grpc.FederationServicer):
                 dict(result.metrics),
                 result.tensor_count,
                 result.run,
+                process=result.header.process,
+                held=list(result.held),
             )
         except ProtocolError as error:
             self._refuse(context, error, name)
@@ -411,6 +418,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         upload.on_drop = context.cancel  # a stalled upload's call ends, freeing this thread
         assembler = TensorAssembler(self.pipelines, pool=POOL)
         incoming: IncomingTensor | None = None
+        ended_early = False
         try:
             for frame in frames:
                 if incoming is not None:
@@ -435,17 +443,30 @@ class FederationServicer(pb_grpc.FederationServicer):
                 if tensor is not None:
                     upload.add(tensor.name, tensor.array, tensor.delta, tensor.payload_bytes)
                     POOL.give(tensor.buffer)  # spooled to disk: the memory serves the next one
-            if incoming is not None:
+            if incoming is not None or assembler.busy or len(upload.names) < upload.tensor_count:
+                # gRPC ends the request stream so also when the connection fails (the call's
+                # cancellation comes after): treated as a break, what arrived whole is kept
+                ended_early = True
+                cut = (
+                    f"tensor {shown(incoming.name)} ended after {incoming.received} of "
+                    f"{incoming.expected} bytes"
+                    if incoming is not None
+                    else f"{len(upload.names)} of its {upload.tensor_count} tensors arrived"
+                )
                 raise ProtocolError(
                     "FX-WIRE-007",
-                    f"tensor {incoming.name!r} ended after {incoming.received} of "
-                    f"{incoming.expected} bytes",
+                    f"the upload of {name}'s result for {shown(result.task)} ended early: {cut}",
+                    "send the result again (a collaborator does so by itself)",
                 )
             assembler.close()
             upload.commit()
         except ProtocolError as error:
-            upload.abort()
-            if not upload.dropped:  # a dropped upload was said when it was dropped
+            if upload.dropped:  # said when it was dropped; what arrived whole may be kept
+                upload.suspend()
+            elif ended_early:
+                _say_cut_off(upload, upload.suspend())
+            else:
+                upload.abort()
                 log.warning("result of %s for %s refused: %s", name, result.task, error.message)
             context.abort(status_for(error), error.render())
         except StateError as error:
@@ -469,14 +490,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         except grpc.RpcError:
             # the stream broke (the collaborator stopped, the network failed, or the upload
             # was dropped, which was logged then)
-            upload.abort()
-            if not upload.dropped:
-                log.warning(
-                    "result of %s for %s cut off before it was complete: nothing of it counts "
-                    "(the collaborator may send it again)",
-                    name,
-                    result.task,
-                )
+            dropped = upload.dropped
+            kept = upload.suspend()
+            if not dropped:
+                _say_cut_off(upload, kept)
             raise
         except Exception:
             # a fault of the aggregator's own: logged here with its traceback; the peer is
@@ -493,8 +510,39 @@ class FederationServicer(pb_grpc.FederationServicer):
             raise
         return pb.SubmitResultsResponse(accepted=True, message="ok")
 
+    def GetResultProgress(
+        self, requests: Iterator[pb.ResultProgressRequest], context: grpc.ServicerContext
+    ) -> pb.ResultProgress:
+        request, cn = self._request(requests, context)
+        name = self._authenticate(request.header, context, cn)
+        held, nbytes = self.aggregator.result_progress(
+            name, request.header.process, request.round, request.task
+        )
+        return pb.ResultProgress(held=held, held_bytes=nbytes)
+
 
 SERVICE = "fedrun.v1.Federation"
+
+
+def _say_cut_off(upload: ResultUpload, kept: bool) -> None:
+    """Log an upload that broke off, and whether what arrived of it is kept."""
+    if kept:
+        log.warning(
+            "result of %s for %s cut off after %d of its %d tensors (%s): kept for the "
+            "collaborator to resume it",
+            upload.collaborator,
+            upload.task,
+            len(upload.names),
+            upload.tensor_count,
+            human_bytes(upload.nbytes),
+        )
+    else:
+        log.warning(
+            "result of %s for %s cut off before it was complete: nothing of it counts (the "
+            "collaborator may send it again)",
+            upload.collaborator,
+            upload.task,
+        )
 
 
 def register_servicer(servicer: FederationServicer, server: grpc.Server) -> None:
@@ -527,6 +575,11 @@ def register_servicer(servicer: FederationServicer, server: grpc.Server) -> None
             servicer.SubmitResults,
             request_deserializer=parse_frame,
             response_serializer=pb.SubmitResultsResponse.SerializeToString,
+        ),
+        "GetResultProgress": grpc.stream_unary_rpc_method_handler(
+            servicer.GetResultProgress,
+            request_deserializer=pb.ResultProgressRequest.FromString,
+            response_serializer=pb.ResultProgress.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -1,0 +1,145 @@
+"""Over real sockets: an upload that a broken connection cuts off resumes with the tensors the
+aggregator did not get whole, and the round's model is the one an unbroken upload gives."""
+
+from __future__ import annotations
+
+import logging
+import re
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from cutting_proxy import CuttingProxy
+
+from fedrun.aggregation import WeightedAverage
+from fedrun.federation.aggregator import Aggregator
+from fedrun.federation.assigner import RandomGroupedAssigner
+from fedrun.federation.tasks import TaskSpec
+from fedrun.protocol import federation_pb2 as pb
+from fedrun.protocol.codec import expand_frames, parse_frame
+from fedrun.transport.client import AggregatorClient
+from fedrun.transport.network import Network
+from fedrun.transport.server import SERVICE, AggregatorServer
+
+TASKS = {"train": TaskSpec("train", "train_task", {"epochs": 1})}
+MODEL = {f"layer{i}": np.full(64 * 1024, float(i), dtype=np.float32) for i in range(6)}
+TENSOR_BYTES = 64 * 1024 * 4
+
+
+def aggregator(tmp_path: Path) -> Aggregator:
+    groups = [{"name": "train", "percentage": 1.0, "tasks": ["train"]}]
+    return Aggregator(
+        plan_hash="ab" * 32,
+        federation_id="fed",
+        collaborators=["one"],
+        tasks=TASKS,
+        assigner=RandomGroupedAssigner(groups, ["one"], rounds_to_train=2),
+        rounds_to_train=2,
+        initial_model=MODEL,
+        aggregation_functions={"train": WeightedAverage()},
+        spool_dir=tmp_path / "spool",
+        final_validation=False,
+    )
+
+
+def test_an_upload_cut_by_the_network_resumes_where_it_stopped(tmp_path, caplog):
+    # Prepare: the aggregator behind a proxy that cuts the first connection after 2.5 tensors
+    caplog.set_level(logging.INFO, logger="fedrun")
+    agg = aggregator(tmp_path)
+    server = AggregatorServer(agg, Network("127.0.0.1", 0, "127.0.0.1", use_tls=False), None)
+    server.start()
+    proxy = CuttingProxy(server.port, cut_after=int(2.5 * TENSOR_BYTES))
+    # 64 KiB chunks: each tensor's payload goes in frames of its own (4 MiB ones would carry
+    # the whole result in one message, and a message cut short leaves nothing whole)
+    network = Network("127.0.0.1", proxy.port, "127.0.0.1", use_tls=False, chunk_bytes=1 << 16)
+    client = AggregatorClient(network, "one", "ab" * 32, "fed", None, sleep=lambda s: None)
+    trained = {name: array + 1.0 for name, array in MODEL.items()}
+    agg.get_tasks("one")
+
+    # Execute
+    try:
+        sent = client.submit(0, "train", 10, {"loss": 0.5}, trained, ())
+    finally:
+        client.close()
+        proxy.close()
+        server.stop(None)
+
+    # Assert: cut once, the rest sent on a new connection, the round closed on the full result
+    assert proxy.cut.is_set() and proxy.connections >= 2
+    kept = [r.getMessage() for r in caplog.records if "resumes its upload" in r.getMessage()]
+    assert len(kept) == 1, [r.getMessage() for r in caplog.records]
+    # two tensors went through the proxy whole; the aggregator may have read one or both
+    # before the connection's end cancelled the call
+    found = re.match(r"round 0: one resumes its upload of train: ([12]) of 6 tensors", kept[0])
+    assert found, kept[0]
+    rest = (6 - int(found.group(1))) * TENSOR_BYTES
+    assert rest <= sent < rest + (1 << 16)  # the resumed attempt sent only the rest
+    assert agg.round_num == 1
+    for name, array in trained.items():
+        np.testing.assert_array_equal(agg.global_model[name], array, err_msg=name)
+    assert not [p for p in (tmp_path / "spool").iterdir() if p.name.startswith(".")]
+
+
+class Refuses:
+    """SubmitResults whose first call breaks off; GetResultProgress (unless ``old``: an
+    aggregator without it) says layer0 was kept, and a resume is then refused as one the
+    aggregator no longer holds the start of (it was started again meanwhile)."""
+
+    def __init__(self) -> None:
+        self.uploads: list[tuple[list[str], int]] = []  # (held, frames) per call
+
+    def submit(self, requests, context) -> pb.SubmitResultsResponse:
+        frames = list(expand_frames(parse_frame(m) for m in requests))
+        held = list(frames[0].result.held)
+        self.uploads.append((held, len(frames)))
+        if len(self.uploads) == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+        if held:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "FX-ROUND-021: the aggregator no longer holds what arrived of it",
+            )
+        return pb.SubmitResultsResponse(accepted=True, message="ok")
+
+    def progress(self, request, context) -> pb.ResultProgress:
+        return pb.ResultProgress(held=["layer0"], held_bytes=TENSOR_BYTES)
+
+
+def serve(handler: Refuses, old: bool) -> tuple[AggregatorClient, grpc.Server]:
+    methods = {
+        "SubmitResults": grpc.stream_unary_rpc_method_handler(
+            handler.submit, response_serializer=pb.SubmitResultsResponse.SerializeToString
+        )
+    }
+    if not old:
+        methods["GetResultProgress"] = grpc.unary_unary_rpc_method_handler(
+            handler.progress,
+            request_deserializer=pb.ResultProgressRequest.FromString,
+            response_serializer=pb.ResultProgress.SerializeToString,
+        )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, methods)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False, chunk_bytes=1 << 16)
+    return AggregatorClient(network, "one", "ab" * 32, "fed", None, sleep=lambda s: None), server
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_an_upload_that_cannot_resume_is_sent_whole(old):
+    # a resume refused with FX-ROUND-021 is sent again whole at once; an aggregator without
+    # GetResultProgress (older fedrun) gets the whole result again, as it always did
+    handler = Refuses()
+    client, server = serve(handler, old)
+
+    try:
+        sent = client.submit(0, "train", 10, {"loss": 0.5}, MODEL, ())
+    finally:
+        client.close()
+        server.stop(None)
+
+    helds = [held for held, _ in handler.uploads]
+    assert helds == ([[], []] if old else [[], ["layer0"], []])
+    assert sent >= 6 * TENSOR_BYTES
