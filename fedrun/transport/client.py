@@ -513,7 +513,7 @@ class AggregatorClient:
         tensors: Mapping[str, np.ndarray],
         deltas: Collection[str],
     ) -> int:
-        """Send one task's result; returns the bytes sent. An upload that breaks off is
+        """Send one task's result; returns its size on the wire. An upload that breaks off is
         retried and resumes where it stopped: the tensors the aggregator kept of it
         (GetResultProgress) are not sent again."""
         header = pb.ResultHeader(
@@ -528,6 +528,7 @@ class AggregatorClient:
         sent = [0]
         attempts = [0]
         held: set[str] = set()
+        held_bytes = [0]
 
         failure: list[BaseException] = []
 
@@ -555,8 +556,10 @@ class AggregatorClient:
         def call() -> int:
             attempts[0] += 1
             held.clear()
+            held_bytes[0] = 0
             if attempts[0] > 1:
-                held.update(self._kept_of_result(round_num, task))
+                names, held_bytes[0] = self._kept_of_result(round_num, task)
+                held.update(names)
             try:
                 return send()
             except grpc.RpcError as error:
@@ -565,6 +568,7 @@ class AggregatorClient:
             # what the aggregator kept is gone since it said so (it was started again...)
             log.info("the aggregator no longer holds the start of our %s result", task)
             held.clear()
+            held_bytes[0] = 0
             return send()
 
         def send() -> int:
@@ -609,16 +613,16 @@ class AggregatorClient:
             if "FX-ROUND-005" in error.message:
                 # our earlier attempt landed but its acknowledgement was lost
                 log.info("result for %s round %d was already accepted", task, round_num)
-                return sent[0]
+                return sent[0] + held_bytes[0]
             raise
         self.bytes_sent += nbytes
-        return nbytes
+        return nbytes + held_bytes[0]
 
-    def _kept_of_result(self, round_num: int, task: str) -> list[str]:
+    def _kept_of_result(self, round_num: int, task: str) -> tuple[list[str], int]:
         """The tensors of our result for ``task`` the aggregator kept from an upload that broke
-        off (none from an aggregator too old to keep any)."""
+        off, and their bytes (none from an aggregator too old to keep any)."""
         if not self._resumes_uploads:
-            return []
+            return [], 0
         try:
             progress = self._result_progress(
                 pb.ResultProgressRequest(header=self.header, round=round_num, task=task),
@@ -628,7 +632,7 @@ class AggregatorClient:
             if error.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise
             self._resumes_uploads = False
-            return []
+            return [], 0
         if progress.held:
             log.info(
                 "resuming the upload of our %s result (round %d): %d tensors (%s) are at the "
@@ -638,4 +642,4 @@ class AggregatorClient:
                 len(progress.held),
                 human_bytes(progress.held_bytes),
             )
-        return list(progress.held)
+        return list(progress.held), int(progress.held_bytes)

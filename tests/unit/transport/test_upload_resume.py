@@ -75,7 +75,8 @@ def test_an_upload_cut_by_the_network_resumes_where_it_stopped(tmp_path, caplog)
     found = re.match(r"round 0: one resumes its upload of train: ([12]) of 6 tensors", kept[0])
     assert found, kept[0]
     rest = (6 - int(found.group(1))) * TENSOR_BYTES
-    assert rest <= sent < rest + (1 << 16)  # the resumed attempt sent only the rest
+    assert rest <= client.bytes_sent < rest + (1 << 16)  # the resumed attempt sent the rest
+    assert 6 * TENSOR_BYTES <= sent < 6 * TENSOR_BYTES + (1 << 16)  # the result's size
     assert agg.round_num == 1
     for name, array in trained.items():
         np.testing.assert_array_equal(agg.global_model[name], array, err_msg=name)
