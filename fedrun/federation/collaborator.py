@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedrun import failpoints
 from fedrun.buffers import POOL
 from fedrun.constants import OPTIMIZER_PREFIX
 from fedrun.errors import PlanError, ProtocolError, RoundClosed, shown
@@ -29,6 +30,7 @@ from fedrun.federation.tasks import (
 from fedrun.federation.tensor_store import TensorStore
 from fedrun.protocol.codec import ExpectedModel
 from fedrun.seeding import seed_task
+from fedrun.storage.finished_results import FinishedResult, FinishedResults
 from fedrun.units import human_bytes
 
 log = logging.getLogger("fedrun.collaborator")
@@ -99,6 +101,9 @@ class Collaborator:
     rounds_to_train:
         The plan's rounds: the aggregator may not assign rounds beyond them (its final
         validation is round ``rounds_to_train``). None: not checked.
+    finished:
+        Where results of the running round are kept, so that this collaborator, started again
+        in the middle of a round, sends them instead of computing them again. None: nowhere.
     """
 
     def __init__(
@@ -113,6 +118,7 @@ class Collaborator:
         opt_treatment: str = "RESET",
         db_store_rounds: int = 1,
         rounds_to_train: int | None = None,
+        finished: FinishedResults | None = None,
         **ignored: Any,
     ) -> None:
         if opt_treatment not in OPT_TREATMENTS:
@@ -133,6 +139,7 @@ class Collaborator:
         self.runner.set_optimizer_treatment(opt_treatment)
         self.rounds_done: list[int] = []
         self.rounds_to_train = rounds_to_train
+        self.finished = finished
         #: tasks whose results the aggregator acknowledged
         self.tasks_done = 0
         self.sleep: Callable[[float], None] = time.sleep
@@ -194,6 +201,7 @@ class Collaborator:
             assignment = self.connection.get_tasks()
             if assignment.quit:
                 log.info("collaborator %s: experiment finished, stopping", self.name)
+                self._forget_finished(None)
                 return
             if not assignment.tasks:
                 if time.monotonic() - asked < QUICK_ANSWER_SECONDS:
@@ -219,6 +227,7 @@ class Collaborator:
                 # every result is acknowledged (kept on the aggregator's disk): waiting for the
                 # slowest peer to hear "quit" would only keep this machine busy for nothing
                 log.info("collaborator %s: its last tasks are in, stopping", self.name)
+                self._forget_finished(None)
                 return
 
     def _check_assignment(self, assignment: TaskAssignment) -> None:
@@ -267,11 +276,12 @@ class Collaborator:
         """Run one round's tasks in order."""
         self._check_assignment(assignment)
         round_num = assignment.round
+        self._forget_finished(round_num)  # an earlier round's results are moot
         label = "final validation" if assignment.final_validation else f"round {round_num}"
         for task_name in assignment.tasks:
             started = time.monotonic()
             self.fetch_seconds = 0.0
-            sent = self.do_task(self.tasks[task_name], round_num)
+            sent = self.do_task(self.tasks[task_name], round_num, assignment.run)
             self.tasks_done += 1
             took = time.monotonic() - started
             # apart: the download and the send include any retries while the aggregator was out
@@ -312,10 +322,14 @@ class Collaborator:
             self.store.put(round_num, "global", model)
         return model
 
-    def do_task(self, spec: TaskSpec, round_num: int) -> int:
-        """Run one task and send its result; returns payload bytes sent (the time sending
-        took is :attr:`send_seconds`)."""
-        data_size, metrics, tensors, deltas = self._result(spec, round_num)
+    def _forget_finished(self, round_num: int | None) -> None:
+        if self.finished is not None:
+            self.finished.forget_except(round_num)
+
+    def do_task(self, spec: TaskSpec, round_num: int, run: str = "") -> int:
+        """Run one task (of experiment run ``run``) and send its result; returns payload bytes
+        sent (the time sending took is :attr:`send_seconds`)."""
+        data_size, metrics, tensors, deltas = self._result(spec, round_num, run)
         started = time.monotonic()
         try:
             return self.connection.submit(round_num, spec.name, data_size, metrics, tensors, deltas)
@@ -323,12 +337,30 @@ class Collaborator:
             self.send_seconds = time.monotonic() - started
 
     def _result(
-        self, spec: TaskSpec, round_num: int
+        self, spec: TaskSpec, round_num: int, run: str = ""
     ) -> tuple[int, dict[str, float], dict[str, np.ndarray], set[str]]:
-        """Run one task: what its result sends (data size, metrics, tensors, delta names)."""
+        """Run one task: what its result sends (data size, metrics, tensors, delta names).
+        A result kept from before this collaborator restarted is sent instead of computing it
+        again."""
+        # results are kept only when the aggregator names its run (an older one does not)
+        finished = self.finished if run else None
+        kept = finished.find(run, round_num, spec.name) if finished is not None else None
+        if kept is not None:
+            log.info(
+                "round %d: %s was finished before this collaborator restarted: its result is "
+                "sent, not computed again",
+                round_num,
+                spec.name,
+            )
+            return self._outcome(round_num, kept.data_size, kept.metrics, kept.tensors)
         function = getattr(self.runner, spec.function)
         if spec.uses_local_model:
             inputs = self.store.get(round_num, "trained")
+            if inputs is None and finished is not None:
+                training = [t for t, s in self.tasks.items() if not s.is_validation]
+                inputs = finished.trained_model(run, round_num, training) or None
+                if inputs is not None:
+                    self.store.put(round_num, "trained", inputs)
             if inputs is None:
                 log.warning(
                     "round %d: no locally trained model for %s (restarted after training?); "
@@ -340,9 +372,11 @@ class Collaborator:
         else:
             inputs = self._global_model(round_num)
         seed_task(round_num, spec.name, getattr(self.runner, "data_loader", None))
+        started = time.monotonic()
         result = function(
             col_name=self.name, round_num=round_num, input_tensor_dict=inputs, **dict(spec.kwargs)
         )
+        seconds = time.monotonic() - started
         if not isinstance(result, TaskResult):
             raise PlanError(
                 "FX-PLAN-023",
@@ -353,16 +387,32 @@ class Collaborator:
         tensors = dict(result.tensors)
         if self.opt_treatment != "CONTINUE_GLOBAL":
             tensors = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
+        metrics = {k: float(v) for k, v in result.metrics.items()}
+        size = sample_count(
+            result.data_size, f"task runner method {spec.function!r} reported data_size"
+        )
+        if finished is not None and finished.worth_keeping(
+            seconds, sum(int(np.asarray(a).nbytes) for a in tensors.values())
+        ):
+            finished.keep(run, FinishedResult(round_num, spec.name, size, metrics, tensors))
+            failpoints.hit("collaborator_result_kept")
+        return self._outcome(round_num, size, metrics, tensors)
+
+    def _outcome(
+        self,
+        round_num: int,
+        data_size: int,
+        metrics: dict[str, float],
+        tensors: dict[str, np.ndarray],
+    ) -> tuple[int, dict[str, float], dict[str, np.ndarray], set[str]]:
+        """What a result sends: trained tensors are kept for the round's local validation,
+        and sent as deltas when the plan says so."""
         deltas: set[str] = set()
         if tensors:
             self.store.put(round_num, "trained", tensors)
             if self.send_deltas:
                 tensors, deltas = self._deltas(round_num, tensors)
-        metrics = {k: float(v) for k, v in result.metrics.items()}
-        size = sample_count(
-            result.data_size, f"task runner method {spec.function!r} reported data_size"
-        )
-        return size, metrics, tensors, deltas
+        return data_size, metrics, tensors, deltas
 
     def _deltas(
         self, round_num: int, trained: Mapping[str, np.ndarray]

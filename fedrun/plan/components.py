@@ -34,6 +34,7 @@ from fedrun.metrics.records import (
     read_metrics,
 )
 from fedrun.plan.loader import Plan, did_you_mean
+from fedrun.storage.finished_results import FinishedResults
 from fedrun.storage.model_file import open_model_view
 from fedrun.storage.model_store import ModelStore
 from fedrun.storage.sqlite_state import SqliteStateStore, unflatten_rule_states
@@ -619,4 +620,11 @@ def build_collaborator(
         opt_treatment=str(settings.get("opt_treatment") or "RESET"),
         db_store_rounds=int(settings.get("db_store_rounds") or 1),
         rounds_to_train=plan.rounds_to_train,
+        finished=FinishedResults(finished_results_folder(plan, name), plan.hash),
     )
+
+
+def finished_results_folder(plan: Plan, name: str) -> Path:
+    """Where collaborator ``name`` keeps the results of its running round
+    (:mod:`fedrun.storage.finished_results`)."""
+    return plan.workspace / "local_state" / "collaborators" / name

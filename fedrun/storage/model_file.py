@@ -298,11 +298,12 @@ def save_model(
     kind: str = "",
     metrics: Mapping[str, float] | None = None,
     reuse: Path | None = None,
+    durable: bool = True,
 ) -> Path:
     """Write ``tensors`` atomically to ``path`` and return the path (see :class:`AtomicFile`
-    for ``reuse``). An exception raised while a :class:`TensorSequence` produces its tensors
-    leaves no file behind and propagates."""
-    out = AtomicFile(path, reuse)
+    for ``reuse`` and ``durable``). An exception raised while a :class:`TensorSequence`
+    produces its tensors leaves no file behind and propagates."""
+    out = AtomicFile(path, reuse, durable=durable)
     try:
         info = pb.ModelInfo(
             round=round_num,

@@ -252,3 +252,64 @@ def test_reset_state_runs_again_and_keeps_the_finished_runs_models(
         assert (kept / name).read_bytes() == data, name
     assert "were moved to" in nodes.log("aggregator")
     assert load_model(ws / "save" / "last.pbuf").round == 1  # the new run's
+
+
+def test_a_killed_collaborator_sends_the_training_it_finished_when_started_again(
+    tmp_path: Path, nodes: Nodes
+) -> None:
+    # Prepare: the same seeded experiment, uninterrupted and with collaborator1 SIGKILLed in
+    # round 1 after its training result was kept on its disk, before it was sent
+    keep_all = {"FEDRUN_KEEP_RESULTS_AFTER_SECONDS": "0"}
+    reference = LocalFederation(
+        tmp_path / "reference", template="torch/digits", collaborators=2, rounds=2, seed=7
+    )
+    reference.prepare()
+    reference.start()
+    assert set(reference.wait(timeout=300).values()) == {0}
+    expected = load_model(reference.workspace / "save" / "last.pbuf")
+    fed = LocalFederation(
+        tmp_path / "crash",
+        template="torch/digits",
+        collaborators=2,
+        rounds=2,
+        seed=7,
+        plan_set=["network.client_reconnect_interval=0.5"],
+    )
+    fed.prepare()
+    ws = fed.workspace
+    nodes.start("aggregator", ws, "aggregator", "start")
+    first, second = fed.names
+    # kept results of collaborator1: round 0's three tasks, then round 1's validation and train
+    killed = nodes.start(
+        first,
+        ws,
+        "collaborator",
+        "start",
+        "-n",
+        first,
+        env={**keep_all, "FEDRUN_FAILPOINT": "collaborator_result_kept:5"},
+    )
+    nodes.start(second, ws, "collaborator", "start", "-n", second, env=keep_all)
+    assert killed.wait(300) == -signal.SIGKILL, nodes.log(first)[-3000:]
+    kept = ws / "local_state" / "collaborators" / first
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "r1_aggregated_model_validation.json",
+        "r1_train.json",
+        "r1_train.pbuf",
+    ]
+
+    # Execute: started again with the same command
+    nodes.start(first, ws, "collaborator", "start", "-n", first, env=keep_all)
+
+    # Assert: it sent what it had finished, trained nothing again, and the experiment ends
+    # with the uninterrupted run's weights
+    for name in ("aggregator", first, second):
+        assert nodes.wait(name) == 0, nodes.log(name)[-3000:]
+    log = nodes.log(first)
+    assert "round 1: train was finished before this collaborator restarted" in log, log[-3000:]
+    assert "round 1: aggregated_model_validation was finished" not in log  # it was accepted
+    final = load_model(ws / "save" / "last.pbuf")
+    assert final.round == expected.round
+    for name, value in expected.tensors.items():
+        assert np.array_equal(final.tensors[name], value), name
+    assert not kept.exists() or not list(kept.iterdir())  # forgotten once it left
