@@ -47,11 +47,14 @@ def start_aggregator(
     """
     from fedrun.buffers import limit_malloc_arenas
     from fedrun.plan.components import build_aggregator
-    from fedrun.transport.server import AggregatorServer
+    from fedrun.transport.server import AggregatorServer, check_bindable
 
     limit_malloc_arenas()
     note_ignored_settings(plan)
     network = Network.from_plan(plan)
+    # before the state is read (and, with --reset-state, reset) and models are moved: a start
+    # that cannot listen changes nothing
+    check_bindable(network)
     credentials = _server_credentials(plan, network)
     if credentials is not None:
         from fedrun.transport.grpc_log import capture_handshake_failures
@@ -189,6 +192,34 @@ def _say_when_stopped(what: str) -> None:
     signal.signal(signal.SIGTERM, on_signal)
 
 
+#: a collaborator pings this often while it works: it is not taken for gone, and a second
+#: process started under its name is refused within about two of these
+HEARTBEAT_SECONDS = 5.0
+
+
+def _stop_when_refused(client: Any) -> None:
+    """Have the aggregator's refusal heard by the heartbeat (another process works under this
+    collaborator's name...) raised in the main thread at once, interrupting the task it runs:
+    the work would be refused, and it takes a core from the process whose work counts."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # an in-process test's node: the refusal comes with its next call
+    refusals: list[Exception] = []
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        if refusals:
+            raise refusals[0]
+
+    signal.signal(signal.SIGUSR1, on_signal)
+    main = threading.main_thread().ident
+
+    def refused(error: Exception) -> None:
+        refusals.append(error)
+        if main is not None:
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    client.on_refused = refused
+
+
 def run_collaborator(plan: Plan, name: str) -> Any:
     """Build the task runner, connect, and run tasks until the experiment ends."""
     from fedrun.buffers import limit_malloc_arenas
@@ -197,13 +228,9 @@ def run_collaborator(plan: Plan, name: str) -> Any:
     limit_malloc_arenas()
 
     if name not in plan.data_paths:
-        from fedrun.errors import PlanError
+        from fedrun.plan.components import no_data_entry
 
-        raise PlanError(
-            "FX-PLAN-026",
-            f"collaborator {name!r} has no entry in {plan.data_path}",
-            f"run `fx collaborator create -n {name} -d <data path or shard>`",
-        )
+        raise no_data_entry(plan, name)
     _say_when_stopped(f"collaborator {name}")
     runner = build_task_runner(plan, name)
     torch = sys.modules.get("torch")
@@ -229,7 +256,8 @@ def run_collaborator(plan: Plan, name: str) -> Any:
             plan.hash[:12],
         )
         timeout = collaborator_timeout(plan)
-        client.start_heartbeat(min(30.0, timeout / 3))
+        _stop_when_refused(client)
+        client.start_heartbeat(min(HEARTBEAT_SECONDS, timeout / 3))
         collaborator = build_collaborator(plan, name, client, runner)
         collaborator.work()
         log.info(
@@ -246,6 +274,13 @@ def run_collaborator(plan: Plan, name: str) -> Any:
 
 def ping(plan: Plan, name: str) -> dict[str, Any]:
     """One Ping: connectivity, certificates, name authorisation and plan hash."""
+    from fedrun.plan.loader import did_you_mean
+
+    if name not in plan.data_paths and did_you_mean(name, plan.data_paths):
+        # a typo: its missing key would be the error, and its fix to make a new identity
+        from fedrun.plan.components import no_data_entry
+
+        raise no_data_entry(plan, name)
     client = _client(plan, name)
     started = time.monotonic()
     try:

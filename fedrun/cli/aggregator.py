@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +20,9 @@ from fedrun.cli.common import (
     require_workspace,
     setup_logging,
 )
+
+if TYPE_CHECKING:
+    from fedrun.plan.loader import Plan
 
 
 @click.group()
@@ -86,11 +90,27 @@ def start(
             ok(f"models: {' and '.join(models)}")
         exit_now(0)
     console().print(
-        "[yellow]aggregator stopped before the experiment finished[/]; run the same command "
-        "again to resume (persist_checkpoint keeps its progress)"
+        "[yellow]aggregator stopped before the experiment finished[/]; "
+        + resume_hint(loaded, reset_state)
     )
     # the shell's convention, as for any command a signal ends: 130 after Ctrl-C, 143 SIGTERM
     exit_now(128 + int(agg.stopped_by_signal or signal.SIGTERM))
+
+
+def resume_hint(plan: Plan, reset_state: bool) -> str:
+    """How to go on with an experiment whose aggregator stopped before its end (started with
+    ``--reset-state`` or not)."""
+    if not plan.settings("aggregator").get("persist_checkpoint", True):
+        return (
+            "its progress was not saved (aggregator.settings.persist_checkpoint is false): "
+            "the next start begins the experiment again"
+        )
+    if reset_state:
+        return (
+            "run the same command without --reset-state to resume it (with it, the rounds "
+            "finished so far are discarded)"
+        )
+    return "run the same command again to resume it from its last round"
 
 
 @aggregator.command("generate-cert-request")

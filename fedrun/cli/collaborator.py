@@ -104,6 +104,25 @@ def ping(name: str, plan_config: str, cols_config: str | None, data_config: str 
     )
 
 
+def warn_if_mistyped(name: str) -> None:
+    """Say so when ``name`` is not in plan/data.yaml but a name close to it is: a certificate
+    for a typo is a new identity, which the CA would add to the federation."""
+    from fedrun.errors import PlanError
+    from fedrun.plan.loader import did_you_mean, read_data_paths
+
+    data = Path("plan") / "data.yaml"
+    try:
+        names = read_data_paths(data) if data.is_file() else {}
+    except PlanError:
+        return  # a damaged data.yaml is said by the commands that need it
+    hint = did_you_mean(name, names)
+    if name not in names and hint:
+        console().print(
+            f"[yellow]note:[/] {name!r} has no entry in {data}{hint}: this request is for a new "
+            "collaborator of that name"
+        )
+
+
 @collaborator.command("generate-cert-request")
 @name_option
 @click.option("-s", "--silent", is_flag=True, help="do not print the CSR hash")
@@ -126,6 +145,7 @@ def generate_cert_request(
     )
 
     require_workspace(f"the key of {name!r}")
+    warn_if_mistyped(name)
     paths = collaborator_paths(Path("cert"), name)
     if not force:
         refuse_to_replace_certified_key(name, paths.key, paths.crt)

@@ -61,13 +61,37 @@ def initialize(
             "the model is built by the task runner, which knows its input shape"
         )
 
+    ran_before = _experiment_in_save(plan_config, cols_config, data_config)
     loaded, target = initialize_plan(
         plan_config, cols_config, data_config, agg_addr=agg_addr, init_model=init_model
     )
     ok(f"initial model written to {target}")
+    if ran_before is not None:
+        console().print(
+            f"[yellow]note:[/] the experiment already in {ran_before.parent} ({ran_before.name}) "
+            f"started from the {target.name} this replaced, as do workspace archives exported "
+            "before: export the workspace again before you send it"
+        )
     console(stderr=False).print(
         f"  aggregator address {loaded.agg_addr}:{loaded.agg_port}, plan hash {loaded.hash[:16]}"
     )
+
+
+def _experiment_in_save(
+    plan_config: str, cols_config: str | None, data_config: str | None
+) -> Path | None:
+    """The model an experiment of this workspace saved (last.pbuf), if any, while its initial
+    model is still there: `fx plan initialize` is about to replace what it started from."""
+    from fedrun.errors import FedrunError
+    from fedrun.plan.loader import Plan
+
+    try:
+        settings = (plan := Plan.load(plan_config, cols_config, data_config)).settings("aggregator")
+        init = plan.resolve_path(settings["init_state_path"])
+        last = plan.resolve_path(settings["last_state_path"])
+    except (FedrunError, KeyError, OSError):
+        return None  # initialize says what is wrong with the plan
+    return last if init.is_file() and last.is_file() else None
 
 
 @plan.command()

@@ -74,6 +74,8 @@ WAITING_REMINDER_SECONDS = 600.0
 
 #: metrics a round's log line lists (all of them are in metrics.jsonl)
 METRICS_PER_LOG_LINE = 24
+#: a collaborator's `fx collaborator ping` is logged at most this often
+PROBE_LINE_SECONDS = 60.0
 #: how long a collaborator asking to resume an upload still open here waits for that upload's
 #: stream to end and keep what arrived
 SETTLE_SECONDS = 5.0
@@ -175,6 +177,8 @@ class Aggregator:
         #: uploads that broke off, by (collaborator, task): their whole tensors, kept for the
         #: collaborator process that sent them to resume until the round ends
         self._suspended: dict[tuple[str, str], ResultUpload] = {}
+        #: when each collaborator's `fx collaborator ping` was last logged
+        self._probes_said: dict[str, float] = {}
         #: (collaborator, task) pairs already warned about a result lacking model tensors
         self._partial_warned: set[tuple[str, str]] = set()
         self.best_model_mode = best_model_mode
@@ -378,6 +382,20 @@ class Aggregator:
             elif collaborator in self.reported_gone:
                 self.reported_gone.discard(collaborator)
                 log.info("collaborator %s is back", collaborator)
+
+    def probed(self, collaborator: str) -> None:
+        """``collaborator`` checked its connection (`fx collaborator ping`): said, at most once
+        a minute per collaborator, but it has not joined (it may never start)."""
+        now = self.clock()
+        with self._lock:
+            said = self._probes_said.get(collaborator)
+            if said is not None and now - said < PROBE_LINE_SECONDS:
+                return
+            self._probes_said[collaborator] = now
+        log.info(
+            "collaborator %s checked its connection to this aggregator (fx collaborator ping)",
+            collaborator,
+        )
 
     # ------------------------------------------------------------------ tasks (long poll)
     def get_tasks(self, collaborator: str, wait: float = 0.0) -> TaskAssignment:

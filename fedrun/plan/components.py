@@ -505,11 +505,7 @@ def build_data_loader(plan: Plan, collaborator: str | None) -> Any:
     data_path = None
     if collaborator is not None:
         if collaborator not in plan.data_paths:
-            raise PlanError(
-                "FX-PLAN-026",
-                f"collaborator {collaborator!r} has no entry in {plan.data_path}",
-                f"run `fx collaborator create -n {collaborator} -d <data path or shard>`",
-            )
+            raise no_data_entry(plan, collaborator)
         data_path = plan.data_paths[collaborator]
     return plan.build("data_loader", data_path=data_path)
 
@@ -597,16 +593,26 @@ def check_task_kwargs(plan: Plan, runner: Any) -> None:
         log.warning("%s", warning)
 
 
+def no_data_entry(plan: Plan, name: str) -> PlanError:
+    """FX-PLAN-026: collaborator ``name`` has no line in data.yaml: a collaborator not created
+    yet, or a name mistyped (a close one is named)."""
+    hint = did_you_mean(name, plan.data_paths)
+    create = f"`fx collaborator create -n {name} -d <data path or shard>`"
+    return PlanError(
+        "FX-PLAN-026",
+        f"collaborator {name!r} has no entry in {plan.data_path}{hint}",
+        f"check the name given with -n; to add {name!r} as a new collaborator, run {create}"
+        if hint
+        else f"run {create}",
+    )
+
+
 def build_collaborator(
     plan: Plan, name: str, connection: AggregatorConnection, runner: Any = None
 ) -> Collaborator:
     """The collaborator core for ``name``, talking through ``connection``."""
     if name not in plan.data_paths:
-        raise PlanError(
-            "FX-PLAN-026",
-            f"collaborator {name!r} has no entry in {plan.data_path}",
-            f"run `fx collaborator create -n {name} -d <data path or shard>`",
-        )
+        raise no_data_entry(plan, name)
     runner = runner if runner is not None else build_task_runner(plan, name)
     check_task_kwargs(plan, runner)
     settings = plan.settings("collaborator")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fedrun/protocol/federation.proto\x12\tfedrun.v1\"Y\n\x06Header\x12\x14\n\x0c\x63ollaborator\x18\x01 \x01(\t\x12\x15\n\rfederation_id\x18\x02 \x01(\t\x12\x11\n\tplan_hash\x18\x03 \x01(\t\x12\x0f\n\x07process\x18\x04 \x01(\t\"0\n\x0bPingRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.fedrun.v1.Header\"\x99\x01\n\x0cPingResponse\x12\x12\n\naggregator\x18\x01 \x01(\t\x12\x15\n\rfederation_id\x18\x02 \x01(\t\x12\x11\n\tplan_hash\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x05\x12\x17\n\x0frounds_to_train\x18\x05 \x01(\x05\x12\x12\n\nauthorized\x18\x06 \x01(\x08\x12\x0f\n\x07message\x18\x07 \x01(\t\"E\n\x0fGetTasksRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.fedrun.v1.Header\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"s\n\x10GetTasksResponse\x12\r\n\x05round\x18\x01 \x01(\x05\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\x0c\n\x04quit\x18\x03 \x01(\x08\x12\x18\n\x10\x66inal_validation\x18\x04 \x01(\x08\x12\x0c\n\x04last\x18\x05 \x01(\x08\x12\x0b\n\x03run\x18\x06 \x01(\t\"b\n\x11GetTensorsRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.fedrun.v1.Header\x12\r\n\x05round\x18\x02 \x01(\x05\x12\r\n\x05names\x18\x03 \x03(\t\x12\x0c\n\x04held\x18\x04 \x03(\t\"\x89\x01\n\x0cTensorHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x04\x12\x10\n\x08\x65ncoding\x18\x05 \x01(\t\x12\x15\n\rencoding_meta\x18\x06 \x01(\x0c\x12\r\n\x05\x64\x65lta\x18\x07 \x01(\x08\"\xb3\x01\n\x0bTensorFrame\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedrun.v1.TensorHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12)\n\x06result\x18\x03 \x01(\x0b\x32\x17.fedrun.v1.ResultHeaderH\x00\x12%\n\x05model\x18\x04 \x01(\x0b\x32\x14.fedrun.v1.ModelInfoH\x00\x12\x0f\n\x05\x62\x61tch\x18\x05 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"\xb5\x01\n\tModelInfo\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x11\n\tplan_hash\x18\x02 \x01(\t\x12\x14\n\x0ctensor_count\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x32\n\x07metrics\x18\x05 \x03(\x0b\x32!.fedrun.v1.ModelInfo.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf9\x01\n\x0cResultHeader\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.fedrun.v1.Header\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x11\n\tdata_size\x18\x04 \x01(\x04\x12\x35\n\x07metrics\x18\x05 \x03(\x0b\x32$.fedrun.v1.ResultHeader.MetricsEntry\x12\x14\n\x0ctensor_count\x18\x06 \x01(\r\x12\x0b\n\x03run\x18\x07 \x01(\t\x12\x0c\n\x04held\x18\x08 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"W\n\x15ResultProgressRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.fedrun.v1.Header\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x0c\n\x04task\x18\x03 \x01(\t\"2\n\x0eResultProgress\x12\x0c\n\x04held\x18\x01 \x03(\t\x12\x12\n\nheld_bytes\x18\x02 \x01(\x04\":\n\x15SubmitResultsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xef\x02\n\nFederation\x12\x37\n\x04Ping\x12\x16.fedrun.v1.PingRequest\x1a\x17.fedrun.v1.PingResponse\x12\x43\n\x08GetTasks\x12\x1a.fedrun.v1.GetTasksRequest\x1a\x1b.fedrun.v1.GetTasksResponse\x12\x44\n\nGetTensors\x12\x1c.fedrun.v1.GetTensorsRequest\x1a\x16.fedrun.v1.TensorFrame0\x01\x12K\n\rSubmitResults\x12\x16.fedrun.v1.TensorFrame\x1a .fedrun.v1.SubmitResultsResponse(\x01\x12P\n\x11GetResultProgress\x12 .fedrun.v1.ResultProgressRequest\x1a\x19.fedrun.v1.ResultProgressb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fedrun/protocol/federation.proto\x12\tfedrun.v1\"Y\n\x06Header\x12\x14\n\x0c\x63ollaborator\x18\x01 \x01(\t\x12\x15\n\rfederation_id\x18\x02 \x01(\t\x12\x11\n\tplan_hash\x18\x03 \x01(\t\x12\x0f\n\x07process\x18\x04 \x01(\t\"?\n\x0bPingRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.fedrun.v1.Header\x12\r\n\x05probe\x18\x02 \x01(\x08\"\x99\x01\n\x0cPingResponse\x12\x12\n\naggregator\x18\x01 \x01(\t\x12\x15\n\rfederation_id\x18\x02 \x01(\t\x12\x11\n\tplan_hash\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\x05\x12\x17\n\x0frounds_to_train\x18\x05 \x01(\x05\x12\x12\n\nauthorized\x18\x06 \x01(\x08\x12\x0f\n\x07message\x18\x07 \x01(\t\"E\n\x0fGetTasksRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.fedrun.v1.Header\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"s\n\x10GetTasksResponse\x12\r\n\x05round\x18\x01 \x01(\x05\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\x0c\n\x04quit\x18\x03 \x01(\x08\x12\x18\n\x10\x66inal_validation\x18\x04 \x01(\x08\x12\x0c\n\x04last\x18\x05 \x01(\x08\x12\x0b\n\x03run\x18\x06 \x01(\t\"b\n\x11GetTensorsRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.fedrun.v1.Header\x12\r\n\x05round\x18\x02 \x01(\x05\x12\r\n\x05names\x18\x03 \x03(\t\x12\x0c\n\x04held\x18\x04 \x03(\t\"\x89\x01\n\x0cTensorHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x04\x12\x10\n\x08\x65ncoding\x18\x05 \x01(\t\x12\x15\n\rencoding_meta\x18\x06 \x01(\x0c\x12\r\n\x05\x64\x65lta\x18\x07 \x01(\x08\"\xb3\x01\n\x0bTensorFrame\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedrun.v1.TensorHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12)\n\x06result\x18\x03 \x01(\x0b\x32\x17.fedrun.v1.ResultHeaderH\x00\x12%\n\x05model\x18\x04 \x01(\x0b\x32\x14.fedrun.v1.ModelInfoH\x00\x12\x0f\n\x05\x62\x61tch\x18\x05 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"\xb5\x01\n\tModelInfo\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x11\n\tplan_hash\x18\x02 \x01(\t\x12\x14\n\x0ctensor_count\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x32\n\x07metrics\x18\x05 \x03(\x0b\x32!.fedrun.v1.ModelInfo.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf9\x01\n\x0cResultHeader\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.fedrun.v1.Header\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x11\n\tdata_size\x18\x04 \x01(\x04\x12\x35\n\x07metrics\x18\x05 \x03(\x0b\x32$.fedrun.v1.ResultHeader.MetricsEntry\x12\x14\n\x0ctensor_count\x18\x06 \x01(\r\x12\x0b\n\x03run\x18\x07 \x01(\t\x12\x0c\n\x04held\x18\x08 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"W\n\x15ResultProgressRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.fedrun.v1.Header\x12\r\n\x05round\x18\x02 \x01(\x05\x12\x0c\n\x04task\x18\x03 \x01(\t\"2\n\x0eResultProgress\x12\x0c\n\x04held\x18\x01 \x03(\t\x12\x12\n\nheld_bytes\x18\x02 \x01(\x04\":\n\x15SubmitResultsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xef\x02\n\nFederation\x12\x37\n\x04Ping\x12\x16.fedrun.v1.PingRequest\x1a\x17.fedrun.v1.PingResponse\x12\x43\n\x08GetTasks\x12\x1a.fedrun.v1.GetTasksRequest\x1a\x1b.fedrun.v1.GetTasksResponse\x12\x44\n\nGetTensors\x12\x1c.fedrun.v1.GetTensorsRequest\x1a\x16.fedrun.v1.TensorFrame0\x01\x12K\n\rSubmitResults\x12\x16.fedrun.v1.TensorFrame\x1a .fedrun.v1.SubmitResultsResponse(\x01\x12P\n\x11GetResultProgress\x12 .fedrun.v1.ResultProgressRequest\x1a\x19.fedrun.v1.ResultProgressb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,33 +38,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEADER']._serialized_start=47
   _globals['_HEADER']._serialized_end=136
   _globals['_PINGREQUEST']._serialized_start=138
-  _globals['_PINGREQUEST']._serialized_end=186
-  _globals['_PINGRESPONSE']._serialized_start=189
-  _globals['_PINGRESPONSE']._serialized_end=342
-  _globals['_GETTASKSREQUEST']._serialized_start=344
-  _globals['_GETTASKSREQUEST']._serialized_end=413
-  _globals['_GETTASKSRESPONSE']._serialized_start=415
-  _globals['_GETTASKSRESPONSE']._serialized_end=530
-  _globals['_GETTENSORSREQUEST']._serialized_start=532
-  _globals['_GETTENSORSREQUEST']._serialized_end=630
-  _globals['_TENSORHEADER']._serialized_start=633
-  _globals['_TENSORHEADER']._serialized_end=770
-  _globals['_TENSORFRAME']._serialized_start=773
-  _globals['_TENSORFRAME']._serialized_end=952
-  _globals['_MODELINFO']._serialized_start=955
-  _globals['_MODELINFO']._serialized_end=1136
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1090
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1136
-  _globals['_RESULTHEADER']._serialized_start=1139
-  _globals['_RESULTHEADER']._serialized_end=1388
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=1090
-  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1136
-  _globals['_RESULTPROGRESSREQUEST']._serialized_start=1390
-  _globals['_RESULTPROGRESSREQUEST']._serialized_end=1477
-  _globals['_RESULTPROGRESS']._serialized_start=1479
-  _globals['_RESULTPROGRESS']._serialized_end=1529
-  _globals['_SUBMITRESULTSRESPONSE']._serialized_start=1531
-  _globals['_SUBMITRESULTSRESPONSE']._serialized_end=1589
-  _globals['_FEDERATION']._serialized_start=1592
-  _globals['_FEDERATION']._serialized_end=1959
+  _globals['_PINGREQUEST']._serialized_end=201
+  _globals['_PINGRESPONSE']._serialized_start=204
+  _globals['_PINGRESPONSE']._serialized_end=357
+  _globals['_GETTASKSREQUEST']._serialized_start=359
+  _globals['_GETTASKSREQUEST']._serialized_end=428
+  _globals['_GETTASKSRESPONSE']._serialized_start=430
+  _globals['_GETTASKSRESPONSE']._serialized_end=545
+  _globals['_GETTENSORSREQUEST']._serialized_start=547
+  _globals['_GETTENSORSREQUEST']._serialized_end=645
+  _globals['_TENSORHEADER']._serialized_start=648
+  _globals['_TENSORHEADER']._serialized_end=785
+  _globals['_TENSORFRAME']._serialized_start=788
+  _globals['_TENSORFRAME']._serialized_end=967
+  _globals['_MODELINFO']._serialized_start=970
+  _globals['_MODELINFO']._serialized_end=1151
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1105
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1151
+  _globals['_RESULTHEADER']._serialized_start=1154
+  _globals['_RESULTHEADER']._serialized_end=1403
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_start=1105
+  _globals['_RESULTHEADER_METRICSENTRY']._serialized_end=1151
+  _globals['_RESULTPROGRESSREQUEST']._serialized_start=1405
+  _globals['_RESULTPROGRESSREQUEST']._serialized_end=1492
+  _globals['_RESULTPROGRESS']._serialized_start=1494
+  _globals['_RESULTPROGRESS']._serialized_end=1544
+  _globals['_SUBMITRESULTSRESPONSE']._serialized_start=1546
+  _globals['_SUBMITRESULTSRESPONSE']._serialized_end=1604
+  _globals['_FEDERATION']._serialized_start=1607
+  _globals['_FEDERATION']._serialized_end=1974
 # @@protoc_insertion_point(module_scope)

@@ -19,10 +19,12 @@ class Header(_message.Message):
     def __init__(self, collaborator: _Optional[str] = ..., federation_id: _Optional[str] = ..., plan_hash: _Optional[str] = ..., process: _Optional[str] = ...) -> None: ...
 
 class PingRequest(_message.Message):
-    __slots__ = ("header",)
+    __slots__ = ("header", "probe")
     HEADER_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
     header: Header
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ...) -> None: ...
+    probe: bool
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., probe: _Optional[bool] = ...) -> None: ...
 
 class PingResponse(_message.Message):
     __slots__ = ("aggregator", "federation_id", "plan_hash", "round", "rounds_to_train", "authorized", "message")

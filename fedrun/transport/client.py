@@ -64,6 +64,8 @@ _RETRYABLE = {
     grpc.StatusCode.CANCELLED,
 }
 _TLS_HINTS = ("ssl", "certificate", "handshake", "tls", "x509")
+#: what the aggregator answers a caller it refuses (who it is, which process, which plan)
+_REFUSALS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
 def _closed_during_handshake(error: grpc.RpcError) -> bool:
@@ -256,6 +258,9 @@ class AggregatorClient:
         self.run = ""
         self.bytes_received = 0
         self._heartbeat: threading.Thread | None = None
+        #: called (from the heartbeat's thread) with the error when the aggregator refuses this
+        #: collaborator while it works between calls
+        self.on_refused: Callable[[Exception], None] | None = None
         self._heartbeat_stop = threading.Event()
         self._was_down = False
         #: the aggregator answered a call of this client once: later failures are outages
@@ -306,11 +311,17 @@ class AggregatorClient:
 
         def beat() -> None:
             while not self._heartbeat_stop.wait(interval):
-                # failures are not ours to report: the task loop sees real connection problems
-                with contextlib.suppress(grpc.RpcError):
+                try:
                     self.stub.Ping(
                         pb.PingRequest(header=self.header), timeout=UNARY_DEADLINE_SECONDS
                     )
+                except grpc.RpcError as error:
+                    # outages are not ours to report (the task loop sees them); a refusal is:
+                    # the aggregator will refuse this process's work (another process works
+                    # under its name...), so it must stop now, not after the task it runs
+                    if error.code() in _REFUSALS and self.on_refused is not None:
+                        self.on_refused(classify_rpc_error(error, self.target))
+                        return
 
         self._heartbeat = threading.Thread(target=beat, name="fedrun-heartbeat", daemon=True)
         self._heartbeat.start()
@@ -403,10 +414,11 @@ class AggregatorClient:
 
     # ------------------------------------------------------------------ calls
     def ping(self) -> pb.PingResponse:
-        """One Ping, no retries: for `fx collaborator ping`."""
+        """One Ping, no retries: for `fx collaborator ping` (the aggregator does not take it
+        for the collaborator joining)."""
         try:
             return self.stub.Ping(
-                pb.PingRequest(header=self.header), timeout=UNARY_DEADLINE_SECONDS
+                pb.PingRequest(header=self.header, probe=True), timeout=UNARY_DEADLINE_SECONDS
             )
         except grpc.RpcError as error:
             fedrun_error = classify_rpc_error(error, self.target)

@@ -297,7 +297,10 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.PingResponse:
         request, cn = self._request(requests, context)
         name = self._authenticate(request.header, context, cn)
-        self.aggregator.touch(name)
+        if request.probe:
+            self.aggregator.probed(name)
+        else:
+            self.aggregator.touch(name)
         agg = self.aggregator
         return pb.PingResponse(
             aggregator=self.name,
@@ -602,6 +605,17 @@ _BIND_ERRORS = {
 }
 
 
+def check_bindable(network: Network) -> None:
+    """Raise FX-NET-001 when the aggregator could not listen where the plan says (a port in
+    use, an address not of this host): checked before anything is read or changed."""
+    problem = bind_problem(network.listen_addr, network.agg_port)
+    if problem:
+        reason, fix = problem
+        raise ConnectionFailure(
+            "FX-NET-001", f"cannot listen on {network.bind_target}: {reason}", fix
+        )
+
+
 def bind_problem(host: str, port: int) -> tuple[str, str] | None:
     """Why gRPC could not listen on ``host:port``, and the fix; None if it can.
 
@@ -673,10 +687,7 @@ class AggregatorServer:
         )
         register_servicer(self.servicer, self.server)
         target = network.bind_target
-        problem = bind_problem(network.listen_addr, network.agg_port)
-        if problem:
-            reason, fix = problem
-            raise ConnectionFailure("FX-NET-001", f"cannot listen on {target}: {reason}", fix)
+        check_bindable(network)
         try:
             if credentials is None:
                 self.port = self.server.add_insecure_port(target)

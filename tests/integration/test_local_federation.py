@@ -170,18 +170,23 @@ def test_commands_that_train_nothing_import_no_ml_framework(tmp_path: Path) -> N
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+def test_port_in_use_is_a_clear_error_and_changes_nothing(tmp_path: Path) -> None:
+    # an earlier experiment's model is in save/: --reset-state would move it aside, but a start
+    # that cannot listen must leave the workspace as it was
     ws = _workspace(tmp_path, ["one"])
+    (ws / "save" / "last.pbuf").write_bytes(b"an earlier experiment's model")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         set_plan(ws, agg_port=sock.getsockname()[1])
-        proc = fx(ws, "aggregator", "start", check=False, timeout=60)
+        proc = fx(ws, "aggregator", "start", "--reset-state", check=False, timeout=60)
     assert proc.returncode == 5
     assert "FX-NET-001" in proc.stderr and "is in use by another process" in proc.stderr
     assert "Failed to" not in proc.stderr  # named by fedrun before gRPC's C core tries
     assert "Traceback" not in proc.stderr + proc.stdout
+    assert (ws / "save" / "last.pbuf").read_bytes() == b"an earlier experiment's model"
+    assert not list((ws / "save").glob("previous-*"))
 
 
 def test_fx_simulate_seed_gives_identical_final_weights(tmp_path: Path) -> None:

@@ -100,5 +100,5 @@ def test_seed_plan_verbatim_on_real_mnist_over_mutual_tls(tmp_path: Path, mnist_
     assert "mutual TLS" in (run / "logs" / "aggregator.log").read_text()
     records = list(read_metrics(run / "logs" / "metrics.jsonl"))
     final = [r.value for r in records if r.origin == "aggregator" and r.round == 2]
-    assert final and final[0] >= 0.97, final  # README: 0.9749 with --seed 1
+    assert final and final[0] >= 0.97, final  # README: 0.9733 with --seed 1
     assert load_model(run / "save" / "last.pbuf").round == 2

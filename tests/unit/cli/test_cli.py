@@ -515,3 +515,62 @@ def test_simulate_with_an_unknown_template_says_only_that(runner, tmp_path, monk
     assert_clean_failure(result, 3, "FX-WS-001")
     assert "preparing" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------- fx aggregator start
+@pytest.mark.parametrize(
+    ("persist", "reset", "expected"),
+    [
+        (True, False, "run the same command again to resume it from its last round"),
+        (True, True, "run the same command without --reset-state to resume it"),
+        (False, False, "its progress was not saved"),
+    ],
+)
+def test_a_stopped_aggregator_says_how_to_resume(workspace, persist, reset, expected):
+    # "run the same command again" after `fx aggregator start --reset-state` started over and
+    # discarded the finished rounds
+    from fedrun.cli.aggregator import resume_hint
+
+    _edit(workspace, lambda c: c["aggregator"]["settings"].update(persist_checkpoint=persist))
+
+    hint = resume_hint(Plan.load(workspace / "plan" / "plan.yaml"), reset)
+
+    assert expected in hint
+
+
+# ---------------------------------------------------------------------- a mistyped name
+@pytest.mark.parametrize("command", ["start", "ping"])
+def test_a_mistyped_collaborator_name_is_named_with_the_close_one(runner, workspace, command):
+    # the fixes once led to a new identity: "create it", "generate its key"
+    runner.invoke(cli, ["collaborator", "create", "-n", "hospital_a", "-d", "1"])
+
+    result = runner.invoke(cli, ["collaborator", command, "-n", "hospitl_a"])
+
+    assert_clean_failure(result, 2, "FX-PLAN-026")
+    assert "(did you mean 'hospital_a'?)" in result.output
+    assert "check the name given with -n" in result.output
+
+
+def test_a_cert_request_for_a_mistyped_name_says_so(runner, workspace):
+    runner.invoke(cli, ["collaborator", "create", "-n", "hospital_a", "-d", "1"])
+
+    result = runner.invoke(cli, ["collaborator", "generate-cert-request", "-n", "hospitl_a"])
+
+    assert result.exit_code == 0, result.output
+    assert "'hospitl_a' has no entry in plan/data.yaml (did you mean 'hospital_a'?)" in (
+        " ".join(result.output.split())
+    )
+
+
+def test_initializing_again_after_an_experiment_says_what_it_replaced(runner, workspace):
+    first = runner.invoke(cli, ["plan", "initialize", "-a", "localhost"])
+    (workspace / "save" / "last.pbuf").write_bytes(b"an experiment's model")
+
+    again = runner.invoke(cli, ["plan", "initialize", "-a", "localhost"])
+
+    assert first.exit_code == again.exit_code == 0, again.output
+    assert "note:" not in first.output
+    said = " ".join(again.output.split())
+    assert (
+        "the experiment already in" in said and "started from the init.pbuf this replaced" in said
+    )
