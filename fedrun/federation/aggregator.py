@@ -174,8 +174,8 @@ class Aggregator:
         self._best_metric_warned = False
         #: results being received, by (collaborator, task): watched for stalls by tick()
         self._uploads: dict[tuple[str, str], ResultUpload] = {}
-        #: uploads that broke off, by (collaborator, task): their whole tensors, kept for the
-        #: collaborator process that sent them to resume until the round ends
+        #: uploads that broke off, by (collaborator, task): their whole tensors, kept for an
+        #: upload of the same result to resume until the round ends
         self._suspended: dict[tuple[str, str], ResultUpload] = {}
         #: when each collaborator's `fx collaborator ping` was last logged
         self._probes_said: dict[str, float] = {}
@@ -459,13 +459,13 @@ class Aggregator:
         tensor_count: int,
         run: str = "",
         *,
-        process: str = "",
+        result_id: str = "",
         held: Collection[str] = (),
     ) -> ResultUpload:
         """Start receiving one task result; checks it belongs to this run and the current round
         (``run`` empty: sent by a client that does not say, accepted as before). With ``held``
-        the upload resumes one of the same ``process`` that broke off (:meth:`result_progress`
-        said which tensors it kept)."""
+        the upload resumes one of the same result (``result_id``) that broke off
+        (:meth:`result_progress` said which tensors it kept)."""
         with self._lock:
             self.touch(collaborator)
             state = self.round
@@ -546,7 +546,7 @@ class Aggregator:
             if held:
                 resumable = (
                     kept is not None
-                    and kept.process == process
+                    and kept.result_id == result_id
                     and kept.round == state.number
                     and kept.data_size == data_size
                     and kept.metrics == dict(metrics)
@@ -589,16 +589,16 @@ class Aggregator:
                 int(data_size),
                 dict(metrics),
                 tensor_count,
-                process,
+                result_id,
             )
             self._uploads[key] = upload
         return upload
 
     def result_progress(
-        self, collaborator: str, process: str, round_num: int, task: str
+        self, collaborator: str, result_id: str, round_num: int, task: str
     ) -> tuple[list[str], int]:
-        """The tensors (and their bytes) kept of ``process``'s result for ``task`` whose upload
-        broke off, which it need not send again; none when nothing was kept. An upload of it
+        """The tensors (and their bytes) kept of result ``result_id`` for ``task`` whose upload
+        broke off, which need not be sent again; none when nothing was kept. An upload of it
         still open here (its break not noticed yet: the collaborator gave up on it) is ended
         first, keeping what arrived whole."""
         key = (collaborator, task)
@@ -607,12 +607,17 @@ class Aggregator:
             if self.done or round_num != self.round.number:
                 return [], 0
             open_upload = self._uploads.get(key)
-            if open_upload is not None and open_upload.process == process:
+            if open_upload is not None and result_id and open_upload.result_id == result_id:
                 self._forget_upload(open_upload)
                 open_upload.drop("the collaborator resumes it", keep=True)
                 self._changed.wait_for(lambda: open_upload.settled, timeout=SETTLE_SECONDS)
             kept = self._suspended.get(key)
-            if kept is None or kept.process != process or kept.round != round_num:
+            if (
+                kept is None
+                or not result_id
+                or kept.result_id != result_id
+                or kept.round != round_num
+            ):
                 return [], 0
             return sorted(kept.names), kept.nbytes
 

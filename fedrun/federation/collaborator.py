@@ -8,6 +8,7 @@ It never imports an ML framework or the network stack: both come in through smal
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
@@ -73,8 +74,10 @@ class AggregatorConnection(Protocol):
         metrics: Mapping[str, float],
         tensors: Mapping[str, np.ndarray],
         deltas: Collection[str],
+        result_id: str = "",
     ) -> int:
-        """Send one result (``deltas`` names the tensors sent as trained - global);
+        """Send one result (``deltas`` names the tensors sent as trained - global; ``result_id``
+        names a result kept on disk, whose upload by an earlier process may be resumed);
         returns the payload bytes sent."""
         ...
 
@@ -329,19 +332,21 @@ class Collaborator:
     def do_task(self, spec: TaskSpec, round_num: int, run: str = "") -> int:
         """Run one task (of experiment run ``run``) and send its result; returns payload bytes
         sent (the time sending took is :attr:`send_seconds`)."""
-        data_size, metrics, tensors, deltas = self._result(spec, round_num, run)
+        data_size, metrics, tensors, deltas, result_id = self._result(spec, round_num, run)
         started = time.monotonic()
         try:
-            return self.connection.submit(round_num, spec.name, data_size, metrics, tensors, deltas)
+            return self.connection.submit(
+                round_num, spec.name, data_size, metrics, tensors, deltas, result_id
+            )
         finally:
             self.send_seconds = time.monotonic() - started
 
     def _result(
         self, spec: TaskSpec, round_num: int, run: str = ""
-    ) -> tuple[int, dict[str, float], dict[str, np.ndarray], set[str]]:
-        """Run one task: what its result sends (data size, metrics, tensors, delta names).
-        A result kept from before this collaborator restarted is sent instead of computing it
-        again."""
+    ) -> tuple[int, dict[str, float], dict[str, np.ndarray], set[str], str]:
+        """Run one task: what its result sends (data size, metrics, tensors, delta names, and
+        the id of a result kept on disk). A result kept from before this collaborator
+        restarted is sent instead of computing it again."""
         # results are kept only when the aggregator names its run (an older one does not)
         finished = self.finished if run else None
         kept = finished.find(run, round_num, spec.name) if finished is not None else None
@@ -352,7 +357,10 @@ class Collaborator:
                 round_num,
                 spec.name,
             )
-            return self._outcome(round_num, kept.data_size, kept.metrics, kept.tensors)
+            return (
+                *self._outcome(round_num, kept.data_size, kept.metrics, kept.tensors),
+                kept.result_id,
+            )
         function = getattr(self.runner, spec.function)
         if spec.uses_local_model:
             inputs = self.store.get(round_num, "trained")
@@ -368,7 +376,7 @@ class Collaborator:
                     round_num,
                     spec.name,
                 )
-                return 0, {}, {}, set()
+                return 0, {}, {}, set(), ""
         else:
             inputs = self._global_model(round_num)
         seed_task(round_num, spec.name, getattr(self.runner, "data_loader", None))
@@ -391,12 +399,16 @@ class Collaborator:
         size = sample_count(
             result.data_size, f"task runner method {spec.function!r} reported data_size"
         )
+        result_id = ""
         if finished is not None and finished.worth_keeping(
             seconds, sum(int(np.asarray(a).nbytes) for a in tensors.values())
         ):
-            finished.keep(run, FinishedResult(round_num, spec.name, size, metrics, tensors))
+            result_id = secrets.token_hex(8)
+            finished.keep(
+                run, FinishedResult(round_num, spec.name, size, metrics, tensors, result_id)
+            )
             failpoints.hit("collaborator_result_kept")
-        return self._outcome(round_num, size, metrics, tensors)
+        return (*self._outcome(round_num, size, metrics, tensors), result_id)
 
     def _outcome(
         self,

@@ -2,8 +2,8 @@
 as its header comes, its payload spooled slice by slice, and the whole result made durable and
 recorded only when every tensor it announced has arrived (or dropped with nothing counted).
 
-An upload whose stream breaks off keeps the tensors that arrived whole (suspended), until the
-collaborator process that sent it resumes it with the rest or its round ends."""
+An upload whose stream breaks off keeps the tensors that arrived whole (suspended), until an
+upload of the same result (its ``result_id``) resumes it with the rest or its round ends."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class ResultUpload:
         data_size: int,
         metrics: dict[str, float],
         tensor_count: int,
-        process: str = "",
+        result_id: str = "",
     ) -> None:
         self.aggregator = aggregator
         self.round = round_num
@@ -78,9 +78,9 @@ class ResultUpload:
         self.data_size = data_size
         self.metrics = metrics
         self.tensor_count = tensor_count
-        #: the collaborator process sending it (PingRequest.header.process): only that process
-        #: can resume it, a restarted one trains anew
-        self.process = process
+        #: which result this is (ResultHeader.result_id): only an upload of the same one, from
+        #: the process that computed it or one that kept it on disk, can resume it
+        self.result_id = result_id
         self.names: set[str] = set()
         self.nbytes = 0
         self.raw_bytes = 0
@@ -161,7 +161,7 @@ class ResultUpload:
 
     def suspend(self) -> bool:
         """The stream broke off (or was dropped with ``keep``): keep the tensors that arrived
-        whole, so the collaborator process that sent them resumes the upload with the rest
+        whole, so that an upload of the same result resumes it with the rest
         (True); abort as :meth:`abort` does when none did, the drop keeps nothing, or the
         round has moved on (False). Called by the thread that received the stream."""
         if self._closed or self.suspended:
@@ -170,7 +170,7 @@ class ResultUpload:
         if (
             writer is None
             or not self.names
-            or not self.process
+            or not self.result_id
             or (self.dropped and not self.drop_keeps)
         ):
             self.abort()

@@ -134,7 +134,7 @@ class ModelInfo(_message.Message):
     def __init__(self, round: _Optional[int] = ..., plan_hash: _Optional[str] = ..., tensor_count: _Optional[int] = ..., kind: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("header", "round", "task", "data_size", "metrics", "tensor_count", "run", "held")
+    __slots__ = ("header", "round", "task", "data_size", "metrics", "tensor_count", "run", "held", "result_id")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +150,7 @@ class ResultHeader(_message.Message):
     TENSOR_COUNT_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     header: Header
     round: int
     task: str
@@ -158,17 +159,20 @@ class ResultHeader(_message.Message):
     tensor_count: int
     run: str
     held: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., task: _Optional[str] = ..., data_size: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensor_count: _Optional[int] = ..., run: _Optional[str] = ..., held: _Optional[_Iterable[str]] = ...) -> None: ...
+    result_id: str
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., task: _Optional[str] = ..., data_size: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensor_count: _Optional[int] = ..., run: _Optional[str] = ..., held: _Optional[_Iterable[str]] = ..., result_id: _Optional[str] = ...) -> None: ...
 
 class ResultProgressRequest(_message.Message):
-    __slots__ = ("header", "round", "task")
+    __slots__ = ("header", "round", "task", "result_id")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ID_FIELD_NUMBER: _ClassVar[int]
     header: Header
     round: int
     task: str
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., task: _Optional[str] = ...) -> None: ...
+    result_id: str
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., round: _Optional[int] = ..., task: _Optional[str] = ..., result_id: _Optional[str] = ...) -> None: ...
 
 class ResultProgress(_message.Message):
     __slots__ = ("held", "held_bytes")

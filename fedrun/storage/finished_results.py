@@ -40,13 +40,15 @@ KEEP_BYTES_PER_SECOND = 50e6
 
 @dataclass
 class FinishedResult:
-    """What a task produced: its tensors (trained, before any delta), metrics and sample count."""
+    """What a task produced: its tensors (trained, before any delta), metrics and sample count,
+    and the id its uploads carry (an upload of it cut off can be resumed by another process)."""
 
     round: int
     task: str
     data_size: int
     metrics: dict[str, float]
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    result_id: str = ""
 
 
 class FinishedResults:
@@ -96,6 +98,7 @@ class FinishedResults:
                     "data_size": result.data_size,
                     "metrics": result.metrics,
                     "tensors": len(result.tensors),
+                    "result_id": result.result_id,
                 }
             )
             partial = about.with_suffix(".json.tmp")
@@ -152,6 +155,7 @@ class FinishedResults:
             data_size=int(meta["data_size"]),
             metrics={str(k): float(v) for k, v in dict(meta["metrics"]).items()},
             tensors=arrays,
+            result_id=str(meta.get("result_id") or ""),
         )
 
     def trained_model(self, run: str, round_num: int, tasks: list[str]) -> dict[str, np.ndarray]:

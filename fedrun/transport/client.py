@@ -524,10 +524,16 @@ class AggregatorClient:
         metrics: Mapping[str, float],
         tensors: Mapping[str, np.ndarray],
         deltas: Collection[str],
+        result_id: str = "",
     ) -> int:
         """Send one task's result; returns its size on the wire. An upload that breaks off is
         retried and resumes where it stopped: the tensors the aggregator kept of it
-        (GetResultProgress) are not sent again."""
+        (GetResultProgress) are not sent again. ``result_id`` names the result (one made up
+        when empty): an upload of a result kept on disk by a process that stopped resumes
+        that process's upload."""
+        # a result named by the caller may have been sent in part by an earlier process
+        result_id_was_kept = bool(result_id)
+        result_id = result_id or secrets.token_hex(8)
         header = pb.ResultHeader(
             header=self.header,
             round=round_num,
@@ -536,6 +542,7 @@ class AggregatorClient:
             metrics={k: float(v) for k, v in metrics.items()},
             tensor_count=len(tensors),
             run=self.run,
+            result_id=result_id,
         )
         sent = [0]
         attempts = [0]
@@ -569,8 +576,8 @@ class AggregatorClient:
             attempts[0] += 1
             held.clear()
             held_bytes[0] = 0
-            if attempts[0] > 1:
-                names, held_bytes[0] = self._kept_of_result(round_num, task)
+            if attempts[0] > 1 or result_id_was_kept:
+                names, held_bytes[0] = self._kept_of_result(round_num, task, result_id)
                 held.update(names)
             try:
                 return send()
@@ -630,14 +637,16 @@ class AggregatorClient:
         self.bytes_sent += nbytes
         return nbytes + held_bytes[0]
 
-    def _kept_of_result(self, round_num: int, task: str) -> tuple[list[str], int]:
-        """The tensors of our result for ``task`` the aggregator kept from an upload that broke
-        off, and their bytes (none from an aggregator too old to keep any)."""
+    def _kept_of_result(self, round_num: int, task: str, result_id: str) -> tuple[list[str], int]:
+        """The tensors of our result ``result_id`` for ``task`` the aggregator kept from an
+        upload that broke off, and their bytes (none from an aggregator too old to keep any)."""
         if not self._resumes_uploads:
             return [], 0
         try:
             progress = self._result_progress(
-                pb.ResultProgressRequest(header=self.header, round=round_num, task=task),
+                pb.ResultProgressRequest(
+                    header=self.header, round=round_num, task=task, result_id=result_id
+                ),
                 timeout=UNARY_DEADLINE_SECONDS,
             )
         except grpc.RpcError as error:

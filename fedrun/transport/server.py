@@ -412,7 +412,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 dict(result.metrics),
                 result.tensor_count,
                 result.run,
-                process=result.header.process,
+                result_id=result.result_id,
                 held=list(result.held),
             )
         except ProtocolError as error:
@@ -519,7 +519,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         request, cn = self._request(requests, context)
         name = self._authenticate(request.header, context, cn)
         held, nbytes = self.aggregator.result_progress(
-            name, request.header.process, request.round, request.task
+            name, request.result_id, request.round, request.task
         )
         return pb.ResultProgress(held=held, held_bytes=nbytes)
 

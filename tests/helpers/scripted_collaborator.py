@@ -75,6 +75,7 @@ class ScriptedAggregator:
         metrics: Mapping[str, float],
         tensors: Mapping[str, np.ndarray],
         deltas: Collection[str],
+        result_id: str = "",
     ) -> int:
         self.submitted.append((round_num, task))
         return 0

@@ -43,7 +43,7 @@ class Recording(ScriptedAggregator):
         self.crash_on = crash_on
         self.results: dict[str, tuple[int, dict, dict]] = {}
 
-    def submit(self, round_num, task, data_size, metrics, tensors, deltas) -> int:
+    def submit(self, round_num, task, data_size, metrics, tensors, deltas, result_id="") -> int:
         if task == self.crash_on:
             raise KeyboardInterrupt  # the operator's Ctrl-C, or a crash, mid-upload
         self.results[task] = (data_size, dict(metrics), {k: v.copy() for k, v in tensors.items()})

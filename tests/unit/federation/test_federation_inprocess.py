@@ -123,7 +123,7 @@ class InProcessConnection:
         model = self.aggregator.get_global_model(self.name, round_num)
         return {k: np.array(v, copy=True) for k, v in model.items()}
 
-    def submit(self, round_num, task, data_size, metrics, tensors, deltas) -> int:
+    def submit(self, round_num, task, data_size, metrics, tensors, deltas, result_id="") -> int:
         self._identify()
         return submit(
             self.aggregator, self.name, round_num, task, data_size, metrics, tensors, deltas

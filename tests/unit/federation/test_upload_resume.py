@@ -1,6 +1,6 @@
-"""An upload that breaks off keeps the tensors that arrived whole, for the collaborator process
-that sent them to resume with the rest (``ResultUpload.suspend``, ``Aggregator.result_progress``,
-``open_result(held=...)``); a new process, a changed result or the round's end start over."""
+"""An upload that breaks off keeps the tensors that arrived whole, for an upload of the same
+result (its id) to resume with the rest (``ResultUpload.suspend``, ``Aggregator.result_progress``,
+``open_result(held=...)``); another result, a changed one or the round's end start over."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from fedrun.errors import ProtocolError
 from fedrun.federation.result_upload import ResultUpload
 from fedrun.federation.stragglers import PercentagePolicy
 
-PROCESS = "p1"
+RESULT = "r1"
 ORDER = list(INITIAL)  # conv, bias, steps
 
 
-def break_off(agg, who: str, tensors: dict, whole: int, process: str = PROCESS) -> ResultUpload:
+def break_off(agg, who: str, tensors: dict, whole: int, result_id: str = RESULT) -> ResultUpload:
     """Stream ``tensors`` until ``whole`` of them arrived, then half of the next one, and break
     off as a lost connection does (the server's stream thread calls ``suspend``)."""
     upload = agg.open_result(
-        who, agg.round_num, "train", 10, {"loss": 1.0}, len(tensors), process=process
+        who, agg.round_num, "train", 10, {"loss": 1.0}, len(tensors), result_id=result_id
     )
     names = list(tensors)
     for name in names[:whole]:
@@ -38,7 +38,7 @@ def break_off(agg, who: str, tensors: dict, whole: int, process: str = PROCESS) 
     return upload
 
 
-def resume(agg, who: str, tensors: dict, held: list[str], process: str = PROCESS) -> None:
+def resume(agg, who: str, tensors: dict, held: list[str], result_id: str = RESULT) -> None:
     upload = agg.open_result(
         who,
         agg.round_num,
@@ -46,7 +46,7 @@ def resume(agg, who: str, tensors: dict, held: list[str], process: str = PROCESS
         10,
         {"loss": 1.0},
         len(tensors),
-        process=process,
+        result_id=result_id,
         held=held,
     )
     for name, array in tensors.items():
@@ -71,7 +71,7 @@ def test_a_broken_off_upload_resumes_and_gives_the_model_an_unbroken_one_gives(t
     upload = break_off(agg, "a", trained(0.25), whole=1)
 
     # Execute: the collaborator asks what was kept and sends the rest
-    held, nbytes = agg.result_progress("a", PROCESS, 0, "train")
+    held, nbytes = agg.result_progress("a", RESULT, 0, "train")
     resume(agg, "a", trained(0.25), held)
     send(agg, "b", trained(-1.5), 30, 64)
     for aggregator in (agg, reference):
@@ -95,18 +95,18 @@ def test_nothing_is_kept_of_an_upload_broken_inside_its_first_tensor(tmp_path):
     upload = break_off(agg, "a", trained(0.25), whole=0)
 
     assert upload.suspended is False
-    assert agg.result_progress("a", PROCESS, 0, "train") == ([], 0)
+    assert agg.result_progress("a", RESULT, 0, "train") == ([], 0)
     assert spooled(tmp_path) == []
 
 
-def test_another_process_of_the_collaborator_is_not_given_the_kept_tensors(tmp_path):
-    # a restarted collaborator trains again: its result is not the one that broke off
+def test_another_result_of_the_collaborator_is_not_given_the_kept_tensors(tmp_path):
+    # a collaborator restarted without the result kept trains again: another result
     agg = make(tmp_path)
     break_off(agg, "a", trained(0.25), whole=2)
 
-    assert agg.result_progress("a", "p2", 0, "train") == ([], 0)
+    assert agg.result_progress("a", "r2", 0, "train") == ([], 0)
     with pytest.raises(ProtocolError) as caught:
-        resume(agg, "a", trained(0.5), ["conv", "bias"], process="p2")
+        resume(agg, "a", trained(0.5), ["conv", "bias"], result_id="r2")
 
     assert caught.value.code == "FX-ROUND-021"
     assert "sends the whole result again" in caught.value.fix
@@ -136,12 +136,12 @@ def test_a_resume_that_does_not_match_what_was_kept_is_refused(tmp_path, change)
             change.get("data_size", 10),
             change.get("metrics", {"loss": 1.0}),
             len(INITIAL),
-            process=PROCESS,
+            result_id=RESULT,
             held=held,
         )
 
     assert caught.value.code == "FX-ROUND-021"
-    assert agg.result_progress("a", PROCESS, 0, "train") == ([], 0)
+    assert agg.result_progress("a", RESULT, 0, "train") == ([], 0)
 
 
 def test_a_whole_resend_replaces_what_was_kept(tmp_path):
@@ -151,7 +151,7 @@ def test_a_whole_resend_replaces_what_was_kept(tmp_path):
     send(agg, "a", trained(0.25), 10, 64)  # sent whole (an older collaborator)
 
     assert agg.round.done["a"] == {"train"}
-    assert agg.result_progress("a", PROCESS, 0, "train") == ([], 0)
+    assert agg.result_progress("a", RESULT, 0, "train") == ([], 0)
     assert len(spooled(tmp_path)) == 1  # the accepted result only
 
 
@@ -160,7 +160,7 @@ def test_the_round_s_end_deletes_what_was_kept_of_a_straggler_s_upload(tmp_path)
     agg = make(tmp_path, straggler_policy=PercentagePolicy(0.5))
     agg.get_tasks("a")
     break_off(agg, "b", trained(0.25), whole=2)
-    assert agg.result_progress("b", PROCESS, 0, "train")[0] == ["bias", "conv"]
+    assert agg.result_progress("b", RESULT, 0, "train")[0] == ["bias", "conv"]
 
     # Execute
     send(agg, "a", trained(0.5), 10, 64)
@@ -168,7 +168,7 @@ def test_the_round_s_end_deletes_what_was_kept_of_a_straggler_s_upload(tmp_path)
 
     # Assert
     assert agg.round_num == 1
-    assert agg.result_progress("b", PROCESS, 0, "train") == ([], 0)
+    assert agg.result_progress("b", RESULT, 0, "train") == ([], 0)
     assert not list((tmp_path / "spool").glob(".r0_b_*")), spooled(tmp_path)
 
 
@@ -177,13 +177,13 @@ def test_asking_what_was_kept_ends_an_upload_still_open_here(tmp_path):
     # dropped, and what arrived whole is kept (the stream thread suspends it)
     agg = make(tmp_path)
     tensors = trained(0.25)
-    upload = agg.open_result("a", 0, "train", 10, {"loss": 1.0}, len(tensors), process=PROCESS)
+    upload = agg.open_result("a", 0, "train", 10, {"loss": 1.0}, len(tensors), result_id=RESULT)
     conv = tensors["conv"]
     incoming = upload.open_tensor(header("conv", conv), conv.dtype)
     assert incoming is not None and incoming.write(memoryview(conv.tobytes()))
     upload.on_drop = upload.suspend  # what the transport's cancelled call leads to
 
-    held, _ = agg.result_progress("a", PROCESS, 0, "train")
+    held, _ = agg.result_progress("a", RESULT, 0, "train")
 
     assert held == ["conv"] and upload.dropped == "the collaborator resumes it"
     resume(agg, "a", tensors, held)
@@ -199,7 +199,7 @@ def test_a_kept_upload_resumes_with_its_optimizer_state_budget_recounted(tmp_pat
     upload = break_off(agg, "a", tensors, whole=1)
     assert upload.optimizer_bytes == 3 * 5 * 7 * 4 and upload.optimizer_tensors == 1
 
-    held, _ = agg.result_progress("a", PROCESS, 0, "train")
+    held, _ = agg.result_progress("a", RESULT, 0, "train")
     resume(agg, "a", tensors, held)
 
     assert held == ["__opt_state_0_exp_avg"]

@@ -144,3 +144,35 @@ def test_an_upload_that_cannot_resume_is_sent_whole(old):
     helds = [held for held, _ in handler.uploads]
     assert helds == ([[], []] if old else [[], ["layer0"], []])
     assert sent >= 6 * TENSOR_BYTES
+
+
+def test_a_restarted_collaborator_resumes_the_upload_its_earlier_process_began(tmp_path, caplog):
+    # Prepare: an upload of result "kept1" broke off after two tensors and its process died;
+    # the collaborator, started again, sends that result kept on its disk (same id)
+    caplog.set_level(logging.INFO, logger="fedrun")
+    agg = aggregator(tmp_path)
+    trained = {name: array + 1.0 for name, array in MODEL.items()}
+    agg.get_tasks("one")
+    upload = agg.open_result("one", 0, "train", 10, {"loss": 0.5}, 6, result_id="kept1")
+    for name in list(trained)[:2]:
+        upload.add(name, trained[name])
+    assert upload.suspend()
+    server = AggregatorServer(agg, Network("127.0.0.1", 0, "127.0.0.1", use_tls=False), None)
+    server.start()
+    network = Network("127.0.0.1", server.port, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "ab" * 32, "fed", None, sleep=lambda s: None)
+
+    # Execute
+    try:
+        sent = client.submit(0, "train", 10, {"loss": 0.5}, trained, (), result_id="kept1")
+    finally:
+        client.close()
+        server.stop(None)
+
+    # Assert: only the four tensors the aggregator lacked were sent
+    assert "one resumes its upload of train: 2 of 6 tensors" in caplog.text
+    assert 4 * TENSOR_BYTES <= client.bytes_sent < 5 * TENSOR_BYTES
+    assert sent >= 6 * TENSOR_BYTES
+    assert agg.round_num == 1
+    for name, array in trained.items():
+        np.testing.assert_array_equal(agg.global_model[name], array, err_msg=name)
