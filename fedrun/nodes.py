@@ -107,6 +107,23 @@ def note_ignored_settings(plan: Plan) -> None:
         log.warning("%s", note)
 
 
+def _let_the_round_end_finish(aggregator: Aggregator) -> None:
+    """Before the server and the state close: take no more results, and wait for a round's end
+    in progress (saving a model of gigabytes takes seconds). Stopped under it, its state was
+    closed while it committed (a false disk error) and the collaborator whose result closed
+    the round was told the aggregator failed. A second Ctrl-C stops at once: the state on disk
+    is whole at any instant, and the next start finishes the round."""
+    said = False
+    while not aggregator.begin_stop(timeout=0.5):
+        if not said:
+            said = True
+            log.warning(
+                "saving the end of round %d before stopping (Ctrl-C again stops at once: the "
+                "round is then finished when the aggregator starts again)",
+                aggregator.round_num,
+            )
+
+
 def _serve(plan: Plan, *, task_group: str | None, reset_state: bool) -> Aggregator:
     stop = threading.Event()
     signals: list[int] = []
@@ -133,6 +150,7 @@ def _serve(plan: Plan, *, task_group: str | None, reset_state: bool) -> Aggregat
         signal.signal(signal.SIGTERM, previous)
         if signals:
             aggregator.stopped_by_signal = signals[0]
+        _let_the_round_end_finish(aggregator)
         server.stop(grace=1.0)
         if aggregator.finished_event.is_set():
             aggregator.state_store.record_ended()  # a restart need not wait for anybody

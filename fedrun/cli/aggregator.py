@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from fedrun.cli.common import (
     plan_config_option,
     require_workspace,
     setup_logging,
+    to_log_files,
 )
 
 if TYPE_CHECKING:
@@ -74,7 +76,16 @@ def start(
     from fedrun.nodes import run_aggregator
 
     loaded = Plan.load(plan_config, cols_config)
-    agg = run_aggregator(loaded, task_group=task_group, reset_state=reset_state)
+    try:
+        agg = run_aggregator(loaded, task_group=task_group, reset_state=reset_state)
+    except KeyboardInterrupt:
+        # Ctrl-C while starting, or a second one while a round's end was saved: leave now,
+        # without the teardown that would wait for that round's end (the next start ends it)
+        hint = resume_hint(loaded, reset_state)
+        to_log_files(logging.WARNING, f"interrupted (Ctrl-C): stopped at once; {hint}")
+        console().print(f"[yellow]interrupted: stopped at once[/]; {hint}")
+        exit_now(130)
+        raise
     from fedrun.metrics.summary import round_table
 
     if agg.round_history:

@@ -40,7 +40,7 @@ def console(stderr: bool = True) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
-def _to_log_files(level: int, text: str) -> None:
+def to_log_files(level: int, text: str) -> None:
     """``text`` into the node's log file (if it has one) only: what stopped a node belongs in
     the file an operator reads afterwards, not twice on the console."""
     root = logging.getLogger("fedrun")
@@ -61,7 +61,7 @@ def show_error(error: FedrunError) -> None:
 
     logged_fix = f"; fix: {error.fix}" if error.fix else ""
     level = logging.INFO if error.exit_code == 0 else logging.ERROR
-    _to_log_files(level, f"{error.code}: {error.message}{logged_fix}")
+    to_log_files(level, f"{error.code}: {error.message}{logged_fix}")
     con = console()
     # message and fix quote user input (names, paths, YAML): never read as markup
     message, fix = escape(error.message), escape(error.fix)
@@ -90,7 +90,7 @@ def handle_errors(fn: F) -> F:
             show_error(failure)
             sys.exit(failure.exit_code)
         except KeyboardInterrupt:
-            _to_log_files(logging.WARNING, "interrupted (Ctrl-C)")
+            to_log_files(logging.WARNING, "interrupted (Ctrl-C)")
             console().print("[yellow]interrupted[/]")
             sys.exit(130)
 

@@ -224,6 +224,12 @@ class Aggregator:
         self.quit_sent: set[str] = set()
         #: the error a round's end failed with: nothing more is aggregated in this process
         self.broken: BaseException | None = None
+        #: the process stops (Ctrl-C, SIGTERM): no result is taken and no round closed any
+        #: more, so that nothing is half done when the state is closed (see begin_stop)
+        self.stopping = False
+        #: the last closed round and the tasks each collaborator finished in it: a result of
+        #: it sent again (its acknowledgement lost in a restart) is a duplicate, not a late one
+        self._last_closed: tuple[int, dict[str, set[str]]] = (-1, {})
         #: set when this aggregator serves an experiment that had already finished (see
         #: :meth:`say_farewell`): the error that says so once the farewell is over
         self.farewell_of: ExperimentFinished | None = None
@@ -484,6 +490,18 @@ class Aggregator:
                     "needed: the experiment finished (the aggregator stopped before it "
                     "acknowledged every result)",
                     "nothing to do: the collaborator asks for tasks and is told to stop",
+                )
+            if self.stopping:
+                raise self.stopping_error()
+            closed, closed_done = self._last_closed
+            if round_num == closed and task in closed_done.get(collaborator, ()):
+                # counted in the round, whose end the collaborator did not hear (the aggregator
+                # stopped after storing it; started again, it closed the round from its state)
+                raise ProtocolError(
+                    "FX-ROUND-005",
+                    f"duplicate result from {collaborator!r} for task {shown(task)} in round "
+                    f"{round_num}: it was counted before round {round_num} closed",
+                    "nothing to do: the first result counts",
                 )
             if self.done or round_num != state.number:
                 raise ProtocolError(
@@ -764,10 +782,10 @@ class Aggregator:
         )
         with self._lock:
             state = self.round
-            if upload.dropped:
+            if upload.dropped or self.stopping:
                 if spool:
                     spool.unlink(missing_ok=True)
-                raise upload.dropped_error()
+                raise upload.dropped_error() if upload.dropped else self.stopping_error()
             self._forget_upload(upload)
             if self.done or state.number != upload.round or upload.collaborator in state.stragglers:
                 if spool:
@@ -902,8 +920,32 @@ class Aggregator:
         # no wake-up for the long polls here: a result gives no one new tasks; the round's end
         # (or an aborted upload, whose task is pending again) does
 
+    # ------------------------------------------------------------------ stopping
+    def begin_stop(self, timeout: float) -> bool:
+        """Take no more results and close no more rounds (the process stops). Waits up to
+        ``timeout`` seconds for a round's end in progress (it holds the aggregator's lock while
+        it saves the new model and commits); False when it is still running."""
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        try:
+            self.stopping = True
+            self._changed.notify_all()
+        finally:
+            self._lock.release()
+        return True
+
+    def stopping_error(self) -> StateError:
+        """Why a result is not taken while the aggregator stops (the collaborator retries)."""
+        return StateError(
+            "FX-STATE-032",
+            "the aggregator is stopping: the result was not taken",
+            "nothing to do: the collaborator sends it again once the aggregator is started again",
+        )
+
     # ------------------------------------------------------------------ round end
     def _maybe_close_round(self) -> None:
+        if self.stopping:
+            return  # the results are stored: the round closes when the aggregator starts again
         state = self.round
         total = len(state.participants)
         done = state.finished_count
@@ -974,6 +1016,18 @@ class Aggregator:
             # committed, and closing the round again here would aggregate onto the new model.
             # The aggregator stops; started again, it resumes from the last commit
             stop: BaseException = error
+            if isinstance(error, Exception) and not isinstance(error, (OSError, FedrunError)):
+                # a fault of the aggregator's own (its traceback goes to the log): still a round
+                # the next start finishes from its saved results, so the collaborators, told it
+                # is unavailable, wait for it instead of giving up
+                log.error("round %d failed at the aggregator", self.round.number, exc_info=error)
+                stop = StateError(
+                    "FX-STATE-033",
+                    f"round {self.round.number} could not be finished: {error}",
+                    "see the traceback in logs/aggregator.log, then start the aggregator again "
+                    "with the same command: it resumes the round from its saved results",
+                )
+                stop.__cause__ = error
             if isinstance(error, OSError):
                 # reading a saved result back (an I/O error...): a state error like any other
                 # of the disk, said with what to do, not a file error of whatever command
@@ -1046,6 +1100,10 @@ class Aggregator:
             next_model_file=last_file,
         )
         failpoints.hit("round_end_committed")
+        self._last_closed = (
+            state.number,
+            {c: set(t) for c, t in state.done.items()},
+        )
         self._discard_suspended()
         self.spool.retire_round(state.number)
         summary = RoundSummary(

@@ -136,7 +136,10 @@ def classify_rpc_error(error: grpc.RpcError, target: str) -> Exception:
         return ProtocolError(
             "FX-NET-012",
             f"the aggregator at {target} failed while handling our request: {details}",
-            "see the aggregator's log (logs/aggregator.log) for the cause",
+            # the aggregator's own message may carry this fix already
+            ""
+            if "fix:" in details
+            else "see the aggregator's log (logs/aggregator.log) for the cause",
         )
     if code == grpc.StatusCode.UNAVAILABLE and any(h in details.lower() for h in _TLS_HINTS):
         # gRPC's words for a connection that broke off or timed out mid-handshake ("tcp

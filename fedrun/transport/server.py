@@ -473,10 +473,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                 log.warning("result of %s for %s refused: %s", name, result.task, error.message)
             context.abort(status_for(error), error.render())
         except StateError as error:
-            # the aggregator cannot store the result (disk full...), or the round it closed
-            # could not be committed (the aggregator stops): the collaborator retries
+            # the aggregator cannot store the result (disk full...), the round it closed could
+            # not be committed (the aggregator stops), or the aggregator is stopping: the
+            # collaborator retries
             upload.abort()
-            if error is not self.aggregator.broken:
+            if error is not self.aggregator.broken and error.code != "FX-STATE-032":
                 log.error("result of %s for %s not stored: %s", name, result.task, error.render())
             context.abort(grpc.StatusCode.UNAVAILABLE, error.render())
         except MemoryError:
@@ -498,10 +499,15 @@ class FederationServicer(pb_grpc.FederationServicer):
             if not dropped:
                 _say_cut_off(upload, kept)
             raise
-        except Exception:
+        except Exception as error:
+            upload.abort()
+            broken = self.aggregator.broken
+            if error is broken and isinstance(broken, FedrunError):
+                # the round this result closed could not be finished (said when it failed):
+                # the aggregator stops; the collaborator waits for it to be started again
+                context.abort(grpc.StatusCode.UNAVAILABLE, broken.render())
             # a fault of the aggregator's own: logged here with its traceback; the peer is
             # told where to look, not the aggregator's internals
-            upload.abort()
             log.exception("result of %s for %s failed at the aggregator", name, result.task)
             context.abort(
                 grpc.StatusCode.INTERNAL,
