@@ -313,3 +313,47 @@ def test_a_killed_collaborator_sends_the_training_it_finished_when_started_again
     for name, value in expected.tensors.items():
         assert np.array_equal(final.tensors[name], value), name
     assert not kept.exists() or not list(kept.iterdir())  # forgotten once it left
+
+
+def test_an_aggregator_stopped_while_it_ends_a_round_lets_that_end_finish(
+    tmp_path: Path, nodes: Nodes
+) -> None:
+    # Prepare: saving round 0's models takes 4 s more (as for a model of gigabytes); Ctrl-C
+    # comes meanwhile. It once closed its state under the round's end (a false disk error) and
+    # told the collaborator whose result closed the round that it failed (it gave up)
+    fed = LocalFederation(
+        tmp_path / "stop",
+        template="torch/digits",
+        collaborators=2,
+        rounds=2,
+        seed=7,
+        plan_set=["network.client_reconnect_interval=0.5"],
+    )
+    fed.prepare()
+    ws = fed.workspace
+    agg = nodes.start(
+        "aggregator",
+        ws,
+        "aggregator",
+        "start",
+        env={"FEDRUN_PAUSEPOINT": "round_end_models_saved:4"},
+    )
+    for name in fed.names:
+        nodes.start(name, ws, "collaborator", "start", "-n", name)
+    nodes.wait_for_log("aggregator", "pausing 4 s at round_end_models_saved", timeout=120)
+
+    # Execute
+    agg.send_signal(signal.SIGINT)
+
+    # Assert: the round's end finished first, then the aggregator stopped as asked
+    assert agg.wait(60) == 130
+    log = nodes.log("aggregator")
+    assert "saving the end of round 0 before stopping" in log, log[-3000:]
+    assert "round 0 finished" in log
+    assert "FX-STATE-005" not in log and "Traceback" not in log, log[-3000:]
+    assert "run the same command again to resume it from its last round" in log
+    nodes.start("aggregator", ws, "aggregator", "start")
+    for name in ("aggregator", *fed.names):
+        assert nodes.wait(name) == 0, nodes.log(name)[-3000:]
+    assert "resuming experiment" in nodes.log("aggregator")
+    assert load_model(ws / "save" / "last.pbuf").round == 2
