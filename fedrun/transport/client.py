@@ -39,7 +39,9 @@ from fedrun.federation.tasks import TaskAssignment
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol import federation_pb2_grpc as pb_grpc
 from fedrun.protocol.codec import (
+    DataChunk,
     ExpectedModel,
+    FrameBatch,
     batch_frames,
     decode_frames,
     encode_tensor_wire,
@@ -49,6 +51,7 @@ from fedrun.protocol.codec import (
 )
 from fedrun.transport.network import Network
 from fedrun.transport.server import CHANNEL_OPTIONS, SERVICE
+from fedrun.transport.transfer_progress import TransferProgress
 from fedrun.units import human_bytes
 
 log = logging.getLogger("fedrun.client")
@@ -475,12 +478,16 @@ class AggregatorClient:
         download that breaks off is resumed: the tensors already received are kept and not
         asked for again."""
         out: dict[str, np.ndarray] = {}
+        progress = TransferProgress(
+            f"round {round_num}: model download", expected.model_bytes if expected else 0
+        )
 
         def call() -> dict[str, np.ndarray]:
             held = len(out), sum(int(a.nbytes) for a in out.values())
+            progress.done = held[1]  # a tensor cut off midway comes again whole
             request = pb.GetTensorsRequest(header=self.header, round=round_num, held=list(out))
             frames = self._watched(
-                self._get_tensors(request), f"the model download of round {round_num}"
+                self._get_tensors(request), f"the model download of round {round_num}", progress
             )
             for tensor in decode_frames(
                 expand_frames(frames), self.pipelines, pool=POOL, expected=expected, held=out
@@ -498,10 +505,13 @@ class AggregatorClient:
 
         return self._retry("get model", call)
 
-    def _watched(self, call: Iterator[T], what: str) -> Iterator[T]:
+    def _watched(
+        self, call: Iterator[T], what: str, progress: TransferProgress | None = None
+    ) -> Iterator[T]:
         """The messages of a streamed reply; the call is cancelled (:class:`StalledCall`, and so
         retried) when none arrives for ``stall_seconds``: without it a stream the aggregator
-        keeps open but never feeds held this collaborator forever, saying nothing."""
+        keeps open but never feeds held this collaborator forever, saying nothing. Their
+        payload bytes are counted in ``progress``."""
 
         def stalled(idle: float) -> None:
             log.warning(
@@ -513,6 +523,8 @@ class AggregatorClient:
             try:
                 for message in call:
                     watch.progress()
+                    if progress is not None and isinstance(message, (DataChunk, FrameBatch)):
+                        progress.add(len(message.view))
                     yield message
             except grpc.RpcError:
                 if watch.fired:
@@ -551,10 +563,17 @@ class AggregatorClient:
         attempts = [0]
         held: set[str] = set()
         held_bytes = [0]
+        compressed = self.pipeline is not None and bool(deltas)
+        progress = TransferProgress(
+            f"round {round_num}: upload of the {task} result",
+            sum(int(np.asarray(a).nbytes) for a in tensors.values()),
+            at_most=compressed,
+        )
 
         failure: list[BaseException] = []
 
         def frames() -> Iterator[pb.TensorFrame | bytes]:
+            progress.done = held_bytes[0]
             try:
                 yield pb.TensorFrame(result=header)
                 for name, array in tensors.items():
@@ -570,6 +589,7 @@ class AggregatorClient:
                     ):
                         if isinstance(frame, bytes):
                             sent[0] += len(frame)
+                            progress.add(len(frame))
                         yield frame
             except Exception as exc:  # gRPC would only say "Exception iterating requests"
                 failure.append(exc)

@@ -14,6 +14,7 @@ import pytest
 from fedrun.errors import ProtocolError
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol.codec import ExpectedModel, batch_frames, encode_tensor_wire
+from fedrun.transport import transfer_progress
 from fedrun.transport.client import AggregatorClient
 from fedrun.transport.network import Network
 from fedrun.transport.server import SERVICE
@@ -102,3 +103,21 @@ def test_a_resumed_download_that_sends_a_held_tensor_again_is_refused():
         server.stop(None)
 
     assert caught.value.code == "FX-WIRE-023"
+
+
+def test_a_model_download_says_how_far_it_got(monkeypatch, caplog):
+    # a line every PROGRESS_LINE_SECONDS (here: every message), with the model's size
+    monkeypatch.setattr(transfer_progress, "PROGRESS_LINE_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="fedrun")
+    client, server = _client_of(BreaksOnce())
+
+    try:
+        client.get_global_model(0, ExpectedModel.of(MODEL))
+    finally:
+        client.close()
+        server.stop(None)
+
+    lines = [r.getMessage() for r in caplog.records if "model download:" in r.getMessage()]
+    assert lines and all(line.startswith("round 0: model download: ") for line in lines)
+    assert all(" of 6.3 KiB (" in line for line in lines), lines
+    assert lines[-1].startswith("round 0: model download: 6.3 KiB of 6.3 KiB ("), lines

@@ -19,6 +19,7 @@ from fedrun.federation.assigner import RandomGroupedAssigner
 from fedrun.federation.tasks import TaskSpec
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol.codec import expand_frames, parse_frame
+from fedrun.transport import transfer_progress
 from fedrun.transport.client import AggregatorClient
 from fedrun.transport.network import Network
 from fedrun.transport.server import SERVICE, AggregatorServer
@@ -176,3 +177,27 @@ def test_a_restarted_collaborator_resumes_the_upload_its_earlier_process_began(t
     assert agg.round_num == 1
     for name, array in trained.items():
         np.testing.assert_array_equal(agg.global_model[name], array, err_msg=name)
+
+
+def test_an_upload_says_how_far_it_got(tmp_path, monkeypatch, caplog):
+    # a line every PROGRESS_LINE_SECONDS (here: every data frame), with the result's size
+    monkeypatch.setattr(transfer_progress, "PROGRESS_LINE_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger="fedrun")
+    agg = aggregator(tmp_path)
+    agg.get_tasks("one")
+    server = AggregatorServer(agg, Network("127.0.0.1", 0, "127.0.0.1", use_tls=False), None)
+    server.start()
+    network = Network("127.0.0.1", server.port, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "ab" * 32, "fed", None, sleep=lambda s: None)
+
+    try:
+        client.submit(0, "train", 10, {"loss": 0.5}, MODEL, ())
+    finally:
+        client.close()
+        server.stop(None)
+
+    lines = [
+        r.getMessage() for r in caplog.records if "upload of the train result:" in r.getMessage()
+    ]
+    assert len(lines) >= 6, lines
+    assert lines[-1].startswith("round 0: upload of the train result: 1.5 MiB of 1.5 MiB ("), lines
