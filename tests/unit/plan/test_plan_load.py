@@ -61,6 +61,18 @@ def test_left_out_sections_get_the_packaged_defaults(plan_path):
     ]
 
 
+def test_left_out_collaborator_settings_are_openfl_s_defaults(plan_path):
+    # an OpenFL plan that leaves them to plan/defaults/collaborator.yaml keeps the optimizer
+    # state between rounds and sends deltas, as under OpenFL (it once got RESET and weights)
+    write(plan_path, MINIMAL_PLAN)
+
+    settings = Plan.load(plan_path).settings("collaborator")
+
+    assert settings["opt_treatment"] == "CONTINUE_LOCAL"
+    assert settings["use_delta_updates"] is True
+    assert settings["db_store_rounds"] == 1
+
+
 def test_workspace_defaults_file_wins_over_packaged_one_and_plan_wins_over_both(
     workspace, plan_path
 ):
