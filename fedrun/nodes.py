@@ -152,6 +152,7 @@ def _serve(plan: Plan, *, task_group: str | None, reset_state: bool) -> Aggregat
             aggregator.stopped_by_signal = signals[0]
         _let_the_round_end_finish(aggregator)
         server.stop(grace=1.0)
+        aggregator.discard_kept()
         if aggregator.finished_event.is_set():
             aggregator.state_store.record_ended()  # a restart need not wait for anybody
         aggregator.metrics.close()

@@ -95,12 +95,29 @@ def ping(name: str, plan_config: str, cols_config: str | None, data_config: str 
     """Check connectivity, certificates, name authorisation and plan hash in one call."""
     from fedrun.nodes import ping as do_ping
     from fedrun.plan.loader import Plan
+    from fedrun.transport.network import Network
 
-    result = do_ping(Plan.load(plan_config, cols_config, data_config), name)
+    loaded = Plan.load(plan_config, cols_config, data_config)
+    result = do_ping(loaded, name)
+    network = Network.from_plan(loaded)
+    checked = (
+        "certificates, "
+        if network.use_tls and network.require_client_auth
+        else "the aggregator's certificate, "
+        if network.use_tls
+        else ""
+    )
+    unchecked = (
+        ""
+        if network.use_tls and network.require_client_auth
+        else " (without client certificates: the aggregator checks only the name claimed)"
+        if network.use_tls
+        else " (no TLS: no certificates were checked)"
+    )
     ok(
         f"the aggregator at {result['target']} answered in {result['seconds'] * 1000:.0f} ms: "
-        f"connection, certificates, name {name!r} and plan hash all accepted "
-        f"(round {result['round']} of {result['rounds_to_train']})"
+        f"connection, {checked}name {name!r} and plan hash all accepted "
+        f"(round {result['round']} of {result['rounds_to_train']}){unchecked}"
     )
 
 

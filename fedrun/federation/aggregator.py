@@ -177,6 +177,8 @@ class Aggregator:
         #: uploads that broke off, by (collaborator, task): their whole tensors, kept for an
         #: upload of the same result to resume until the round ends
         self._suspended: dict[tuple[str, str], ResultUpload] = {}
+        #: uploads dropped keeping what arrived, until their stream's thread settles them
+        self._settling: dict[tuple[str, str], ResultUpload] = {}
         #: when each collaborator's `fx collaborator ping` was last logged
         self._probes_said: dict[str, float] = {}
         #: (collaborator, task) pairs already warned about a result lacking model tensors
@@ -404,12 +406,15 @@ class Aggregator:
         )
 
     # ------------------------------------------------------------------ tasks (long poll)
-    def get_tasks(self, collaborator: str, wait: float = 0.0) -> TaskAssignment:
-        """Tasks for ``collaborator``; waits up to ``wait`` seconds for work to exist."""
+    def get_tasks(self, collaborator: str, wait: float = 0.0, process: str = "") -> TaskAssignment:
+        """Tasks for ``collaborator`` (asked by its process ``process``); waits up to ``wait``
+        seconds for work to exist."""
         # the long poll waits in real time whatever clock drives round deadlines
         deadline = time.monotonic() + max(0.0, wait)
         with self._lock:
             self.touch(collaborator)
+            if process:
+                self._end_uploads_of_earlier_processes(collaborator, process)
             while True:
                 if self.done:
                     if collaborator not in self.quit_sent:
@@ -467,6 +472,7 @@ class Aggregator:
         *,
         result_id: str = "",
         held: Collection[str] = (),
+        process: str = "",
     ) -> ResultUpload:
         """Start receiving one task result; checks it belongs to this run and the current round
         (``run`` empty: sent by a client that does not say, accepted as before). With ``held``
@@ -583,6 +589,7 @@ class Aggregator:
                     )
                 assert kept is not None
                 kept.resume()
+                kept.process = process
                 state.in_progress.add(key)
                 self._uploads[key] = kept
                 log.info(
@@ -608,9 +615,27 @@ class Aggregator:
                 dict(metrics),
                 tensor_count,
                 result_id,
+                process,
             )
             self._uploads[key] = upload
         return upload
+
+    def _end_uploads_of_earlier_processes(self, collaborator: str, process: str) -> None:
+        """A collaborator's process asks for tasks while another process's upload of its is
+        still open here (lock held): the collaborator was started again, and its earlier
+        process (frozen, or cut off with no reset) will not finish it. Held open, the upload
+        kept the task from being handed out until it timed out; ended, what arrived whole is
+        kept for the new process to resume. (Two live processes are refused apart.)"""
+        for (name, task), upload in list(self._uploads.items()):
+            if name == collaborator and upload.process and upload.process != process:
+                log.info(
+                    "round %d: %s was started again: its earlier process's upload of %s is "
+                    "ended (what arrived of it is kept)",
+                    upload.round,
+                    collaborator,
+                    task,
+                )
+                self._drop_keeping(upload, "the collaborator was started again")
 
     def result_progress(
         self, collaborator: str, result_id: str, round_num: int, task: str
@@ -626,9 +651,12 @@ class Aggregator:
                 return [], 0
             open_upload = self._uploads.get(key)
             if open_upload is not None and result_id and open_upload.result_id == result_id:
-                self._forget_upload(open_upload)
-                open_upload.drop("the collaborator resumes it", keep=True)
-                self._changed.wait_for(lambda: open_upload.settled, timeout=SETTLE_SECONDS)
+                self._drop_keeping(open_upload, "the collaborator resumes it")
+            settling = self._settling.get(key)
+            if settling is not None:
+                self._changed.wait_for(lambda: settling.settled, timeout=SETTLE_SECONDS)
+                if settling.settled:
+                    del self._settling[key]
             kept = self._suspended.get(key)
             if (
                 kept is None
@@ -639,6 +667,13 @@ class Aggregator:
                 return [], 0
             return sorted(kept.names), kept.nbytes
 
+    def _drop_keeping(self, upload: ResultUpload, reason: str) -> None:
+        """End an open upload, keeping what arrived of it whole (lock held): its stream's
+        thread suspends it (:meth:`_suspend_result`); a resume asking meanwhile waits for it."""
+        self._forget_upload(upload)
+        self._settling[(upload.collaborator, upload.task)] = upload
+        upload.drop(reason, keep=True)
+
     def _suspend_result(self, upload: ResultUpload) -> bool:
         """Keep a broken-off upload's whole tensors for its collaborator to resume; False (it
         is aborted) when its round is over."""
@@ -648,6 +683,7 @@ class Aggregator:
             state = self.round
             if (
                 self.done
+                or self.stopping  # a restarted aggregator keeps nothing
                 or state.number != upload.round
                 or upload.collaborator in state.stragglers
                 or upload.task in state.done.get(upload.collaborator, set())
@@ -664,8 +700,15 @@ class Aggregator:
     def _discard_suspended(self) -> None:
         """The round ended: uploads that broke off in it will not be resumed (lock held)."""
         kept, self._suspended = self._suspended, {}
+        self._settling.clear()
         for upload in kept.values():
             upload.discard()
+
+    def discard_kept(self) -> None:
+        """The aggregator stops: delete what it kept of uploads that broke off (a restarted
+        aggregator keeps nothing; the collaborators send those results whole)."""
+        with self._lock:
+            self._discard_suspended()
 
     def _check_layout(
         self,
@@ -785,6 +828,7 @@ class Aggregator:
             if upload.dropped or self.stopping:
                 if spool:
                     spool.unlink(missing_ok=True)
+                self._changed.notify_all()  # a resume may wait for this upload to settle
                 raise upload.dropped_error() if upload.dropped else self.stopping_error()
             self._forget_upload(upload)
             if self.done or state.number != upload.round or upload.collaborator in state.stragglers:
@@ -879,8 +923,7 @@ class Aggregator:
                     idle,
                     " while the round is open" if not may_close else "",
                 )
-                self._forget_upload(upload)
-                upload.drop(f"no data for {idle:.0f} s", keep=True)
+                self._drop_keeping(upload, f"no data for {idle:.0f} s")
 
     def _retains(self, task: str) -> bool:
         return bool(getattr(self.aggregation_functions.get(task), "needs_all_updates", True))

@@ -70,6 +70,7 @@ class ResultUpload:
         metrics: dict[str, float],
         tensor_count: int,
         result_id: str = "",
+        process: str = "",
     ) -> None:
         self.aggregator = aggregator
         self.round = round_num
@@ -81,6 +82,8 @@ class ResultUpload:
         #: which result this is (ResultHeader.result_id): only an upload of the same one, from
         #: the process that computed it or one that kept it on disk, can resume it
         self.result_id = result_id
+        #: the collaborator process sending it (Header.process)
+        self.process = process
         self.names: set[str] = set()
         self.nbytes = 0
         self.raw_bytes = 0

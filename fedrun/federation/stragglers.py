@@ -73,12 +73,15 @@ class PercentagePolicy(StragglerPolicy):
         if not 0 < percent_collaborators_needed <= 1:
             raise PlanError(
                 "FX-PLAN-020",
-                f"percent_collaborators_needed is {percent_collaborators_needed}",
+                "straggler_handling_policy.settings.percent_collaborators_needed is "
+                f"{percent_collaborators_needed}",
                 "use a fraction in (0, 1]",
             )
         if minimum_reporting < 1:
             raise PlanError(
-                "FX-PLAN-020", f"minimum_reporting is {minimum_reporting}", "use at least 1"
+                "FX-PLAN-020",
+                f"straggler_handling_policy.settings.minimum_reporting is {minimum_reporting}",
+                "use at least 1",
             )
         self.percent = float(percent_collaborators_needed)
         self.minimum_reporting = int(minimum_reporting)

@@ -129,9 +129,10 @@ def metric_callback(plan: Plan) -> Any | None:
 
 def check_aggregator_parts(plan: Plan) -> None:
     """Build what the aggregator builds from the plan without an ML framework (the assigner and
-    its task groups, the metric callback, the tasks' aggregation rules), so that `fx plan validate` refuses what
-    `fx aggregator start` would refuse (PlanError)."""
+    its task groups, the metric callback, the tasks' aggregation rules, the straggler policy),
+    so that `fx plan validate` refuses what `fx aggregator start` would refuse (PlanError)."""
     chosen = assigner(plan)
+    plan.build("straggler_handling_policy")
     metric_callback(plan)
     aggregation_functions(plan)
     check_best_model_metric(

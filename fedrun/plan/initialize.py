@@ -50,6 +50,10 @@ def initialize_plan(
     try:
         if original is not None:
             plan = Plan.load(plan_path, cols_path, data_path)
+        # what the aggregator would refuse is said now, not after the certificates are made
+        from fedrun.plan.components import check_aggregator_parts
+
+        check_aggregator_parts(plan)
         return plan, _write_initial_model(plan, init_model)
     except BaseException:
         if original is not None:  # no model made: the plan stays as it was, not half done

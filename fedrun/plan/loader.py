@@ -12,6 +12,7 @@ import copy
 import difflib
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -34,6 +35,7 @@ from fedrun.plan.schema import CLASS_SCHEMAS, SECTIONS, TASK_KEYS, USER_SECTIONS
 from fedrun.plan.workspace_code import (
     class_defs,
     failing_import,
+    imports_keras,
     imports_name,
     methods_of,
     openfl_import_error,
@@ -54,6 +56,37 @@ DEFAULTED_SECTIONS = (
 )
 #: keys excluded from the plan hash: they say where the aggregator is, not what runs
 UNHASHED_NETWORK_KEYS = ("agg_addr", "agg_port", "listen_addr")
+
+
+def install_hint(package: str) -> str:
+    """How to install a package workspace code imports. Not the workspace's requirements.txt:
+    OpenFL's pin torch and TensorFlow versions that would replace the installed ones. The
+    torch add-ons must be the build made for the installed torch: a plain ``pip install
+    torchvision`` replaces a CPU torch with another (CUDA) build."""
+    companions = {"torchvision": 15, "torchaudio": 0}
+    if package in companions:
+        try:
+            torch = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            torch = ""
+        major, _, rest = torch.partition(".")
+        minor = rest.split(".")[0]
+        if major == "2" and minor.isdigit():
+            version = (
+                f"0.{int(minor) + companions[package]}"
+                if package == "torchvision"
+                else f"2.{minor}"
+            )
+            index = " --index-url https://download.pytorch.org/whl/cpu" if "+cpu" in torch else ""
+            return (
+                f"install the {package} made for the installed torch {torch}: pip install "
+                f"'{package}=={version}.*'{index} (a plain `pip install {package}`, or the "
+                "workspace's requirements.txt, replaces torch with another build)"
+            )
+    return (
+        f"pip install {package} (check the workspace's requirements.txt for its version; "
+        "installing that file whole may replace fedrun's torch or numpy)"
+    )
 
 
 def did_you_mean(word: str, options: Iterable[str]) -> str:
@@ -439,6 +472,7 @@ class Plan:
         if dotted.startswith("openfl."):
             _check_openfl_name(dotted, where)
         self._use_workspace_modules(module_name.split(".")[0])
+        self._choose_keras_backend(module_name.split(".")[0])
         serve_openfl_names()
         try:
             module = importlib.import_module(module_name)
@@ -459,7 +493,7 @@ class Plan:
                 "FX-PLAN-008",
                 f"{where}: importing {module_name!r} needs the package {exc.name!r}, "
                 "which is not installed",
-                f"pip install {exc.name} (or pip install -r requirements.txt in the workspace)",
+                install_hint(exc.name or ""),
             ) from exc
         except Exception as exc:  # the workspace's module raised while being imported
             if not (self.workspace / module_name.split(".")[0]).exists():
@@ -476,6 +510,21 @@ class Plan:
                 f"{where}: {module_name!r} has no {attr!r}{did_you_mean(attr, names)}",
                 f"check the template name in {self.path.name}",
             ) from exc
+
+    def _choose_keras_backend(self, top: str) -> None:
+        """Before workspace code that imports Keras runs: with KERAS_BACKEND unset, Keras 3
+        would start on TensorFlow (its default, and ~/.keras/keras.json's), which fedrun does
+        not need and which is often not installed (OpenFL's Keras workspaces expect the user to
+        export KERAS_BACKEND first). An installed backend is chosen, as fedrun's own Keras
+        templates do, and said in the log."""
+        if "keras" in sys.modules or os.environ.get("KERAS_BACKEND", "").strip():
+            return
+        folder = self.workspace / top
+        if not folder.is_dir() or not imports_keras(folder):
+            return
+        from fedrun.runners.keras import select_backend
+
+        select_backend()
 
     def _use_workspace_modules(self, top: str) -> None:
         """Make ``top`` (e.g. ``src``) import from this workspace, not another one seen before."""
@@ -774,6 +823,9 @@ UNSUPPORTED_SECTIONS = {
 UNSUPPORTED_OPENFL = {
     "EdenPipeline": "OpenFL's EDEN compression, which fedrun does not implement; use "
     "NoCompressionPipeline, STCPipeline, SKCPipeline, KCPipeline or RandomShiftPipeline",
+    "SecureWeightedAverage": "OpenFL's secure aggregation, which fedrun does not implement; "
+    "use WeightedAverage (updates are protected in transit by mutual TLS, not from the "
+    "aggregator)",
 }
 
 
@@ -946,6 +998,12 @@ def check_settings(known: Mapping[str, Setting], settings: Mapping[str, Any], wh
         spec = known[key]
         if value is None and (spec.nullable or spec.default is None):
             continue
+        if spec.unsupported:
+            raise PlanError(
+                "FX-PLAN-036",
+                f"{where}.{key} is set: {spec.help}",
+                f"remove {where}.{key} from the plan",
+            )
         ok = isinstance(value, spec.types) and not (
             isinstance(value, bool) and bool not in spec.types
         )

@@ -40,6 +40,7 @@ class Setting:
     choices: tuple[Any, ...] = ()
     nullable: bool = False
     ignored: bool = False  # accepted for OpenFL compatibility, has no effect
+    unsupported: bool = False  # an OpenFL setting fedrun refuses with its help as the reason
     minimum: float | None = None
     maximum: float | None = None
 
@@ -88,6 +89,14 @@ AGGREGATOR: dict[str, Setting] = {
     ),
     "log_memory_usage": Setting(_BOOL, False, "accepted for OpenFL compatibility", ignored=True),
     "use_delta_updates": Setting(_BOOL, True, "accepted for OpenFL compatibility", ignored=True),
+    "callbacks": Setting(
+        (list, dict, str),
+        None,
+        "OpenFL 1.9's aggregator callbacks, which fedrun does not run (metrics reach your code "
+        "through aggregator.settings.log_metric_callback)",
+        nullable=True,
+        unsupported=True,
+    ),
     "secure_aggregation": Setting(
         _BOOL,
         False,

@@ -86,6 +86,26 @@ def failing_import(exc: BaseException) -> str | None:
     return location
 
 
+def imports_keras(folder: Path) -> bool:
+    """Whether the Python code under ``folder`` (a workspace's src/) imports Keras 3 itself
+    (``import keras``, ``from keras...``; not ``tensorflow.keras``, which needs TensorFlow)."""
+    for path in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            if any(name == "keras" or name.startswith("keras.") for name in names):
+                return True
+    return False
+
+
 def class_defs(tree: ast.Module) -> list[str]:
     return [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
 

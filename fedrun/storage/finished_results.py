@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -51,6 +52,32 @@ class FinishedResult:
     result_id: str = ""
 
 
+_warned_about: set[str] = set()
+
+
+def _least_seconds() -> float:
+    """KEEP_MIN_SECONDS, or what FEDRUN_KEEP_RESULTS_AFTER_SECONDS sets (said once when it is
+    not a number of seconds)."""
+    text = os.environ.get(KEEP_AFTER_VARIABLE, "").strip()
+    if not text:
+        return KEEP_MIN_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value):
+        if text not in _warned_about:
+            _warned_about.add(text)
+            log.warning(
+                "%s=%r is not a number of seconds: results are kept after %.0f s of compute",
+                KEEP_AFTER_VARIABLE,
+                text,
+                KEEP_MIN_SECONDS,
+            )
+        return KEEP_MIN_SECONDS
+    return value
+
+
 class FinishedResults:
     """The folder where a collaborator keeps the results of its running round."""
 
@@ -62,9 +89,7 @@ class FinishedResults:
     @staticmethod
     def worth_keeping(seconds: float, nbytes: int) -> bool:
         """Whether a result that took ``seconds`` to compute is worth writing ``nbytes`` for."""
-        least = KEEP_MIN_SECONDS
-        with contextlib.suppress(ValueError):
-            least = float(os.environ.get(KEEP_AFTER_VARIABLE, least))
+        least = _least_seconds()
         if least <= 0:
             return True
         return seconds >= least and nbytes <= seconds * KEEP_BYTES_PER_SECOND
@@ -114,7 +139,8 @@ class FinishedResults:
                     result.task,
                     result.round,
                     self.folder,
-                    error,
+                    # the reason only: a state error's fix is the aggregator's, not ours
+                    error.message if isinstance(error, StateError) else error,
                 )
 
     def find(self, run: str, round_num: int, task: str) -> FinishedResult | None:

@@ -321,7 +321,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         remaining = context.time_remaining()
         if remaining is not None:
             wait = max(0.0, min(wait, remaining - 1.0))
-        assignment = self.aggregator.get_tasks(name, wait=wait)
+        assignment = self.aggregator.get_tasks(name, wait=wait, process=request.header.process)
         return pb.GetTasksResponse(
             round=assignment.round,
             tasks=assignment.tasks,
@@ -414,6 +414,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 result.run,
                 result_id=result.result_id,
                 held=list(result.held),
+                process=result.header.process,
             )
         except ProtocolError as error:
             self._refuse(context, error, name)

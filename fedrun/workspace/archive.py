@@ -314,6 +314,6 @@ def install_requirements(requirements: Path, workspace: Path) -> None:
             + (" (it asks for other versions of packages fedrun runs on)" if conflict else "")
             + f":\n{proc.stderr.strip()[-2000:]}",
             f"the workspace is unpacked in {workspace}, nothing was installed; install only what "
-            "its code needs that is missing here (e.g. pip install torchvision), or use a "
-            "separate virtual environment for it",
+            "its code needs that is missing here (`fx plan initialize` names it, with how to "
+            "install it), or use a separate virtual environment for it",
         )

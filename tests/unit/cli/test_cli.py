@@ -180,6 +180,24 @@ def test_plan_validate_refuses_a_rule_the_federation_is_too_small_for(runner, wo
     assert_clean_failure(result, 2, "FX-PLAN-037")
 
 
+@pytest.mark.parametrize("command", [["plan", "validate"], ["plan", "initialize"]])
+def test_a_straggler_policy_the_aggregator_would_refuse_is_refused_first(
+    runner, workspace, command
+):
+    # it was only refused by `fx aggregator start`, after the certificates were made
+    policy = {
+        "template": "openfl.component.PercentagePolicy",
+        "settings": {"percent_collaborators_needed": 0.5, "minimum_reporting": 0},
+    }
+    _edit(workspace, lambda c: c.update(straggler_handling_policy=policy))
+
+    result = runner.invoke(cli, command)
+
+    assert_clean_failure(result, 2, "FX-PLAN-020")
+    assert "straggler_handling_policy.settings.minimum_reporting is 0" in result.output
+    assert not (workspace / "save" / "init.pbuf").exists()
+
+
 def test_plan_validate_on_a_broken_plan_exits_2_with_the_plan_code(runner, workspace):
     # Prepare
     path = workspace / "plan" / "plan.yaml"

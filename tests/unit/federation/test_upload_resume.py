@@ -204,3 +204,47 @@ def test_a_kept_upload_resumes_with_its_optimizer_state_budget_recounted(tmp_pat
 
     assert held == ["__opt_state_0_exp_avg"]
     assert agg.round.done["a"] == {"train"}
+
+
+def test_a_stopping_aggregator_keeps_nothing(tmp_path):
+    # a restarted aggregator keeps nothing: files kept at the stop were left behind until then
+    agg = make(tmp_path)
+    break_off(agg, "a", trained(0.25), whole=1)
+    upload = agg.open_result("b", 0, "train", 10, {"loss": 1.0}, 3, result_id="rb")
+    conv = trained(0.5)["conv"]
+    incoming = upload.open_tensor(header("conv", conv), conv.dtype)
+    assert incoming is not None and incoming.write(memoryview(conv.tobytes()))
+
+    assert agg.begin_stop(timeout=1.0)
+    agg.discard_kept()
+    kept_at_stop = upload.suspend()  # its stream ends with the server
+
+    assert not kept_at_stop
+    assert agg.result_progress("a", RESULT, 0, "train") == ([], 0)
+    assert spooled(tmp_path) == []
+
+
+def test_a_collaborator_started_again_takes_over_its_earlier_process_s_upload(tmp_path, caplog):
+    # Prepare: process p1's upload is open (its host froze after two tensors)
+    caplog.set_level(logging.INFO, logger="fedrun")
+    agg = make(tmp_path)
+    tensors = trained(0.25)
+    upload = agg.open_result(
+        "a", 0, "train", 10, {"loss": 1.0}, len(tensors), result_id=RESULT, process="p1"
+    )
+    for name in ("conv", "bias"):
+        incoming = upload.open_tensor(header(name, tensors[name]), tensors[name].dtype)
+        assert incoming is not None and incoming.write(memoryview(tensors[name].tobytes()))
+    upload.on_drop = upload.suspend  # what the transport's cancelled call leads to
+    validate(agg, "a")
+
+    # Execute: process p2 (started again, the result kept on its disk) asks for tasks
+    assignment = agg.get_tasks("a", process="p2")
+    held, _ = agg.result_progress("a", RESULT, 0, "train")
+    resume(agg, "a", tensors, held)
+
+    # Assert: the task handed out again at once, resumed with what p1 sent
+    assert "train" in assignment.tasks
+    assert held == ["bias", "conv"]
+    assert agg.round.done["a"] >= {"train"}
+    assert "a was started again: its earlier process's upload of train is ended" in caplog.text

@@ -515,3 +515,23 @@ def test_an_unknown_key_in_a_defaults_file_is_reported_in_that_file(workspace, e
     assert error.code == "FX-PLAN-010"
     assert error.message.startswith("plan/defaults/aggregator.yaml: aggregator.settings")
     assert "(did you mean 'seed'?)" in error.message
+
+
+def test_a_missing_torch_add_on_is_installed_for_the_installed_torch(monkeypatch):
+    # `pip install torchvision` replaced a CPU torch with a CUDA build; the workspace's
+    # requirements.txt with an older torch
+    from importlib import metadata
+
+    from fedrun.plan.loader import install_hint
+
+    monkeypatch.setattr(metadata, "version", lambda name: "2.13.0+cpu")
+    torchvision = install_hint("torchvision")
+    monkeypatch.setattr(metadata, "version", lambda name: "2.5.1")
+    plain = install_hint("torchvision")
+
+    assert "pip install 'torchvision==0.28.*' --index-url https://download.pytorch.org/whl/cpu" in (
+        torchvision
+    )
+    assert "replaces torch with another build" in torchvision
+    assert "pip install 'torchvision==0.20.*' (" in plain
+    assert "requirements.txt" in install_hint("xgboost")

@@ -549,6 +549,34 @@ def test_openfl_features_fedrun_lacks_are_refused_by_name(plan_path, override, n
     assert named in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        (
+            "aggregator.callbacks=[src.callbacks.Mine]",
+            "aggregator callbacks, which fedrun does not run",
+        ),
+        (
+            "tasks.train.aggregation_type.template="
+            "openfl.interface.aggregation_functions.SecureWeightedAverage",
+            "OpenFL's secure aggregation, which fedrun does not implement",
+        ),
+    ],
+)
+def test_openfl_1_9_parts_fedrun_lacks_are_named_not_mistaken(plan_path, override, named):
+    # callbacks was "unknown key"; SecureWeightedAverage "did you mean FedCurvWeightedAverage"
+    write(plan_path, MINIMAL_PLAN)
+    with pytest.raises(PlanError) as caught:
+        plan = Plan.load(plan_path, overrides=[override])
+        if "aggregation_type" in override:
+            from fedrun.plan.components import aggregation_functions
+
+            aggregation_functions(plan)
+
+    assert caught.value.code == "FX-PLAN-036"
+    assert named in str(caught.value)
+
+
 def test_openfl_features_switched_off_are_accepted(plan_path):
     plan = Plan.load(
         plan_path,

@@ -93,4 +93,15 @@ def test_a_result_that_cannot_be_written_is_said_once(tmp_path, caplog):
     results.keep("run1", FinishedResult(3, "validate", 60, {}))
 
     assert caplog.text.count("could not keep the result") == 1
+    assert "fix:" not in caplog.text
     assert results.find("run1", 3, "train") is None
+
+
+@pytest.mark.parametrize(("value", "keeps"), [("0", True), ("abc", False), ("nan", False)])
+def test_the_least_compute_time_can_be_set_and_a_bad_value_is_said(
+    monkeypatch, caplog, value, keeps
+):
+    monkeypatch.setenv("FEDRUN_KEEP_RESULTS_AFTER_SECONDS", value)
+
+    assert FinishedResults.worth_keeping(0.5, 10) is keeps
+    assert ("is not a number of seconds" in caplog.text) is (not keeps)
