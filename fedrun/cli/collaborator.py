@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fedrun.cli.common import (
+    OpenFLAwareGroup,
     confirm,
     console,
     exit_now,
@@ -30,7 +31,7 @@ name_option = click.option(
 )
 
 
-@click.group()
+@click.group(cls=OpenFLAwareGroup)
 def collaborator() -> None:
     """Register, certify, ping and start a collaborator."""
 

@@ -40,6 +40,37 @@ def console(stderr: bool = True) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
+#: OpenFL 1.9 `fx` commands fedrun does not have, by group, and what to do instead
+OPENFL_ONLY_COMMANDS: dict[str, dict[str, str]] = {
+    "plan": {
+        name: "a fedrun workspace has one plan, plan/plan.yaml (OpenFL's plan/plans/ switching "
+        "is not kept): keep other plans under other names and pass one with -p PATH"
+        for name in ("save", "switch", "remove")
+    },
+    "collaborator": {
+        "calchash": "fedrun does not record a hash of the collaborator's data set (OpenFL's "
+        "optional integrity check); nothing needs it",
+    },
+}
+
+
+class OpenFLAwareGroup(click.Group):
+    """A command group that names the OpenFL commands it lacks instead of click's bare "No
+    such command"."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        instead = OPENFL_ONLY_COMMANDS.get(self.name or "", {}).get(name)
+        if instead and self.get_command(ctx, name) is None:
+            raise click.UsageError(
+                f"`fx {self.name} {name}` is an OpenFL command fedrun does not have: {instead}",
+                ctx,
+            )
+        return super().resolve_command(ctx, args)
+
+
 def to_log_files(level: int, text: str) -> None:
     """``text`` into the node's log file (if it has one) only: what stopped a node belongs in
     the file an operator reads afterwards, not twice on the console."""

@@ -8,10 +8,17 @@ from pathlib import Path
 
 import click
 
-from fedrun.cli.common import console, handle_errors, ok, plan_config_option, plan_options
+from fedrun.cli.common import (
+    OpenFLAwareGroup,
+    console,
+    handle_errors,
+    ok,
+    plan_config_option,
+    plan_options,
+)
 
 
-@click.group()
+@click.group(cls=OpenFLAwareGroup)
 def plan() -> None:
     """Initialize, validate, show and freeze FL plans."""
 

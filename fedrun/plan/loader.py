@@ -495,6 +495,8 @@ class Plan:
                 "which is not installed",
                 install_hint(exc.name or ""),
             ) from exc
+        except FedrunError:
+            raise  # fedrun's own error from inside workspace code says what to do already
         except Exception as exc:  # the workspace's module raised while being imported
             if not (self.workspace / module_name.split(".")[0]).exists():
                 raise
@@ -820,6 +822,12 @@ UNSUPPORTED_SECTIONS = {
 }
 
 #: OpenFL classes fedrun knows of but does not implement: what they are, and what to use
+#: OpenFL 1.9's plan/defaults files for parts fedrun lacks, and what they are for
+OPENFL_DEFAULTS_NOT_SHIPPED = {
+    "tasks_xgb.yaml": "XGBoost tasks",
+    "connector_flower.yaml": "running a Flower app through its connector",
+}
+
 UNSUPPORTED_OPENFL = {
     "EdenPipeline": "OpenFL's EDEN compression, which fedrun does not implement; use "
     "NoCompressionPipeline, STCPipeline, SKCPipeline, KCPipeline or RandomShiftPipeline",
@@ -863,6 +871,14 @@ def _defaults_file(ref: str, plan_path: Path, workspace: Path) -> Path:
     packaged = PACKAGED_DEFAULTS / rel.name
     if packaged.is_file():
         return packaged
+    if rel.name in OPENFL_DEFAULTS_NOT_SHIPPED:
+        raise PlanError(
+            "FX-PLAN-036",
+            f"{plan_path.name}: defaults file {ref!r} is OpenFL's for "
+            f"{OPENFL_DEFAULTS_NOT_SHIPPED[rel.name]}, which fedrun does not support",
+            "this workspace needs OpenFL itself; fedrun runs TaskRunner workspaces (PyTorch, "
+            "Keras, or your own runner)",
+        )
     raise PlanError(
         "FX-PLAN-002",
         f"{plan_path.name}: defaults file {ref!r} not found in the workspace ({workspace / rel}) "

@@ -49,7 +49,10 @@ PROVIDED: dict[str, dict[str, tuple[str, str]]] = {
     "openfl.federated.data.loader": {"DataLoader": _LOADERS["DataLoader"]},
     "openfl.federated.data.loader_pt": {"PyTorchDataLoader": _LOADERS["PyTorchDataLoader"]},
     "openfl.federated.data.loader_keras": {"KerasDataLoader": _LOADERS["KerasDataLoader"]},
-    "openfl.utilities": {"Metric": ("fedrun.runners.base", "Metric")},
+    "openfl.utilities": {
+        "Metric": ("fedrun.runners.base", "Metric"),
+        "validate_file_hash": ("fedrun.data.file_hash", "validate_file_hash"),
+    },
     "openfl.utilities.types": {"Metric": ("fedrun.runners.base", "Metric")},
 }
 

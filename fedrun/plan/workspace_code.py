@@ -39,12 +39,44 @@ def user_code_error(
         if Path(f.filename).is_relative_to(workspace)
     ][-3:]
     where_in_code = ("\n  " + "\n  ".join(frames)) if frames else ""
+    if _network_failure(exc):
+        return PlanError(
+            "FX-DATA-036",
+            f"{where}: {doing} {template} failed: the workspace code tried to download "
+            f"something and the network failed: {type(exc).__name__}: {exc}{where_in_code}",
+            "put the data where the workspace code reads it (see its data loader; it downloads "
+            "only what is missing), or run this where that address is reachable",
+        )
     return PlanError(
         "FX-PLAN-032",
         f"{where}: {doing} {template} failed: {type(exc).__name__}: {exc}{where_in_code}",
         "fix the workspace code at the line shown (run it with a debugger or print calls to see "
         "more); code written for OpenFL may use attributes fedrun's runners do not have",
     )
+
+
+#: words of a failed download in messages that wrap its cause in another exception (Keras'
+#: get_file raises a plain Exception "URL fetch failure on ...")
+_NETWORK_WORDS = ("url fetch failure", "name or service not known", "temporary failure in name")
+
+
+def _network_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a failed connection or name lookup."""
+    import socket
+    import urllib.error
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(
+            current, (socket.gaierror, ConnectionError, TimeoutError, urllib.error.URLError)
+        ):
+            return True
+        if any(word in str(current).lower() for word in _NETWORK_WORDS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def unprovided_openfl_import(tree: ast.Module) -> tuple[int, str] | None:

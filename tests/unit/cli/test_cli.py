@@ -592,3 +592,20 @@ def test_initializing_again_after_an_experiment_says_what_it_replaced(runner, wo
     assert (
         "the experiment already in" in said and "started from the init.pbuf this replaced" in said
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "named"),
+    [
+        (["plan", "switch", "-n", "other"], "a fedrun workspace has one plan"),
+        (["plan", "save", "-n", "other"], "pass one with -p PATH"),
+        (["collaborator", "calchash", "-d", "data"], "does not record a hash"),
+    ],
+)
+def test_openfl_commands_fedrun_lacks_are_named(runner, command, named):
+    # they got click's bare "No such command"
+    result = runner.invoke(cli, command)
+
+    assert result.exit_code == 2
+    assert "is an OpenFL command fedrun does not have" in result.output
+    assert named in " ".join(result.output.split())

@@ -192,6 +192,16 @@ def test_missing_defaults_file(edit_plan):
     assert "aggregator.yaml" in error.fix
 
 
+def test_an_openfl_defaults_file_of_a_part_fedrun_lacks_is_named(edit_plan):
+    # it said "create it" (OpenFL's XGBoost workspaces)
+    path = edit_plan(lambda c: c["tasks"].__setitem__("defaults", "plan/defaults/tasks_xgb.yaml"))
+
+    error = load_error(path)
+
+    assert error.code == "FX-PLAN-036"
+    assert "is OpenFL's for XGBoost tasks, which fedrun does not support" in error.message
+
+
 def test_missing_required_section(edit_plan):
     # Prepare
     path = edit_plan(lambda c: c.pop("task_runner"))
@@ -535,3 +545,41 @@ def test_a_missing_torch_add_on_is_installed_for_the_installed_torch(monkeypatch
     assert "replaces torch with another build" in torchvision
     assert "pip install 'torchvision==0.20.*' (" in plain
     assert "requirements.txt" in install_hint("xgboost")
+
+
+def test_a_failed_download_in_workspace_code_is_said_as_one(tmp_path):
+    # Keras' get_file wraps the lookup failure in a plain Exception; it read "fix the
+    # workspace code at the line shown"
+    import socket
+
+    from fedrun.plan.workspace_code import user_code_error
+
+    try:
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except OSError as lookup:
+            raise Exception("URL fetch failure on https://example.org/mnist.npz") from lookup
+    except Exception as exc:
+        error = user_code_error("data_loader", "src.dataloader.Mnist", exc, tmp_path)
+
+    assert error.code == "FX-DATA-036"
+    assert "tried to download something and the network failed" in error.message
+    assert "put the data where the workspace code reads it" in error.fix
+
+
+def test_fedrun_s_own_error_raised_in_workspace_code_is_not_wrapped(tmp_path):
+    # e.g. the Keras backend check run by src/__init__.py: its fix, not "fix the workspace code"
+    from fedrun.workspace.create import create_workspace
+
+    ws = create_workspace(tmp_path / "ws", "torch/digits")
+    (ws / "src" / "boom.py").write_text(
+        "from fedrun.errors import PlanError\n"
+        "raise PlanError('FX-MODEL-020', 'the backend is missing', 'export KERAS_BACKEND=torch')\n"
+    )
+    plan = Plan.load(ws / "plan" / "plan.yaml", workspace=ws)
+
+    with pytest.raises(PlanError) as caught:
+        plan.import_template("src.boom.Loader", "data_loader")
+
+    assert caught.value.code == "FX-MODEL-020"
+    assert caught.value.fix == "export KERAS_BACKEND=torch"
