@@ -404,6 +404,15 @@ class AggregatorClient:
                             what,
                             code.name,
                         )
+                    elif code == grpc.StatusCode.CANCELLED and self._answered:
+                        # the aggregator ended the call: it stops, or it gave up on a stream
+                        # that brought it nothing for too long (our host was slow or frozen)
+                        log.warning(
+                            "the aggregator at %s ended our %s (it is stopping, or it had no "
+                            "data from us for too long); retrying",
+                            self.target,
+                            what,
+                        )
                     else:
                         log.warning(
                             "aggregator at %s unreachable (%s); retrying", self.target, code.name

@@ -117,3 +117,50 @@ def test_a_download_never_fed_is_asked_again_with_one_line_said(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"the model download of round 3 from 127.0.0.1:{port} stalled")
+
+
+def test_an_upload_the_aggregator_ended_is_not_called_an_outage(caplog):
+    # the aggregator drops an upload that brought nothing for too long by cancelling its call;
+    # the collaborator said "aggregator unreachable (CANCELLED)"
+    calls = []
+
+    def submit(requests, context) -> pb.SubmitResultsResponse:
+        calls.append(1)
+        next(iter(requests))
+        if len(calls) == 1:
+            context.cancel()
+        for _ in requests:
+            pass
+        return pb.SubmitResultsResponse(accepted=True, message="ok")
+
+    def ping(request, context) -> pb.PingResponse:
+        return pb.PingResponse(authorized=True)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handlers = {
+        "SubmitResults": grpc.stream_unary_rpc_method_handler(
+            submit, response_serializer=pb.SubmitResultsResponse.SerializeToString
+        ),
+        "Ping": grpc.unary_unary_rpc_method_handler(
+            ping,
+            request_deserializer=pb.PingRequest.FromString,
+            response_serializer=pb.PingResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False)
+    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
+    try:
+        client.wait_for_aggregator()
+        with caplog.at_level(logging.WARNING, logger="fedrun"):
+            client.submit(0, "train", 10, {"loss": 1.0}, {"w": np.ones(64, np.float32)}, ())
+    finally:
+        client.close()
+        server.stop(None)
+
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(calls) == 2
+    assert any("ended our send result" in line for line in lines), lines
+    assert not any("unreachable" in line for line in lines), lines
