@@ -22,12 +22,13 @@ ROUNDS = 4
 RESULTS_PER_ROUND = 6  # 2 collaborators x 3 tasks
 
 
-def _prepare(path: Path) -> LocalFederation:
+def _prepare(path: Path, rounds: int = ROUNDS) -> LocalFederation:
+    """A seeded torch/digits experiment of two collaborators that reconnect fast."""
     fed = LocalFederation(
         path,
         template="torch/digits",
         collaborators=2,
-        rounds=ROUNDS,
+        rounds=rounds,
         seed=7,
         plan_set=["network.client_reconnect_interval=0.5"],
     )
@@ -260,22 +261,11 @@ def test_a_killed_collaborator_sends_the_training_it_finished_when_started_again
     # Prepare: the same seeded experiment, uninterrupted and with collaborator1 SIGKILLed in
     # round 1 after its training result was kept on its disk, before it was sent
     keep_all = {"FEDRUN_KEEP_RESULTS_AFTER_SECONDS": "0"}
-    reference = LocalFederation(
-        tmp_path / "reference", template="torch/digits", collaborators=2, rounds=2, seed=7
-    )
-    reference.prepare()
+    reference = _prepare(tmp_path / "reference", rounds=2)
     reference.start()
     assert set(reference.wait(timeout=300).values()) == {0}
     expected = load_model(reference.workspace / "save" / "last.pbuf")
-    fed = LocalFederation(
-        tmp_path / "crash",
-        template="torch/digits",
-        collaborators=2,
-        rounds=2,
-        seed=7,
-        plan_set=["network.client_reconnect_interval=0.5"],
-    )
-    fed.prepare()
+    fed = _prepare(tmp_path / "crash", rounds=2)
     ws = fed.workspace
     nodes.start("aggregator", ws, "aggregator", "start")
     first, second = fed.names
@@ -321,15 +311,7 @@ def test_an_aggregator_stopped_while_it_ends_a_round_lets_that_end_finish(
     # Prepare: saving round 0's models takes 4 s more (as for a model of gigabytes); Ctrl-C
     # comes meanwhile. It once closed its state under the round's end (a false disk error) and
     # told the collaborator whose result closed the round that it failed (it gave up)
-    fed = LocalFederation(
-        tmp_path / "stop",
-        template="torch/digits",
-        collaborators=2,
-        rounds=2,
-        seed=7,
-        plan_set=["network.client_reconnect_interval=0.5"],
-    )
-    fed.prepare()
+    fed = _prepare(tmp_path / "stop", rounds=2)
     ws = fed.workspace
     agg = nodes.start(
         "aggregator",
