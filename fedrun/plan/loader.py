@@ -35,8 +35,8 @@ from fedrun.plan.schema import CLASS_SCHEMAS, SECTIONS, TASK_KEYS, USER_SECTIONS
 from fedrun.plan.workspace_code import (
     class_defs,
     failing_import,
-    imports_keras,
     imports_name,
+    leaves_keras_backend_unchosen,
     methods_of,
     openfl_import_error,
     unprovided_openfl_import,
@@ -522,7 +522,7 @@ class Plan:
         if "keras" in sys.modules or os.environ.get("KERAS_BACKEND", "").strip():
             return
         folder = self.workspace / top
-        if not folder.is_dir() or not imports_keras(folder):
+        if not folder.is_dir() or not leaves_keras_backend_unchosen(folder):
             return
         from fedrun.runners.keras import select_backend
 

@@ -118,14 +118,26 @@ def failing_import(exc: BaseException) -> str | None:
     return location
 
 
-def imports_keras(folder: Path) -> bool:
-    """Whether the Python code under ``folder`` (a workspace's src/) imports Keras 3 itself
-    (``import keras``, ``from keras...``; not ``tensorflow.keras``, which needs TensorFlow)."""
+def leaves_keras_backend_unchosen(folder: Path) -> bool:
+    """Whether the Python code under ``folder`` (a workspace's src/) imports Keras 3 without
+    choosing its backend first (``import keras``, ``from keras...``; not ``tensorflow.keras``,
+    which needs TensorFlow; code that calls fedrun's ``select_backend``, as fedrun's Keras
+    templates do, chooses its own)."""
+    trees = []
     for path in sorted(folder.rglob("*.py")) if folder.is_dir() else []:
         try:
-            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+            trees.append(ast.parse(path.read_text(encoding="utf-8", errors="replace")))
         except SyntaxError:
             continue
+    chooses = any(
+        isinstance(node, ast.Name | ast.Attribute)
+        and (node.id if isinstance(node, ast.Name) else node.attr) == "select_backend"
+        for tree in trees
+        for node in ast.walk(tree)
+    )
+    if chooses:
+        return False
+    for tree in trees:
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]

@@ -47,3 +47,14 @@ def test_an_openfl_keras_workspace_starts_on_an_installed_backend(tmp_path):
     assert proc.returncode == 0, out
     assert (ws / "save" / "init.pbuf").is_file()
     assert "tensorflow" not in out or tensorflow
+
+
+def test_a_workspace_that_chooses_its_own_backend_is_left_to_it(tmp_path):
+    # fedrun's keras/jax/mnist calls select_backend("jax"): choosing first forced another
+    # backend on it (through KERAS_BACKEND, which its collaborators inherited)
+    from fedrun.plan.workspace_code import leaves_keras_backend_unchosen
+
+    ws = create_workspace(tmp_path / "ws", "keras/jax/mnist")
+    assert not leaves_keras_backend_unchosen(ws / "src")
+    (ws / "src" / "__init__.py").write_text('"""OpenFL-style: nothing chosen here."""\n')
+    assert leaves_keras_backend_unchosen(ws / "src")
