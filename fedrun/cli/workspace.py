@@ -128,6 +128,11 @@ def import_(archive: Path, install: bool) -> None:
 )
 @click.option("--no-build", is_flag=True, help="only write the build context, even if Docker runs")
 @click.option(
+    "--rebuild",
+    is_flag=True,
+    help="build the images from scratch, reusing no cached layer (docker build --no-cache)",
+)
+@click.option(
     "--force", is_flag=True, help="write into a non-empty --output (its other files are kept)"
 )
 @handle_errors
@@ -140,6 +145,7 @@ def dockerize(
     enclave_key: Path | None,
     wheel: Path | None,
     no_build: bool,
+    rebuild: bool,
     force: bool,
 ) -> None:
     """Write a Docker build context for this workspace; build the image if Docker runs here.
@@ -159,6 +165,7 @@ def dockerize(
         enclave_key=enclave_key,
         force=force,
         wheel=wheel,
+        rebuild=rebuild,
     )
     ok(
         f"wrote the build context {context.folder} (image {context.tag}, "

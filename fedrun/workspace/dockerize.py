@@ -373,6 +373,8 @@ class BuildContext:
     gramine: bool = False
     enclave_key: Path | None = None
     save: bool = False
+    #: build from scratch, no layer reused (`docker build --no-cache`; OpenFL's --rebuild)
+    rebuild: bool = False
 
     @property
     def tarball(self) -> Path:
@@ -384,8 +386,9 @@ class BuildContext:
 
         Each runs from the build context folder; the first word is ``docker``.
         """
-        base = ["docker", "build", "-f", "Dockerfile.base", "-t", self.base_tag, "."]
-        image = ["docker", "build", "-t", self.tag, "."]
+        build = ["docker", "build", *(["--no-cache"] if self.rebuild else [])]
+        base = [*build, "-f", "Dockerfile.base", "-t", self.base_tag, "."]
+        image = [*build, "-t", self.tag, "."]
         if self.gramine and self.enclave_key is not None:
             image[2:2] = ["--secret", f"id={ENCLAVE_KEY_SECRET},src={self.enclave_key}"]
         commands = [base, image]
@@ -429,6 +432,7 @@ def dockerize_workspace(
     enclave_key: str | Path | None = None,
     force: bool = False,
     wheel: str | Path | None = None,
+    rebuild: bool = False,
 ) -> BuildContext:
     """Write the Docker build context of ``workspace``; returns what was written.
 
@@ -477,6 +481,7 @@ def dockerize_workspace(
             gramine=gramine,
             enclave_key=key,
             save=save,
+            rebuild=rebuild,
         )
         files = {
             "Dockerfile.base": base_dockerfile(context, version),

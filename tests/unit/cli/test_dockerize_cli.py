@@ -70,6 +70,14 @@ def test_no_build_only_writes_the_context(runner, workspace, wheel, tmp_path):
     assert "docker save" not in result.output
 
 
+def test_rebuild_is_openfl_s_no_cache_build(runner, workspace, wheel, tmp_path):
+    args = ["workspace", "dockerize", "--rebuild", "--no-build", "--wheel", str(wheel)]
+    result = runner.invoke(cli, [*args, "-o", str(tmp_path / "c")])
+
+    assert result.exit_code == 0, result.output
+    assert "  docker build --no-cache -t ws ." in result.output.splitlines()
+
+
 def test_outside_a_workspace_it_names_the_fix(runner, tmp_path, monkeypatch):
     # Prepare
     monkeypatch.chdir(tmp_path)

@@ -262,6 +262,17 @@ def test_options_reach_the_dockerfiles_and_commands(workspace, wheel, tmp_path):
     assert "docker save -o fl-v1.tar registry:5000/team/fl:v1" in text  # shown, not run
 
 
+def test_rebuild_builds_both_images_without_the_cache(workspace, wheel, tmp_path):
+    # OpenFL's `fx workspace dockerize --rebuild` (click offered --no-build for it)
+    context = dockerize_workspace(workspace, tmp_path / "ctx", wheel=wheel, rebuild=True)
+
+    assert context.commands() == [
+        ["docker", "build", "--no-cache", "-f", "Dockerfile.base", "-t", f"fedrun:{VERSION}", "."],
+        ["docker", "build", "--no-cache", "-t", "my-federation", "."],
+    ]
+    assert "docker build --no-cache -t my-federation ." in (context.folder / "BUILD.md").read_text()
+
+
 def test_default_output_is_the_docker_folder_of_the_workspace(wheel, tmp_path):
     ws = _initialized_workspace(tmp_path / "ws", "no-op")
 
