@@ -6,61 +6,47 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from concurrent import futures
 
+import fake_aggregator
 import grpc
 import pytest
 
 from fedrun.errors import ConnectionFailure
 from fedrun.nodes import _stop_when_refused
 from fedrun.protocol import federation_pb2 as pb
-from fedrun.transport.client import AggregatorClient
-from fedrun.transport.network import Network
-from fedrun.transport.server import SERVICE
 
 
-def refusing_server() -> tuple[grpc.Server, int]:
-    """Answers Ping as the aggregator answers a second process under a collaborator's name."""
+def ping(request, context) -> pb.PingResponse:
+    """Ping answered as the aggregator answers a second process under a collaborator's name."""
+    context.abort(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "FX-AUTH-006: another process is already working as collaborator 'one'",
+    )
 
-    def ping(request, context) -> pb.PingResponse:
-        context.abort(
-            grpc.StatusCode.PERMISSION_DENIED,
-            "FX-AUTH-006: another process is already working as collaborator 'one'",
-        )
 
-    method = grpc.unary_unary_rpc_method_handler(
+REFUSING = {
+    "Ping": grpc.unary_unary_rpc_method_handler(
         ping,
         request_deserializer=pb.PingRequest.FromString,
         response_serializer=pb.PingResponse.SerializeToString,
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler(SERVICE, {"Ping": method})]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, port
+}
 
 
 def test_a_refusal_heard_by_the_heartbeat_stops_the_work_in_progress():
     # Prepare: the main thread "trains" for up to 20 s; the heartbeat pings every 0.2 s
-    server, port = refusing_server()
-    client = AggregatorClient(
-        Network("127.0.0.1", port, "127.0.0.1", use_tls=False), "one", "h" * 64, "fed", None
-    )
     previous = signal.getsignal(signal.SIGUSR1)
     started = time.monotonic()
     try:
-        _stop_when_refused(client)
-        client.start_heartbeat(0.2)
+        with fake_aggregator.serving(REFUSING) as client:
+            _stop_when_refused(client)
+            client.start_heartbeat(0.2)
 
-        # Execute
-        with pytest.raises(ConnectionFailure) as caught:
-            while time.monotonic() - started < 20:
-                time.sleep(0.01)  # training steps
+            # Execute
+            with pytest.raises(ConnectionFailure) as caught:
+                while time.monotonic() - started < 20:
+                    time.sleep(0.01)  # training steps
     finally:
-        client.close()
-        server.stop(None)
         signal.signal(signal.SIGUSR1, previous)
 
     # Assert: stopped within a few heartbeats, with the aggregator's reason

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent import futures
 
+import fake_aggregator
 import grpc
 import numpy as np
 import pytest
@@ -15,9 +15,6 @@ from fedrun.errors import ProtocolError
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.protocol.codec import ExpectedModel, batch_frames, encode_tensor_wire
 from fedrun.transport import transfer_progress
-from fedrun.transport.client import AggregatorClient
-from fedrun.transport.network import Network
-from fedrun.transport.server import SERVICE
 
 MODEL = {
     "a": np.arange(1000, dtype=np.float32),
@@ -50,35 +47,24 @@ class BreaksOnce:
             context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
 
 
-def _client_of(handler: BreaksOnce) -> tuple[AggregatorClient, grpc.Server]:
-    method = grpc.unary_stream_rpc_method_handler(
-        handler.get_tensors,
-        request_deserializer=pb.GetTensorsRequest.FromString,
-        response_serializer=lambda message: message,
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler(SERVICE, {"GetTensors": method})]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False)
-    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
-    return client, server
+def _methods(handler: BreaksOnce) -> dict[str, grpc.RpcMethodHandler]:
+    return {
+        "GetTensors": grpc.unary_stream_rpc_method_handler(
+            handler.get_tensors,
+            request_deserializer=pb.GetTensorsRequest.FromString,
+            response_serializer=lambda message: message,
+        )
+    }
 
 
 def test_a_broken_download_resumes_with_the_tensors_already_received(caplog):
     # Prepare: after the break, three tries fail before any data flows again
     caplog.set_level(logging.INFO, logger="fedrun")
     handler = BreaksOnce(refusals=3)
-    client, server = _client_of(handler)
 
     # Execute
-    try:
+    with fake_aggregator.serving(_methods(handler)) as client:
         got = client.get_global_model(0, ExpectedModel.of(MODEL))
-    finally:
-        client.close()
-        server.stop(None)
 
     # Assert: the second request held the first tensor, and the model is whole
     assert [list(r.held) for r in handler.requests] == [[], ["a"], ["a"], ["a"], ["a"]]
@@ -93,14 +79,12 @@ def test_a_broken_download_resumes_with_the_tensors_already_received(caplog):
 
 def test_a_resumed_download_that_sends_a_held_tensor_again_is_refused():
     handler = BreaksOnce(resend=True)
-    client, server = _client_of(handler)
 
-    try:
-        with pytest.raises(ProtocolError) as caught:
-            client.get_global_model(0, ExpectedModel.of(MODEL))
-    finally:
-        client.close()
-        server.stop(None)
+    with (
+        fake_aggregator.serving(_methods(handler)) as client,
+        pytest.raises(ProtocolError) as caught,
+    ):
+        client.get_global_model(0, ExpectedModel.of(MODEL))
 
     assert caught.value.code == "FX-WIRE-023"
 
@@ -109,13 +93,8 @@ def test_a_model_download_says_how_far_it_got(monkeypatch, caplog):
     # a line every PROGRESS_LINE_SECONDS (here: every message), with the model's size
     monkeypatch.setattr(transfer_progress, "PROGRESS_LINE_SECONDS", 0.0)
     caplog.set_level(logging.INFO, logger="fedrun")
-    client, server = _client_of(BreaksOnce())
-
-    try:
+    with fake_aggregator.serving(_methods(BreaksOnce())) as client:
         client.get_global_model(0, ExpectedModel.of(MODEL))
-    finally:
-        client.close()
-        server.stop(None)
 
     lines = [r.getMessage() for r in caplog.records if "model download:" in r.getMessage()]
     assert lines and all(line.startswith("round 0: model download: ") for line in lines)

@@ -6,35 +6,22 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 
+import fake_aggregator
 import grpc
 import numpy as np
 
 from fedrun.protocol import federation_pb2 as pb
 from fedrun.transport.client import AggregatorClient
-from fedrun.transport.network import Network
-from fedrun.transport.server import SERVICE
 
 
 @contextlib.contextmanager
 def serving(method: str, handler) -> Iterator[AggregatorClient]:
-    """A gRPC server on 127.0.0.1 serving one method of the federation service, and a client
-    of it whose streams stall after 0.5 s."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler(SERVICE, {method: handler})]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False)
-    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
-    client.stall_seconds = 0.5
-    try:
+    """One method of the federation service on 127.0.0.1, and a client of it whose streams
+    stall after 0.5 s."""
+    with fake_aggregator.serving({method: handler}) as client:
+        client.stall_seconds = 0.5
         yield client
-    finally:
-        client.close()
-        server.stop(None)
 
 
 class SilentOnce:
@@ -136,7 +123,6 @@ def test_an_upload_the_aggregator_ended_is_not_called_an_outage(caplog):
     def ping(request, context) -> pb.PingResponse:
         return pb.PingResponse(authorized=True)
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     handlers = {
         "SubmitResults": grpc.stream_unary_rpc_method_handler(
             submit, response_serializer=pb.SubmitResultsResponse.SerializeToString
@@ -147,18 +133,10 @@ def test_an_upload_the_aggregator_ended_is_not_called_an_outage(caplog):
             response_serializer=pb.PingResponse.SerializeToString,
         ),
     }
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False)
-    client = AggregatorClient(network, "one", "h" * 64, "fed", None, sleep=lambda s: None)
-    try:
+    with fake_aggregator.serving(handlers) as client:
         client.wait_for_aggregator()
         with caplog.at_level(logging.WARNING, logger="fedrun"):
             client.submit(0, "train", 10, {"loss": 1.0}, {"w": np.ones(64, np.float32)}, ())
-    finally:
-        client.close()
-        server.stop(None)
 
     lines = [r.getMessage() for r in caplog.records]
     assert len(calls) == 2

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import re
-from concurrent import futures
 from pathlib import Path
 
+import fake_aggregator
 import grpc
 import numpy as np
 import pytest
@@ -22,7 +22,7 @@ from fedrun.protocol.codec import expand_frames, parse_frame
 from fedrun.transport import transfer_progress
 from fedrun.transport.client import AggregatorClient
 from fedrun.transport.network import Network
-from fedrun.transport.server import SERVICE, AggregatorServer
+from fedrun.transport.server import AggregatorServer
 
 TASKS = {"train": TaskSpec("train", "train_task", {"epochs": 1})}
 MODEL = {f"layer{i}": np.full(64 * 1024, float(i), dtype=np.float32) for i in range(6)}
@@ -109,7 +109,7 @@ class Refuses:
         return pb.ResultProgress(held=["layer0"], held_bytes=TENSOR_BYTES)
 
 
-def serve(handler: Refuses, old: bool) -> tuple[AggregatorClient, grpc.Server]:
+def methods_of(handler: Refuses, old: bool) -> dict[str, grpc.RpcMethodHandler]:
     methods = {
         "SubmitResults": grpc.stream_unary_rpc_method_handler(
             handler.submit, response_serializer=pb.SubmitResultsResponse.SerializeToString
@@ -121,12 +121,7 @@ def serve(handler: Refuses, old: bool) -> tuple[AggregatorClient, grpc.Server]:
             request_deserializer=pb.ResultProgressRequest.FromString,
             response_serializer=pb.ResultProgress.SerializeToString,
         )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, methods)])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    network = Network("127.0.0.1", port, "127.0.0.1", use_tls=False, chunk_bytes=1 << 16)
-    return AggregatorClient(network, "one", "ab" * 32, "fed", None, sleep=lambda s: None), server
+    return methods
 
 
 @pytest.mark.parametrize("old", [False, True])
@@ -134,13 +129,9 @@ def test_an_upload_that_cannot_resume_is_sent_whole(old):
     # a resume refused with FX-ROUND-021 is sent again whole at once; an aggregator without
     # GetResultProgress (older fedrun) gets the whole result again, as it always did
     handler = Refuses()
-    client, server = serve(handler, old)
 
-    try:
+    with fake_aggregator.serving(methods_of(handler, old), chunk_bytes=1 << 16) as client:
         sent = client.submit(0, "train", 10, {"loss": 0.5}, MODEL, ())
-    finally:
-        client.close()
-        server.stop(None)
 
     helds = [held for held, _ in handler.uploads]
     assert helds == ([[], []] if old else [[], ["layer0"], []])
