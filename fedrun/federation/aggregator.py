@@ -571,7 +571,6 @@ class Aggregator:
                 resumable = (
                     kept is not None
                     and kept.result_id == result_id
-                    and kept.round == state.number
                     and kept.data_size == data_size
                     and kept.metrics == dict(metrics)
                     and kept.tensor_count == tensor_count
@@ -658,12 +657,8 @@ class Aggregator:
                 if settling.settled:
                     del self._settling[key]
             kept = self._suspended.get(key)
-            if (
-                kept is None
-                or not result_id
-                or kept.result_id != result_id
-                or kept.round != round_num
-            ):
+            # only the running round's uploads are kept (_discard_suspended at its end)
+            if kept is None or not result_id or kept.result_id != result_id:
                 return [], 0
             return sorted(kept.names), kept.nbytes
 

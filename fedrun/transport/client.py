@@ -256,7 +256,6 @@ class AggregatorClient:
             request_serializer=serialize_frame,
             response_deserializer=pb.SubmitResultsResponse.FromString,
         )
-        self._result_progress = self.stub.GetResultProgress
         #: the aggregator keeps the start of an upload that broke off (older ones do not)
         self._resumes_uploads = True
         self.bytes_sent = 0
@@ -675,7 +674,7 @@ class AggregatorClient:
         if not self._resumes_uploads:
             return [], 0
         try:
-            progress = self._result_progress(
+            progress = self.stub.GetResultProgress(
                 pb.ResultProgressRequest(
                     header=self.header, round=round_num, task=task, result_id=result_id
                 ),
